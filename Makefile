@@ -1,0 +1,69 @@
+# rscore: `make demo` and `make test` are all a newcomer needs; both set up first.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMPS := $(VENV)/.stamps
+EXAMPLES := examples/build
+DEBIAN_PACKAGES := r-base-core r-base-dev r-cran-jsonlite r-cran-randomforest r-cran-rpart \
+	r-cran-gbm r-cran-glmnet
+
+.PHONY: help setup demo test lint format bench-worker clean
+
+help:
+	@echo "make demo          set up, build the example bundles, score them"
+	@echo "make test          set up, then lint and run the test suite"
+	@echo "make bench-worker  measure the worker protocol's round-trip overhead"
+
+setup: $(STAMPS)/debian $(STAMPS)/python $(STAMPS)/examples
+	@:
+
+# Debian packages: install only what is missing, so a second run is quiet and quick.
+$(STAMPS)/debian: Makefile
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; \
+	  done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@mkdir -p $(STAMPS) && touch $@
+
+$(STAMPS)/python: pyproject.toml $(STAMPS)/debian
+	@echo "installing rscore and its test tools into $(VENV)"
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	@mkdir -p $(STAMPS) && touch $@
+
+$(STAMPS)/examples: examples/build_examples.R $(STAMPS)/debian
+	@echo "building example bundles in $(EXAMPLES)/"
+	@Rscript examples/build_examples.R $(EXAMPLES) >/dev/null
+	@mkdir -p $(STAMPS) && touch $@
+
+demo: setup
+	@for bundle in mtcars-lm iris-rf warpbreaks-glm; do \
+	  echo "== $$bundle: rscore predict $(EXAMPLES)/$$bundle examples/requests/$$bundle.json"; \
+	  $(BIN)/rscore predict $(EXAMPLES)/$$bundle examples/requests/$$bundle.json; \
+	done
+
+lint: setup
+	@$(BIN)/ruff check .
+	@$(BIN)/ruff format --check .
+
+format: setup
+	@$(BIN)/ruff format .
+	@$(BIN)/ruff check --fix .
+
+test: setup lint
+	@$(BIN)/pytest
+
+bench-worker: setup
+	@$(BIN)/python -m bench.worker_roundtrip --bundle $(EXAMPLES)/mtcars-lm
+
+clean:
+	rm -rf $(VENV) $(EXAMPLES) .pytest_cache .ruff_cache

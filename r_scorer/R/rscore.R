@@ -1,0 +1,261 @@
+# rscore's R side: load a bundle, describe its inputs, score and shape the result.
+#
+# Sourced once per worker into a private environment (never the global one, so a
+# bundle's own names cannot clash with these). Errors that reach Python are messages
+# that name the file or class at fault; nothing here prints to stdout.
+
+# --- packages -------------------------------------------------------------------
+
+.attach_package <- function(pkg, why) {
+  if (!requireNamespace(pkg, quietly = TRUE)) {
+    stop(sprintf("R package '%s' (%s) is not installed", pkg, why), call. = FALSE)
+  }
+  suppressPackageStartupMessages(library(pkg, character.only = TRUE))
+  pkg
+}
+
+.has_predict_method <- function(classes) {
+  for (cl in classes) {
+    if (!is.null(utils::getS3method("predict", cl, optional = TRUE))) return(TRUE)
+  }
+  FALSE
+}
+
+# The installed package whose NAMESPACE registers S3method(predict, <class>) for the
+# first of `classes` that any package registers; NA when none does. Reads each
+# package's parsed NAMESPACE (Meta/nsInfo.rds), which is what loadNamespace() uses.
+.predict_package <- function(classes) {
+  registry <- list()
+  for (lib in .libPaths()) {
+    for (pkg in list.files(lib)) {
+      info <- file.path(lib, pkg, "Meta", "nsInfo.rds")
+      if (!file.exists(info)) next
+      s3 <- tryCatch(readRDS(info)$S3methods, error = function(e) NULL)
+      if (is.null(s3) || !NROW(s3)) next
+      registered <- s3[s3[, 1] == "predict", 2]
+      for (cl in registered) if (is.null(registry[[cl]])) registry[[cl]] <- pkg
+    }
+  }
+  for (cl in classes) if (!is.null(registry[[cl]])) return(registry[[cl]])
+  NA_character_
+}
+
+# Classes worth finding a predict method for: the state's own, and those of the
+# elements of a list state (a score.R may keep list(model = fit, ...)).
+.state_classes <- function(state) {
+  classes <- if (is.object(state)) class(state) else character()
+  if (is.list(state) && !is.object(state)) {
+    for (item in state) if (is.object(item)) classes <- c(classes, class(item))
+  }
+  unique(classes)
+}
+
+.load_predict_packages <- function(state, required) {
+  loaded <- character()
+  classes <- .state_classes(state)
+  if (!length(classes) || .has_predict_method(classes)) return(loaded)
+  pkg <- .predict_package(classes)
+  if (!is.na(pkg)) {
+    loaded <- .attach_package(pkg, sprintf("registers predict() for class '%s'", classes[1]))
+  } else if (required) {
+    stop(sprintf(
+      "no installed R package registers a predict() method for class %s; install the package that fitted the model, or list it in rscore.toml 'packages'",
+      paste0("'", classes, "'", collapse = ", ")
+    ), call. = FALSE)
+  }
+  loaded
+}
+
+# --- input prototype ------------------------------------------------------------
+
+.kind_of <- function(x) {
+  if (is.ordered(x)) "ordered"
+  else if (is.factor(x)) "factor"
+  else if (is.logical(x)) "logical"
+  else if (is.integer(x)) "integer"
+  else if (is.numeric(x)) "numeric"
+  else if (is.character(x)) "character"
+  else "any"
+}
+
+.column <- function(name, kind, levels = character()) {
+  list(name = name, kind = kind, levels = as.character(levels))
+}
+
+.ptype_prototype <- function(ptype) {
+  if (!is.data.frame(ptype)) {
+    stop("ptype.rds must hold a data.frame of the inputs (zero rows is enough)", call. = FALSE)
+  }
+  lapply(names(ptype), function(name) {
+    x <- ptype[[name]]
+    .column(name, .kind_of(x), if (is.factor(x)) levels(x) else character())
+  })
+}
+
+.model_terms <- function(model) {
+  tt <- tryCatch(stats::terms(model), error = function(e) NULL)
+  if (is.null(tt) && is.list(model) && inherits(model$Terms, "terms")) tt <- model$Terms  # gbm
+  if (inherits(tt, "terms")) tt else NULL
+}
+
+# Training levels of a factor input, wherever the fitting package keeps them.
+.training_levels <- function(model, name) {
+  candidates <- list(
+    if (is.list(model)) model$xlevels[[name]],
+    attr(model, "xlevels")[[name]],                                   # rpart
+    if (is.list(model) && is.list(model$forest)) model$forest$xlevels[[name]]  # randomForest
+  )
+  if (is.list(model) && !is.null(model$var.names) && !is.null(model$var.levels)) {  # gbm
+    at <- match(name, model$var.names)
+    if (!is.na(at) && model$var.type[at] > 0) candidates <- c(candidates, list(model$var.levels[[at]]))
+  }
+  for (levels in candidates) if (is.character(levels) && length(levels)) return(levels)
+  NULL
+}
+
+.terms_prototype <- function(model) {
+  tt <- .model_terms(model)
+  if (is.null(tt)) return(NULL)
+  classes <- attr(tt, "dataClasses")
+  inputs <- all.vars(stats::delete.response(tt))
+  if (!length(inputs) || is.null(classes)) return(NULL)
+  kinds <- c(numeric = "numeric", factor = "factor", ordered = "ordered",
+             logical = "logical", character = "character")
+  lapply(inputs, function(name) {
+    class <- if (name %in% names(classes)) classes[[name]] else "other"
+    kind <- if (class %in% names(kinds)) kinds[[class]] else "any"  # used inside an expression
+    levels <- character()
+    if (kind %in% c("factor", "ordered")) {
+      levels <- .training_levels(model, name)
+      if (is.null(levels)) kind <- "any"  # levels unknown: let predict() judge the strings
+    }
+    .column(name, kind, levels)
+  })
+}
+
+.prototype <- function(model_dir, state) {
+  ptype_file <- file.path(model_dir, "ptype.rds")
+  if (file.exists(ptype_file)) {
+    ptype <- tryCatch(readRDS(ptype_file), error = function(e) {
+      stop(sprintf("ptype.rds: %s", conditionMessage(e)), call. = FALSE)
+    })
+    return(list(source = "ptype.rds", columns = .ptype_prototype(ptype)))
+  }
+  columns <- tryCatch(.terms_prototype(state), error = function(e) NULL)
+  if (is.null(columns)) return(list(source = "none", columns = list()))
+  list(source = "terms", columns = columns)
+}
+
+# --- loading --------------------------------------------------------------------
+
+.default_score <- function(predict_args) {
+  call <- as.call(c(list(quote(predict), quote(state), newdata = quote(data)), predict_args))
+  function(state, data) eval(call)
+}
+
+# Load a bundle. Returns list(state, score, prototype, packages) or stops with a
+# message that names the file or class at fault.
+.load_bundle <- function(model_dir, packages, predict_args) {
+  loaded <- vapply(packages, .attach_package, character(1), why = "listed in rscore.toml")
+  script <- file.path(model_dir, "score.R")
+  env <- new.env(parent = globalenv())
+  if (file.exists(script)) {
+    tryCatch(sys.source(script, envir = env, keep.source = FALSE), error = function(e) {
+      stop(sprintf("score.R: %s", conditionMessage(e)), call. = FALSE)
+    })
+  }
+  has <- function(name) exists(name, envir = env, inherits = FALSE)
+  for (name in c("init", "score")) {
+    if (has(name) && !is.function(get(name, envir = env))) {
+      stop(sprintf("score.R: '%s' must be a function", name), call. = FALSE)
+    }
+  }
+  rds <- file.path(model_dir, "model.rds")
+  if (has("init")) {
+    state <- tryCatch(env$init(model_dir), error = function(e) {
+      stop(sprintf("score.R: init() failed: %s", conditionMessage(e)), call. = FALSE)
+    })
+  } else if (file.exists(rds)) {
+    state <- tryCatch(readRDS(rds), error = function(e) {
+      stop(sprintf("model.rds: %s", conditionMessage(e)), call. = FALSE)
+    })
+  } else {
+    stop("bundle has neither model.rds nor an init() in score.R", call. = FALSE)
+  }
+  custom_score <- has("score")
+  loaded <- c(loaded, .load_predict_packages(state, required = !custom_score))
+  score <- if (custom_score) env$score else .default_score(predict_args)
+  list(
+    state = state,
+    score = score,
+    prototype = .prototype(model_dir, state),
+    packages = unique(unname(loaded))
+  )
+}
+
+# --- scoring --------------------------------------------------------------------
+
+# Shape a score() result for Python: list(kind = "vector", values) or
+# list(kind = "columns", names, values = list of atomic columns). Stops with a
+# message when the result is not one value per row.
+.shape_result <- function(x, nrows) {
+  d <- dim(x)
+  if (length(d) > 2 && all(d[-(1:2)] == 1)) x <- array(x, dim = d[1:2], dimnames = dimnames(x)[1:2])
+  if (is.data.frame(x) || is.matrix(x)) {
+    if (is.matrix(x)) {
+      names <- colnames(x)
+      if (is.null(names)) names <- paste0("V", seq_len(ncol(x)))
+      x <- lapply(seq_len(ncol(x)), function(j) x[, j])
+    } else {
+      names <- names(x)
+      x <- as.list(x)
+    }
+  } else if (is.list(x) && !is.null(names(x)) && all(vapply(x, is.atomic, logical(1)))) {
+    names <- names(x)
+  } else if (is.atomic(x) && is.null(dim(x))) {
+    if (length(x) != nrows) {
+      stop(sprintf("score() returned %d values for %d rows", length(x), nrows), call. = FALSE)
+    }
+    return(list(kind = "vector", values = .plain(x)))
+  } else {
+    stop(sprintf(
+      "score() returned an object of class '%s'; expected a vector, factor, matrix, data.frame or named list of columns",
+      paste(class(x), collapse = "/")
+    ), call. = FALSE)
+  }
+  for (i in seq_along(x)) {
+    if (length(x[[i]]) != nrows) {
+      stop(sprintf("score() returned column '%s' with %d values for %d rows",
+                   names[i], length(x[[i]]), nrows), call. = FALSE)
+    }
+    x[[i]] <- .plain(x[[i]])
+  }
+  list(kind = "columns", names = as.character(names), values = unname(x))
+}
+
+# An atomic vector as Python will read it: factors as labels, no attributes.
+.plain <- function(x) {
+  if (is.factor(x)) x <- as.character(x)
+  if (!is.atomic(x)) stop("score() returned a column that is not atomic", call. = FALSE)
+  attributes(x) <- NULL
+  x
+}
+
+# Call score(state, data) and shape its result; errors come back as data, not as
+# R conditions, so that rpy2 never formats a deparsed model into a message.
+.score <- function(score, state, data) {
+  tryCatch(
+    withCallingHandlers(
+      list(ok = TRUE, result = .shape_result(score(state, data), nrow(data))),
+      warning = function(w) invokeRestart("muffleWarning")
+    ),
+    error = function(e) list(ok = FALSE, message = conditionMessage(e))
+  )
+}
+
+.try_load_bundle <- function(model_dir, packages, predict_args) {
+  tryCatch(
+    list(ok = TRUE, value = .load_bundle(model_dir, packages, predict_args)),
+    error = function(e) list(ok = FALSE, message = conditionMessage(e))
+  )
+}

@@ -1,0 +1,297 @@
+"""The sidecar's side of the worker protocol: a socket the R workers connect to.
+
+`WorkerPool` listens on the Unix socket, greets each worker that connects, and keeps
+one `WorkerLink` per live worker. A link carries at most one request at a time; if its
+worker dies mid-request, that request fails with `WorkerCrashed` and the link is gone
+(the restarted worker connects as a new link). `acquire()` hands out idle links in FIFO
+order of the callers; admission limits and queues on top of it belong to the sidecar.
+
+Asyncio only; never imports rpy2 and never starts R.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from r_scorer import protocol
+from r_scorer.errors import ProtocolError, WorkerCrashed, error_from_json
+from r_scorer.prototype import Prototype, TypedFrame
+
+log = logging.getLogger("rscore.pool")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the workers say about the model in their hello."""
+
+    name: str
+    version: str
+    batchable: bool
+    packages: tuple[str, ...]
+    prototype: Prototype
+
+    @classmethod
+    def from_hello(cls, model: dict[str, Any]) -> ModelInfo:
+        return cls(
+            name=str(model["name"]),
+            version=str(model.get("version", "")),
+            batchable=bool(model.get("batchable", True)),
+            packages=tuple(model.get("packages", ())),
+            prototype=Prototype.from_json(model.get("prototype", {})),
+        )
+
+
+@dataclass(frozen=True)
+class ScoreReply:
+    predictions: list[Any]
+    r_seconds: float
+
+
+class WorkerLink:
+    """The connection to one R worker process."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        slot: int,
+        pid: int,
+        generation: int,
+        model: ModelInfo,
+    ) -> None:
+        self.slot = slot
+        self.pid = pid
+        self.generation = generation
+        self.model = model
+        self.retiring = False  # the worker said its last answer was its last
+        self._reader = reader
+        self._writer = writer
+        self._ids = itertools.count(1)
+        self._pending: asyncio.Future[dict[str, Any]] | None = None
+        self._closed = asyncio.get_running_loop().create_future()
+
+    @property
+    def alive(self) -> bool:
+        return not self._closed.done()
+
+    @property
+    def usable(self) -> bool:
+        return self.alive and not self.retiring
+
+    @property
+    def busy(self) -> bool:
+        return self._pending is not None
+
+    def __repr__(self) -> str:
+        return f"<WorkerLink slot={self.slot} pid={self.pid} gen={self.generation}>"
+
+    async def score(self, frame: TypedFrame, timeout_s: float | None = None) -> ScoreReply:
+        """Score one (possibly merged) frame on this worker.
+
+        Raises the worker's ScoringError (model_error, schema_mismatch...), or
+        WorkerCrashed if the worker dies first. Cancelling the caller (e.g. on timeout)
+        leaves the link busy until the worker answers or dies, so no second request
+        ever overlaps a first.
+        """
+        if self._pending is not None:
+            raise RuntimeError(f"{self!r} already has a request in flight")
+        if not self.usable:
+            raise WorkerCrashed(f"R worker pid {self.pid} is gone")
+        request_id = next(self._ids)
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending = reply
+        self._writer.write(protocol.encode(protocol.score_request(request_id, frame, timeout_s)))
+        answer = await asyncio.shield(reply)
+        if answer.get("id") != request_id:
+            self._fail(ProtocolError(f"{self!r} answered request {answer.get('id')}"))
+            raise WorkerCrashed(f"R worker pid {self.pid} answered out of turn")
+        if answer.get("ok"):
+            return ScoreReply(answer["predictions"], float(answer.get("r_seconds", 0.0)))
+        error = answer.get("error", {})
+        raise error_from_json(str(error.get("code")), str(error.get("message")))
+
+    def when_answered(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the request in flight is answered or the worker dies."""
+        if self._pending is None:
+            callback()
+        else:
+            self._pending.add_done_callback(lambda _: callback())
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed)
+
+    async def read_answers(self) -> None:
+        """Resolve each request's future from the worker's answers until it goes away."""
+        try:
+            while True:
+                header = await self._reader.readexactly(protocol.HEADER.size)
+                body = await self._reader.readexactly(protocol.frame_length(header))
+                answer = protocol.decode(body)
+                pending, self._pending = self._pending, None
+                if answer.get("last"):
+                    self.retiring = True
+                if pending is None:
+                    raise ProtocolError("answer with no request in flight")
+                if not pending.done():
+                    pending.set_result(answer)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            self._fail(exc)
+        except ProtocolError as exc:
+            log.error("%r broke the protocol: %s", self, exc)
+            self._fail(exc)
+        finally:
+            self._writer.close()
+
+    def _fail(self, cause: BaseException) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None and not pending.done():
+            pending.set_exception(
+                WorkerCrashed(
+                    f"R worker pid {self.pid} died while scoring this request; "
+                    f"it is being restarted"
+                )
+            )
+            pending.exception()  # mark retrieved: the caller may have timed out already
+        if not self._closed.done():
+            self._closed.set_result(cause)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class WorkerPool:
+    """Listens for R workers and hands out idle ones."""
+
+    def __init__(
+        self,
+        socket_path: str | os.PathLike[str],
+        *,
+        on_worker_up: Callable[[WorkerLink], None] | None = None,
+        on_worker_down: Callable[[WorkerLink, bool], None] | None = None,
+    ) -> None:
+        self.socket_path = Path(socket_path)
+        self.model: ModelInfo | None = None
+        self._links: dict[int, WorkerLink] = {}
+        self._idle: asyncio.Queue[WorkerLink] = asyncio.Queue()
+        self._changed = asyncio.Event()
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._on_up = on_worker_up
+        self._on_down = on_worker_down
+
+    @property
+    def workers(self) -> list[WorkerLink]:
+        """Live, usable worker links, by slot."""
+        return [link for _, link in sorted(self._links.items()) if link.usable]
+
+    async def start(self) -> None:
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()  # a stale socket from a previous run
+        self._server = await asyncio.start_unix_server(self._greet, path=str(self.socket_path))
+        os.chmod(self.socket_path, 0o600)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for link in list(self._links.values()):
+            link.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+
+    async def wait_for_workers(self, count: int) -> None:
+        """Wait until at least `count` workers are connected."""
+        while len(self.workers) < count:
+            self._changed.clear()
+            await self._changed.wait()
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[WorkerLink]:
+        """An idle worker for one request or batch; waiters are served first come first."""
+        link = await self._next_idle()
+        try:
+            yield link
+        finally:
+            self._release(link)
+
+    async def _next_idle(self) -> WorkerLink:
+        while True:
+            link = await self._idle.get()
+            if link.usable:
+                return link
+
+    def _release(self, link: WorkerLink) -> None:
+        if not link.usable:
+            return
+        if link.busy:
+            # The caller gave up (timeout) while R still works: idle again once it answers.
+            link.when_answered(lambda: self._release(link))
+            return
+        self._idle.put_nowait(link)
+
+    async def _greet(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        try:
+            header = await reader.readexactly(protocol.HEADER.size)
+            hello = protocol.decode(await reader.readexactly(protocol.frame_length(header)))
+            if hello.get("op") != "hello" or hello.get("protocol") != protocol.PROTOCOL_VERSION:
+                raise ProtocolError(f"expected hello (protocol {protocol.PROTOCOL_VERSION})")
+            worker = hello["worker"]
+            model = ModelInfo.from_hello(hello["model"])
+        except (asyncio.IncompleteReadError, ConnectionError, ProtocolError, KeyError) as exc:
+            log.error("a worker connected but did not say hello properly: %r", exc)
+            writer.close()
+            return
+        if self.model is None:
+            self.model = model
+        elif model != self.model:
+            log.error("worker pid %s serves a different model; refusing it", worker.get("pid"))
+            writer.close()
+            return
+        link = WorkerLink(
+            reader,
+            writer,
+            slot=int(worker["slot"]),
+            pid=int(worker["pid"]),
+            generation=int(worker["generation"]),
+            model=model,
+        )
+        replaced = self._links.get(link.slot)
+        self._links[link.slot] = link
+        restarted = replaced is not None or link.generation > 1
+        log.info(
+            "worker slot %d pid %d connected%s",
+            link.slot,
+            link.pid,
+            " (restarted)" if restarted else "",
+        )
+        self._idle.put_nowait(link)
+        self._notify(self._on_up, link)
+        await link.read_answers()
+        if self._links.get(link.slot) is link:
+            del self._links[link.slot]
+        crashed = not link.retiring
+        if crashed:
+            log.warning("worker slot %d pid %d disconnected", link.slot, link.pid)
+        self._notify(self._on_down, link, crashed)
+
+    def _notify(self, callback: Callable[..., None] | None, *args: Any) -> None:
+        self._changed.set()
+        if callback is not None:
+            callback(*args)

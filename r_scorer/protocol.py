@@ -1,0 +1,130 @@
+"""The worker protocol: how the sidecar and the R workers talk, over one Unix socket.
+
+Transport. The sidecar side (`r_scorer.pool`) listens on a Unix stream socket, e.g.
+`/run/rscore/workers.sock` on an emptyDir shared by the pod's two containers. Every R
+worker process connects to it, so the sidecar discovers workers as they come (and a
+restarted worker simply connects again); neither side needs to start first.
+
+Framing. Each message is a 4-byte big-endian unsigned length, then that many bytes of
+one JSON object (orjson). Frames over `MAX_FRAME_BYTES` are a protocol error.
+
+Conversation. On connecting, the worker sends `hello`; then it answers one request at
+a time, strictly in turn (the sidecar never sends a second request before the answer):
+
+    worker -> sidecar  {"op": "hello", "protocol": 1,
+                        "worker": {"slot": 0, "pid": 4242, "generation": 1},
+                        "model": {"name", "version", "batchable", "packages", "prototype"}}
+    sidecar -> worker  {"op": "score", "id": 7, "nrows": 2, "timeout_s": 4.9,
+                        "columns": [["wt", "numeric", [2.5, 3.1]], ["f", "factor", [1, 2]]]}
+    worker -> sidecar  {"id": 7, "ok": true, "predictions": [...], "r_seconds": 0.00046}
+                    or {"id": 7, "ok": false, "error": {"code": "model_error", "message": "..."}}
+
+`columns` are already coerced to the prototype (`prototype.coerce`): factor columns are
+1-based codes into the worker's own training levels, null is NA. `timeout_s` (optional)
+is the request's remaining budget: a worker still inside R `WATCHDOG_GRACE_S` after it
+exits at once, so its supervisor restarts it. An answer with `"last": true` is the
+worker's final one (it recycles after a number of requests): the sidecar sends it
+nothing more and the worker closes the connection.
+
+Pure: framing and message shapes only, no sockets.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import orjson
+
+from r_scorer.errors import ProtocolError
+from r_scorer.prototype import TypedColumn, TypedFrame
+
+PROTOCOL_VERSION = 1
+HEADER = struct.Struct(">I")
+MAX_FRAME_BYTES = 256 * 1024 * 1024
+WATCHDOG_GRACE_S = 0.5
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """One framed message."""
+    body = orjson.dumps(message)
+    if len(body) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"message of {len(body)} bytes exceeds {MAX_FRAME_BYTES}")
+    return HEADER.pack(len(body)) + body
+
+
+def frame_length(header: bytes) -> int:
+    """The body length announced by a 4-byte header."""
+    (length,) = HEADER.unpack(header)
+    if length > MAX_FRAME_BYTES:
+        raise ProtocolError(f"peer announced a frame of {length} bytes (limit {MAX_FRAME_BYTES})")
+    return length
+
+
+def decode(body: bytes) -> dict[str, Any]:
+    """A message body; raises ProtocolError if it is not a JSON object."""
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"frame is not JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("frame is not a JSON object")
+    return message
+
+
+def score_request(
+    request_id: int, frame: TypedFrame, timeout_s: float | None = None
+) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "op": "score",
+        "id": request_id,
+        "nrows": frame.nrows,
+        "columns": [[column.name, column.kind, column.values] for column in frame.columns],
+    }
+    if timeout_s is not None:
+        message["timeout_s"] = timeout_s
+    return message
+
+
+def frame_of_request(message: dict[str, Any]) -> TypedFrame:
+    """The TypedFrame a `score` request carries."""
+    try:
+        nrows = int(message["nrows"])
+        columns = tuple(
+            TypedColumn(str(name), str(kind), list(values))
+            for name, kind, values in message["columns"]
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"malformed score request: {exc!r}") from None
+    if any(len(column.values) != nrows for column in columns):
+        raise ProtocolError("malformed score request: a column's length differs from nrows")
+    return TypedFrame(columns, nrows)
+
+
+def hello(slot: int, pid: int, generation: int, model: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "op": "hello",
+        "protocol": PROTOCOL_VERSION,
+        "worker": {"slot": slot, "pid": pid, "generation": generation},
+        "model": model,
+    }
+
+
+def ok_reply(
+    request_id: int, predictions: list[Any], r_seconds: float, *, last: bool = False
+) -> dict[str, Any]:
+    reply = {"id": request_id, "ok": True, "predictions": predictions, "r_seconds": r_seconds}
+    if last:
+        reply["last"] = True
+    return reply
+
+
+def error_reply(request_id: int, code: str, message: str, *, last: bool = False) -> dict[str, Any]:
+    reply: dict[str, Any] = {
+        "id": request_id,
+        "ok": False,
+        "error": {"code": code, "message": message},
+    }
+    if last:
+        reply["last"] = True
+    return reply

@@ -1,0 +1,230 @@
+"""The input prototype of a model and the coercion of request columns to it.
+
+A prototype is what the model was trained on: column names, R types and factor levels,
+read from `ptype.rds` or from the model's terms (see `R/rscore.R`) and carried as plain
+data, so the sidecar can validate a request before it ever reaches R. Coercion turns
+JSON values into typed column values ready to become R vectors column-wise: numbers to
+float, integers to int, factor labels to 1-based codes, null to None (R's NA).
+
+Pure: no R, no I/O. Every error names the column (and the value or row) at fault.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from r_scorer.errors import SchemaMismatch
+from r_scorer.payload import Frame, json_type
+
+# Kinds of column: the R vector each becomes.
+NUMERIC = "numeric"
+INTEGER = "integer"
+LOGICAL = "logical"
+CHARACTER = "character"
+FACTOR = "factor"
+ORDERED = "ordered"
+ANY = "any"  # no prototype for this column: the JSON values decide
+KINDS = (NUMERIC, INTEGER, LOGICAL, CHARACTER, FACTOR, ORDERED, ANY)
+
+R_INT_MAX = 2**31 - 1  # R integers are 32-bit and -2^31 is NA_integer_
+_MAX_LEVELS_SHOWN = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One input column: its name, its kind and, for factors, the training levels."""
+
+    name: str
+    kind: str
+    levels: tuple[str, ...] = ()
+    level_codes: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"column {self.name!r}: unknown kind {self.kind!r}")
+        if self.levels and not self.level_codes:
+            codes = {level: code for code, level in enumerate(self.levels, start=1)}
+            object.__setattr__(self, "level_codes", codes)
+
+    def to_json(self) -> dict[str, Any]:
+        described: dict[str, Any] = {"name": self.name, "kind": self.kind}
+        if self.kind in (FACTOR, ORDERED):
+            described["levels"] = list(self.levels)
+        return described
+
+
+@dataclass(frozen=True, slots=True)
+class Prototype:
+    """The model's inputs. `columns` empty means inputs pass through unchecked."""
+
+    columns: tuple[Column, ...] = ()
+    source: str = "none"  # "ptype.rds", "terms", or "none"
+
+    @property
+    def checked(self) -> bool:
+        return bool(self.columns)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "columns": [column.to_json() for column in self.columns]}
+
+    @classmethod
+    def from_json(cls, described: dict[str, Any]) -> Prototype:
+        columns = tuple(
+            Column(item["name"], item["kind"], tuple(item.get("levels", ())))
+            for item in described.get("columns", ())
+        )
+        return cls(columns, described.get("source", "none"))
+
+
+@dataclass(frozen=True, slots=True)
+class TypedColumn:
+    """A coerced column: values are float/int/bool/str/None, or 1-based codes for factors."""
+
+    name: str
+    kind: str
+    values: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TypedFrame:
+    """A request's rows, coerced: the columns the model needs, in prototype order."""
+
+    columns: tuple[TypedColumn, ...]
+    nrows: int
+
+
+def coerce(frame: Frame, prototype: Prototype) -> TypedFrame:
+    """Coerce a frame to the prototype; pass columns through when there is none."""
+    if not prototype.checked:
+        typed = tuple(
+            TypedColumn(name, *_infer(name, values)) for name, values in frame.columns.items()
+        )
+        return TypedFrame(typed, frame.nrows)
+    missing = [column.name for column in prototype.columns if column.name not in frame.columns]
+    if missing:
+        raise SchemaMismatch(
+            f"missing column{'s' if len(missing) > 1 else ''} {_quoted(missing)}; "
+            f"the model needs {_quoted(column.name for column in prototype.columns)}"
+        )
+    typed = tuple(
+        _coerce_column(column, frame.columns[column.name]) for column in prototype.columns
+    )
+    return TypedFrame(typed, frame.nrows)
+
+
+def _coerce_column(column: Column, values: list[Any]) -> TypedColumn:
+    kind = column.kind
+    if kind == ANY:
+        return TypedColumn(column.name, *_infer(column.name, values))
+    convert = _CONVERTERS[kind]
+    out: list[Any] = []
+    append = out.append
+    for row, value in enumerate(values):
+        if value is None:
+            append(None)
+            continue
+        converted = convert(value, column)
+        if converted is _REJECT:
+            raise _type_error(column, row, value)
+        append(converted)
+    return TypedColumn(column.name, kind, out)
+
+
+_REJECT = object()
+
+
+def _to_numeric(value: Any, _: Column) -> Any:
+    if type(value) is float or (type(value) is int):
+        return float(value)
+    return _REJECT
+
+
+def _to_integer(value: Any, _: Column) -> Any:
+    if type(value) is int:
+        integer = value
+    elif type(value) is float and value.is_integer():
+        integer = int(value)
+    else:
+        return _REJECT
+    return integer if -R_INT_MAX <= integer <= R_INT_MAX else _REJECT
+
+
+def _to_logical(value: Any, _: Column) -> Any:
+    return value if type(value) is bool else _REJECT
+
+
+def _to_character(value: Any, _: Column) -> Any:
+    return value if type(value) is str else _REJECT
+
+
+def _to_factor_code(value: Any, column: Column) -> Any:
+    if type(value) is str:
+        label = value
+    elif type(value) is int or (type(value) is float and value.is_integer()):
+        label = str(int(value))  # R's factor() of a whole number labels it "4", not "4.0"
+    else:
+        return _REJECT
+    code = column.level_codes.get(label)
+    if code is None:
+        shown = list(column.levels[:_MAX_LEVELS_SHOWN])
+        more = len(column.levels) - len(shown)
+        suffix = f" and {more} more" if more > 0 else ""
+        raise SchemaMismatch(
+            f"column '{column.name}': unknown level {label!r}; "
+            f"the model knows {_quoted(shown)}{suffix}"
+        )
+    return code
+
+
+_CONVERTERS = {
+    NUMERIC: _to_numeric,
+    INTEGER: _to_integer,
+    LOGICAL: _to_logical,
+    CHARACTER: _to_character,
+    FACTOR: _to_factor_code,
+    ORDERED: _to_factor_code,
+}
+
+_EXPECTED = {
+    NUMERIC: "a number",
+    INTEGER: f"a whole number within +/-{R_INT_MAX}",
+    LOGICAL: "true or false",
+    CHARACTER: "a string",
+    FACTOR: "a string (a factor level)",
+    ORDERED: "a string (a factor level)",
+}
+
+
+def _type_error(column: Column, row: int, value: Any) -> SchemaMismatch:
+    shown = repr(value) if isinstance(value, str | int | float) else json_type(value)
+    return SchemaMismatch(
+        f"column '{column.name}' must be {_EXPECTED[column.kind]} (or null); "
+        f"row {row} has {json_type(value)} {shown}"
+    )
+
+
+def _infer(name: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+    """Kind and values of a column with no prototype, from its JSON values."""
+    seen = {json_type(value) for value in values if value is not None}
+    if len(seen) > 1:
+        raise SchemaMismatch(f"column '{name}' mixes {_quoted(sorted(seen))} values")
+    kind_of_json = {"number": NUMERIC, "boolean": LOGICAL, "string": CHARACTER}
+    seen_type = seen.pop() if seen else "boolean"  # all null: R's NA is logical
+    if seen_type not in kind_of_json:
+        raise SchemaMismatch(f"column '{name}' holds {seen_type} values; expected scalars")
+    kind = kind_of_json[seen_type]
+    if kind == NUMERIC:
+        return kind, [None if value is None else float(value) for value in values]
+    return kind, list(values)
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON has no NaN or Inf: R's NA, NaN and +/-Inf all leave as null."""
+    return value if math.isfinite(value) else None
+
+
+def _quoted(names: Iterable[str]) -> str:
+    return ", ".join(f"'{name}'" for name in names)

@@ -1,0 +1,141 @@
+"""A bundle loaded into embedded R, ready to score typed frames.
+
+`start_r()` starts R once per process (rpy2 is not thread-safe: one R per process, and
+only the thread that started it may call it) and sources `R/rscore.R`. `load_model()`
+loads a bundle: its packages, score.R, init(), the predict() package for the model's
+class, and the input prototype. `LoadedModel.score()` is the hot path.
+
+Never prints to stdout (R's console goes to stderr, so `rscore predict` output stays
+clean JSON), and never lets an R condition escape as anything but a ScoringError.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from r_scorer.bundle import BundleSpec
+from r_scorer.errors import BundleError, ModelError
+from r_scorer.prototype import FACTOR, ORDERED, Column, Prototype, TypedFrame
+
+
+@cache
+def start_r() -> Any:
+    """Start embedded R in this process (once) and return rscore's R environment."""
+    from rpy2.rinterface_lib import callbacks
+
+    callbacks.consolewrite_print = _to_stderr
+    callbacks.consolewrite_warnerror = _to_stderr
+    import rpy2.rinterface as ri
+
+    ri.initr_simple()
+    env = ri.baseenv["new.env"]()
+    source = resources.files("r_scorer").joinpath("R/rscore.R").read_text(encoding="utf-8")
+    ri.baseenv["eval"](ri.parse(source), env)
+    return env
+
+
+def _to_stderr(text: str) -> None:
+    sys.stderr.write(text)
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Predictions, one per row, and the seconds spent inside R."""
+
+    predictions: list[Any]
+    r_seconds: float
+
+
+class LoadedModel:
+    """A bundle's state and score function, living in this process's R."""
+
+    def __init__(
+        self,
+        spec: BundleSpec,
+        prototype: Prototype,
+        packages: tuple[str, ...],
+        state: Any,
+        score_function: Any,
+    ) -> None:
+        self.spec = spec
+        self.prototype = prototype
+        self.packages = packages
+        self._state = state
+        self._score_function = score_function
+        self._levels = {
+            column.name: column.levels
+            for column in prototype.columns
+            if column.kind in (FACTOR, ORDERED)
+        }
+        env = start_r()
+        self._score_in_r = env[".score"]
+
+    def score(self, frame: TypedFrame) -> ScoreResult:
+        """Score a coerced frame; raises ModelError with R's message on failure."""
+        from r_scorer import rconvert
+
+        if frame.nrows == 0:
+            return ScoreResult([], 0.0)
+        data = rconvert.r_data_frame(frame, self._levels)
+        started = time.perf_counter()
+        outcome = self._score_in_r(self._score_function, self._state, data)
+        r_seconds = time.perf_counter() - started
+        fields = _fields(outcome)
+        if not fields["ok"][0]:
+            raise ModelError(f"R error in score(): {fields['message'][0]}")
+        return ScoreResult(rconvert.python_predictions(fields["result"]), r_seconds)
+
+    def describe(self) -> dict[str, Any]:
+        """What a client needs to know about the model, as plain data."""
+        return {
+            "name": self.spec.name,
+            "version": self.spec.version,
+            "batchable": self.spec.batchable,
+            "packages": list(self.packages),
+            "prototype": self.prototype.to_json(),
+        }
+
+
+def load_model(spec: BundleSpec) -> LoadedModel:
+    """Load a bundle into R; raises BundleError naming the file or class at fault."""
+    import rpy2.rinterface as ri
+
+    from r_scorer import rconvert
+
+    env = start_r()
+    args = rconvert.r_named_list(
+        {key: rconvert.r_argument(value) for key, value in spec.predict_args.items()}
+    )
+    outcome = env[".try_load_bundle"](
+        ri.StrSexpVector([str(spec.path)]), ri.StrSexpVector(spec.packages), args
+    )
+    fields = _fields(outcome)
+    if not fields["ok"][0]:
+        raise BundleError(f"bundle {spec.path.name!r}: {fields['message'][0]}")
+    loaded = _fields(fields["value"])
+    described = _fields(loaded["prototype"])
+    columns = tuple(
+        Column(
+            str(column["name"][0]),
+            str(column["kind"][0]),
+            tuple(str(level) for level in column["levels"]),
+        )
+        for column in map(_fields, described["columns"])
+    )
+    return LoadedModel(
+        spec,
+        Prototype(columns, str(described["source"][0])),
+        tuple(str(package) for package in loaded["packages"]),
+        loaded["state"],
+        loaded["score"],
+    )
+
+
+def _fields(r_list: Any) -> dict[str, Any]:
+    """A named R list as a dict of its elements."""
+    return dict(zip(r_list.names, r_list, strict=True))

@@ -1,0 +1,245 @@
+"""Starts N R worker processes, restarts the ones that die, and recycles them.
+
+`Supervisor.start()` spawns the workers (fresh interpreters, `python -m
+r_scorer.worker`), waits until each has loaded the bundle, and raises BundleError with
+R's message if one cannot: a bad bundle stops start-up instead of crash-looping. A
+monitor thread then restarts any worker that exits: at once after a recycle or a long
+life, with growing back-off (up to 30 s) when a worker keeps dying young. Every restart
+is logged with the exit status and counted.
+
+Never talks to the workers' socket and never starts R in its own process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from r_scorer.errors import BundleError
+from r_scorer.worker import EXIT_LOAD_FAILED, EXIT_RECYCLED
+
+log = logging.getLogger("rscore.supervisor")
+
+QUICK_DEATH_S = 10.0  # a worker that dies younger than this backs off before restarting
+MAX_BACKOFF_S = 30.0
+
+
+def restart_delay(quick_deaths: int) -> float:
+    """Seconds to wait before restarting a worker after `quick_deaths` young deaths."""
+    if quick_deaths <= 0:
+        return 0.0
+    return min(MAX_BACKOFF_S, 0.5 * 2 ** (quick_deaths - 1))
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    if returncode == EXIT_RECYCLED:
+        return "recycled"
+    if returncode == EXIT_LOAD_FAILED:
+        return "failed to load the bundle"
+    return f"exited with status {returncode}"
+
+
+@dataclass
+class _Slot:
+    index: int
+    generation: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    quick_deaths: int = 0
+    restart_at: float = 0.0
+
+
+@dataclass
+class SupervisorStats:
+    restarts: int = 0
+    recycles: int = 0
+    exits: list[tuple[int, int]] = field(default_factory=list)  # (slot, returncode)
+
+
+class Supervisor:
+    """Runs and keeps alive `workers` R worker processes for one bundle."""
+
+    def __init__(
+        self,
+        bundle: str | os.PathLike[str],
+        socket_path: str | os.PathLike[str],
+        *,
+        workers: int,
+        max_requests: int = 0,
+        load_timeout_s: float = 600.0,
+        python: str = sys.executable,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.bundle = Path(bundle).resolve()
+        self.socket_path = Path(socket_path)
+        self.max_requests = max_requests
+        self.load_timeout_s = load_timeout_s
+        self.python = python
+        self.stats = SupervisorStats()
+        self.model: dict[str, Any] = {}
+        self._slots = [_Slot(index) for index in range(workers)]
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._monitor: threading.Thread | None = None
+
+    @property
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [
+                slot.process.pid
+                for slot in self._slots
+                if slot.process is not None and slot.process.poll() is None
+            ]
+
+    def start(self) -> dict[str, Any]:
+        """Spawn every worker and wait until all have loaded the bundle."""
+        pipes = {slot.index: self._spawn(slot, report=True) for slot in self._slots}
+        try:
+            self.model = self._await_ready(pipes)
+        except BaseException:
+            self.stop()
+            raise
+        self._monitor = threading.Thread(target=self._watch, name="rscore-supervisor", daemon=True)
+        self._monitor.start()
+        return self.model
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Stop restarting, ask every worker to exit, kill those that linger."""
+        self._stopping.set()
+        if self._monitor is not None and self._monitor is not threading.current_thread():
+            self._monitor.join()
+        with self._lock:
+            processes = [slot.process for slot in self._slots if slot.process is not None]
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        deadline = time.monotonic() + grace_s
+        for process in processes:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def _spawn(self, slot: _Slot, *, report: bool) -> int | None:
+        """Start the slot's next generation; returns the read end of its status pipe."""
+        slot.generation += 1
+        command = [
+            self.python, "-m", "r_scorer.worker",
+            "--bundle", str(self.bundle),
+            "--socket", str(self.socket_path),
+            "--slot", str(slot.index),
+            "--generation", str(slot.generation),
+            "--max-requests", str(self.max_requests),
+        ]  # fmt: skip
+        status_read = status_write = None
+        if report:
+            status_read, status_write = os.pipe()
+            command += ["--status-fd", str(status_write)]
+        slot.process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else subprocess.DEVNULL,
+            pass_fds=(status_write,) if status_write is not None else (),
+        )
+        slot.started_at = time.monotonic()
+        if status_write is not None:
+            os.close(status_write)
+        log.info("worker slot %d started: pid %d", slot.index, slot.process.pid)
+        return status_read
+
+    def _await_ready(self, pipes: dict[int, int | None]) -> dict[str, Any]:
+        deadline = time.monotonic() + self.load_timeout_s
+        buffers = {fd: b"" for fd in pipes.values() if fd is not None}
+        model: dict[str, Any] = {}
+        try:
+            while buffers:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise BundleError(
+                        f"workers did not load the bundle within {self.load_timeout_s:.0f} s"
+                    )
+                readable, _, _ = select.select(list(buffers), [], [], remaining)
+                for fd in readable:
+                    chunk = os.read(fd, 65536)
+                    if chunk:
+                        buffers[fd] += chunk
+                        continue
+                    status = _parse_status(buffers.pop(fd))
+                    if not status.get("ready"):
+                        error = status.get("error", {})
+                        raise BundleError(str(error.get("message", "worker failed to start")))
+                    model = status["model"]
+        finally:
+            for fd in pipes.values():
+                if fd is not None:
+                    os.close(fd)
+        return model
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(0.05):
+            now = time.monotonic()
+            with self._lock:
+                for slot in self._slots:
+                    self._tend(slot, now)
+
+    def _tend(self, slot: _Slot, now: float) -> None:
+        process = slot.process
+        if process is not None:
+            returncode = process.poll()
+            if returncode is None:
+                return
+            slot.process = None
+            lived = now - slot.started_at
+            self.stats.exits.append((slot.index, returncode))
+            if returncode == EXIT_RECYCLED:
+                self.stats.recycles += 1
+                slot.quick_deaths = 0
+            else:
+                slot.quick_deaths = slot.quick_deaths + 1 if lived < QUICK_DEATH_S else 0
+            slot.restart_at = now + restart_delay(slot.quick_deaths)
+            level = logging.INFO if returncode == EXIT_RECYCLED else logging.WARNING
+            log.log(
+                level,
+                "worker slot %d pid %d %s after %.1f s; restarting in %.1f s",
+                slot.index, process.pid, describe_exit(returncode), lived,
+                slot.restart_at - now,
+            )  # fmt: skip
+        if now >= slot.restart_at and not self._stopping.is_set():
+            self.stats.restarts += 1
+            self._spawn(slot, report=False)
+
+
+def _parse_status(raw: bytes) -> dict[str, Any]:
+    if not raw.strip():
+        return {"ready": False, "error": {"message": "worker exited before loading the bundle"}}
+    try:
+        status = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {"ready": False, "error": {"message": f"unreadable worker status {raw[:200]!r}"}}
+    return status if isinstance(status, dict) else {"ready": False}
+
+
+def _has_fileno(stream: Any) -> bool:
+    try:
+        stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True

@@ -1,0 +1,176 @@
+"""One R worker process: load the bundle once, then score requests from the sidecar.
+
+Run by the supervisor as `python -m r_scorer.worker ...` (a fresh interpreter, never a
+fork: rpy2 and R must start clean in each process). The worker reports "ready" or its
+load error on a status pipe, connects to the sidecar's socket (retrying until the
+sidecar is there, and again if it goes away), says hello, and answers one request at a
+time per `r_scorer.protocol`.
+
+Never raises out of the request loop for a bad request: every request gets an answer.
+Exits 0 when recycled, 3 when the bundle fails to load; a request stuck in R past its
+deadline makes the watchdog end the process (the supervisor restarts it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import faulthandler
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from r_scorer import protocol
+from r_scorer.bundle import read_bundle
+from r_scorer.errors import ProtocolError, ScoringError
+
+EXIT_RECYCLED = 0
+EXIT_LOAD_FAILED = 3
+_PR_SET_PDEATHSIG = 1
+
+log = logging.getLogger("rscore.worker")
+
+
+class PeerGone(Exception):
+    """The sidecar closed the connection."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s worker[{args.slot}] %(levelname)s %(message)s"
+    )
+    _die_with_parent()
+    from r_scorer.rmodel import load_model  # starts R: only in the worker process
+
+    try:
+        model = load_model(read_bundle(args.bundle))
+    except ScoringError as exc:
+        _report_status(args.status_fd, {"ready": False, "error": exc.to_json()["error"]})
+        return EXIT_LOAD_FAILED
+    # Ctrl-C reaches the whole process group: the supervisor decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    described = model.describe()
+    _report_status(args.status_fd, {"ready": True, "pid": os.getpid(), "model": described})
+    greeting = protocol.encode(protocol.hello(args.slot, os.getpid(), args.generation, described))
+    served = 0
+    while True:
+        connection = _connect(args.socket)
+        try:
+            connection.sendall(greeting)
+            served = _serve(connection, model, served, args.max_requests)
+        except PeerGone:
+            log.info("sidecar closed the connection; reconnecting")
+            continue
+        except ProtocolError as exc:  # the stream is out of step: start it afresh
+            log.error("protocol error from the sidecar (%s); reconnecting", exc)
+            continue
+        finally:
+            connection.close()
+        return EXIT_RECYCLED
+
+
+def _serve(connection: socket.socket, model: Any, served: int, max_requests: int) -> int:
+    """Answer requests until the sidecar leaves (PeerGone) or the worker is due to recycle."""
+    while True:
+        length = protocol.frame_length(_receive(connection, protocol.HEADER.size))
+        message = protocol.decode(_receive(connection, length))
+        served += 1
+        last = 0 < max_requests <= served
+        connection.sendall(protocol.encode(_answer(message, model, last=last)))
+        if last:
+            log.info("recycling after %d requests", served)
+            return served
+
+
+def _answer(message: dict[str, Any], model: Any, *, last: bool) -> dict[str, Any]:
+    request_id = message.get("id", -1)
+    try:
+        if message.get("op") != "score":
+            raise ProtocolError(f"unknown op {message.get('op')!r}")
+        frame = protocol.frame_of_request(message)
+        timeout_s = message.get("timeout_s")
+        if timeout_s is not None:
+            faulthandler.dump_traceback_later(
+                float(timeout_s) + protocol.WATCHDOG_GRACE_S, exit=True
+            )
+        try:
+            result = model.score(frame)
+        finally:
+            if timeout_s is not None:
+                faulthandler.cancel_dump_traceback_later()
+    except ScoringError as exc:
+        return protocol.error_reply(request_id, exc.code, exc.message, last=last)
+    except Exception as exc:  # a bug must cost one answer, never the worker
+        log.exception("internal error scoring request %s", request_id)
+        return protocol.error_reply(request_id, "internal_error", repr(exc), last=last)
+    return protocol.ok_reply(request_id, result.predictions, result.r_seconds, last=last)
+
+
+def _receive(connection: socket.socket, size: int) -> bytes:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    got = 0
+    while got < size:
+        count = connection.recv_into(view[got:])
+        if count == 0:
+            raise PeerGone
+        got += count
+    return bytes(buffer)
+
+
+def _connect(path: str) -> socket.socket:
+    """Connect to the sidecar's socket, waiting (with backoff) until it listens."""
+    delay = 0.02
+    while True:
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            connection.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            connection.close()
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            continue
+        return connection
+
+
+def _report_status(status_fd: int | None, status: dict[str, Any]) -> None:
+    if status_fd is None:
+        if not status.get("ready"):
+            sys.stderr.write(orjson.dumps(status).decode() + "\n")
+        return
+    with os.fdopen(status_fd, "wb") as pipe:
+        pipe.write(orjson.dumps(status) + b"\n")
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to end this worker when its supervisor dies, so no R is orphaned."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        sys.exit(1)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    # argparse, not click: this is an internal entry point with a fixed caller.
+    parser = argparse.ArgumentParser(prog="python -m r_scorer.worker")
+    parser.add_argument("--bundle", required=True)
+    parser.add_argument("--socket", required=True)
+    parser.add_argument("--slot", type=int, default=0)
+    parser.add_argument("--generation", type=int, default=1)
+    parser.add_argument("--status-fd", type=int, default=None)
+    parser.add_argument("--max-requests", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
