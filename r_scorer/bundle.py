@@ -22,7 +22,7 @@ SCRIPT_FILE = "score.R"
 PTYPE_FILE = "ptype.rds"
 CONFIG_FILE = "rscore.toml"
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")  # safe in a URL path and a k8s label
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # safe in a URL path and a k8s label
 _TOP_KEYS = {"name", "version", "packages", "predict", "serving"}
 _SERVING_KEYS = {"batchable"}
 
@@ -70,10 +70,12 @@ def spec_from_config(folder: Path, config: dict[str, Any]) -> BundleSpec:
     if unknown:
         raise BundleError(f"{CONFIG_FILE}: unknown key(s) {unknown}; known: {sorted(_TOP_KEYS)}")
     name = config.get("name", folder.name)
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        where = f"{CONFIG_FILE}: name" if "name" in config else "the bundle folder's name"
         raise BundleError(
-            f"{CONFIG_FILE}: name {name!r} must be 1-63 letters, digits, '.', '_' or '-', "
-            f"starting with a letter or digit"
+            f"{where} {name!r} is not a model name: use 1-63 letters, digits, '.', '_' or "
+            f"'-', starting with a letter or digit"
+            + ("" if "name" in config else f" (or set name in {CONFIG_FILE})")
         )
     version = config.get("version", "")
     if not isinstance(version, str | int | float) or isinstance(version, bool):

@@ -185,6 +185,7 @@ class WorkerPool:
         self._changed = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
         self._on_up = on_worker_up
         self._on_down = on_worker_down
 
@@ -201,14 +202,16 @@ class WorkerPool:
         os.chmod(self.socket_path, 0o600)
 
     async def close(self) -> None:
+        """Stop listening and hang up on every worker (they reconnect to the next pool)."""
         if self._server is not None:
             self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        # Each connection's task ends by itself once its socket is closed.
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5)
+        if self._server is not None:
             await self._server.wait_closed()
-        for link in list(self._links.values()):
-            link.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
 
@@ -247,6 +250,16 @@ class WorkerPool:
         if task is not None:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        self._writers.add(writer)
+        try:
+            await self._serve_worker(reader, writer)
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _serve_worker(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         try:
             header = await reader.readexactly(protocol.HEADER.size)
             hello = protocol.decode(await reader.readexactly(protocol.frame_length(header)))
@@ -256,13 +269,11 @@ class WorkerPool:
             model = ModelInfo.from_hello(hello["model"])
         except (asyncio.IncompleteReadError, ConnectionError, ProtocolError, KeyError) as exc:
             log.error("a worker connected but did not say hello properly: %r", exc)
-            writer.close()
             return
         if self.model is None:
             self.model = model
         elif model != self.model:
             log.error("worker pid %s serves a different model; refusing it", worker.get("pid"))
-            writer.close()
             return
         link = WorkerLink(
             reader,
@@ -272,14 +283,9 @@ class WorkerPool:
             generation=int(worker["generation"]),
             model=model,
         )
-        replaced = self._links.get(link.slot)
         self._links[link.slot] = link
-        restarted = replaced is not None or link.generation > 1
         log.info(
-            "worker slot %d pid %d connected%s",
-            link.slot,
-            link.pid,
-            " (restarted)" if restarted else "",
+            "worker slot %d pid %d generation %d connected", link.slot, link.pid, link.generation
         )
         self._idle.put_nowait(link)
         self._notify(self._on_up, link)

@@ -37,7 +37,7 @@ from typing import Any
 import orjson
 
 from r_scorer.errors import ProtocolError
-from r_scorer.prototype import TypedColumn, TypedFrame
+from r_scorer.prototype import KINDS, TypedColumn, TypedFrame
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct(">I")
@@ -88,17 +88,26 @@ def score_request(
 
 def frame_of_request(message: dict[str, Any]) -> TypedFrame:
     """The TypedFrame a `score` request carries."""
-    try:
-        nrows = int(message["nrows"])
-        columns = tuple(
-            TypedColumn(str(name), str(kind), list(values))
-            for name, kind, values in message["columns"]
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ProtocolError(f"malformed score request: {exc!r}") from None
-    if any(len(column.values) != nrows for column in columns):
-        raise ProtocolError("malformed score request: a column's length differs from nrows")
-    return TypedFrame(columns, nrows)
+    nrows = message.get("nrows")
+    columns = message.get("columns")
+    if type(nrows) is not int or nrows < 0 or not isinstance(columns, list):
+        raise ProtocolError("malformed score request: needs nrows >= 0 and a list of columns")
+    typed = []
+    for column in columns:
+        if not (
+            isinstance(column, list)
+            and len(column) == 3
+            and isinstance(column[0], str)
+            and column[1] in KINDS
+            and isinstance(column[2], list)
+            and len(column[2]) == nrows
+        ):
+            raise ProtocolError(
+                "malformed score request: each column must be [name, kind, values] "
+                "with nrows values"
+            )
+        typed.append(TypedColumn(column[0], column[1], column[2]))
+    return TypedFrame(tuple(typed), nrows)
 
 
 def hello(slot: int, pid: int, generation: int, model: dict[str, Any]) -> dict[str, Any]:

@@ -193,16 +193,16 @@ _EXPECTED = {
     INTEGER: f"a whole number within +/-{R_INT_MAX}",
     LOGICAL: "true or false",
     CHARACTER: "a string",
-    FACTOR: "a string (a factor level)",
-    ORDERED: "a string (a factor level)",
+    FACTOR: "a factor level (a string, or a whole number)",
+    ORDERED: "a factor level (a string, or a whole number)",
 }
 
 
 def _type_error(column: Column, row: int, value: Any) -> SchemaMismatch:
-    shown = repr(value) if isinstance(value, str | int | float) else json_type(value)
+    shown = f" {value!r}" if isinstance(value, str | int | float) else ""
     return SchemaMismatch(
         f"column '{column.name}' must be {_EXPECTED[column.kind]} (or null); "
-        f"row {row} has {json_type(value)} {shown}"
+        f"row {row} has {json_type(value)}{shown}"
     )
 
 

@@ -106,14 +106,19 @@ def python_values(vector: Any) -> list[Any]:
     raise ModelError(f"score() returned values of R type {rtype.name}, which JSON cannot carry")
 
 
-def python_predictions(shaped: Any) -> list[Any]:
-    """The result of R's `.shape_result()` as one JSON value per row."""
-    fields = dict(zip(shaped.names, shaped, strict=True))
-    kind = fields["kind"][0]
-    if kind == "vector":
-        return python_values(fields["values"])
-    names = list(fields["names"])
-    columns = [python_values(column) for column in fields["values"]]
+# Status codes of R's `.score()` answer (see R/rscore.R).
+_VECTOR, _COLUMNS, _FAILED = 0, 1, 2
+
+
+def python_predictions(answer: Any) -> list[Any]:
+    """R's `.score()` answer as one JSON value per row; raises ModelError for R's error."""
+    status = answer[0][0]
+    if status == _VECTOR:
+        return python_values(answer[1])
+    if status == _FAILED:
+        raise ModelError(f"R error in score(): {answer[1][0]}")
+    names = list(answer[1])
+    columns = [python_values(column) for column in answer[2]]
     return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
 
 

@@ -19,7 +19,7 @@ from importlib import resources
 from typing import Any
 
 from r_scorer.bundle import BundleSpec
-from r_scorer.errors import BundleError, ModelError
+from r_scorer.errors import BundleError
 from r_scorer.prototype import FACTOR, ORDERED, Column, Prototype, TypedFrame
 
 
@@ -74,6 +74,7 @@ class LoadedModel:
         }
         env = start_r()
         self._score_in_r = env[".score"]
+        env[".serving_options"]()
 
     def score(self, frame: TypedFrame) -> ScoreResult:
         """Score a coerced frame; raises ModelError with R's message on failure."""
@@ -83,12 +84,9 @@ class LoadedModel:
             return ScoreResult([], 0.0)
         data = rconvert.r_data_frame(frame, self._levels)
         started = time.perf_counter()
-        outcome = self._score_in_r(self._score_function, self._state, data)
+        answer = self._score_in_r(self._score_function, self._state, data)
         r_seconds = time.perf_counter() - started
-        fields = _fields(outcome)
-        if not fields["ok"][0]:
-            raise ModelError(f"R error in score(): {fields['message'][0]}")
-        return ScoreResult(rconvert.python_predictions(fields["result"]), r_seconds)
+        return ScoreResult(rconvert.python_predictions(answer), r_seconds)
 
     def describe(self) -> dict[str, Any]:
         """What a client needs to know about the model, as plain data."""

@@ -39,7 +39,7 @@ def restart_delay(quick_deaths: int) -> float:
     """Seconds to wait before restarting a worker after `quick_deaths` young deaths."""
     if quick_deaths <= 0:
         return 0.0
-    return min(MAX_BACKOFF_S, 0.5 * 2 ** (quick_deaths - 1))
+    return min(MAX_BACKOFF_S, 0.5 * 2 ** min(quick_deaths - 1, 16))  # capped: no overflow
 
 
 def describe_exit(returncode: int) -> str:

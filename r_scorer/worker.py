@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s worker[{args.slot}] %(levelname)s %(message)s"
     )
+    logging.getLogger("rpy2").setLevel(logging.WARNING)  # its start-up chatter is INFO
     _die_with_parent()
     from r_scorer.rmodel import load_model  # starts R: only in the worker process
 

@@ -14,11 +14,14 @@
   pkg
 }
 
-.has_predict_method <- function(classes) {
+# The namespace that provides predict() for the first of `classes` that has one
+# (readRDS of some models, e.g. rpart, already loads it); NULL when none does.
+.predict_method_home <- function(classes) {
   for (cl in classes) {
-    if (!is.null(utils::getS3method("predict", cl, optional = TRUE))) return(TRUE)
+    method <- utils::getS3method("predict", cl, optional = TRUE)
+    if (!is.null(method)) return(environmentName(environment(method)))
   }
-  FALSE
+  NULL
 }
 
 # The installed package whose NAMESPACE registers S3method(predict, <class>) for the
@@ -53,7 +56,15 @@
 .load_predict_packages <- function(state, required) {
   loaded <- character()
   classes <- .state_classes(state)
-  if (!length(classes) || .has_predict_method(classes)) return(loaded)
+  if (!length(classes)) return(loaded)
+  home <- .predict_method_home(classes)
+  if (!is.null(home)) {
+    # Loaded but maybe not attached: attach it, as the user's training session had it.
+    if (nzchar(home) && !(paste0("package:", home) %in% search())) {
+      loaded <- .attach_package(home, sprintf("provides predict() for class '%s'", classes[1]))
+    }
+    return(loaded)
+  }
   pkg <- .predict_package(classes)
   if (!is.na(pkg)) {
     loaded <- .attach_package(pkg, sprintf("registers predict() for class '%s'", classes[1]))
@@ -195,34 +206,39 @@
 
 # --- scoring --------------------------------------------------------------------
 
-# Shape a score() result for Python: list(kind = "vector", values) or
-# list(kind = "columns", names, values = list of atomic columns). Stops with a
-# message when the result is not one value per row.
+# Status codes of .score()'s answer, read by position in Python (rconvert.py): cheaper
+# through rpy2 than names.
+.VECTOR <- 0L   # list(0L, values): one value per row
+.COLUMNS <- 1L  # list(1L, names, list of columns): one object per row
+.FAILED <- 2L   # list(2L, message)
+
+# Shape a score() result: a vector (factors as labels) or named columns, each with one
+# value per row. Stops with a message otherwise.
 .shape_result <- function(x, nrows) {
-  d <- dim(x)
-  if (length(d) > 2 && all(d[-(1:2)] == 1)) x <- array(x, dim = d[1:2], dimnames = dimnames(x)[1:2])
-  if (is.data.frame(x) || is.matrix(x)) {
-    if (is.matrix(x)) {
-      names <- colnames(x)
-      if (is.null(names)) names <- paste0("V", seq_len(ncol(x)))
-      x <- lapply(seq_len(ncol(x)), function(j) x[, j])
-    } else {
-      names <- names(x)
-      x <- as.list(x)
-    }
-  } else if (is.list(x) && !is.null(names(x)) && all(vapply(x, is.atomic, logical(1)))) {
-    names <- names(x)
-  } else if (is.atomic(x) && is.null(dim(x))) {
+  if (is.atomic(x) && is.null(dim(x))) {  # the common case first: a plain vector
     if (length(x) != nrows) {
       stop(sprintf("score() returned %d values for %d rows", length(x), nrows), call. = FALSE)
     }
-    return(list(kind = "vector", values = .plain(x)))
+    return(list(.VECTOR, .plain(x)))
+  }
+  d <- dim(x)
+  if (length(d) > 2 && all(d[-(1:2)] == 1)) x <- array(x, dim = d[1:2], dimnames = dimnames(x)[1:2])
+  if (is.matrix(x)) {
+    names <- colnames(x)
+    if (is.null(names)) names <- paste0("V", seq_len(ncol(x)))
+    x <- lapply(seq_len(ncol(x)), function(j) x[, j])
+  } else if (is.data.frame(x)) {
+    names <- names(x)
+    x <- as.list(x)
+  } else if (is.list(x) && !is.null(names(x)) && all(vapply(x, is.atomic, logical(1)))) {
+    names <- names(x)
   } else {
     stop(sprintf(
       "score() returned an object of class '%s'; expected a vector, factor, matrix, data.frame or named list of columns",
       paste(class(x), collapse = "/")
     ), call. = FALSE)
   }
+  if (!length(x)) stop("score() returned no columns", call. = FALSE)
   for (i in seq_along(x)) {
     if (length(x[[i]]) != nrows) {
       stop(sprintf("score() returned column '%s' with %d values for %d rows",
@@ -230,28 +246,30 @@
     }
     x[[i]] <- .plain(x[[i]])
   }
-  list(kind = "columns", names = as.character(names), values = unname(x))
+  list(.COLUMNS, as.character(names), unname(x))
 }
 
-# An atomic vector as Python will read it: factors as labels, no attributes.
+# An atomic vector as Python reads it: factors as labels. Other attributes (names,
+# dim) are ignored there, so they are not stripped here (that would copy).
 .plain <- function(x) {
-  if (is.factor(x)) x <- as.character(x)
+  if (is.factor(x)) return(as.character(x))
   if (!is.atomic(x)) stop("score() returned a column that is not atomic", call. = FALSE)
-  attributes(x) <- NULL
   x
 }
 
-# Call score(state, data) and shape its result; errors come back as data, not as
-# R conditions, so that rpy2 never formats a deparsed model into a message.
+# Call score(state, data) and shape its result; errors come back as data, not as R
+# conditions, so rpy2 never formats a deparsed model into a message. (Warnings are
+# off while serving: see LoadedModel.)
 .score <- function(score, state, data) {
   tryCatch(
-    withCallingHandlers(
-      list(ok = TRUE, result = .shape_result(score(state, data), nrow(data))),
-      warning = function(w) invokeRestart("muffleWarning")
-    ),
-    error = function(e) list(ok = FALSE, message = conditionMessage(e))
+    .shape_result(score(state, data), nrow(data)),
+    error = function(e) list(.FAILED, conditionMessage(e))
   )
 }
+
+# Serving mode: warnings from predict() would be printed per request, at thousands a
+# second; they were shown while the bundle loaded.
+.serving_options <- function() options(warn = -1)
 
 .try_load_bundle <- function(model_dir, packages, predict_args) {
   tryCatch(

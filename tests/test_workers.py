@@ -1,0 +1,188 @@
+"""R worker processes behind the worker protocol: real subprocesses, real R, a real socket.
+
+The supervisor starts workers; the pool (the sidecar's side) accepts them and sends
+requests. Workers are killed for real to show restarts and the callers' errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+
+import orjson
+import pytest
+from helpers import assert_same_predictions
+
+from r_scorer.errors import BundleError, ModelError, WorkerCrashed
+from r_scorer.payload import parse_body
+from r_scorer.pool import WorkerLink, WorkerPool
+from r_scorer.prototype import TypedFrame, coerce
+from r_scorer.supervisor import Supervisor
+
+SLOW_SCORE_R = """
+init <- function(model_dir) list(factor = 2)
+score <- function(state, data) {
+  if (!is.null(data$sleep)) Sys.sleep(data$sleep[1])
+  if (!is.null(data$fail)) stop("asked to fail")
+  data$x * state$factor
+}
+"""
+
+
+@pytest.fixture
+def slow_bundle(tmp_path: Path) -> Path:
+    bundle = tmp_path / "slow"
+    bundle.mkdir()
+    (bundle / "score.R").write_text(SLOW_SCORE_R)
+    return bundle
+
+
+def frame_of(rows: list[dict], pool: WorkerPool) -> TypedFrame:
+    assert pool.model is not None
+    return coerce(parse_body(orjson.dumps({"data": rows})), pool.model.prototype)
+
+
+class Running:
+    """A pool listening on a socket and a supervisor whose workers connect to it."""
+
+    def __init__(self, pool: WorkerPool, supervisor: Supervisor) -> None:
+        self.pool = pool
+        self.supervisor = supervisor
+
+
+async def start(bundle: Path, tmp_path: Path, workers: int, max_requests: int = 0) -> Running:
+    pool = WorkerPool(tmp_path / "sock" / "workers.sock")
+    await pool.start()
+    supervisor = Supervisor(bundle, pool.socket_path, workers=workers, max_requests=max_requests)
+    await asyncio.to_thread(supervisor.start)
+    await asyncio.wait_for(pool.wait_for_workers(workers), 60)
+    return Running(pool, supervisor)
+
+
+async def stop(running: Running) -> None:
+    await asyncio.to_thread(running.supervisor.stop)
+    await running.pool.close()
+
+
+async def score(pool: WorkerPool, rows: list[dict], timeout_s: float | None = None) -> list:
+    async with pool.acquire() as link:
+        return (await link.score(frame_of(rows, pool), timeout_s)).predictions
+
+
+async def test_workers_answer_like_r_itself(test_bundles: Path, tmp_path: Path) -> None:
+    running = await start(test_bundles / "glm-factors", tmp_path, workers=2)
+    try:
+        assert running.pool.model is not None
+        assert running.pool.model.prototype.columns[0].name == "wool"
+        request = json.loads((test_bundles / "glm-factors" / "request.json").read_text())
+        expected = json.loads((test_bundles / "glm-factors" / "expected.json").read_text())
+        rows = [
+            dict(zip(request["dataframe_split"]["columns"], row, strict=True))
+            for row in request["dataframe_split"]["data"]
+        ]
+        answers = await asyncio.gather(*(score(running.pool, rows) for _ in range(20)))
+        for answer in answers:
+            assert_same_predictions(answer, expected)
+        assert sorted(link.slot for link in running.pool.workers) == [0, 1]
+    finally:
+        await stop(running)
+
+
+async def test_model_error_answers_that_request_and_the_worker_serves_on(
+    slow_bundle: Path, tmp_path: Path
+) -> None:
+    running = await start(slow_bundle, tmp_path, workers=1)
+    try:
+        with pytest.raises(ModelError, match="asked to fail"):
+            await score(running.pool, [{"x": 1, "fail": True}])
+        assert await score(running.pool, [{"x": 1.5}]) == [3.0]
+        assert running.supervisor.stats.restarts == 0
+    finally:
+        await stop(running)
+
+
+async def test_worker_killed_mid_call_is_restarted_and_its_caller_told(
+    slow_bundle: Path, tmp_path: Path
+) -> None:
+    running = await start(slow_bundle, tmp_path, workers=2)
+    try:
+        pool = running.pool
+        first, second = pool.workers
+        doomed = asyncio.create_task(first.score(frame_of([{"x": 1, "sleep": 30}], pool)))
+        bystander = asyncio.create_task(second.score(frame_of([{"x": 4, "sleep": 0.5}], pool)))
+        await asyncio.sleep(0.3)  # both are inside R now
+        os.kill(first.pid, signal.SIGKILL)
+        with pytest.raises(WorkerCrashed, match=f"pid {first.pid} died while scoring"):
+            await asyncio.wait_for(doomed, 10)
+        assert (await bystander).predictions == [8.0]  # the other worker is unharmed
+        await asyncio.wait_for(_wait_for_generation(pool, first.slot, 2), 60)
+        assert running.supervisor.stats.restarts == 1
+        assert await score(pool, [{"x": 5}]) == [10.0]
+    finally:
+        await stop(running)
+
+
+async def test_watchdog_ends_a_worker_stuck_past_its_deadline(
+    slow_bundle: Path, tmp_path: Path
+) -> None:
+    running = await start(slow_bundle, tmp_path, workers=1)
+    try:
+        pool = running.pool
+        (stuck,) = pool.workers
+        with pytest.raises(WorkerCrashed):
+            await asyncio.wait_for(
+                stuck.score(frame_of([{"x": 1, "sleep": 60}], pool), timeout_s=0.2), 30
+            )
+        await asyncio.wait_for(_wait_for_generation(pool, 0, 2), 60)
+        assert await score(pool, [{"x": 2}], timeout_s=5.0) == [4.0]
+    finally:
+        await stop(running)
+
+
+async def test_workers_recycle_without_failing_a_request(slow_bundle: Path, tmp_path: Path) -> None:
+    running = await start(slow_bundle, tmp_path, workers=1, max_requests=3)
+    try:
+        pids = set()
+        for x in range(10):
+            async with running.pool.acquire() as link:
+                pids.add(link.pid)
+                reply = await link.score(frame_of([{"x": x}], running.pool))
+                assert reply.predictions == [2.0 * x]
+        assert len(pids) == 4  # 3 + 3 + 3 + 1 requests
+        assert running.supervisor.stats.recycles >= 3
+    finally:
+        await stop(running)
+
+
+async def test_a_caller_that_gives_up_does_not_free_a_busy_worker(
+    slow_bundle: Path, tmp_path: Path
+) -> None:
+    running = await start(slow_bundle, tmp_path, workers=1)
+    try:
+        pool = running.pool
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(score(pool, [{"x": 1, "sleep": 0.6}]), 0.2)
+        # The only worker is still in R: the next caller waits for it, then is served.
+        assert await asyncio.wait_for(score(pool, [{"x": 3}]), 30) == [6.0]
+    finally:
+        await stop(running)
+
+
+async def test_a_bad_bundle_stops_the_supervisor_with_rs_message(
+    test_bundles: Path, tmp_path: Path
+) -> None:
+    supervisor = Supervisor(test_bundles / "bad-init-fails", tmp_path / "w.sock", workers=2)
+    with pytest.raises(BundleError, match="cannot reach the feature store"):
+        await asyncio.to_thread(supervisor.start)
+    assert supervisor.pids == []
+
+
+async def _wait_for_generation(pool: WorkerPool, slot: int, generation: int) -> WorkerLink:
+    while True:
+        for link in pool.workers:
+            if link.slot == slot and link.generation >= generation:
+                return link
+        await asyncio.sleep(0.05)
