@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import orjson
@@ -186,3 +187,43 @@ async def _wait_for_generation(pool: WorkerPool, slot: int, generation: int) -> 
             if link.slot == slot and link.generation >= generation:
                 return link
         await asyncio.sleep(0.05)
+
+
+async def test_rscore_scorer_command_serves_and_stops_on_sigterm(
+    example_bundles: Path, tmp_path: Path
+) -> None:
+    pool = WorkerPool(tmp_path / "workers.sock")
+    await pool.start()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rscore_cli", "scorer", str(example_bundles / "iris-rf"),
+        "--socket", str(pool.socket_path), "--workers", "2",
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        await asyncio.wait_for(pool.wait_for_workers(2), 60)
+        rows = [{"Sepal.Length": 5.1, "Sepal.Width": 3.5, "Petal.Length": 1.4, "Petal.Width": 0.2}]
+        assert await score(pool, rows) == ["setosa"]
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 0
+        assert b"2 R worker(s) serving model 'iris-rf'" in stderr
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await pool.close()
+
+
+async def test_rscore_scorer_reports_a_bad_bundle_and_exits(
+    test_bundles: Path, tmp_path: Path
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rscore_cli", "scorer", str(test_bundles / "bad-no-predict"),
+        "--socket", str(tmp_path / "w.sock"), "--workers", "1",
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1
+    error = json.loads(stderr.strip().splitlines()[-1])["error"]
+    assert error["code"] == "bundle_error"
+    assert "'mystery_model'" in error["message"]
