@@ -27,6 +27,8 @@ from r_scorer.prototype import Prototype, TypedFrame
 
 log = logging.getLogger("rscore.pool")
 
+SOCKET_NAME = "workers.sock"  # inside the --socket-dir shared by the pod's two containers
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -64,11 +66,13 @@ class WorkerLink:
         writer: asyncio.StreamWriter,
         *,
         slot: int,
+        of: int,
         pid: int,
         generation: int,
         model: ModelInfo,
     ) -> None:
         self.slot = slot
+        self.of = of
         self.pid = pid
         self.generation = generation
         self.model = model
@@ -180,14 +184,21 @@ class WorkerPool:
     ) -> None:
         self.socket_path = Path(socket_path)
         self.model: ModelInfo | None = None
+        self.expected_workers = 0  # as many as the supervisor says it runs
         self._links: dict[int, WorkerLink] = {}
         self._idle: asyncio.Queue[WorkerLink] = asyncio.Queue()
         self._changed = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
-        self._on_up = on_worker_up
-        self._on_down = on_worker_down
+        self._closing = False
+        self.on_worker_up = on_worker_up
+        self.on_worker_down = on_worker_down
+
+    @property
+    def all_connected(self) -> bool:
+        """Every worker the supervisor runs has connected (and none is retiring)."""
+        return self.expected_workers > 0 and len(self.workers) >= self.expected_workers
 
     @property
     def workers(self) -> list[WorkerLink]:
@@ -203,6 +214,7 @@ class WorkerPool:
 
     async def close(self) -> None:
         """Stop listening and hang up on every worker (they reconnect to the next pool)."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
         for writer in list(self._writers):
@@ -279,23 +291,25 @@ class WorkerPool:
             reader,
             writer,
             slot=int(worker["slot"]),
+            of=int(worker.get("of", 1)),
             pid=int(worker["pid"]),
             generation=int(worker["generation"]),
             model=model,
         )
         self._links[link.slot] = link
+        self.expected_workers = link.of
         log.info(
             "worker slot %d pid %d generation %d connected", link.slot, link.pid, link.generation
         )
         self._idle.put_nowait(link)
-        self._notify(self._on_up, link)
+        self._notify(self.on_worker_up, link)
         await link.read_answers()
         if self._links.get(link.slot) is link:
             del self._links[link.slot]
-        crashed = not link.retiring
+        crashed = not link.retiring and not self._closing
         if crashed:
             log.warning("worker slot %d pid %d disconnected", link.slot, link.pid)
-        self._notify(self._on_down, link, crashed)
+        self._notify(self.on_worker_down, link, crashed)
 
     def _notify(self, callback: Callable[..., None] | None, *args: Any) -> None:
         self._changed.set()

@@ -8,11 +8,12 @@ restarted worker simply connects again); neither side needs to start first.
 Framing. Each message is a 4-byte big-endian unsigned length, then that many bytes of
 one JSON object (orjson). Frames over `MAX_FRAME_BYTES` are a protocol error.
 
-Conversation. On connecting, the worker sends `hello`; then it answers one request at
+Conversation. On connecting, the worker sends `hello` (with its slot and the number of
+slots its supervisor runs, so the sidecar knows when all are there); then it answers one request at
 a time, strictly in turn (the sidecar never sends a second request before the answer):
 
     worker -> sidecar  {"op": "hello", "protocol": 1,
-                        "worker": {"slot": 0, "pid": 4242, "generation": 1},
+                        "worker": {"slot": 0, "of": 2, "pid": 4242, "generation": 1},
                         "model": {"name", "version", "batchable", "packages", "prototype"}}
     sidecar -> worker  {"op": "score", "id": 7, "nrows": 2, "timeout_s": 4.9,
                         "columns": [["wt", "numeric", [2.5, 3.1]], ["f", "factor", [1, 2]]]}
@@ -110,11 +111,13 @@ def frame_of_request(message: dict[str, Any]) -> TypedFrame:
     return TypedFrame(tuple(typed), nrows)
 
 
-def hello(slot: int, pid: int, generation: int, model: dict[str, Any]) -> dict[str, Any]:
+def hello(
+    slot: int, pid: int, generation: int, model: dict[str, Any], *, of: int = 1
+) -> dict[str, Any]:
     return {
         "op": "hello",
         "protocol": PROTOCOL_VERSION,
-        "worker": {"slot": slot, "pid": pid, "generation": generation},
+        "worker": {"slot": slot, "of": of, "pid": pid, "generation": generation},
         "model": model,
     }
 

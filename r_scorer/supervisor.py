@@ -146,6 +146,7 @@ class Supervisor:
             "--bundle", str(self.bundle),
             "--socket", str(self.socket_path),
             "--slot", str(slot.index),
+            "--of", str(len(self._slots)),
             "--generation", str(slot.generation),
             "--max-requests", str(self.max_requests),
         ]  # fmt: skip
@@ -225,6 +226,23 @@ class Supervisor:
         if now >= slot.restart_at and not self._stopping.is_set():
             self.stats.restarts += 1
             self._spawn(slot, report=False)
+
+
+def serve_workers(
+    bundle: str | os.PathLike[str], socket_path: Path, *, workers: int, max_requests: int = 0
+) -> None:
+    """Run the workers for a sidecar on `socket_path` until SIGTERM or SIGINT (the pod's
+    r-scorer container). Raises BundleError if the bundle does not load."""
+    supervisor = Supervisor(bundle, socket_path, workers=workers, max_requests=max_requests)
+    model = supervisor.start()
+    log.info(
+        "%d R worker(s) serving model %r, connecting to %s", workers, model["name"], socket_path
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    supervisor.stop()
 
 
 def _parse_status(raw: bytes) -> dict[str, Any]:

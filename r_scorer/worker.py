@@ -29,12 +29,13 @@ import orjson
 from r_scorer import protocol
 from r_scorer.bundle import read_bundle
 from r_scorer.errors import ProtocolError, ScoringError
+from r_scorer.logs import configure_json_logging
 
 EXIT_RECYCLED = 0
 EXIT_LOAD_FAILED = 3
 _PR_SET_PDEATHSIG = 1
 
-log = logging.getLogger("rscore.worker")
+log = logging.getLogger(f"rscore.worker.{os.getpid()}")
 
 
 class PeerGone(Exception):
@@ -43,10 +44,7 @@ class PeerGone(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format=f"%(asctime)s worker[{args.slot}] %(levelname)s %(message)s"
-    )
-    logging.getLogger("rpy2").setLevel(logging.WARNING)  # its start-up chatter is INFO
+    configure_json_logging()
     _die_with_parent()
     from r_scorer.rmodel import load_model  # starts R: only in the worker process
 
@@ -59,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     described = model.describe()
     _report_status(args.status_fd, {"ready": True, "pid": os.getpid(), "model": described})
-    greeting = protocol.encode(protocol.hello(args.slot, os.getpid(), args.generation, described))
+    greeting = protocol.encode(
+        protocol.hello(args.slot, os.getpid(), args.generation, described, of=args.of)
+    )
     served = 0
     while True:
         connection = _connect(args.socket)
@@ -167,6 +167,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bundle", required=True)
     parser.add_argument("--socket", required=True)
     parser.add_argument("--slot", type=int, default=0)
+    parser.add_argument("--of", type=int, default=1, help="how many workers the supervisor runs")
     parser.add_argument("--generation", type=int, default=1)
     parser.add_argument("--status-fd", type=int, default=None)
     parser.add_argument("--max-requests", type=int, default=0)

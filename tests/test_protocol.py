@@ -243,11 +243,11 @@ def test_score_requests_with_non_list_parts_are_malformed(message):
 
 def test_hello():
     model = {"name": "m", "version": "1", "batchable": True, "packages": [], "prototype": {}}
-    message = hello(0, 4242, 1, model)
+    message = hello(0, 4242, 1, model, of=3)
     assert message == {
         "op": "hello",
         "protocol": PROTOCOL_VERSION,
-        "worker": {"slot": 0, "pid": 4242, "generation": 1},
+        "worker": {"slot": 0, "of": 3, "pid": 4242, "generation": 1},
         "model": model,
     }
     assert PROTOCOL_VERSION == 1

@@ -19,7 +19,7 @@ from helpers import assert_same_predictions
 
 from r_scorer.errors import BundleError, ModelError, WorkerCrashed
 from r_scorer.payload import parse_body
-from r_scorer.pool import WorkerLink, WorkerPool
+from r_scorer.pool import SOCKET_NAME, WorkerLink, WorkerPool
 from r_scorer.prototype import TypedFrame, coerce
 from r_scorer.supervisor import Supervisor
 
@@ -192,11 +192,11 @@ async def _wait_for_generation(pool: WorkerPool, slot: int, generation: int) -> 
 async def test_rscore_scorer_command_serves_and_stops_on_sigterm(
     example_bundles: Path, tmp_path: Path
 ) -> None:
-    pool = WorkerPool(tmp_path / "workers.sock")
+    pool = WorkerPool(tmp_path / SOCKET_NAME)
     await pool.start()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "rscore_cli", "scorer", str(example_bundles / "iris-rf"),
-        "--socket", str(pool.socket_path), "--workers", "2",
+        "--socket-dir", str(tmp_path), "--workers", "2",
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -207,6 +207,7 @@ async def test_rscore_scorer_command_serves_and_stops_on_sigterm(
         _, stderr = await asyncio.wait_for(process.communicate(), 30)
         assert process.returncode == 0
         assert b"2 R worker(s) serving model 'iris-rf'" in stderr
+        assert json.loads(stderr.splitlines()[0])["level"]  # logs are JSON lines
     finally:
         if process.returncode is None:
             process.kill()
@@ -219,7 +220,7 @@ async def test_rscore_scorer_reports_a_bad_bundle_and_exits(
 ) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "rscore_cli", "scorer", str(test_bundles / "bad-no-predict"),
-        "--socket", str(tmp_path / "w.sock"), "--workers", "1",
+        "--socket-dir", str(tmp_path), "--workers", "1",
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     _, stderr = await asyncio.wait_for(process.communicate(), 60)

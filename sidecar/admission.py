@@ -1,0 +1,228 @@
+"""Admission of scoring requests: one request per worker at a time, a bounded FIFO.
+
+`Dispatcher` keeps the queue of jobs and one loop per connected worker that takes the
+oldest live job, sends it, and settles its future. A job whose caller gave up (its
+future cancelled on timeout) is skipped if still queued; one in flight is left to the
+worker's watchdog. A job is never handed to a worker that has gone: it waits for the
+next one. The decisions (room in the queue, how concurrency integrates over time) are
+plain functions and a small class, tested with tables.
+
+Asyncio only; never touches HTTP (statuses are chosen by the handlers) or R.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from r_scorer.errors import ScoringError
+from r_scorer.pool import ScoreReply, WorkerLink
+from r_scorer.prototype import TypedFrame
+from sidecar.errors import Overloaded, Unavailable
+
+log = logging.getLogger("rscore.admission")
+
+
+def queue_has_room(queued: int, max_queue_per_worker: int, workers: int) -> bool:
+    """Room for one more waiting request? The bound scales with the worker count (at
+    least one worker's worth, so a pod whose workers are restarting still queues)."""
+    return queued < max_queue_per_worker * max(1, workers)
+
+
+class ConcurrencyIntegral:
+    """The exact integral over time of a piecewise-constant level (queued + in flight).
+
+    Its growth between two scrapes divided by their interval is the exact average
+    concurrency in between: no sampling. Time is given, never read.
+    """
+
+    def __init__(self, now: float) -> None:
+        self._since = now
+        self._level = 0
+        self._total = 0.0
+
+    def change(self, now: float, delta: int) -> None:
+        self._total += self._level * (now - self._since)
+        self._since = now
+        self._level += delta
+
+    @property
+    def level(self) -> int:
+        return self._level
+
+    def total(self, now: float) -> float:
+        return self._total + self._level * (now - self._since)
+
+
+class JobState(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+
+
+@dataclass(eq=False)
+class Job:
+    """One admitted request waiting for (or being scored by) a worker."""
+
+    frame: TypedFrame
+    deadline: float  # monotonic seconds
+    future: asyncio.Future[ScoreReply]
+    state: JobState = JobState.QUEUED
+    worker_pid: int | None = field(default=None)
+
+
+class Dispatcher:
+    """Hands queued jobs to idle workers, first come first served."""
+
+    def __init__(
+        self,
+        *,
+        max_queue_per_worker: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_queue_per_worker < 0:
+            raise ValueError("max_queue_per_worker must be >= 0")
+        self.max_queue_per_worker = max_queue_per_worker
+        self.draining = False
+        self._clock = clock
+        self._jobs: deque[Job] = deque()
+        self._idle: dict[WorkerLink, asyncio.Future[Job]] = {}
+        self._loops: dict[WorkerLink, asyncio.Task[None]] = {}
+        self._queued = 0
+        self._inflight = 0
+        self.concurrency = ConcurrencyIntegral(clock())
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queued
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    @property
+    def workers(self) -> int:
+        return len(self._loops)
+
+    @property
+    def busy(self) -> bool:
+        """Any request accepted and not yet answered?"""
+        return self._queued + self._inflight > 0
+
+    def submit(self, frame: TypedFrame, deadline: float, *, expected_workers: int = 0) -> Job:
+        """Admit a request or raise Unavailable (draining) / Overloaded (queue full)."""
+        if self.draining:
+            raise Unavailable("the server is shutting down")
+        workers = max(self.workers, expected_workers)
+        idle_worker_waiting = bool(self._idle) and not self._jobs
+        if not idle_worker_waiting and not queue_has_room(
+            self._queued, self.max_queue_per_worker, workers
+        ):
+            raise Overloaded(
+                f"all {workers} R worker(s) are busy and {self._queued} request(s) are queued"
+            )
+        job = Job(frame, deadline, asyncio.get_running_loop().create_future())
+        job.future.add_done_callback(lambda _: self._settled(job))
+        self._queued += 1
+        self.concurrency.change(self._clock(), +1)
+        self._offer(job)
+        return job
+
+    def add_worker(self, link: WorkerLink) -> None:
+        """Start feeding a newly connected worker."""
+        self._loops[link] = asyncio.get_running_loop().create_task(
+            self._feed(link), name=f"rscore-feed-{link.slot}"
+        )
+
+    def remove_worker(self, link: WorkerLink) -> None:
+        """A worker went away: stop waiting for work on its behalf."""
+        waiting = self._idle.pop(link, None)
+        if waiting is not None and not waiting.done():
+            waiting.cancel()
+
+    async def close(self) -> None:
+        for task in self._loops.values():
+            task.cancel()
+        await asyncio.gather(*self._loops.values(), return_exceptions=True)
+
+    def _offer(self, job: Job) -> None:
+        """Give a job to a waiting worker, or queue it."""
+        while self._idle:
+            link, waiting = self._idle.popitem()
+            if not waiting.done() and link.usable:
+                waiting.set_result(job)
+                return
+        self._jobs.append(job)
+
+    def _next_live_job(self) -> Job | None:
+        while self._jobs:
+            job = self._jobs.popleft()
+            if job.state is JobState.QUEUED:
+                return job
+        return None
+
+    async def _feed(self, link: WorkerLink) -> None:
+        try:
+            while link.usable:
+                job = self._next_live_job()
+                if job is None:
+                    waiting: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
+                    self._idle[link] = waiting
+                    try:
+                        job = await waiting
+                    except asyncio.CancelledError:
+                        if waiting.cancelled():  # remove_worker(): the link is gone
+                            return
+                        raise
+                    if job.state is not JobState.QUEUED:
+                        continue
+                if not link.usable:  # died while we waited: the job goes to another worker
+                    self._jobs.appendleft(job)
+                    return
+                await self._run(link, job)
+        finally:
+            self._loops.pop(link, None)
+            self._idle.pop(link, None)
+            if self._jobs and self._idle:  # hand a stranded job to a live waiting worker
+                job = self._next_live_job()
+                if job is not None:
+                    self._offer(job)
+
+    async def _run(self, link: WorkerLink, job: Job) -> None:
+        job.state = JobState.RUNNING
+        job.worker_pid = link.pid
+        self._queued -= 1
+        self._inflight += 1
+        timeout_s = max(0.0, job.deadline - self._clock())
+        try:
+            reply = await link.score(job.frame, timeout_s)
+        except ScoringError as exc:  # model_error, worker_crashed, ...: this job's answer
+            self._settle(job, exc)
+        except Exception:  # a bug must cost one answer, never the feeding loop
+            log.exception("scoring on worker pid %s failed unexpectedly", link.pid)
+            self._settle(job, ScoringError("internal error while scoring"))
+        else:
+            if not job.future.done():
+                job.future.set_result(reply)
+        finally:
+            if job.state is JobState.RUNNING:
+                job.state = JobState.DONE
+            self._inflight -= 1
+            self.concurrency.change(self._clock(), -1)
+
+    @staticmethod
+    def _settle(job: Job, error: ScoringError) -> None:
+        if not job.future.done():
+            job.future.set_exception(error)
+
+    def _settled(self, job: Job) -> None:
+        """The job's future is done: if nobody took it from the queue, it leaves now."""
+        if job.state is JobState.QUEUED:
+            job.state = JobState.DONE
+            self._queued -= 1
+            self.concurrency.change(self._clock(), -1)

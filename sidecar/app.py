@@ -1,0 +1,353 @@
+"""The sidecar's aiohttp application: routes, middleware and thin handlers.
+
+`create_app()` builds the public app (scoring, V2, health, OpenAPI) around an injected
+worker pool and Prometheus registry; `create_metrics_app()` the metrics port's app.
+Handlers parse, call the pure conversions and the dispatcher, and turn a ScoringError
+into a status only here, at the edge. Middleware, outermost first: request context
+(request id, timing, counting, error bodies), then (later) auth, so a rejected
+request is still counted but never takes a worker slot.
+
+Never imports rpy2 or starts R; never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from r_scorer.errors import BadRequest, ScoringError
+from r_scorer.payload import frame_from_document
+from r_scorer.pool import ModelInfo, WorkerLink, WorkerPool
+from r_scorer.prototype import TypedFrame, coerce
+from sidecar import openapi, v2
+from sidecar.admission import Dispatcher
+from sidecar.collector import DataCollector
+from sidecar.errors import (
+    MethodNotAllowed,
+    NotFound,
+    TimedOut,
+    TooLarge,
+    Unavailable,
+    UnsupportedMediaType,
+    status_of,
+)
+from sidecar.metrics import SidecarMetrics
+
+log = logging.getLogger("rscore.sidecar")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")  # what we echo back; else a fresh one
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    """The sidecar's flags (see `rscore serve --help`)."""
+
+    max_queue: int = 128  # per worker
+    request_timeout_ms: int = 5000  # queue wait + scoring, as Azure ML's default
+    max_body_bytes: int = 10 * 1024 * 1024
+    collect_dir: Path | None = None
+    collect_sample_rate: float = 0.1
+
+
+@dataclass
+class SidecarState:
+    """Everything the handlers share, held in the app under one typed key."""
+
+    config: SidecarConfig
+    pool: WorkerPool
+    dispatcher: Dispatcher
+    metrics: SidecarMetrics
+    clock: Callable[[], float]
+    collector: DataCollector | None = None
+
+
+STATE = web.AppKey("rscore_state", SidecarState)
+SCORE_ROUTE = "score"
+INFER_ROUTE = "v2-infer"
+SCORING_ROUTES = frozenset({SCORE_ROUTE, INFER_ROUTE})  # counted in the metrics; probes not
+ARRIVAL = web.RequestKey("rscore_arrival", float)
+REQUEST_ID = web.RequestKey("rscore_request_id", str)
+
+
+def create_app(
+    config: SidecarConfig,
+    *,
+    pool: WorkerPool,
+    registry: CollectorRegistry,
+    clock: Callable[[], float] = time.monotonic,
+) -> web.Application:
+    """The public app. `pool` must not be started yet: the app starts and closes it."""
+    dispatcher = Dispatcher(max_queue_per_worker=config.max_queue, clock=clock)
+    metrics = SidecarMetrics(registry)
+    metrics.watch(dispatcher, pool, clock)
+    state = SidecarState(config, pool, dispatcher, metrics, clock)
+    app = web.Application(middlewares=[request_context], client_max_size=config.max_body_bytes)
+    app[STATE] = state
+    app.cleanup_ctx.append(_run_pool)
+    app.router.add_post("/score", score, name=SCORE_ROUTE)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/swagger.json", swagger)
+    app.router.add_get("/v2", v2_server_metadata)
+    app.router.add_get("/v2/health/live", v2_live)
+    app.router.add_get("/v2/health/ready", v2_ready)
+    app.router.add_get("/v2/models/{name}", v2_model_metadata)
+    app.router.add_get("/v2/models/{name}/ready", v2_model_ready)
+    app.router.add_post("/v2/models/{name}/infer", v2_infer, name=INFER_ROUTE)
+    return app
+
+
+def create_metrics_app(registry: CollectorRegistry) -> web.Application:
+    """The metrics port: Prometheus exposition of `registry` at /metrics."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(registry))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def _run_pool(app: web.Application) -> Any:
+    state = app[STATE]
+    pool = state.pool
+
+    def worker_up(link: WorkerLink) -> None:
+        if link.generation > 1:
+            state.metrics.worker_restarts.inc()
+        if state.collector is None and state.config.collect_dir is not None and pool.model:
+            state.collector = DataCollector(
+                state.config.collect_dir,
+                model_name=pool.model.name,
+                sample_rate=state.config.collect_sample_rate,
+                registry=state.metrics.registry,
+            )
+            state.collector.start()
+        state.dispatcher.add_worker(link)
+
+    def worker_down(link: WorkerLink, _crashed: bool) -> None:
+        state.dispatcher.remove_worker(link)
+
+    pool.on_worker_up = worker_up
+    pool.on_worker_down = worker_down
+    await pool.start()
+    yield
+    await state.dispatcher.close()
+    await pool.close()
+    if state.collector is not None:
+        await asyncio.to_thread(state.collector.close)
+
+
+# --- middleware -------------------------------------------------------------------
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, timing, the requests counter, and JSON bodies for every error."""
+    state = request.app[STATE]
+    arrival = state.clock()
+    request[ARRIVAL] = arrival
+    given = request.headers.get("x-request-id", "")
+    request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    try:
+        response = await handler(request)
+    except ScoringError as error:
+        response = error_response(request, error)
+    except web.HTTPException as http_error:  # aiohttp's own: 404 route, 405 method...
+        response = error_response(request, _from_http_exception(http_error))
+    response.headers["x-request-id"] = request_id
+    if request.match_info.route.name in SCORING_ROUTES:
+        metrics = state.metrics
+        metrics.requests.labels(str(response.status)).inc()
+        metrics.request_duration.observe(state.clock() - arrival)
+    return response
+
+
+def error_response(request: web.Request, error: ScoringError) -> web.Response:
+    status = status_of(error)
+    if status >= 500 and status != 503:
+        log.warning(
+            "%s %s -> %d %s: %s",
+            request.method, request.path, status, error.code, error.message,
+        )  # fmt: skip
+    # The V2 routes answer in the Open Inference Protocol's error shape.
+    body = v2.v2_error(error.message) if request.path.startswith("/v2/") else error.to_json()
+    response = json_response(body, status=status)
+    if status == 429:
+        response.headers["Retry-After"] = "1"
+    elif status == 503:
+        response.headers["Retry-After"] = "5"
+    return response
+
+
+def _from_http_exception(http_error: web.HTTPException) -> ScoringError:
+    if http_error.status == 404:
+        return NotFound("no such route")
+    if http_error.status == 405:
+        return MethodNotAllowed("method not allowed on this route")
+    if http_error.status == 413:
+        return TooLarge("body is over the size limit")
+    return BadRequest(http_error.reason)
+
+
+def json_response(body: Any, *, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+# --- scoring ----------------------------------------------------------------------
+
+
+async def score(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    model = _model_or_unavailable(state)
+    document = await read_json(request, state.config)
+    frame = coerce(frame_from_document(document), model.prototype)
+    predictions = await score_frame(request, frame)
+    if state.collector is not None:
+        state.collector.offer(request[REQUEST_ID], document, predictions)
+    return json_response({"predictions": predictions})
+
+
+async def score_frame(request: web.Request, frame: TypedFrame) -> list[Any]:
+    """Admit, wait (queue + scoring) within the request timeout, return predictions."""
+    state = request.app[STATE]
+    timeout_s = state.config.request_timeout_ms / 1000
+    deadline = request[ARRIVAL] + timeout_s
+    job = state.dispatcher.submit(frame, deadline, expected_workers=state.pool.expected_workers)
+    try:
+        reply = await asyncio.wait_for(job.future, max(0.0, deadline - state.clock()))
+    except TimeoutError:
+        raise TimedOut(
+            f"no answer within the request timeout of {state.config.request_timeout_ms} ms "
+            f"(queue wait + scoring)"
+        ) from None
+    state.metrics.scoring_duration.observe(reply.r_seconds)
+    state.metrics.batch_rows.observe(frame.nrows)
+    return reply.predictions
+
+
+async def read_json(request: web.Request, config: SidecarConfig) -> Any:
+    """The body as parsed JSON: 415 for a non-JSON Content-Type (a missing one is read
+    as JSON), 413 over the limit without reading the rest, 400 if not JSON."""
+    if "Content-Type" in request.headers and not _is_json(request.content_type):
+        raise UnsupportedMediaType(
+            f"Content-Type {request.content_type!r} is not JSON; send application/json"
+        )
+    limit = config.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLarge(f"body of {request.content_length} bytes is over the limit of {limit}")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise TooLarge(f"body is over the limit of {limit} bytes") from None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or content_type.endswith("+json")
+
+
+def _model_or_unavailable(state: SidecarState) -> ModelInfo:
+    if state.pool.model is None:
+        raise Unavailable("no R worker has connected yet; the model is still loading")
+    return state.pool.model
+
+
+# --- health and metadata ----------------------------------------------------------
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+def _readiness(state: SidecarState) -> str | None:
+    """Why the sidecar is not ready, or None if it is."""
+    if state.dispatcher.draining:
+        return "draining after SIGTERM"
+    pool = state.pool
+    if not pool.all_connected:
+        expected = pool.expected_workers or "?"
+        return f"{len(pool.workers)} of {expected} R workers connected"
+    return None
+
+
+async def readyz(request: web.Request) -> web.Response:
+    reason = _readiness(request.app[STATE])
+    if reason is not None:
+        raise Unavailable(f"not ready: {reason}")
+    return json_response({"status": "ready"})
+
+
+async def swagger(request: web.Request) -> web.Response:
+    return json_response(openapi.openapi_document(_model_or_unavailable(request.app[STATE])))
+
+
+async def v2_server_metadata(_: web.Request) -> web.Response:
+    return json_response({"name": "rscore", "version": _version(), "extensions": []})
+
+
+async def v2_live(_: web.Request) -> web.Response:
+    return json_response({"live": True})
+
+
+async def v2_ready(request: web.Request) -> web.Response:
+    ready = _readiness(request.app[STATE]) is None
+    return json_response({"ready": ready}, status=200 if ready else 503)
+
+
+def _named_model(request: web.Request) -> ModelInfo:
+    model = _model_or_unavailable(request.app[STATE])
+    name = request.match_info["name"]
+    if name != model.name:
+        raise NotFound(f"no model named {name!r}; this server serves {model.name!r}")
+    return model
+
+
+async def v2_model_metadata(request: web.Request) -> web.Response:
+    return json_response(v2.model_metadata(_named_model(request)))
+
+
+async def v2_model_ready(request: web.Request) -> web.Response:
+    model = _named_model(request)
+    ready = _readiness(request.app[STATE]) is None
+    return json_response({"name": model.name, "ready": ready}, status=200 if ready else 503)
+
+
+async def v2_infer(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    model = _named_model(request)
+    if "Inference-Header-Content-Length" in request.headers:  # a binary-extension body
+        raise BadRequest(f"binary request body: {v2.BINARY_UNSUPPORTED}")
+    document = await read_json(request, state.config)
+    frame, inference_id = v2.frame_from_infer(document)
+    predictions = await score_frame(request, coerce(frame, model.prototype))
+    if state.collector is not None:
+        state.collector.offer(request[REQUEST_ID], document, predictions)
+    return json_response(v2.infer_response(model, inference_id, predictions))
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rscore")
+    except PackageNotFoundError:
+        return "0"

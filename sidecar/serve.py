@@ -1,0 +1,92 @@
+"""Runs the sidecar: the public site, the metrics site, and (for `rscore serve`) the
+R workers' supervisor in the same process, until SIGTERM or SIGINT.
+
+The only place that binds sockets and installs signal handlers; the app itself is
+built by `sidecar.app.create_app` and knows nothing of either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvloop
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from r_scorer.pool import SOCKET_NAME, WorkerPool
+from r_scorer.supervisor import Supervisor
+from sidecar.access_log import JsonAccessLogger
+from sidecar.app import SidecarConfig, create_app, create_metrics_app
+
+log = logging.getLogger("rscore.serve")
+
+SupervisorFactory = Callable[[Path], Supervisor]
+
+
+@dataclass(frozen=True)
+class Listen:
+    """Where to listen."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    metrics_port: int = 9090
+    socket_path: Path | None = None  # the workers' socket; default: a fresh temp folder
+
+
+def run(
+    config: SidecarConfig, listen: Listen, supervisor_factory: SupervisorFactory | None
+) -> None:
+    """Serve until a signal; `supervisor_factory(socket_path)` adds local R workers."""
+    uvloop.run(_serve(config, listen, supervisor_factory))
+
+
+async def _serve(
+    config: SidecarConfig, listen: Listen, supervisor_factory: SupervisorFactory | None
+) -> None:
+    own_folder = None
+    if listen.socket_path is None:  # rscore serve: a private folder, removed on exit
+        own_folder = tempfile.TemporaryDirectory(prefix="rscore-")
+        socket_path = Path(own_folder.name) / SOCKET_NAME
+    else:
+        socket_path = listen.socket_path
+    registry = CollectorRegistry()
+    app = create_app(config, pool=WorkerPool(socket_path), registry=registry)
+    runner = web.AppRunner(app, handle_signals=False, access_log_class=JsonAccessLogger)
+    metrics_runner = web.AppRunner(create_metrics_app(registry), access_log=None)
+    await runner.setup()  # starts the worker pool: workers can connect from here on
+    await metrics_runner.setup()
+    supervisor: Supervisor | None = None
+    try:
+        if supervisor_factory is not None:
+            supervisor = supervisor_factory(socket_path)
+            model = await asyncio.to_thread(supervisor.start)
+            log.info("model %r loaded by %d R worker(s)", model["name"], len(supervisor.pids))
+        await web.TCPSite(runner, listen.host, listen.port).start()
+        await web.TCPSite(metrics_runner, listen.host, listen.metrics_port).start()
+        log.info(
+            "serving on http://%s:%d (metrics on :%d/metrics), workers at %s",
+            listen.host, listen.port, listen.metrics_port, socket_path,
+        )  # fmt: skip
+        await _until_signalled()
+    finally:
+        await runner.cleanup()
+        await metrics_runner.cleanup()
+        if supervisor is not None:
+            await asyncio.to_thread(supervisor.stop)
+        if own_folder is not None:
+            own_folder.cleanup()
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("signalled: shutting down")
