@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMPS := $(VENV)/.stamps
 EXAMPLES := examples/build
 DEBIAN_PACKAGES := r-base-core r-base-dev r-cran-jsonlite r-cran-randomforest r-cran-rpart \
-	r-cran-gbm r-cran-glmnet r-cran-plumber prometheus
+	r-cran-gbm r-cran-glmnet prometheus
 
 .PHONY: help setup demo test lint format bench-worker clean
 
