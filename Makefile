@@ -11,10 +11,11 @@ EXAMPLES := examples/build
 DEBIAN_PACKAGES := r-base-core r-base-dev r-cran-jsonlite r-cran-randomforest r-cran-rpart \
 	r-cran-gbm r-cran-glmnet prometheus
 
-.PHONY: help setup demo test lint format bench-worker clean
+.PHONY: help setup demo predict-examples test lint format bench-worker clean
 
 help:
-	@echo "make demo          set up, build the example bundles, score them"
+	@echo "make demo          set up, serve the example lm bundle, send it one request"
+	@echo "make predict-examples  score each example bundle offline (rscore predict)"
 	@echo "make test          set up, then lint and run the test suite"
 	@echo "make bench-worker  measure the worker protocol's round-trip overhead"
 
@@ -46,6 +47,9 @@ $(STAMPS)/examples: examples/build_examples.R $(STAMPS)/debian
 	@mkdir -p $(STAMPS) && touch $@
 
 demo: setup
+	@$(BIN)/python examples/demo.py
+
+predict-examples: setup
 	@for bundle in mtcars-lm iris-rf warpbreaks-glm; do \
 	  echo "== $$bundle: rscore predict $(EXAMPLES)/$$bundle examples/requests/$$bundle.json"; \
 	  $(BIN)/rscore predict $(EXAMPLES)/$$bundle examples/requests/$$bundle.json; \

@@ -151,10 +151,11 @@ class Dispatcher:
         await asyncio.gather(*self._loops.values(), return_exceptions=True)
 
     def _offer(self, job: Job) -> None:
-        """Give a job to a waiting worker, or queue it."""
+        """Give a job to a waiting worker at once, or queue it."""
         while self._idle:
             link, waiting = self._idle.popitem()
             if not waiting.done() and link.usable:
+                self._start(job, link)  # counted as in flight from this moment
                 waiting.set_result(job)
                 return
         self._jobs.append(job)
@@ -166,23 +167,39 @@ class Dispatcher:
                 return job
         return None
 
+    def _start(self, job: Job, link: WorkerLink) -> None:
+        job.state = JobState.RUNNING
+        job.worker_pid = link.pid
+        self._queued -= 1
+        self._inflight += 1
+
+    def _requeue(self, job: Job) -> None:
+        """A job handed to a worker that died before sending it: first in line again."""
+        job.state = JobState.QUEUED
+        self._inflight -= 1
+        self._queued += 1
+        if job.future.done():  # its caller gave up meanwhile
+            self._settled(job)
+        else:
+            self._jobs.appendleft(job)
+
     async def _feed(self, link: WorkerLink) -> None:
         try:
             while link.usable:
                 job = self._next_live_job()
-                if job is None:
+                if job is not None:
+                    self._start(job, link)
+                else:
                     waiting: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
                     self._idle[link] = waiting
                     try:
-                        job = await waiting
+                        job = await waiting  # _offer() has started it for this link
                     except asyncio.CancelledError:
                         if waiting.cancelled():  # remove_worker(): the link is gone
                             return
                         raise
-                    if job.state is not JobState.QUEUED:
-                        continue
-                if not link.usable:  # died while we waited: the job goes to another worker
-                    self._jobs.appendleft(job)
+                if not link.usable:  # died meanwhile: the job goes to another worker
+                    self._requeue(job)
                     return
                 await self._run(link, job)
         finally:
@@ -194,12 +211,11 @@ class Dispatcher:
                     self._offer(job)
 
     async def _run(self, link: WorkerLink, job: Job) -> None:
-        job.state = JobState.RUNNING
-        job.worker_pid = link.pid
-        self._queued -= 1
-        self._inflight += 1
-        timeout_s = max(0.0, job.deadline - self._clock())
+        """Score a started job; its caller may have given up already (then skip R)."""
         try:
+            if job.future.done():
+                return
+            timeout_s = max(0.0, job.deadline - self._clock())
             reply = await link.score(job.frame, timeout_s)
         except ScoringError as exc:  # model_error, worker_crashed, ...: this job's answer
             self._settle(job, exc)
@@ -210,8 +226,7 @@ class Dispatcher:
             if not job.future.done():
                 job.future.set_result(reply)
         finally:
-            if job.state is JobState.RUNNING:
-                job.state = JobState.DONE
+            job.state = JobState.DONE
             self._inflight -= 1
             self.concurrency.change(self._clock(), -1)
 

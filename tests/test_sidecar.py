@@ -437,3 +437,38 @@ async def _collected(folder: Path, count: int) -> list[dict]:
         if len(records) >= count:
             return records
         await asyncio.sleep(0.05)
+
+
+async def test_slow_model_under_load_shows_workers_in_flight_and_the_queue_bound(
+    serve: ServeFactory, slow_bundle: Path
+) -> None:
+    # 2 workers, 2 queued per worker: 2 in flight + 4 waiting; the 7th is refused.
+    served = await serve(slow_bundle, workers=2, config=SidecarConfig(max_queue=2))
+    slow = [{"data": [{"x": i, "sleep": 1.5}]} for i in range(6)]
+    accepted = [asyncio.create_task(post_score(served, body)) for body in slow]
+    samples = await _poll_metrics(served, lambda s: s["rscore_queue_depth"] == 4)
+    assert samples["rscore_inflight_requests"] == 2  # exactly one per worker
+    status, answer, headers = await post_score(served, {"data": [{"x": 99}]})
+    assert (status, answer["error"]["code"], headers["Retry-After"]) == (429, "overloaded", "1")
+    results = await asyncio.gather(*accepted)
+    assert [(s, a) for s, a, _ in results] == [(200, {"predictions": [2.0 * i]}) for i in range(6)]
+    samples = await served.metrics()
+    assert samples['rscore_requests_total{code="200"}'] == 6
+    assert samples['rscore_requests_total{code="429"}'] == 1
+    assert samples["rscore_queue_depth"] == 0
+    assert samples["rscore_inflight_requests"] == 0
+    # Six requests of 1.5 s each, queued or running: at least 9 request-seconds.
+    assert samples["rscore_concurrency_seconds_total"] >= 9.0
+
+
+async def _poll_metrics(
+    served: Served, condition: Callable[[dict[str, float]], bool], timeout_s: float = 20
+) -> dict[str, float]:
+    async def poll() -> dict[str, float]:
+        while True:
+            samples = await served.metrics()
+            if condition(samples):
+                return samples
+            await asyncio.sleep(0.02)
+
+    return await asyncio.wait_for(poll(), timeout_s)
