@@ -13,7 +13,6 @@ from r_scorer.pool import ModelInfo
 from r_scorer.prototype import Column, Prototype, coerce
 from sidecar.v2 import (
     BINARY_UNSUPPORTED,
-    DATATYPES,
     frame_from_infer,
     infer_response,
     model_metadata,
@@ -49,24 +48,6 @@ def tensor(name: str, datatype: str, data: Any, shape: Any = None, **extra: Any)
 
 def infer(*tensors: dict, **extra: Any) -> dict:
     return {"inputs": list(tensors), **extra}
-
-
-def test_datatypes_are_the_specification_ones():
-    assert DATATYPES == (
-        "BOOL",
-        "UINT8",
-        "UINT16",
-        "UINT32",
-        "UINT64",
-        "INT8",
-        "INT16",
-        "INT32",
-        "INT64",
-        "FP16",
-        "FP32",
-        "FP64",
-        "BYTES",
-    )
 
 
 # --- requests: what is accepted -------------------------------------------------------

@@ -7,10 +7,12 @@ requests. Workers are killed for real to show restarts and the callers' errors.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -54,18 +56,21 @@ class Running:
         self.supervisor = supervisor
 
 
-async def start(bundle: Path, tmp_path: Path, workers: int, max_requests: int = 0) -> Running:
-    pool = WorkerPool(tmp_path / "sock" / "workers.sock")
+@contextlib.asynccontextmanager
+async def started(
+    bundle: Path, tmp_path: Path, workers: int, max_requests: int = 0
+) -> AsyncIterator[Running]:
+    """A listening pool and a supervisor whose workers have all connected to it."""
+    pool = WorkerPool(tmp_path / "sock" / SOCKET_NAME)
     await pool.start()
     supervisor = Supervisor(bundle, pool.socket_path, workers=workers, max_requests=max_requests)
-    await asyncio.to_thread(supervisor.start)
-    await asyncio.wait_for(pool.wait_for_workers(workers), 60)
-    return Running(pool, supervisor)
-
-
-async def stop(running: Running) -> None:
-    await asyncio.to_thread(running.supervisor.stop)
-    await running.pool.close()
+    try:
+        await asyncio.to_thread(supervisor.start)
+        await asyncio.wait_for(pool.wait_for_workers(workers), 60)
+        yield Running(pool, supervisor)
+    finally:
+        await asyncio.to_thread(supervisor.stop)
+        await pool.close()
 
 
 async def score(pool: WorkerPool, rows: list[dict], timeout_s: float | None = None) -> list:
@@ -74,8 +79,7 @@ async def score(pool: WorkerPool, rows: list[dict], timeout_s: float | None = No
 
 
 async def test_workers_answer_like_r_itself(test_bundles: Path, tmp_path: Path) -> None:
-    running = await start(test_bundles / "glm-factors", tmp_path, workers=2)
-    try:
+    async with started(test_bundles / "glm-factors", tmp_path, workers=2) as running:
         assert running.pool.model is not None
         assert running.pool.model.prototype.columns[0].name == "wool"
         request = json.loads((test_bundles / "glm-factors" / "request.json").read_text())
@@ -88,28 +92,22 @@ async def test_workers_answer_like_r_itself(test_bundles: Path, tmp_path: Path) 
         for answer in answers:
             assert_same_predictions(answer, expected)
         assert sorted(link.slot for link in running.pool.workers) == [0, 1]
-    finally:
-        await stop(running)
 
 
 async def test_model_error_answers_that_request_and_the_worker_serves_on(
     slow_bundle: Path, tmp_path: Path
 ) -> None:
-    running = await start(slow_bundle, tmp_path, workers=1)
-    try:
+    async with started(slow_bundle, tmp_path, workers=1) as running:
         with pytest.raises(ModelError, match="asked to fail"):
             await score(running.pool, [{"x": 1, "fail": True}])
         assert await score(running.pool, [{"x": 1.5}]) == [3.0]
         assert running.supervisor.stats.restarts == 0
-    finally:
-        await stop(running)
 
 
 async def test_worker_killed_mid_call_is_restarted_and_its_caller_told(
     slow_bundle: Path, tmp_path: Path
 ) -> None:
-    running = await start(slow_bundle, tmp_path, workers=2)
-    try:
+    async with started(slow_bundle, tmp_path, workers=2) as running:
         pool = running.pool
         first, second = pool.workers
         doomed = asyncio.create_task(first.score(frame_of([{"x": 1, "sleep": 30}], pool)))
@@ -122,15 +120,12 @@ async def test_worker_killed_mid_call_is_restarted_and_its_caller_told(
         await asyncio.wait_for(_wait_for_generation(pool, first.slot, 2), 60)
         assert running.supervisor.stats.restarts == 1
         assert await score(pool, [{"x": 5}]) == [10.0]
-    finally:
-        await stop(running)
 
 
 async def test_watchdog_ends_a_worker_stuck_past_its_deadline(
     slow_bundle: Path, tmp_path: Path
 ) -> None:
-    running = await start(slow_bundle, tmp_path, workers=1)
-    try:
+    async with started(slow_bundle, tmp_path, workers=1) as running:
         pool = running.pool
         (stuck,) = pool.workers
         with pytest.raises(WorkerCrashed):
@@ -139,13 +134,10 @@ async def test_watchdog_ends_a_worker_stuck_past_its_deadline(
             )
         await asyncio.wait_for(_wait_for_generation(pool, 0, 2), 60)
         assert await score(pool, [{"x": 2}], timeout_s=5.0) == [4.0]
-    finally:
-        await stop(running)
 
 
 async def test_workers_recycle_without_failing_a_request(slow_bundle: Path, tmp_path: Path) -> None:
-    running = await start(slow_bundle, tmp_path, workers=1, max_requests=3)
-    try:
+    async with started(slow_bundle, tmp_path, workers=1, max_requests=3) as running:
         pids = set()
         for x in range(10):
             async with running.pool.acquire() as link:
@@ -154,22 +146,17 @@ async def test_workers_recycle_without_failing_a_request(slow_bundle: Path, tmp_
                 assert reply.predictions == [2.0 * x]
         assert len(pids) == 4  # 3 + 3 + 3 + 1 requests
         assert running.supervisor.stats.recycles >= 3
-    finally:
-        await stop(running)
 
 
 async def test_a_caller_that_gives_up_does_not_free_a_busy_worker(
     slow_bundle: Path, tmp_path: Path
 ) -> None:
-    running = await start(slow_bundle, tmp_path, workers=1)
-    try:
+    async with started(slow_bundle, tmp_path, workers=1) as running:
         pool = running.pool
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(score(pool, [{"x": 1, "sleep": 0.6}]), 0.2)
         # The only worker is still in R: the next caller waits for it, then is served.
         assert await asyncio.wait_for(score(pool, [{"x": 3}]), 30) == [6.0]
-    finally:
-        await stop(running)
 
 
 async def test_a_bad_bundle_stops_the_supervisor_with_rs_message(
