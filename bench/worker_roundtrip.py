@@ -49,8 +49,8 @@ async def measure_protocol(bundle: Path, requests: int, warmup: int) -> dict[str
                     round_trips.append(elapsed)
                     inside_r.append(reply.r_seconds)
         finally:
+            await pool.close()  # hang up first: the workers then exit at once
             await asyncio.to_thread(supervisor.stop)
-            await pool.close()
     overhead = [rt - r for rt, r in zip(round_trips, inside_r, strict=True)]
     return {"round trip": round_trips, "inside R": inside_r, "overhead": overhead}
 

@@ -213,7 +213,10 @@ class WorkerPool:
         os.chmod(self.socket_path, 0o600)
 
     async def close(self) -> None:
-        """Stop listening and hang up on every worker (they reconnect to the next pool)."""
+        """Stop listening and hang up on every worker (they reconnect to the next pool).
+        Closing twice is harmless."""
+        if self._closing:
+            return
         self._closing = True
         if self._server is not None:
             self._server.close()

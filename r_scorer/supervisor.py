@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from r_scorer.errors import BundleError
-from r_scorer.worker import EXIT_LOAD_FAILED, EXIT_RECYCLED
+from r_scorer.worker import EXIT_CLEAN, EXIT_LOAD_FAILED
 
 log = logging.getLogger("rscore.supervisor")
 
@@ -48,8 +48,8 @@ def describe_exit(returncode: int) -> str:
             return f"killed by {signal.Signals(-returncode).name}"
         except ValueError:
             return f"killed by signal {-returncode}"
-    if returncode == EXIT_RECYCLED:
-        return "recycled"
+    if returncode == EXIT_CLEAN:
+        return "exited cleanly (recycled, or drained)"
     if returncode == EXIT_LOAD_FAILED:
         return "failed to load the bundle"
     return f"exited with status {returncode}"
@@ -120,9 +120,14 @@ class Supervisor:
         self._monitor.start()
         return self.model
 
-    def stop(self, grace_s: float = 5.0) -> None:
-        """Stop restarting, ask every worker to exit, kill those that linger."""
+    def begin_stop(self) -> None:
+        """No more restarts: workers that exit from now on (drained) stay down."""
         self._stopping.set()
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Stop restarting, ask every worker to exit (SIGTERM: each finishes serving until
+        the sidecar hangs up), and kill those still there after `grace_s`."""
+        self.begin_stop()
         if self._monitor is not None and self._monitor is not threading.current_thread():
             self._monitor.join()
         with self._lock:
@@ -210,13 +215,13 @@ class Supervisor:
             slot.process = None
             lived = now - slot.started_at
             self.stats.exits.append((slot.index, returncode))
-            if returncode == EXIT_RECYCLED:
+            if returncode == EXIT_CLEAN:
                 self.stats.recycles += 1
                 slot.quick_deaths = 0
             else:
                 slot.quick_deaths = slot.quick_deaths + 1 if lived < QUICK_DEATH_S else 0
             slot.restart_at = now + restart_delay(slot.quick_deaths)
-            level = logging.INFO if returncode == EXIT_RECYCLED else logging.WARNING
+            level = logging.INFO if returncode == EXIT_CLEAN else logging.WARNING
             log.log(
                 level,
                 "worker slot %d pid %d %s after %.1f s; restarting in %.1f s",
@@ -229,10 +234,18 @@ class Supervisor:
 
 
 def serve_workers(
-    bundle: str | os.PathLike[str], socket_path: Path, *, workers: int, max_requests: int = 0
+    bundle: str | os.PathLike[str],
+    socket_path: Path,
+    *,
+    workers: int,
+    max_requests: int = 0,
+    drain_timeout_s: float = 30.0,
 ) -> None:
     """Run the workers for a sidecar on `socket_path` until SIGTERM or SIGINT (the pod's
-    r-scorer container). Raises BundleError if the bundle does not load."""
+    r-scorer container). Raises BundleError if the bundle does not load.
+
+    Kubernetes signals both containers at once: after the signal the workers go on
+    serving until the sidecar has drained and hung up, or `drain_timeout_s` passes."""
     supervisor = Supervisor(bundle, socket_path, workers=workers, max_requests=max_requests)
     model = supervisor.start()
     log.info(
@@ -242,7 +255,10 @@ def serve_workers(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     stop.wait()
-    supervisor.stop()
+    log.info(
+        "signalled: workers serve until the sidecar hangs up (at most %.0f s)", drain_timeout_s
+    )
+    supervisor.stop(grace_s=drain_timeout_s)
 
 
 def _parse_status(raw: bytes) -> dict[str, Any]:

@@ -31,11 +31,12 @@ from r_scorer.bundle import read_bundle
 from r_scorer.errors import ProtocolError, ScoringError
 from r_scorer.logs import configure_json_logging
 
-EXIT_RECYCLED = 0
+EXIT_CLEAN = 0  # recycled, or drained after SIGTERM
 EXIT_LOAD_FAILED = 3
 _PR_SET_PDEATHSIG = 1
 
 log = logging.getLogger(f"rscore.worker.{os.getpid()}")
+_draining = False
 
 
 class PeerGone(Exception):
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_LOAD_FAILED
     # Ctrl-C reaches the whole process group: the supervisor decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM (to the process group, or from the supervisor): keep serving until the
+    # sidecar has drained and hangs up, then exit instead of reconnecting.
+    signal.signal(signal.SIGTERM, _begin_drain)
     described = model.describe()
     _report_status(args.status_fd, {"ready": True, "pid": os.getpid(), "model": described})
     greeting = protocol.encode(
@@ -63,10 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     served = 0
     while True:
         connection = _connect(args.socket)
+        if connection is None:  # draining and no sidecar to serve
+            return EXIT_CLEAN
         try:
             connection.sendall(greeting)
             served = _serve(connection, model, served, args.max_requests)
         except PeerGone:
+            if _draining:
+                log.info("sidecar hung up while draining; exiting")
+                return EXIT_CLEAN
             log.info("sidecar closed the connection; reconnecting")
             continue
         except ProtocolError as exc:  # the stream is out of step: start it afresh
@@ -74,7 +83,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         finally:
             connection.close()
-        return EXIT_RECYCLED
+        return EXIT_CLEAN
+
+
+def _begin_drain(_signum: int, _frame: object) -> None:
+    global _draining  # noqa: PLW0603 - set from a signal handler, read by the loop
+    _draining = True
 
 
 def _serve(connection: socket.socket, model: Any, served: int, max_requests: int) -> int:
@@ -126,10 +140,11 @@ def _receive(connection: socket.socket, size: int) -> bytes:
     return bytes(buffer)
 
 
-def _connect(path: str) -> socket.socket:
-    """Connect to the sidecar's socket, waiting (with backoff) until it listens."""
+def _connect(path: str) -> socket.socket | None:
+    """Connect to the sidecar's socket, waiting (with backoff) until it listens; None if
+    the worker is draining meanwhile."""
     delay = 0.02
-    while True:
+    while not _draining:
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             connection.connect(path)
@@ -139,6 +154,7 @@ def _connect(path: str) -> socket.socket:
             delay = min(delay * 2, 1.0)
             continue
         return connection
+    return None
 
 
 def _report_status(status_fd: int | None, status: dict[str, Any]) -> None:

@@ -50,6 +50,10 @@ _WORKERS = click.option(
     "--workers", type=click.IntRange(min=1), default=None,
     help="R worker processes [default: usable cores, from CPU affinity and cgroup quota].",
 )  # fmt: skip
+_DRAIN_TIMEOUT = click.option(
+    "--drain-timeout-s", default=30.0, show_default=True, type=click.FloatRange(min=0),
+    help="After SIGTERM, how long accepted requests may still take.",
+)  # fmt: skip
 _MAX_REQUESTS = click.option(
     "--max-requests-per-worker", type=click.IntRange(min=0), default=0, show_default=True,
     help="Recycle a worker after this many requests (0: never).",
@@ -61,15 +65,24 @@ _MAX_REQUESTS = click.option(
 @_SOCKET_DIR
 @_WORKERS
 @_MAX_REQUESTS
+@_DRAIN_TIMEOUT
 def scorer(
-    bundle: Path, socket_dir: Path, workers: int | None, max_requests_per_worker: int
+    bundle: Path,
+    socket_dir: Path,
+    workers: int | None,
+    max_requests_per_worker: int,
+    drain_timeout_s: float,
 ) -> None:
     """Run BUNDLE's R workers for a sidecar on --socket-dir (the pod's r-scorer)."""
-    run_scorer(bundle, socket_dir, workers, max_requests_per_worker)
+    run_scorer(bundle, socket_dir, workers, max_requests_per_worker, drain_timeout_s)
 
 
 def run_scorer(
-    bundle: Path, socket_dir: Path, workers: int | None, max_requests_per_worker: int
+    bundle: Path,
+    socket_dir: Path,
+    workers: int | None,
+    max_requests_per_worker: int,
+    drain_timeout_s: float,
 ) -> None:
     from r_scorer.cores import detect_usable_cores
     from r_scorer.pool import SOCKET_NAME
@@ -82,6 +95,7 @@ def run_scorer(
             socket_dir / SOCKET_NAME,
             workers=workers or detect_usable_cores(),
             max_requests=max_requests_per_worker,
+            drain_timeout_s=drain_timeout_s,
         )
     except ScoringError as exc:
         _fail(exc)
@@ -94,11 +108,16 @@ def run_scorer(
 @_SOCKET_DIR
 @_WORKERS
 @_MAX_REQUESTS
+@_DRAIN_TIMEOUT
 def scorer_main(
-    bundle: Path, socket_dir: Path, workers: int | None, max_requests_per_worker: int
+    bundle: Path,
+    socket_dir: Path,
+    workers: int | None,
+    max_requests_per_worker: int,
+    drain_timeout_s: float,
 ) -> None:
     """The pod's r-scorer container: `python -m r_scorer --bundle B --socket-dir D`."""
-    run_scorer(bundle, socket_dir, workers, max_requests_per_worker)
+    run_scorer(bundle, socket_dir, workers, max_requests_per_worker, drain_timeout_s)
 
 
 def _sidecar_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -130,6 +149,7 @@ def _sidecar_options(command: Callable[..., None]) -> Callable[..., None]:
             "--collect-sample-rate", default=0.1, show_default=True,
             type=click.FloatRange(0.0, 1.0), help="Share of requests collected.",
         ),
+        _DRAIN_TIMEOUT,
         click.option(
             "--auth", type=click.Choice(["none"]), default="none", show_default=True,
             help="Client authentication (keys and tokens are coming).",
@@ -149,6 +169,7 @@ def _sidecar_config(options: dict[str, Any]) -> SidecarConfig:
         max_body_bytes=options["max_body_bytes"],
         collect_dir=options["collect_dir"],
         collect_sample_rate=options["collect_sample_rate"],
+        drain_timeout_s=options["drain_timeout_s"],
     )
 
 

@@ -6,12 +6,21 @@ handler (r_scorer.logs). Never logs headers or bodies (credentials live there).
 
 from __future__ import annotations
 
+from time import monotonic
+
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
+
+from sidecar.app import ARRIVAL
 
 
 class JsonAccessLogger(AbstractAccessLogger):
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        # uvloop's loop clock (what aiohttp measures `time` with) ticks in milliseconds;
+        # the request context's own monotonic arrival time is finer.
+        arrival = request.get(ARRIVAL)
+        if arrival is not None:
+            time = monotonic() - arrival
         self.logger.info(
             "%s %s %d",
             request.method,

@@ -133,6 +133,15 @@ class Dispatcher:
         self._offer(job)
         return job
 
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new requests and wait until every accepted one is answered; False if
+        `timeout_s` ran out first."""
+        self.draining = True
+        deadline = self._clock() + timeout_s
+        while self.busy and self._clock() < deadline:
+            await asyncio.sleep(0.01)  # shutdown only: polling keeps the hot path free
+        return not self.busy
+
     def add_worker(self, link: WorkerLink) -> None:
         """Start feeding a newly connected worker."""
         self._loops[link] = asyncio.get_running_loop().create_task(

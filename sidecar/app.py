@@ -59,6 +59,7 @@ class SidecarConfig:
     max_body_bytes: int = 10 * 1024 * 1024
     collect_dir: Path | None = None
     collect_sample_rate: float = 0.1
+    drain_timeout_s: float = 30.0  # after SIGTERM, how long accepted requests may take
 
 
 @dataclass

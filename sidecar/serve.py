@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from r_scorer.pool import SOCKET_NAME, WorkerPool
 from r_scorer.supervisor import Supervisor
 from sidecar.access_log import JsonAccessLogger
-from sidecar.app import SidecarConfig, create_app, create_metrics_app
+from sidecar.app import STATE, SidecarConfig, create_app, create_metrics_app
 
 log = logging.getLogger("rscore.serve")
 
@@ -74,6 +74,15 @@ async def _serve(
             listen.host, listen.port, listen.metrics_port, socket_path,
         )  # fmt: skip
         await _until_signalled()
+        if supervisor is not None:
+            supervisor.begin_stop()  # drained workers must not be restarted
+        dispatcher = app[STATE].dispatcher
+        log.info("draining: not ready, new requests get 503, accepted ones are answered")
+        if not await dispatcher.drain(config.drain_timeout_s):
+            log.warning(
+                "drain timeout of %.0f s passed with %d request(s) unanswered",
+                config.drain_timeout_s, dispatcher.queue_depth + dispatcher.inflight,
+            )  # fmt: skip
     finally:
         await runner.cleanup()
         await metrics_runner.cleanup()

@@ -405,7 +405,7 @@ def test_restart_delay_stays_capped_for_any_count(quick_deaths):
 @pytest.mark.parametrize(
     ("returncode", "text"),
     [
-        (0, "recycled"),
+        (0, "exited cleanly (recycled, or drained)"),
         (3, "failed to load the bundle"),
         (1, "exited with status 1"),
         (2, "exited with status 2"),

@@ -68,12 +68,14 @@ def slow_bundle(tmp_path: Path) -> Path:
 @pytest.fixture
 async def serve(aiohttp_client, tmp_path: Path) -> AsyncIterator[ServeFactory]:
     supervisors: list[Supervisor] = []
+    pools: list[WorkerPool] = []
 
     async def start(
         bundle: Path | None, *, workers: int = 1, config: SidecarConfig | None = None
     ) -> Served:
         registry = CollectorRegistry()
-        pool = WorkerPool(tmp_path / f"sock{len(supervisors)}" / "workers.sock")
+        pool = WorkerPool(tmp_path / f"sock{len(pools)}" / "workers.sock")
+        pools.append(pool)
         app = create_app(config or SidecarConfig(), pool=pool, registry=registry)
         client = await aiohttp_client(app)
         supervisor = None
@@ -86,6 +88,8 @@ async def serve(aiohttp_client, tmp_path: Path) -> AsyncIterator[ServeFactory]:
         return Served(client, metrics_client, pool, supervisor)
 
     yield start
+    for pool in pools:  # the sidecar hangs up first: drained workers then exit at once
+        await pool.close()
     for supervisor in supervisors:
         await asyncio.to_thread(supervisor.stop)
 
@@ -302,6 +306,7 @@ async def test_not_ready_until_the_workers_connect(serve: ServeFactory, slow_bun
         assert (await served.client.get("/readyz")).status == 200
         assert await (await served.client.get("/v2/health/ready")).json() == {"ready": True}
     finally:
+        await served.pool.close()
         await asyncio.to_thread(supervisor.stop)
 
 

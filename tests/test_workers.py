@@ -69,8 +69,8 @@ async def started(
         await asyncio.wait_for(pool.wait_for_workers(workers), 60)
         yield Running(pool, supervisor)
     finally:
+        await pool.close()  # the sidecar hangs up first: drained workers then exit at once
         await asyncio.to_thread(supervisor.stop)
-        await pool.close()
 
 
 async def score(pool: WorkerPool, rows: list[dict], timeout_s: float | None = None) -> list:
@@ -176,7 +176,7 @@ async def _wait_for_generation(pool: WorkerPool, slot: int, generation: int) -> 
         await asyncio.sleep(0.05)
 
 
-async def test_rscore_scorer_command_serves_and_stops_on_sigterm(
+async def test_rscore_scorer_serves_after_sigterm_until_the_sidecar_hangs_up(
     example_bundles: Path, tmp_path: Path
 ) -> None:
     pool = WorkerPool(tmp_path / SOCKET_NAME)
@@ -191,6 +191,10 @@ async def test_rscore_scorer_command_serves_and_stops_on_sigterm(
         rows = [{"Sepal.Length": 5.1, "Sepal.Width": 3.5, "Petal.Length": 1.4, "Petal.Width": 0.2}]
         assert await score(pool, rows) == ["setosa"]
         process.send_signal(signal.SIGTERM)
+        # Still serving after its SIGTERM, until the sidecar hangs up (a pod's drain).
+        await asyncio.sleep(0.5)
+        assert await score(pool, rows) == ["setosa"]
+        await pool.close()
         _, stderr = await asyncio.wait_for(process.communicate(), 30)
         assert process.returncode == 0
         assert b"2 R worker(s) serving model 'iris-rf'" in stderr

@@ -1,0 +1,141 @@
+"""Shutdown under load: SIGTERM to everything at once loses no accepted request.
+
+Real processes: `rscore serve` in its own process group, or the pod's two containers
+(`python -m r_scorer` and `python -m sidecar`) signalled at the same moment, as the
+kubelet does. Clients are real aiohttp clients on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+SLOW_SCORE_R = """
+init <- function(model_dir) list()
+score <- function(state, data) { Sys.sleep(max(data$sleep)); data$x * 2 }
+"""
+
+
+@pytest.fixture
+def slow_bundle(tmp_path: Path) -> Path:
+    bundle = tmp_path / "slow"
+    bundle.mkdir()
+    (bundle / "score.R").write_text(SLOW_SCORE_R)
+    return bundle
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def start(*args: str, log: Path) -> asyncio.subprocess.Process:
+    log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, *args, stdout=asyncio.subprocess.DEVNULL, stderr=log_fd,
+            start_new_session=True,  # its own process group, like a container
+        )  # fmt: skip
+    finally:
+        os.close(log_fd)  # the child has its own copy
+
+
+async def wait_ready(session: aiohttp.ClientSession, base: str, timeout_s: float = 60) -> None:
+    async def poll() -> None:
+        while True:
+            try:
+                async with session.get(f"{base}/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.1)
+
+    await asyncio.wait_for(poll(), timeout_s)
+
+
+async def score(session: aiohttp.ClientSession, base: str, x: int) -> tuple[int, object]:
+    try:
+        async with session.post(
+            f"{base}/score", json={"data": [{"x": x, "sleep": 0.4}]}
+        ) as response:
+            return response.status, await response.json()
+    except aiohttp.ClientConnectionError as exc:
+        return -1, repr(exc)
+
+
+async def load_then_sigterm(
+    base: str, groups: list[int], *, requests: int = 10
+) -> tuple[list[tuple[int, object]], int, list[tuple[int, object]]]:
+    """Send `requests` slow requests (2 workers: most wait in the queue), SIGTERM every
+    process group once they are all accepted, then probe readiness and send more."""
+    async with aiohttp.ClientSession() as session:
+        await wait_ready(session, base)
+        accepted = [asyncio.create_task(score(session, base, x)) for x in range(requests)]
+        await asyncio.sleep(0.6)  # all are in the sidecar by now, two of them in R
+        for group in groups:
+            os.killpg(group, signal.SIGTERM)
+        await asyncio.sleep(0.1)
+        async with session.get(f"{base}/readyz") as response:
+            ready_status = response.status
+        late = [await score(session, base, 100)]
+        return await asyncio.gather(*accepted), ready_status, late
+
+
+async def test_sigterm_to_rscore_serves_process_group_loses_nothing(
+    slow_bundle: Path, tmp_path: Path
+) -> None:
+    port, metrics_port = free_port(), free_port()
+    server = await start(
+        "-m", "rscore_cli", "serve", str(slow_bundle), "--workers", "2",
+        "--port", str(port), "--metrics-port", str(metrics_port),
+        log=tmp_path / "serve.log",
+    )  # fmt: skip
+    try:
+        answers, ready_status, late = await load_then_sigterm(
+            f"http://127.0.0.1:{port}", [server.pid]
+        )
+        assert answers == [(200, {"predictions": [2.0 * x]}) for x in range(10)]
+        assert ready_status == 503  # not ready from the moment of the signal
+        assert late[0][0] in (503, -1)  # refused: 503 while draining, or already closed
+        assert await asyncio.wait_for(server.wait(), 30) == 0
+    finally:
+        if server.returncode is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            await server.wait()
+
+
+async def test_sigterm_to_both_pod_containers_at_once_loses_nothing(
+    example_bundles: Path, slow_bundle: Path, tmp_path: Path
+) -> None:
+    port, metrics_port = free_port(), free_port()
+    socket_dir = tmp_path / "run"
+    scorer = await start(
+        "-m", "r_scorer", "--bundle", str(slow_bundle), "--socket-dir", str(socket_dir),
+        "--workers", "2", log=tmp_path / "scorer.log",
+    )  # fmt: skip
+    sidecar = await start(
+        "-m", "sidecar", "--socket-dir", str(socket_dir), "--port", str(port),
+        "--metrics-port", str(metrics_port), log=tmp_path / "sidecar.log",
+    )  # fmt: skip
+    try:
+        answers, ready_status, _ = await load_then_sigterm(
+            f"http://127.0.0.1:{port}", [scorer.pid, sidecar.pid]
+        )
+        assert answers == [(200, {"predictions": [2.0 * x]}) for x in range(10)]
+        assert ready_status == 503
+        assert await asyncio.wait_for(sidecar.wait(), 30) == 0
+        assert await asyncio.wait_for(scorer.wait(), 30) == 0
+    finally:
+        for process in (scorer, sidecar):
+            if process.returncode is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                await process.wait()
