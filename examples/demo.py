@@ -48,7 +48,8 @@ def main() -> int:
             print(
                 f"Serving on {base} (metrics: http://127.0.0.1:{metrics_port}/metrics, "
                 f"logs: {LOG}). Try:\n"
-                f"  curl -s {base}/score -d @{REQUEST.relative_to(ROOT)}\n"
+                f"  curl -s {base}/score -H 'Content-Type: application/json' "
+                f"-d @{REQUEST.relative_to(ROOT)}\n"
                 f"  curl -s {base}/swagger.json\n"
                 "Ctrl-C to stop."
             )

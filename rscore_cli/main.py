@@ -15,6 +15,7 @@ from r_scorer.logs import configure_json_logging
 
 if TYPE_CHECKING:
     from sidecar.app import SidecarConfig
+    from sidecar.auth import AuthConfig
     from sidecar.serve import Listen
 
 
@@ -151,8 +152,40 @@ def _sidecar_options(command: Callable[..., None]) -> Callable[..., None]:
         ),
         _DRAIN_TIMEOUT,
         click.option(
-            "--auth", type=click.Choice(["none"]), default="none", show_default=True,
-            help="Client authentication (keys and tokens are coming).",
+            "--auth", type=click.Choice(["keys", "tokens", "keys+tokens", "none"]),
+            default=None,
+            help="Who may score [default: what the credential flags configure; with none, "
+            "`rscore serve` generates a key].",
+        ),
+        click.option(
+            "--keys-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+            help="Valid API keys, one per line (# comments); re-read when it changes.",
+        ),
+        click.option(
+            "--token-jwks", type=click.Path(dir_okay=False, path_type=Path), default=None,
+            help="JWKS of the public keys that sign tokens (RS256, ES256).",
+        ),
+        click.option(
+            "--token-secret-file", type=click.Path(dir_okay=False, path_type=Path),
+            default=None, help="HMAC secret that signs tokens (HS256).",
+        ),
+        click.option("--token-issuer", default=None, help="Required `iss` of tokens."),
+        click.option("--token-audience", default=None, help="Required `aud` of tokens."),
+        click.option(
+            "--token-leeway-s", default=30.0, show_default=True, type=click.FloatRange(min=0),
+            help="Clock skew allowed for exp/nbf/iat.",
+        ),
+        click.option(
+            "--tls-cert", type=click.Path(dir_okay=False, path_type=Path), default=None,
+            help="PEM certificate chain: serve HTTPS (re-read when it changes).",
+        ),
+        click.option(
+            "--tls-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+            help="PEM private key of --tls-cert.",
+        ),
+        click.option(
+            "--tls-client-ca", type=click.Path(dir_okay=False, path_type=Path), default=None,
+            help="PEM CA bundle: require client certificates signed by it (mutual TLS).",
         ),
     ]  # fmt: skip
     for option in reversed(options):
@@ -176,7 +209,70 @@ def _sidecar_config(options: dict[str, Any]) -> SidecarConfig:
 def _listen(options: dict[str, Any], socket_path: Path | None) -> Listen:
     from sidecar.serve import Listen
 
-    return Listen(options["host"], options["port"], options["metrics_port"], socket_path)
+    return Listen(
+        host=options["host"],
+        port=options["port"],
+        metrics_port=options["metrics_port"],
+        socket_path=socket_path,
+        tls_cert=options["tls_cert"],
+        tls_key=options["tls_key"],
+        tls_client_ca=options["tls_client_ca"],
+    )
+
+
+def _auth_config(options: dict[str, Any], *, may_generate_key: bool) -> AuthConfig:
+    """The auth flags as an AuthConfig. With no credential configured, `rscore serve`
+    makes (or reuses) a key file of its own: never open by accident."""
+    from sidecar.auth import AuthConfig
+    from sidecar.credentials import TokenPolicy
+
+    keys_file = options["keys_file"]
+    has_tokens = bool(options["token_jwks"] or options["token_secret_file"])
+    mode = options["auth"]
+    if mode is None:
+        mode = {(True, True): "keys+tokens", (True, False): "keys", (False, True): "tokens"}.get(
+            (keys_file is not None, has_tokens), "keys"
+        )
+    if mode in ("keys", "keys+tokens") and keys_file is None:
+        if not may_generate_key:
+            raise click.UsageError(
+                "no credentials configured: give --keys-file, --token-jwks or "
+                "--token-secret-file, or --auth none to serve openly"
+            )
+        keys_file = _own_keys_file()
+    try:
+        return AuthConfig(
+            mode=mode,
+            keys_file=keys_file,
+            token_jwks=options["token_jwks"],
+            token_secret_file=options["token_secret_file"],
+            policy=TokenPolicy(
+                issuer=options["token_issuer"],
+                audience=options["token_audience"],
+                leeway_s=options["token_leeway_s"],
+            ),
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _own_keys_file() -> Path:
+    """`$XDG_CONFIG_HOME/rscore/keys` (0600), made with a fresh key if it is not there."""
+    import os
+
+    from sidecar.credentials import generate_key, write_keys_file
+
+    config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    path = config_home / "rscore" / "keys"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_keys_file(path, [generate_key()])
+    click.echo(
+        f"No credentials given: clients must send a key from {path} "
+        f"(Authorization: Bearer <key>). Use --auth none to serve openly.",
+        err=True,
+    )
+    return path
 
 
 @cli.command()
@@ -201,9 +297,10 @@ def serve(bundle: Path, workers: int | None, max_requests_per_worker: int, **opt
     def supervisor(socket_path: Path) -> Supervisor:
         return Supervisor(bundle, socket_path, workers=count, max_requests=max_requests_per_worker)
 
+    auth = _auth_config(options, may_generate_key=True)
     try:
-        run(_sidecar_config(options), _listen(options, None), supervisor)
-    except ScoringError as exc:
+        run(_sidecar_config(options), _listen(options, None), supervisor, auth)
+    except (ScoringError, ValueError, OSError) as exc:
         _fail(exc)
 
 
@@ -219,9 +316,97 @@ def sidecar(socket_dir: Path, **options: Any) -> None:
     from sidecar.serve import run
 
     configure_json_logging()
-    run(_sidecar_config(options), _listen(options, socket_dir / SOCKET_NAME), None)
+    auth = _auth_config(options, may_generate_key=False)
+    try:
+        run(_sidecar_config(options), _listen(options, socket_dir / SOCKET_NAME), None, auth)
+    except (ValueError, OSError) as exc:
+        _fail(exc)
 
 
-def _fail(error: ScoringError) -> NoReturn:
+def _fail(error: Exception) -> NoReturn:
+    if not isinstance(error, ScoringError):  # a bad credential or TLS file, say
+        error = ScoringError(str(error))
+        error.code = "configuration_error"
     sys.stderr.buffer.write(orjson.dumps(error.to_json()) + b"\n")
     sys.exit(1)
+
+
+@cli.group()
+def keys() -> None:
+    """API keys and token signing keys."""
+
+
+@keys.command("generate")
+@click.argument("keys_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--count", default=2, show_default=True, type=click.IntRange(1, 16),
+    help="How many keys (primary and secondary: rotate one at a time).",
+)  # fmt: skip
+def keys_generate(keys_file: Path, count: int) -> None:
+    """Write KEYS_FILE (mode 0600) with fresh random keys."""
+    from sidecar.credentials import CredentialError, generate_key, write_keys_file
+
+    try:
+        write_keys_file(keys_file, [generate_key() for _ in range(count)])
+    except (CredentialError, OSError) as exc:
+        _fail(exc)
+    click.echo(f"wrote {count} key(s) to {keys_file}", err=True)
+
+
+@keys.command("jwk")
+@click.argument("private_jwk", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("public_jwks", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--kind", type=click.Choice(["RSA", "EC"]), default="EC", show_default=True)
+@click.option("--kid", default="rscore-1", show_default=True, help="Key id in token headers.")
+def keys_jwk(private_jwk: Path, public_jwks: Path, kind: str, kid: str) -> None:
+    """Make a token signing key: PRIVATE_JWK (0600, for `rscore token`) and PUBLIC_JWKS
+    (for `--token-jwks`)."""
+    import os
+
+    from sidecar.credentials import generate_jwk_pair
+
+    private, public = generate_jwk_pair(kind, kid)  # type: ignore[arg-type]
+    descriptor = os.open(private_jwk, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as out:
+        out.write(orjson.dumps(private))
+    public_jwks.write_bytes(orjson.dumps(public, option=orjson.OPT_INDENT_2))
+    click.echo(f"wrote {private_jwk} (private) and {public_jwks} (public)", err=True)
+
+
+@cli.command()
+@click.option("--jwk-private", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--secret-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--ttl", default=3600, show_default=True, type=click.IntRange(min=1),
+              help="Seconds until the token expires.")  # fmt: skip
+@click.option("--aud", default=None, help="Audience (`aud`).")
+@click.option("--iss", default=None, help="Issuer (`iss`).")
+@click.option("--sub", default=None, help="Subject (`sub`).")
+def token(
+    *,
+    jwk_private: Path | None,
+    secret_file: Path | None,
+    ttl: int,
+    aud: str | None,
+    iss: str | None,
+    sub: str | None,
+) -> None:
+    """Mint a JWT signed with a private JWK (RS256/ES256) or an HMAC secret (HS256)."""
+    import time
+
+    from sidecar.credentials import CredentialError, mint_token
+
+    if (jwk_private is None) == (secret_file is None):
+        raise click.UsageError("give exactly one of --jwk-private and --secret-file")
+    try:
+        minted = mint_token(
+            private_jwk_path=jwk_private,
+            secret_path=secret_file,
+            ttl_s=ttl,
+            now=time.time(),
+            audience=aud,
+            issuer=iss,
+            subject=sub,
+        )
+    except (CredentialError, OSError) as exc:
+        _fail(exc)
+    click.echo(minted)

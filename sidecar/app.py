@@ -32,6 +32,7 @@ from r_scorer.pool import ModelInfo, WorkerLink, WorkerPool
 from r_scorer.prototype import TypedFrame, coerce
 from sidecar import openapi, v2
 from sidecar.admission import Dispatcher
+from sidecar.auth import Authenticator, Unauthorized, auth_middleware
 from sidecar.collector import DataCollector
 from sidecar.errors import (
     MethodNotAllowed,
@@ -42,6 +43,7 @@ from sidecar.errors import (
     UnsupportedMediaType,
     status_of,
 )
+from sidecar.http_hardening import harden_parser_errors
 from sidecar.metrics import SidecarMetrics
 
 log = logging.getLogger("rscore.sidecar")
@@ -77,7 +79,9 @@ class SidecarState:
 STATE = web.AppKey("rscore_state", SidecarState)
 SCORE_ROUTE = "score"
 INFER_ROUTE = "v2-infer"
+MODEL_ROUTE = "v2-model"
 SCORING_ROUTES = frozenset({SCORE_ROUTE, INFER_ROUTE})  # counted in the metrics; probes not
+PROTECTED_ROUTES = SCORING_ROUTES | {MODEL_ROUTE}  # health, readiness, OpenAPI stay open
 ARRIVAL = web.RequestKey("rscore_arrival", float)
 REQUEST_ID = web.RequestKey("rscore_request_id", str)
 
@@ -87,14 +91,20 @@ def create_app(
     *,
     pool: WorkerPool,
     registry: CollectorRegistry,
+    authenticator: Authenticator | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> web.Application:
-    """The public app. `pool` must not be started yet: the app starts and closes it."""
+    """The public app. `pool` must not be started yet: the app starts and closes it.
+    Without an authenticator every route is open (`--auth none`)."""
+    harden_parser_errors()
     dispatcher = Dispatcher(max_queue_per_worker=config.max_queue, clock=clock)
     metrics = SidecarMetrics(registry)
     metrics.watch(dispatcher, pool, clock)
     state = SidecarState(config, pool, dispatcher, metrics, clock)
-    app = web.Application(middlewares=[request_context], client_max_size=config.max_body_bytes)
+    middlewares = [request_context]
+    if authenticator is not None and authenticator.config.mode != "none":
+        middlewares.append(auth_middleware(authenticator, PROTECTED_ROUTES))
+    app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
     app[STATE] = state
     app.cleanup_ctx.append(_run_pool)
     app.router.add_post("/score", score, name=SCORE_ROUTE)
@@ -104,7 +114,7 @@ def create_app(
     app.router.add_get("/v2", v2_server_metadata)
     app.router.add_get("/v2/health/live", v2_live)
     app.router.add_get("/v2/health/ready", v2_ready)
-    app.router.add_get("/v2/models/{name}", v2_model_metadata)
+    app.router.add_get("/v2/models/{name}", v2_model_metadata, name=MODEL_ROUTE)
     app.router.add_get("/v2/models/{name}/ready", v2_model_ready)
     app.router.add_post("/v2/models/{name}/infer", v2_infer, name=INFER_ROUTE)
     return app
@@ -171,6 +181,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         response = error_response(request, error)
     except web.HTTPException as http_error:  # aiohttp's own: 404 route, 405 method...
         response = error_response(request, _from_http_exception(http_error))
+        if "Allow" in http_error.headers:  # a 405 must say which methods are allowed
+            response.headers["Allow"] = http_error.headers["Allow"]
     response.headers["x-request-id"] = request_id
     if request.match_info.route.name in SCORING_ROUTES:
         metrics = state.metrics
@@ -189,7 +201,9 @@ def error_response(request: web.Request, error: ScoringError) -> web.Response:
     # The V2 routes answer in the Open Inference Protocol's error shape.
     body = v2.v2_error(error.message) if request.path.startswith("/v2/") else error.to_json()
     response = json_response(body, status=status)
-    if status == 429:
+    if isinstance(error, Unauthorized):
+        response.headers["WWW-Authenticate"] = error.www_authenticate
+    elif status == 429:
         response.headers["Retry-After"] = "1"
     elif status == 503:
         response.headers["Retry-After"] = "5"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -25,3 +26,27 @@ def test_bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def example_bundles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundles of examples/, built afresh."""
     return _build(ROOT / "examples" / "build_examples.R", tmp_path_factory.mktemp("examples"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _environment_free_of_embedded_r() -> None:
+    """Keep subprocesses clean of what starting R in this process sets.
+
+    Starting R in the test process (tests/test_rmodel.py) makes rpy2 set R_HOME and
+    prepend /usr/lib/x86_64-linux-gnu to LD_LIBRARY_PATH; a Python started afterwards
+    with that environment loads the wrong shared libraries (`import ssl` fails). rscore
+    itself never starts a subprocess from a process that runs R.
+    """
+    snapshot = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(snapshot)
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment(_environment_free_of_embedded_r: None) -> None:
+    snapshot = dict(os.environ)
+    yield
+    if dict(os.environ) != snapshot:
+        os.environ.clear()
+        os.environ.update(snapshot)

@@ -96,7 +96,7 @@ async def test_sigterm_to_rscore_serves_process_group_loses_nothing(
     port, metrics_port = free_port(), free_port()
     server = await start(
         "-m", "rscore_cli", "serve", str(slow_bundle), "--workers", "2",
-        "--port", str(port), "--metrics-port", str(metrics_port),
+        "--port", str(port), "--metrics-port", str(metrics_port), "--auth", "none",
         log=tmp_path / "serve.log",
     )  # fmt: skip
     try:
@@ -124,7 +124,7 @@ async def test_sigterm_to_both_pod_containers_at_once_loses_nothing(
     )  # fmt: skip
     sidecar = await start(
         "-m", "sidecar", "--socket-dir", str(socket_dir), "--port", str(port),
-        "--metrics-port", str(metrics_port), log=tmp_path / "sidecar.log",
+        "--metrics-port", str(metrics_port), "--auth", "none", log=tmp_path / "sidecar.log",
     )  # fmt: skip
     try:
         answers, ready_status, _ = await load_then_sigterm(

@@ -1,0 +1,217 @@
+"""Who may score: the `Authorization: Bearer` credential, a key or a JWT.
+
+`authenticate()` is the decision, a plain function over the header, the mode and the
+current credentials; `Authenticator` holds the credentials (re-read from their files
+when they change, as a Kubernetes Secret volume updates them) and `auth_middleware`
+is the HTTP shell that turns a refusal into a 401 with `WWW-Authenticate`.
+
+Never logs, returns or counts a credential: refusals carry a reason and a fixed
+description only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
+
+from r_scorer.errors import ScoringError
+from sidecar.credentials import (
+    TokenPolicy,
+    TokenRejected,
+    VerificationKeys,
+    key_matches,
+    load_jwks,
+    load_keys,
+    load_secret,
+    looks_like_jwt,
+    verify_token,
+)
+from sidecar.watch import FileWatcher
+
+log = logging.getLogger("rscore.auth")
+
+MODES = ("keys", "tokens", "keys+tokens", "none")
+REALM = 'Bearer realm="rscore"'
+
+
+class Unauthorized(ScoringError):
+    """No, a wrong or an expired credential; `www_authenticate` tells the client why."""
+
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, reason: str, www_authenticate: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.www_authenticate = www_authenticate
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What is valid right now."""
+
+    keys: frozenset[bytes] = frozenset()
+    token_keys: VerificationKeys | None = None
+
+
+def authenticate(
+    header: str | None,
+    *,
+    mode: str,
+    credentials: Credentials,
+    policy: TokenPolicy,
+    now: float,
+) -> None:
+    """Accept, or raise Unauthorized with a reason for the metrics and a header for the
+    client. Keys are tried before tokens in `keys+tokens` mode (a key may contain dots)."""
+    if mode == "none":
+        return
+    if not header:
+        raise Unauthorized(
+            "missing credential: send 'Authorization: Bearer <key or token>'",
+            reason="missing",
+            www_authenticate=REALM,
+        )
+    scheme, _, credential = header.strip().partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential:
+        raise Unauthorized(
+            "the Authorization header must be 'Bearer <key or token>'",
+            reason="malformed_header",
+            www_authenticate=f'{REALM}, error="invalid_request"',
+        )
+    accepts_keys = mode in ("keys", "keys+tokens")
+    accepts_tokens = mode in ("tokens", "keys+tokens") and credentials.token_keys is not None
+    if accepts_keys and key_matches(credential.encode(), credentials.keys):
+        return
+    if accepts_tokens and (mode == "tokens" or looks_like_jwt(credential)):
+        assert credentials.token_keys is not None
+        try:
+            verify_token(credential, credentials.token_keys, policy, now)
+        except TokenRejected as rejected:
+            raise Unauthorized(
+                f"invalid token: {rejected.description}",
+                reason=f"token_{rejected.reason}",
+                www_authenticate=(
+                    f'{REALM}, error="invalid_token", error_description="{rejected.description}"'
+                ),
+            ) from None
+        return
+    raise Unauthorized(
+        "invalid credential",
+        reason="invalid_key",
+        www_authenticate=f'{REALM}, error="invalid_token"',
+    )
+
+
+@dataclass
+class AuthConfig:
+    """The auth flags of `rscore serve` / `rscore sidecar`."""
+
+    mode: str = "none"
+    keys_file: Path | None = None
+    token_jwks: Path | None = None
+    token_secret_file: Path | None = None
+    policy: TokenPolicy = field(default_factory=TokenPolicy)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"--auth must be one of {', '.join(MODES)}")
+        if self.token_jwks and self.token_secret_file:
+            raise ValueError("give --token-jwks or --token-secret-file, not both")
+        if self.mode in ("keys", "keys+tokens") and self.keys_file is None:
+            raise ValueError(f"--auth {self.mode} needs --keys-file")
+        if self.mode in ("tokens", "keys+tokens") and not self.token_source:
+            raise ValueError(f"--auth {self.mode} needs --token-jwks or --token-secret-file")
+
+    @property
+    def token_source(self) -> Path | None:
+        return self.token_jwks or self.token_secret_file
+
+    @property
+    def files(self) -> list[Path]:
+        uses_keys = self.mode in ("keys", "keys+tokens")
+        uses_tokens = self.mode in ("tokens", "keys+tokens")
+        return [
+            path
+            for path, used in ((self.keys_file, uses_keys), (self.token_source, uses_tokens))
+            if path is not None and used
+        ]
+
+
+class Authenticator:
+    """The live credentials of one sidecar, re-read when their files change."""
+
+    def __init__(
+        self,
+        config: AuthConfig,
+        *,
+        registry: CollectorRegistry,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self.failures = Counter(
+            "rscore_auth_failures",
+            "Requests refused by authentication, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.credentials = self._load()  # a bad file at start-up is an error, at once
+
+    def reload(self) -> None:
+        """Load the files afresh; on error keep the current credentials (the watcher logs)."""
+        self.credentials = self._load()
+        log.info("credentials reloaded")
+
+    def _load(self) -> Credentials:
+        config = self.config
+        keys: frozenset[bytes] = frozenset()
+        token_keys = None
+        if config.mode in ("keys", "keys+tokens") and config.keys_file is not None:
+            keys = load_keys(config.keys_file)
+        if config.mode in ("tokens", "keys+tokens"):
+            if config.token_jwks is not None:
+                token_keys = load_jwks(config.token_jwks)
+            elif config.token_secret_file is not None:
+                token_keys = load_secret(config.token_secret_file)
+        return Credentials(keys, token_keys)
+
+    def check(self, header: str | None) -> None:
+        try:
+            authenticate(
+                header,
+                mode=self.config.mode,
+                credentials=self.credentials,
+                policy=self.config.policy,
+                now=self._clock(),
+            )
+        except Unauthorized as refusal:
+            self.failures.labels(refusal.reason).inc()
+            raise
+
+    def watcher(self, interval_s: float = 1.0) -> FileWatcher | None:
+        files = self.config.files
+        return FileWatcher(files, self.reload, interval_s=interval_s) if files else None
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def auth_middleware(
+    authenticator: Authenticator, protected_routes: frozenset[str]
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Check the credential on the protected routes; probes and metadata stay open."""
+
+    @web.middleware
+    async def check_credential(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.match_info.route.name in protected_routes:
+            authenticator.check(request.headers.get("Authorization"))
+        return await handler(request)
+
+    return check_credential
