@@ -152,6 +152,14 @@ def _sidecar_options(command: Callable[..., None]) -> Callable[..., None]:
         ),
         _DRAIN_TIMEOUT,
         click.option(
+            "--max-batch-rows", default=256, show_default=True, type=click.IntRange(min=1),
+            help="Rows of waiting requests merged into one R call (batchable bundles).",
+        ),
+        click.option(
+            "--max-batch-delay-ms", default=0.0, show_default=True,
+            type=click.FloatRange(min=0), help="Wait this long for a batch to gather.",
+        ),
+        click.option(
             "--auth", type=click.Choice(["keys", "tokens", "keys+tokens", "none"]),
             default=None,
             help="Who may score [default: what the credential flags configure; with none, "
@@ -203,6 +211,8 @@ def _sidecar_config(options: dict[str, Any]) -> SidecarConfig:
         collect_dir=options["collect_dir"],
         collect_sample_rate=options["collect_sample_rate"],
         drain_timeout_s=options["drain_timeout_s"],
+        max_batch_rows=options["max_batch_rows"],
+        max_batch_delay_ms=options["max_batch_delay_ms"],
     )
 
 

@@ -1,7 +1,8 @@
 """Admission of scoring requests: one request per worker at a time, a bounded FIFO.
 
 `Dispatcher` keeps the queue of jobs and one loop per connected worker that takes the
-oldest live job, sends it, and settles its future. A job whose caller gave up (its
+oldest live job (with, for a batchable model, the waiting jobs that may share its R
+call: see `batching`), sends it, and settles the futures. A job whose caller gave up (its
 future cancelled on timeout) is skipped if still queued; one in flight is left to the
 worker's watchdog. A job is never handed to a worker that has gone: it waits for the
 next one. The decisions (room in the queue, how concurrency integrates over time) are
@@ -20,9 +21,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from r_scorer.errors import ScoringError
+from r_scorer.errors import ModelError, ScoringError
 from r_scorer.pool import ScoreReply, WorkerLink
 from r_scorer.prototype import TypedFrame
+from sidecar.batching import can_join, merge_frames, signature, split_predictions
 from sidecar.errors import Overloaded, Unavailable
 
 log = logging.getLogger("rscore.admission")
@@ -83,11 +85,19 @@ class Dispatcher:
         self,
         *,
         max_queue_per_worker: int,
+        max_batch_rows: int = 256,
+        max_batch_delay_s: float = 0.0,
+        on_r_call: Callable[[int, float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_queue_per_worker < 0:
             raise ValueError("max_queue_per_worker must be >= 0")
+        if max_batch_rows < 1 or max_batch_delay_s < 0:
+            raise ValueError("max_batch_rows must be >= 1 and max_batch_delay_s >= 0")
         self.max_queue_per_worker = max_queue_per_worker
+        self.max_batch_rows = max_batch_rows
+        self.max_batch_delay_s = max_batch_delay_s
+        self._on_r_call = on_r_call  # (rows, seconds inside R) of every call: metrics
         self.draining = False
         self._clock = clock
         self._jobs: deque[Job] = deque()
@@ -207,10 +217,16 @@ class Dispatcher:
                         if waiting.cancelled():  # remove_worker(): the link is gone
                             return
                         raise
-                if not link.usable:  # died meanwhile: the job goes to another worker
-                    self._requeue(job)
+                batch = [job]
+                if link.model.batchable:
+                    if self.max_batch_delay_s > 0:  # let a batch gather (Triton's delay)
+                        await asyncio.sleep(self.max_batch_delay_s)
+                    batch += self._joiners(job, link)
+                if not link.usable:  # died meanwhile: the jobs go to another worker
+                    for waiting_job in reversed(batch):
+                        self._requeue(waiting_job)
                     return
-                await self._run(link, job)
+                await self._run(link, batch)
         finally:
             self._loops.pop(link, None)
             self._idle.pop(link, None)
@@ -219,25 +235,74 @@ class Dispatcher:
                 if job is not None:
                     self._offer(job)
 
-    async def _run(self, link: WorkerLink, job: Job) -> None:
-        """Score a started job; its caller may have given up already (then skip R)."""
+    def _joiners(self, first: Job, link: WorkerLink) -> list[Job]:
+        """Queued jobs that may share `first`'s R call (contiguous, same columns)."""
+        joiners: list[Job] = []
+        rows = first.frame.nrows
+        first_signature = signature(first.frame)
+        while self._jobs:
+            candidate = self._jobs[0]
+            if candidate.state is not JobState.QUEUED:
+                self._jobs.popleft()  # its caller gave up
+                continue
+            if not can_join(rows, first_signature, candidate.frame, self.max_batch_rows):
+                break
+            self._jobs.popleft()
+            self._start(candidate, link)
+            joiners.append(candidate)
+            rows += candidate.frame.nrows
+        return joiners
+
+    async def _run(self, link: WorkerLink, batch: list[Job]) -> None:
+        """Score started jobs in one R call; callers that gave up already are skipped. If
+        R fails on a merged batch, each member is scored alone for its own answer."""
         try:
-            if job.future.done():
-                return
-            timeout_s = max(0.0, job.deadline - self._clock())
-            reply = await link.score(job.frame, timeout_s)
-        except ScoringError as exc:  # model_error, worker_crashed, ...: this job's answer
-            self._settle(job, exc)
-        except Exception:  # a bug must cost one answer, never the feeding loop
-            log.exception("scoring on worker pid %s failed unexpectedly", link.pid)
-            self._settle(job, ScoringError("internal error while scoring"))
-        else:
-            if not job.future.done():
-                job.future.set_result(reply)
+            live = [job for job in batch if not job.future.done()]
+            if len(live) > 1:
+                try:
+                    replies = await self._score(link, live)
+                except ModelError:
+                    for job in live:  # one request's bad rows must fail only that request
+                        await self._score_settling(link, [job])
+                else:
+                    for job, reply in zip(live, replies, strict=True):
+                        if not job.future.done():
+                            job.future.set_result(reply)
+            elif live:
+                await self._score_settling(link, live)
         finally:
-            job.state = JobState.DONE
-            self._inflight -= 1
-            self.concurrency.change(self._clock(), -1)
+            for job in batch:
+                job.state = JobState.DONE
+            self._inflight -= len(batch)
+            self.concurrency.change(self._clock(), -len(batch))
+
+    async def _score_settling(self, link: WorkerLink, jobs: list[Job]) -> None:
+        """Score jobs, and give each its answer or its error."""
+        try:
+            replies = await self._score(link, jobs)
+        except ScoringError as exc:  # model_error, worker_crashed, ...: their answer
+            for job in jobs:
+                self._settle(job, exc)
+        except Exception:  # a bug must cost answers, never the feeding loop
+            log.exception("scoring on worker pid %s failed unexpectedly", link.pid)
+            for job in jobs:
+                self._settle(job, ScoringError("internal error while scoring"))
+        else:
+            for job, reply in zip(jobs, replies, strict=True):
+                if not job.future.done():
+                    job.future.set_result(reply)
+
+    async def _score(self, link: WorkerLink, jobs: list[Job]) -> list[ScoreReply]:
+        """One R call for `jobs`, its predictions split back per job."""
+        frame = merge_frames([job.frame for job in jobs])
+        timeout_s = max(0.0, min(job.deadline for job in jobs) - self._clock())
+        reply = await link.score(frame, timeout_s)
+        if self._on_r_call is not None:
+            self._on_r_call(frame.nrows, reply.r_seconds)
+        if len(jobs) == 1:
+            return [reply]
+        parts = split_predictions(reply.predictions, [job.frame.nrows for job in jobs])
+        return [ScoreReply(part, reply.r_seconds) for part in parts]
 
     @staticmethod
     def _settle(job: Job, error: ScoringError) -> None:

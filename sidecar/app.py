@@ -62,6 +62,8 @@ class SidecarConfig:
     collect_dir: Path | None = None
     collect_sample_rate: float = 0.1
     drain_timeout_s: float = 30.0  # after SIGTERM, how long accepted requests may take
+    max_batch_rows: int = 256  # rows of waiting requests merged into one R call
+    max_batch_delay_ms: float = 0.0  # wait this long for a batch to gather (Triton: 0)
 
 
 @dataclass
@@ -97,8 +99,19 @@ def create_app(
     """The public app. `pool` must not be started yet: the app starts and closes it.
     Without an authenticator every route is open (`--auth none`)."""
     harden_parser_errors()
-    dispatcher = Dispatcher(max_queue_per_worker=config.max_queue, clock=clock)
     metrics = SidecarMetrics(registry)
+
+    def r_call(rows: int, r_seconds: float) -> None:
+        metrics.batch_rows.observe(rows)
+        metrics.scoring_duration.observe(r_seconds)
+
+    dispatcher = Dispatcher(
+        max_queue_per_worker=config.max_queue,
+        max_batch_rows=config.max_batch_rows,
+        max_batch_delay_s=config.max_batch_delay_ms / 1000,
+        on_r_call=r_call,
+        clock=clock,
+    )
     metrics.watch(dispatcher, pool, clock)
     state = SidecarState(config, pool, dispatcher, metrics, clock)
     middlewares = [request_context]
@@ -251,8 +264,6 @@ async def score_frame(request: web.Request, frame: TypedFrame) -> list[Any]:
             f"no answer within the request timeout of {state.config.request_timeout_ms} ms "
             f"(queue wait + scoring)"
         ) from None
-    state.metrics.scoring_duration.observe(reply.r_seconds)
-    state.metrics.batch_rows.observe(frame.nrows)
     return reply.predictions
 
 

@@ -28,6 +28,8 @@ def slow_bundle(tmp_path: Path) -> Path:
     bundle = tmp_path / "slow"
     bundle.mkdir()
     (bundle / "score.R").write_text(SLOW_SCORE_R)
+    # One request per R call, so that draining takes a while to watch.
+    (bundle / "rscore.toml").write_text("[serving]\nbatchable = false\n")
     return bundle
 
 
