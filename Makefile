@@ -11,13 +11,14 @@ EXAMPLES := examples/build
 DEBIAN_PACKAGES := r-base-core r-base-dev r-cran-jsonlite r-cran-randomforest r-cran-rpart \
 	r-cran-gbm r-cran-glmnet prometheus
 
-.PHONY: help setup demo predict-examples test lint format bench-worker clean
+.PHONY: help setup demo predict-examples test lint format bench-worker bench clean
 
 help:
 	@echo "make demo          set up, serve the example lm bundle, send it one request"
 	@echo "make predict-examples  score each example bundle offline (rscore predict)"
 	@echo "make test          set up, then lint and run the test suite"
 	@echo "make bench-worker  measure the worker protocol's round-trip overhead"
+	@echo "make bench         HTTP benchmark: rscore vs plumber vs an echo ceiling (wrk)"
 
 setup: $(STAMPS)/debian $(STAMPS)/python $(STAMPS)/examples
 	@:
@@ -68,6 +69,23 @@ test: setup lint
 
 bench-worker: setup
 	@$(BIN)/python -m bench.worker_roundtrip --bundle $(EXAMPLES)/mtcars-lm
+
+# `make bench` (BENCH_ARGS="--duration 5 --no-write" to shorten or keep docs/ as is).
+bench: setup $(STAMPS)/bench-debian
+	@$(BIN)/python -m bench.http $(BENCH_ARGS)
+
+# The benchmark's tools from Debian (wrk, plumber), installed only when missing.
+$(STAMPS)/bench-debian: Makefile $(STAMPS)/debian
+	@missing=$$(for p in wrk r-cran-plumber; do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; \
+	  done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@mkdir -p $(STAMPS) && touch $@
 
 clean:
 	rm -rf $(VENV) $(EXAMPLES) .pytest_cache .ruff_cache
