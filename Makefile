@@ -24,16 +24,8 @@ setup: $(STAMPS)/debian $(STAMPS)/python $(STAMPS)/examples
 	@:
 
 # Debian packages: install only what is missing, so a second run is quiet and quick.
-$(STAMPS)/debian: Makefile
-	@missing=$$(for p in $(DEBIAN_PACKAGES); do \
-	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; \
-	  done); \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages: $$missing"; \
-	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-	  $$sudo apt-get update -qq; \
-	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	fi
+$(STAMPS)/debian: Makefile scripts/install-debian-packages
+	@scripts/install-debian-packages $(DEBIAN_PACKAGES)
 	@mkdir -p $(STAMPS) && touch $@
 
 $(STAMPS)/python: pyproject.toml $(STAMPS)/debian
@@ -76,15 +68,7 @@ bench: setup $(STAMPS)/bench-debian
 
 # The benchmark's tools from Debian (wrk, plumber), installed only when missing.
 $(STAMPS)/bench-debian: Makefile $(STAMPS)/debian
-	@missing=$$(for p in wrk r-cran-plumber; do \
-	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; \
-	  done); \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:" $$missing; \
-	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-	  $$sudo apt-get update -qq; \
-	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	fi
+	@scripts/install-debian-packages wrk r-cran-plumber
 	@mkdir -p $(STAMPS) && touch $@
 
 clean:
