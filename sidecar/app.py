@@ -13,10 +13,11 @@ Never imports rpy2 or starts R; never blocks the event loop.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,14 @@ log = logging.getLogger("rscore.sidecar")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")  # what we echo back; else a fresh one
+_ID_PREFIX = secrets.token_hex(8)  # per process, so ids are unique across pods
+_ID_COUNTER = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """A fresh request id: 32 hex digits, unique per process and across processes
+    (a random prefix and a counter: cheaper than a uuid4 per request)."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 @dataclass(frozen=True)
@@ -186,7 +195,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     arrival = state.clock()
     request[ARRIVAL] = arrival
     given = request.headers.get("x-request-id", "")
-    request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    request_id = given if _REQUEST_ID.fullmatch(given) else new_request_id()
     request[REQUEST_ID] = request_id
     try:
         response = await handler(request)
@@ -198,9 +207,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             response.headers["Allow"] = http_error.headers["Allow"]
     response.headers["x-request-id"] = request_id
     if request.match_info.route.name in SCORING_ROUTES:
-        metrics = state.metrics
-        metrics.requests.labels(str(response.status)).inc()
-        metrics.request_duration.observe(state.clock() - arrival)
+        state.metrics.count_request(response.status, state.clock() - arrival)
     return response
 
 

@@ -49,6 +49,15 @@ class SidecarMetrics:
         self.worker_restarts = Counter(
             "rscore_worker_restarts", "R workers restarted.", registry=registry
         )
+        self._requests_by_status: dict[int, Counter] = {}
+
+    def count_request(self, status: int, seconds: float) -> None:
+        """One finished scoring request (labelled counter children cached by status)."""
+        counter = self._requests_by_status.get(status)
+        if counter is None:
+            counter = self._requests_by_status[status] = self.requests.labels(str(status))
+        counter.inc()
+        self.request_duration.observe(seconds)
 
     def watch(
         self,

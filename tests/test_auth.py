@@ -597,7 +597,10 @@ async def test_open_routes_answer_without_any_credential(
 
 
 async def test_no_credential_ever_appears_in_responses_metrics_or_logs(
-    serve: ServeFactory, http_auth: HttpAuth, caplog: pytest.LogCaptureFixture
+    serve: ServeFactory,
+    http_auth: HttpAuth,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     caplog.set_level(logging.DEBUG)
     served = await serve(http_auth.config)
@@ -627,15 +630,22 @@ async def test_no_credential_ever_appears_in_responses_metrics_or_logs(
             seen.extend(f"{name}: {value}" for name, value in response.headers.items())
     assert served.all_failures() == requests - 2 * len(ROUTES)  # key and token pass
 
-    def access_records() -> list[logging.LogRecord]:
-        return [r for r in caplog.records if r.name == "aiohttp.access"]
+    access_lines: list[dict] = []
+
+    def access_records() -> list[dict]:  # JSON lines the access logger wrote to stderr
+        access_lines.extend(
+            record for record in json_lines(capsys.readouterr().err)
+            if record.get("logger") == "aiohttp.access"
+        )  # fmt: skip
+        return access_lines
 
     # The access line is written after the response is sent: wait for the last one.
     async with asyncio.timeout(5):
         while len(access_records()) < requests:
             await asyncio.sleep(0.01)
-    statuses = sorted({r.status for r in access_records()})  # type: ignore[attr-defined]
+    statuses = sorted({r["status"] for r in access_lines})
     assert statuses == [200, 401]
+    seen.extend(json.dumps(record) for record in access_lines)
     formatter = JsonFormatter(
         LOG_FORMAT, rename_fields={"levelname": "level", "name": "logger"}, timestamp="time"
     )
@@ -664,6 +674,18 @@ async def test_unknown_model_name_is_refused_before_it_is_looked_up(
     assert served.failures("missing") == 2
 
 
+def json_lines(text: str) -> list[dict]:
+    """The JSON objects among lines of captured output."""
+    records = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
 async def raw_request(served: Served, head: bytes, body: bytes) -> bytes:
     """Send bytes no HTTP client would send; the whole answer (the server closes)."""
     reader, writer = await asyncio.open_connection(served.client.host, served.client.port)
@@ -682,7 +704,11 @@ async def raw_request(served: Served, head: bytes, body: bytes) -> bytes:
     "shape", ["control-char-after-key", "oversized-header"], ids=lambda shape: shape
 )
 async def test_unparseable_authorization_header_is_neither_echoed_nor_logged(
-    serve: ServeFactory, http_auth: HttpAuth, caplog: pytest.LogCaptureFixture, shape: str
+    serve: ServeFactory,
+    http_auth: HttpAuth,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    shape: str,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     served = await serve(http_auth.config)
@@ -699,14 +725,17 @@ async def test_unparseable_authorization_header_is_neither_echoed_nor_logged(
     assert status_line.split()[1] in (b"400", b"401", b"431"), status_line
     assert served.scored() == 0
 
+    stderr: list[str] = []
+
     def access_logged() -> bool:  # the last thing the server logs about a request
-        return any(getattr(r, "status", None) == 400 for r in caplog.records)
+        stderr.append(capsys.readouterr().err)
+        return any(record.get("status") == 400 for record in json_lines("".join(stderr)))
 
     async with asyncio.timeout(5):
         while not access_logged():
             await asyncio.sleep(0.01)
     formatter = JsonFormatter(LOG_FORMAT, rename_fields={"levelname": "level", "name": "logger"})
-    logs = "\n".join([caplog.text, *(formatter.format(r) for r in caplog.records)])
+    logs = "\n".join([caplog.text, *(formatter.format(r) for r in caplog.records), *stderr])
     assert not leaks(key, answer.decode("latin-1")), "the key is echoed in the response"
     assert not leaks(key, logs), "the key is in the logs"
 
