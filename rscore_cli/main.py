@@ -121,6 +121,12 @@ def scorer_main(
     run_scorer(bundle, socket_dir, workers, max_requests_per_worker, drain_timeout_s)
 
 
+def _file_option(flag: str, help_text: str) -> Callable[..., Any]:
+    return click.option(
+        flag, type=click.Path(dir_okay=False, path_type=Path), default=None, help=help_text
+    )
+
+
 def _sidecar_options(command: Callable[..., None]) -> Callable[..., None]:
     """The flags `rscore serve` and `rscore sidecar` share."""
     options = [
@@ -165,36 +171,18 @@ def _sidecar_options(command: Callable[..., None]) -> Callable[..., None]:
             help="Who may score [default: what the credential flags configure; with none, "
             "`rscore serve` generates a key].",
         ),
-        click.option(
-            "--keys-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-            help="Valid API keys, one per line (# comments); re-read when it changes.",
-        ),
-        click.option(
-            "--token-jwks", type=click.Path(dir_okay=False, path_type=Path), default=None,
-            help="JWKS of the public keys that sign tokens (RS256, ES256).",
-        ),
-        click.option(
-            "--token-secret-file", type=click.Path(dir_okay=False, path_type=Path),
-            default=None, help="HMAC secret that signs tokens (HS256).",
-        ),
+        _file_option("--keys-file", "API keys, one per line (# comments); re-read on change."),
+        _file_option("--token-jwks", "JWKS of the public keys that sign tokens (RS256, ES256)."),
+        _file_option("--token-secret-file", "HMAC secret that signs tokens (HS256)."),
         click.option("--token-issuer", default=None, help="Required `iss` of tokens."),
         click.option("--token-audience", default=None, help="Required `aud` of tokens."),
         click.option(
             "--token-leeway-s", default=30.0, show_default=True, type=click.FloatRange(min=0),
             help="Clock skew allowed for exp/nbf/iat.",
         ),
-        click.option(
-            "--tls-cert", type=click.Path(dir_okay=False, path_type=Path), default=None,
-            help="PEM certificate chain: serve HTTPS (re-read when it changes).",
-        ),
-        click.option(
-            "--tls-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
-            help="PEM private key of --tls-cert.",
-        ),
-        click.option(
-            "--tls-client-ca", type=click.Path(dir_okay=False, path_type=Path), default=None,
-            help="PEM CA bundle: require client certificates signed by it (mutual TLS).",
-        ),
+        _file_option("--tls-cert", "PEM certificate chain: serve HTTPS (re-read when it changes)."),
+        _file_option("--tls-key", "PEM private key of --tls-cert."),
+        _file_option("--tls-client-ca", "PEM CA: require client certificates it signed (mTLS)."),
     ]  # fmt: skip
     for option in reversed(options):
         command = option(command)
