@@ -68,7 +68,7 @@ bench: setup $(STAMPS)/bench-debian
 
 # The benchmark's tools from Debian (wrk, plumber), installed only when missing.
 $(STAMPS)/bench-debian: Makefile $(STAMPS)/debian
-	@scripts/install-debian-packages wrk r-cran-plumber
+	@scripts/install-debian-packages wrk hey r-cran-plumber
 	@mkdir -p $(STAMPS) && touch $@
 
 clean:

@@ -399,6 +399,32 @@ async def open_loop(
 
 
 SIDECAR, DIRECT, ECHO = "through the sidecar", "direct to the workers", "echo server (HTTP floor)"
+SIDECAR_HEY = "through the sidecar, `hey` (Go) client"
+
+
+def hey_run(target: Target, rate: float, duration_s: int) -> OpenLoopRun:
+    """`/score` through the sidecar from `hey` (Debian; Go): one connection, rate-limited
+    to `rate` requests a second, each request's time from its CSV output. A lighter
+    client than Python's, so less of the client is counted as the sidecar's."""
+    command = [
+        "hey", "-z", f"{duration_s}s", "-c", "1", "-q", f"{rate:g}", "-m", "POST",
+        "-T", "application/json", "-d", BODY.decode(), "-t", str(REQUEST_TIMEOUT_S),
+        "-o", "csv", target.url,
+    ]  # fmt: skip
+    result = run_bounded(command, duration_s + REQUEST_TIMEOUT_S + 30)
+    run = OpenLoopRun(SIDECAR_HEY, rate)
+    for line in result.stdout.splitlines()[1:]:
+        fields = line.split(",")
+        if len(fields) < 7:
+            continue
+        run.lags.append(0.0)  # hey paces itself; it reports no send times
+        if fields[6] == "200":
+            run.latencies.append(float(fields[0]))
+        else:
+            run.failed += 1
+    if not run.latencies:
+        raise BenchError("hey measured no successful request")
+    return run
 
 
 async def measure_overhead(
@@ -602,11 +628,15 @@ def render_overhead(args: argparse.Namespace, workers: int, runs: list[OpenLoopR
             f"| {run.path} | {run.sent} | {run.failed} | {p(run.latencies, 0.5):.3f} | "
             f"{p(run.latencies, 0.99):.3f} | {p(run.lags, 0.99):.3f} |"
         )
-    through, direct = runs[0], runs[1]
+    by_path = {run.path: run for run in runs}
+    direct = by_path[DIRECT]
+    for through, label in ((by_path[SIDECAR], "aiohttp client"), (by_path[SIDECAR_HEY], "hey")):
+        lines.append(
+            f"| **sidecar overhead** ({label}: through - direct) | | | "
+            f"{p(through.latencies, 0.5) - p(direct.latencies, 0.5):.3f} | "
+            f"{p(through.latencies, 0.99) - p(direct.latencies, 0.99):.3f} | |"
+        )
     lines += [
-        f"| **sidecar overhead** (through - direct) | | | "
-        f"{p(through.latencies, 0.5) - p(direct.latencies, 0.5):.3f} | "
-        f"{p(through.latencies, 0.99) - p(direct.latencies, 0.99):.3f} | |",
         "",
         "*Sidecar overhead* is the p50 (and p99) of *through the sidecar* minus the p50 "
         "(and p99) of *direct to the workers*, each path's latencies pooled over its "
@@ -614,7 +644,12 @@ def render_overhead(args: argparse.Namespace, workers: int, runs: list[OpenLoopR
         "difference, so its p99 is noisier than its p50. It is everything a request adds "
         "on top of the worker protocol: the client's HTTP, loopback TCP, aiohttp's "
         "server, parsing and coercing the body, admission, the JSON answer and the "
-        "access log line; the echo row shows how much of it HTTP alone costs here.",
+        "access log line; the echo row shows how much of it HTTP alone costs here. "
+        f"The `hey` row measures the same path with Debian's `hey` (Go), one connection "
+        f"rate-limited to {args.rate:,.0f} req/s (`-c 1 -q {args.rate:g}`; a closed loop "
+        "paced by a rate limiter, so a slow answer delays the next send), after the "
+        "slices above: a lighter client, so less of the client's own cost is counted "
+        "as the sidecar's. Debian has no wrk2.",
     ]
     return lines
 
@@ -654,6 +689,7 @@ def main() -> int:
             overhead = uvloop.run(
                 measure_overhead(targets, args.rate, args.duration, args.warmup, expected)
             )
+            overhead.append(hey_run(targets["rscore"], args.rate, args.duration))
             processes.check_alive()
         except BenchError as error:
             print(f"bench: {error}", file=sys.stderr)

@@ -264,13 +264,27 @@ async def score_frame(request: web.Request, frame: TypedFrame) -> list[Any]:
     timeout_s = state.config.request_timeout_ms / 1000
     deadline = request[ARRIVAL] + timeout_s
     job = state.dispatcher.submit(frame, deadline, expected_workers=state.pool.expected_workers)
+    # One timer that cancels the job at its deadline: lighter than asyncio.wait_for's
+    # extra future per request. A cancelled queued job leaves the queue (Dispatcher).
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        job.future.cancel()
+
+    timer = asyncio.get_running_loop().call_later(max(0.0, deadline - state.clock()), expire)
     try:
-        reply = await asyncio.wait_for(job.future, max(0.0, deadline - state.clock()))
-    except TimeoutError:
+        reply = await job.future
+    except asyncio.CancelledError:
+        if not expired:
+            raise  # the request itself was cancelled
         raise TimedOut(
             f"no answer within the request timeout of {state.config.request_timeout_ms} ms "
             f"(queue wait + scoring)"
         ) from None
+    finally:
+        timer.cancel()
     return reply.predictions
 
 
