@@ -61,25 +61,34 @@ _MAX_REQUESTS = click.option(
 )  # fmt: skip
 
 
+def _scorer_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The flags `rscore scorer` and `python -m r_scorer` share."""
+    for option in reversed([_SOCKET_DIR, _WORKERS, _MAX_REQUESTS, _DRAIN_TIMEOUT]):
+        command = option(command)
+    return command
+
+
 @cli.command()
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@_SOCKET_DIR
-@_WORKERS
-@_MAX_REQUESTS
-@_DRAIN_TIMEOUT
-def scorer(
-    bundle: Path,
-    socket_dir: Path,
-    workers: int | None,
-    max_requests_per_worker: int,
-    drain_timeout_s: float,
-) -> None:
+@_scorer_options
+def scorer(bundle: Path, **options: Any) -> None:
     """Run BUNDLE's R workers for a sidecar on --socket-dir (the pod's r-scorer)."""
-    run_scorer(bundle, socket_dir, workers, max_requests_per_worker, drain_timeout_s)
+    run_scorer(bundle, **options)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--bundle", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@_scorer_options
+def scorer_main(bundle: Path, **options: Any) -> None:
+    """The pod's r-scorer container: `python -m r_scorer --bundle B --socket-dir D`."""
+    run_scorer(bundle, **options)
 
 
 def run_scorer(
     bundle: Path,
+    *,
     socket_dir: Path,
     workers: int | None,
     max_requests_per_worker: int,
@@ -100,25 +109,6 @@ def run_scorer(
         )
     except ScoringError as exc:
         _fail(exc)
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--bundle", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
-)
-@_SOCKET_DIR
-@_WORKERS
-@_MAX_REQUESTS
-@_DRAIN_TIMEOUT
-def scorer_main(
-    bundle: Path,
-    socket_dir: Path,
-    workers: int | None,
-    max_requests_per_worker: int,
-    drain_timeout_s: float,
-) -> None:
-    """The pod's r-scorer container: `python -m r_scorer --bundle B --socket-dir D`."""
-    run_scorer(bundle, socket_dir, workers, max_requests_per_worker, drain_timeout_s)
 
 
 def _file_option(flag: str, help_text: str) -> Callable[..., Any]:
