@@ -19,7 +19,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from r_scorer.errors import ModelError, ScoringError
 from r_scorer.pool import ScoreReply, WorkerLink
@@ -75,7 +75,6 @@ class Job:
     deadline: float  # monotonic seconds
     future: asyncio.Future[ScoreReply]
     state: JobState = JobState.QUEUED
-    worker_pid: int | None = field(default=None)
 
 
 class Dispatcher:
@@ -188,7 +187,6 @@ class Dispatcher:
 
     def _start(self, job: Job, link: WorkerLink) -> None:
         job.state = JobState.RUNNING
-        job.worker_pid = link.pid
         self._queued -= 1
         self._inflight += 1
 
@@ -254,21 +252,10 @@ class Dispatcher:
         return joiners
 
     async def _run(self, link: WorkerLink, batch: list[Job]) -> None:
-        """Score started jobs in one R call; callers that gave up already are skipped. If
-        R fails on a merged batch, each member is scored alone for its own answer."""
+        """Score started jobs in one R call; callers that gave up already are skipped."""
         try:
             live = [job for job in batch if not job.future.done()]
-            if len(live) > 1:
-                try:
-                    replies = await self._score(link, live)
-                except ModelError:
-                    for job in live:  # one request's bad rows must fail only that request
-                        await self._score_settling(link, [job])
-                else:
-                    for job, reply in zip(live, replies, strict=True):
-                        if not job.future.done():
-                            job.future.set_result(reply)
-            elif live:
+            if live:
                 await self._score_settling(link, live)
         finally:
             for job in batch:
@@ -277,10 +264,17 @@ class Dispatcher:
             self.concurrency.change(self._clock(), -len(batch))
 
     async def _score_settling(self, link: WorkerLink, jobs: list[Job]) -> None:
-        """Score jobs, and give each its answer or its error."""
+        """Score jobs in one R call and give each its answer or its error. If R fails on
+        a merged batch, each member is scored alone, for an answer of its own."""
         try:
             replies = await self._score(link, jobs)
-        except ScoringError as exc:  # model_error, worker_crashed, ...: their answer
+        except ModelError as exc:
+            if len(jobs) == 1:
+                self._settle(jobs[0], exc)
+                return
+            for job in jobs:  # one request's bad rows must fail only that request
+                await self._score_settling(link, [job])
+        except ScoringError as exc:  # worker_crashed, ...: the answer of every member
             for job in jobs:
                 self._settle(job, exc)
         except Exception:  # a bug must cost answers, never the feeding loop

@@ -570,3 +570,19 @@ async def test_a_bundle_marked_not_batchable_never_merges(
     await first
     for k, task in zip((1, 2), waiting, strict=True):
         assert (await task)[:2] == (200, {"predictions": [10.0 * k + 1000]})
+
+
+async def test_a_worker_killed_during_a_merged_call_fails_every_member_with_502(
+    serve: ServeFactory, tmp_path: Path
+) -> None:
+    served = await serve(batch_bundle(tmp_path, batchable=True))
+    (victim,) = served.pool.workers
+    first = asyncio.create_task(post_score(served, rows(0, sleep=0.4)))
+    await asyncio.sleep(0.2)  # the next two wait, then share one (long) R call
+    merged = [asyncio.create_task(post_score(served, rows(10 * k, sleep=30))) for k in (1, 2)]
+    assert (await first)[0] == 200
+    await asyncio.sleep(0.4)  # the merged call is inside R now
+    os.kill(victim.pid, signal.SIGKILL)
+    for task in merged:
+        status, answer, _ = await asyncio.wait_for(task, 10)
+        assert (status, answer["error"]["code"]) == (502, "worker_crashed")
