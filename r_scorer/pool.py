@@ -3,8 +3,8 @@
 `WorkerPool` listens on the Unix socket, greets each worker that connects, and keeps
 one `WorkerLink` per live worker. A link carries at most one request at a time; if its
 worker dies mid-request, that request fails with `WorkerCrashed` and the link is gone
-(the restarted worker connects as a new link). `acquire()` hands out idle links in FIFO
-order of the callers; admission limits and queues on top of it belong to the sidecar.
+(the restarted worker connects as a new link). `acquire()` lends idle links to simple
+callers; the sidecar's admission and queue are `sidecar.admission`.
 
 Asyncio only; never imports rpy2 and never starts R.
 """
@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import logging
 import os
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,7 +187,8 @@ class WorkerPool:
         self.model: ModelInfo | None = None
         self.expected_workers = 0  # as many as the supervisor says it runs
         self._links: dict[int, WorkerLink] = {}
-        self._idle: asyncio.Queue[WorkerLink] = asyncio.Queue()
+        self._lent: set[WorkerLink] = set()  # handed out by acquire() and not yet back
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self._changed = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -238,27 +240,36 @@ class WorkerPool:
 
     @contextlib.asynccontextmanager
     async def acquire(self) -> AsyncIterator[WorkerLink]:
-        """An idle worker for one request or batch; waiters are served first come first."""
-        link = await self._next_idle()
+        """An idle worker for one request, for simple callers (tests, benchmarks); the
+        sidecar's admission is `sidecar.admission.Dispatcher`. Kept no list of idle
+        links of its own: it looks at the live ones, so a gone worker leaves nothing."""
+        link = await self._idle_link()
         try:
             yield link
         finally:
-            self._release(link)
+            # A caller that gave up (timeout) while R still works frees it once answered.
+            link.when_answered(lambda: self._give_back(link))
 
-    async def _next_idle(self) -> WorkerLink:
+    async def _idle_link(self) -> WorkerLink:
         while True:
-            link = await self._idle.get()
-            if link.usable:
-                return link
+            for link in self.workers:
+                if not link.busy and link not in self._lent:
+                    self._lent.add(link)
+                    return link
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
 
-    def _release(self, link: WorkerLink) -> None:
-        if not link.usable:
-            return
-        if link.busy:
-            # The caller gave up (timeout) while R still works: idle again once it answers.
-            link.when_answered(lambda: self._release(link))
-            return
-        self._idle.put_nowait(link)
+    def _give_back(self, link: WorkerLink) -> None:
+        self._lent.discard(link)
+        self._wake_a_waiter()
+
+    def _wake_a_waiter(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     async def _greet(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -304,11 +315,12 @@ class WorkerPool:
         log.info(
             "worker slot %d pid %d generation %d connected", link.slot, link.pid, link.generation
         )
-        self._idle.put_nowait(link)
+        self._wake_a_waiter()
         self._notify(self.on_worker_up, link)
         await link.read_answers()
         if self._links.get(link.slot) is link:
             del self._links[link.slot]
+        self._lent.discard(link)
         crashed = not link.retiring and not self._closing
         if crashed:
             log.warning("worker slot %d pid %d disconnected", link.slot, link.pid)
