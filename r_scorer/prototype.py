@@ -11,7 +11,6 @@ Pure: no R, no I/O. Every error names the column (and the value or row) at fault
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -219,11 +218,6 @@ def _infer(name: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
     if kind == NUMERIC:
         return kind, [None if value is None else float(value) for value in values]
     return kind, list(values)
-
-
-def finite_or_none(value: float) -> float | None:
-    """JSON has no NaN or Inf: R's NA, NaN and +/-Inf all leave as null."""
-    return value if math.isfinite(value) else None
 
 
 def _quoted(names: Iterable[str]) -> str:

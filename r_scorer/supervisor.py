@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,6 @@ class _Slot:
 class SupervisorStats:
     restarts: int = 0
     recycles: int = 0
-    exits: list[tuple[int, int]] = field(default_factory=list)  # (slot, returncode)
 
 
 class Supervisor:
@@ -214,7 +213,6 @@ class Supervisor:
                 return
             slot.process = None
             lived = now - slot.started_at
-            self.stats.exits.append((slot.index, returncode))
             if returncode == EXIT_CLEAN:
                 self.stats.recycles += 1
                 slot.quick_deaths = 0

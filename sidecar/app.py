@@ -13,6 +13,7 @@ Never imports rpy2 or starts R; never blocks the event loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import re
@@ -28,7 +29,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from r_scorer.errors import BadRequest, ScoringError
-from r_scorer.payload import frame_from_document
+from r_scorer.payload import Frame, frame_from_document
 from r_scorer.pool import ModelInfo, WorkerLink, WorkerPool
 from r_scorer.prototype import TypedFrame, coerce
 from sidecar import openapi, v2
@@ -251,15 +252,23 @@ async def score(request: web.Request) -> web.Response:
     state = request.app[STATE]
     model = _model_or_unavailable(state)
     document = await read_json(request, state.config)
-    frame = coerce(frame_from_document(document), model.prototype)
-    predictions = await score_frame(request, frame)
-    if state.collector is not None:
-        state.collector.offer(request[REQUEST_ID], document, predictions)
+    predictions = await score_rows(request, model, frame_from_document(document), document)
     return json_response({"predictions": predictions})
 
 
-async def score_frame(request: web.Request, frame: TypedFrame) -> list[Any]:
-    """Admit, wait (queue + scoring) within the request timeout, return predictions."""
+async def score_rows(
+    request: web.Request, model: ModelInfo, frame: Frame, document: Any
+) -> list[Any]:
+    """Coerce to the prototype, admit, wait (queue + scoring) within the request
+    timeout, offer the sample to data collection, and return the predictions."""
+    state = request.app[STATE]
+    predictions = await _admit_and_wait(request, coerce(frame, model.prototype))
+    if state.collector is not None:
+        state.collector.offer(request[REQUEST_ID], document, predictions)
+    return predictions
+
+
+async def _admit_and_wait(request: web.Request, frame: TypedFrame) -> list[Any]:
     state = request.app[STATE]
     timeout_s = state.config.request_timeout_ms / 1000
     deadline = request[ARRIVAL] + timeout_s
@@ -385,12 +394,11 @@ async def v2_infer(request: web.Request) -> web.Response:
         raise BadRequest(f"binary request body: {v2.BINARY_UNSUPPORTED}")
     document = await read_json(request, state.config)
     frame, inference_id = v2.frame_from_infer(document)
-    predictions = await score_frame(request, coerce(frame, model.prototype))
-    if state.collector is not None:
-        state.collector.offer(request[REQUEST_ID], document, predictions)
+    predictions = await score_rows(request, model, frame, document)
     return json_response(v2.infer_response(model, inference_id, predictions))
 
 
+@functools.cache
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

@@ -85,14 +85,12 @@ def authenticate(
             reason="malformed_header",
             www_authenticate=f'{REALM}, error="invalid_request"',
         )
-    accepts_keys = mode in ("keys", "keys+tokens")
-    accepts_tokens = mode in ("tokens", "keys+tokens") and credentials.token_keys is not None
-    if accepts_keys and key_matches(credential.encode(), credentials.keys):
+    if mode in ("keys", "keys+tokens") and key_matches(credential.encode(), credentials.keys):
         return
-    if accepts_tokens and (mode == "tokens" or looks_like_jwt(credential)):
-        assert credentials.token_keys is not None
+    token_keys = credentials.token_keys if mode in ("tokens", "keys+tokens") else None
+    if token_keys is not None and (mode == "tokens" or looks_like_jwt(credential)):
         try:
-            verify_token(credential, credentials.token_keys, policy, now)
+            verify_token(credential, token_keys, policy, now)
         except TokenRejected as rejected:
             raise Unauthorized(
                 f"invalid token: {rejected.description}",

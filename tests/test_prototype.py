@@ -1,7 +1,5 @@
 """prototype.coerce: request columns coerced to the model's input prototype."""
 
-import math
-
 import pytest
 
 from r_scorer.errors import SchemaMismatch
@@ -21,7 +19,6 @@ from r_scorer.prototype import (
     TypedColumn,
     TypedFrame,
     coerce,
-    finite_or_none,
 )
 
 LEVELS = ("setosa", "versicolor", "virginica")
@@ -414,19 +411,3 @@ def test_prototype_from_json_defaults():
 def test_prototype_from_json_rejects_unknown_kind():
     with pytest.raises(ValueError, match="unknown kind 'double'"):
         Prototype.from_json({"columns": [{"name": "x", "kind": "double"}]})
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        (1.5, 1.5),
-        (0.0, 0.0),
-        (-2.0, -2.0),
-        (math.inf, None),
-        (-math.inf, None),
-        (math.nan, None),
-    ],
-    ids=["float", "zero", "negative", "inf", "minus-inf", "nan"],
-)
-def test_finite_or_none(value, expected):
-    assert finite_or_none(value) == expected
