@@ -513,14 +513,23 @@ def rows(x: float, *, n: int = 1, fail: bool = False, sleep: float = 0.3) -> dic
     return {"data": [{"x": x + i, "fail": fail, "sleep": sleep} for i in range(n)]}
 
 
+async def behind_a_busy_worker(
+    served: Served, bodies: list[dict]
+) -> tuple[tuple[int, dict, Any], list[asyncio.Task]]:
+    """Occupy the only worker, send `bodies` while it is busy (so they wait and may
+    merge), and return the first answer and the waiting requests' tasks, in order."""
+    first = asyncio.create_task(post_score(served, rows(0, sleep=0.5)))
+    await asyncio.sleep(0.2)
+    waiting = [asyncio.create_task(post_score(served, body)) for body in bodies]
+    return await first, waiting
+
+
 async def test_waiting_requests_share_one_r_call_in_order(
     serve: ServeFactory, tmp_path: Path
 ) -> None:
     served = await serve(batch_bundle(tmp_path, batchable=True))
-    first = asyncio.create_task(post_score(served, rows(0, sleep=0.5)))
-    await asyncio.sleep(0.2)  # the only worker is busy: the next ones wait, then merge
-    waiting = [asyncio.create_task(post_score(served, rows(10 * k, n=k))) for k in (1, 2, 3)]
-    assert (await first)[:2] == (200, {"predictions": [1000.0]})
+    first, waiting = await behind_a_busy_worker(served, [rows(10 * k, n=k) for k in (1, 2, 3)])
+    assert first[:2] == (200, {"predictions": [1000.0]})
     merged_rows = 1 + 2 + 3
     for k, task in zip((1, 2, 3), waiting, strict=True):
         status, answer, _ = await task
@@ -534,10 +543,7 @@ async def test_waiting_requests_share_one_r_call_in_order(
 async def test_batches_respect_max_batch_rows(serve: ServeFactory, tmp_path: Path) -> None:
     config = SidecarConfig(max_batch_rows=4)
     served = await serve(batch_bundle(tmp_path, batchable=True), config=config)
-    first = asyncio.create_task(post_score(served, rows(0, sleep=0.5)))
-    await asyncio.sleep(0.2)
-    waiting = [asyncio.create_task(post_score(served, rows(10 * k, n=2))) for k in (1, 2, 3)]
-    await first
+    _, waiting = await behind_a_busy_worker(served, [rows(10 * k, n=2) for k in (1, 2, 3)])
     sizes = [(await task)[1]["predictions"][0] // 1000 for task in waiting]
     assert sizes == [4, 4, 2]  # 2 + 2 rows fit in 4; the third request waits for the next
 
@@ -546,12 +552,9 @@ async def test_one_requests_bad_rows_fail_only_that_request(
     serve: ServeFactory, tmp_path: Path
 ) -> None:
     served = await serve(batch_bundle(tmp_path, batchable=True))
-    first = asyncio.create_task(post_score(served, rows(0, sleep=0.5)))
-    await asyncio.sleep(0.2)
-    good_before = asyncio.create_task(post_score(served, rows(10)))
-    bad = asyncio.create_task(post_score(served, rows(20, fail=True)))
-    good_after = asyncio.create_task(post_score(served, rows(30)))
-    await first
+    _, (good_before, bad, good_after) = await behind_a_busy_worker(
+        served, [rows(10), rows(20, fail=True), rows(30)]
+    )
     status, answer, _ = await bad
     assert (status, answer["error"]["code"]) == (500, "model_error")
     assert "a row asked to fail" in answer["error"]["message"]
@@ -564,10 +567,7 @@ async def test_a_bundle_marked_not_batchable_never_merges(
     serve: ServeFactory, tmp_path: Path
 ) -> None:
     served = await serve(batch_bundle(tmp_path, batchable=False))
-    first = asyncio.create_task(post_score(served, rows(0, sleep=0.4)))
-    await asyncio.sleep(0.2)
-    waiting = [asyncio.create_task(post_score(served, rows(10 * k, sleep=0.05))) for k in (1, 2)]
-    await first
+    _, waiting = await behind_a_busy_worker(served, [rows(10 * k, sleep=0.05) for k in (1, 2)])
     for k, task in zip((1, 2), waiting, strict=True):
         assert (await task)[:2] == (200, {"predictions": [10.0 * k + 1000]})
 
@@ -577,10 +577,9 @@ async def test_a_worker_killed_during_a_merged_call_fails_every_member_with_502(
 ) -> None:
     served = await serve(batch_bundle(tmp_path, batchable=True))
     (victim,) = served.pool.workers
-    first = asyncio.create_task(post_score(served, rows(0, sleep=0.4)))
-    await asyncio.sleep(0.2)  # the next two wait, then share one (long) R call
-    merged = [asyncio.create_task(post_score(served, rows(10 * k, sleep=30))) for k in (1, 2)]
-    assert (await first)[0] == 200
+    # The two waiting requests then share one (long) R call.
+    first, merged = await behind_a_busy_worker(served, [rows(10 * k, sleep=30) for k in (1, 2)])
+    assert first[0] == 200
     await asyncio.sleep(0.4)  # the merged call is inside R now
     os.kill(victim.pid, signal.SIGKILL)
     for task in merged:
