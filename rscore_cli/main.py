@@ -12,6 +12,7 @@ import orjson
 
 from r_scorer.errors import ScoringError
 from r_scorer.logs import configure_json_logging
+from rscore_cli.autoscaler_cmd import autoscaler
 
 if TYPE_CHECKING:
     from sidecar.app import SidecarConfig
@@ -398,3 +399,6 @@ def token(
     except (CredentialError, OSError) as exc:
         _fail(exc)
     click.echo(minted)
+
+
+cli.add_command(autoscaler)

@@ -1,0 +1,157 @@
+"""The control loop: a watch keeps the ScoringAutoscalers in memory; every interval
+each one is reconciled (concurrently, each isolated from the others' failures).
+
+The watch re-lists on 410 Gone and reconnects after drops, with backoff. Ticks run only
+while `leading()` says so; memory of past ticks is dropped when leadership is lost, so a
+new term starts from fresh observations. Nothing here decides a replica count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from autoscaler.kube_io import ApiError, KubeApi
+from autoscaler.metrics import ControllerMetrics
+from autoscaler.reconcile import Memory, TickContext, reconcile
+
+__all__ = ["Controller"]
+
+log = logging.getLogger("rscore.autoscaler")
+Key = tuple[str, str]
+
+
+def _key(obj: dict[str, Any]) -> Key:
+    metadata = obj.get("metadata") or {}
+    return str(metadata.get("namespace", "")), str(metadata.get("name", ""))
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+class Controller:
+    def __init__(
+        self,
+        api: KubeApi,
+        metrics: ControllerMetrics,
+        *,
+        namespace: str | None = None,
+        interval_s: float = 2.0,
+        dry_run: bool = False,
+        scrape_timeout_s: float = 1.0,
+        watch_timeout_s: int = 300,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.api = api
+        self.metrics = metrics
+        self.namespace = namespace
+        self.interval_s = interval_s
+        self.dry_run = dry_run
+        self.scrape_timeout_s = scrape_timeout_s
+        self.watch_timeout_s = watch_timeout_s
+        self.clock = clock
+        self.objects: dict[Key, dict[str, Any]] = {}
+        self.memory: dict[Key, Memory] = {}
+        self.synced = asyncio.Event()  # set after the first successful list
+        self.ticks = 0
+
+    # --- the watch ------------------------------------------------------------------------
+
+    def _replace_all(self, items: list[dict[str, Any]]) -> None:
+        fresh = {_key(obj): obj for obj in items}
+        for key in set(self.objects) - set(fresh):
+            self._forget(key)
+        self.objects = fresh
+        self.metrics.watched.set(len(self.objects))
+
+    def _forget(self, key: Key) -> None:
+        self.objects.pop(key, None)
+        self.memory.pop(key, None)
+        self.metrics.forget(*key)
+
+    def _apply(self, kind: str, obj: dict[str, Any]) -> None:
+        key = _key(obj)
+        if kind == "DELETED":
+            self._forget(key)
+        elif kind in ("ADDED", "MODIFIED"):
+            self.objects[key] = obj
+        self.metrics.watched.set(len(self.objects))
+
+    async def watch_forever(self) -> None:
+        """List, then watch from the list's resourceVersion; never returns."""
+        resource_version: str | None = None
+        failures = 0
+        while True:
+            try:
+                if resource_version is None:
+                    items, resource_version = await self.api.list_autoscalers(self.namespace)
+                    self._replace_all(items)
+                    self.synced.set()
+                async for kind, obj in self.api.watch_autoscalers(
+                    self.namespace, resource_version, self.watch_timeout_s
+                ):
+                    failures = 0
+                    version = (obj.get("metadata") or {}).get("resourceVersion")
+                    if version:
+                        resource_version = str(version)
+                    if kind != "BOOKMARK":
+                        self._apply(kind, obj)
+                self.metrics.watch_restarts.labels("timeout").inc()
+            except ApiException as error:
+                if error.status == 410:  # history compacted: list again
+                    log.info("watch: resourceVersion %s expired, re-listing", resource_version)
+                    self.metrics.watch_restarts.labels("expired").inc()
+                    resource_version = None
+                    continue
+                failures += 1
+                self.metrics.watch_restarts.labels(f"http_{error.status}").inc()
+                log.warning("watch failed (%s %s), retrying", error.status, error.reason)
+            except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+                failures += 1
+                self.metrics.watch_restarts.labels("dropped").inc()
+                log.warning("watch dropped (%s), reconnecting", error)
+            await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)) if failures else 0)
+
+    # --- the ticks -----------------------------------------------------------------------
+
+    async def tick(self, session: aiohttp.ClientSession, may_write: Callable[[], bool]) -> None:
+        started = time.perf_counter()
+        ctx = TickContext(
+            api=self.api,
+            session=session,
+            metrics=self.metrics,
+            now=self.clock(),
+            now_iso=_now_iso(),
+            dry_run=self.dry_run,
+            scrape_timeout_s=self.scrape_timeout_s,
+            may_write=may_write,
+        )
+
+        async def one(key: Key, obj: dict[str, Any]) -> None:
+            try:
+                await reconcile(obj, self.memory.setdefault(key, Memory()), ctx)
+            except Exception:  # one object's bug must not stop the others' scaling
+                log.exception("reconciling %s/%s failed", *key)
+
+        await asyncio.gather(*(one(key, obj) for key, obj in list(self.objects.items())))
+        self.ticks += 1
+        self.metrics.ticks.inc()
+        self.metrics.tick_duration.observe(time.perf_counter() - started)
+
+    async def lead(self, may_write: Callable[[], bool]) -> None:
+        """Tick every interval until cancelled (leadership lost, or shutdown)."""
+        self.memory.clear()
+        await self.synced.wait()
+        async with aiohttp.ClientSession() as session:
+            while True:
+                next_tick = self.clock() + self.interval_s
+                await self.tick(session, may_write)
+                await asyncio.sleep(max(0.0, next_tick - self.clock()))

@@ -1,0 +1,91 @@
+"""The controller's own Prometheus metrics, on a registry of its own.
+
+Served on `--metrics-port` next to `/healthz`. Labels are bounded: one series per
+ScoringAutoscaler, per API operation, per status class. Never used by the sidecar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["ControllerMetrics"]
+
+
+@dataclass
+class ControllerMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.is_leader = Gauge(
+            "rscore_autoscaler_leader", "1 while this controller holds the Lease", registry=r
+        )
+        self.ticks = Counter("rscore_autoscaler_ticks", "Control loop ticks run", registry=r)
+        self.tick_duration = Histogram(
+            "rscore_autoscaler_tick_duration_seconds",
+            "Time to observe, decide and act on every ScoringAutoscaler once",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.watched = Gauge(
+            "rscore_autoscaler_watched", "ScoringAutoscalers known from the watch", registry=r
+        )
+        self.desired_replicas = Gauge(
+            "rscore_autoscaler_desired_replicas",
+            "The policy's desired replicas",
+            ["namespace", "name"],
+            registry=r,
+        )
+        self.desired_nodes = Gauge(
+            "rscore_autoscaler_desired_nodes",
+            "The policy's desired nodes in the pool",
+            ["namespace", "name"],
+            registry=r,
+        )
+        self.observed_concurrency = Gauge(
+            "rscore_autoscaler_observed_concurrency",
+            "Stable-window average of the total concurrency",
+            ["namespace", "name"],
+            registry=r,
+        )
+        self.panic = Gauge(
+            "rscore_autoscaler_panic", "1 while in panic mode", ["namespace", "name"], registry=r
+        )
+        self.scale_operations = Counter(
+            "rscore_autoscaler_scale_operations",
+            "Writes to a /scale subresource",
+            ["namespace", "name", "target", "direction"],
+            registry=r,
+        )
+        self.api_errors = Counter(
+            "rscore_autoscaler_api_errors",
+            "Failed Kubernetes API calls (each attempt)",
+            ["operation", "code"],
+            registry=r,
+        )
+        self.scrape_errors = Counter(
+            "rscore_autoscaler_scrape_errors",
+            "Pod /metrics scrapes that failed or did not follow the contract",
+            ["namespace", "name"],
+            registry=r,
+        )
+        self.watch_restarts = Counter(
+            "rscore_autoscaler_watch_restarts",
+            "Watch reconnects, by cause",
+            ["cause"],
+            registry=r,
+        )
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop a deleted ScoringAutoscaler's series."""
+        for gauge in (
+            self.desired_replicas,
+            self.desired_nodes,
+            self.observed_concurrency,
+            self.panic,
+        ):
+            with contextlib.suppress(KeyError):  # never set for this object
+                gauge.remove(namespace, name)

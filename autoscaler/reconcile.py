@@ -1,0 +1,338 @@
+"""One tick for one ScoringAutoscaler: observe, call the policy, act, report.
+
+A thin shell: what to observe is `autoscaler.observe`, what to decide is
+`autoscaler.policy.decide`, what to write is `autoscaler.status`; this module sequences
+the calls in `autoscaler.kube_io` and keeps the little memory a tick needs from the last
+(policy state, last scrape per pod). It must never raise out of `reconcile` for an API
+or scrape failure: those become conditions, Warning events and metrics, and the next
+tick tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from autoscaler.kube_io import ApiError, KubeApi, Scale, scrape_pod
+from autoscaler.metrics import ControllerMetrics
+from autoscaler.observe import PodFacts, PodUsage, build_observation, pod_facts
+from autoscaler.policy import MODE_PANIC, Observation, PolicyState, Recommendation, decide
+from autoscaler.scrape import PodScrape, ScrapeError, average_concurrency, metrics_url
+from autoscaler.spec import AutoscalerSettings, SpecError, settings_from_object
+from autoscaler.status import (
+    Condition,
+    event_body,
+    limit_condition,
+    merge_conditions,
+    status_body,
+)
+
+__all__ = ["Memory", "TickContext", "reconcile"]
+
+log = logging.getLogger("rscore.autoscaler")
+COMPONENT = "rscore-autoscaler"
+
+
+@dataclass
+class Memory:
+    """What one ScoringAutoscaler's ticks remember; dropped when leadership changes."""
+
+    policy_state: PolicyState = field(default_factory=PolicyState)
+    scrapes: dict[str, PodScrape] = field(default_factory=dict)
+    workers_per_pod: int = 1
+    last_scale_time: str | None = None
+    failing: set[str] = field(default_factory=set)  # reasons already announced by an Event
+
+
+@dataclass(frozen=True)
+class TickContext:
+    api: KubeApi
+    session: aiohttp.ClientSession
+    metrics: ControllerMetrics
+    now: float  # monotonic seconds, the policy's clock
+    now_iso: str  # wall time for status and events
+    dry_run: bool = False
+    scrape_timeout_s: float = 1.0
+    may_write: Any = None  # () -> bool: still the leader? None means always
+
+
+def _writable(ctx: TickContext) -> bool:
+    return not ctx.dry_run and (ctx.may_write is None or ctx.may_write())
+
+
+async def _event(
+    ctx: TickContext, obj: dict, reason: str, message: str, *, warning: bool = False
+) -> None:
+    log.info("%s/%s %s: %s", _ns(obj), _name(obj), reason, message)
+    if not _writable(ctx):
+        return
+    try:
+        body = event_body(
+            involved=obj,
+            reason=reason,
+            message=message,
+            now_iso=ctx.now_iso,
+            component=COMPONENT,
+            warning=warning,
+        )
+        await ctx.api.create_event(_ns(obj), body)
+    except ApiError as error:  # an Event is a courtesy: never fail the tick for it
+        log.warning("event %s for %s/%s not recorded: %s", reason, _ns(obj), _name(obj), error)
+
+
+def _ns(obj: dict) -> str:
+    return str((obj.get("metadata") or {}).get("namespace", ""))
+
+
+def _name(obj: dict) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
+
+
+async def _warn_once(ctx: TickContext, obj: dict, memory: Memory, reason: str, msg: str) -> None:
+    """A Warning event when a failure starts, not on every tick it lasts."""
+    if reason not in memory.failing:
+        memory.failing.add(reason)
+        await _event(ctx, obj, reason, msg, warning=True)
+
+
+async def _write_status(
+    ctx: TickContext,
+    obj: dict,
+    memory: Memory,
+    conditions: list[Condition],
+    *,
+    recommendation: Recommendation | None = None,
+    scale: Scale | None = None,
+    current_nodes: int | None = None,
+) -> None:
+    if not _writable(ctx):
+        return
+    generation = int((obj.get("metadata") or {}).get("generation") or 0)
+    body = status_body(
+        recommendation=recommendation,
+        current_replicas=None if scale is None else scale.status_replicas,
+        current_nodes=current_nodes,
+        last_scale_time=memory.last_scale_time,
+        conditions=merge_conditions(
+            (obj.get("status") or {}).get("conditions") or [], conditions, ctx.now_iso, generation
+        ),
+        generation=generation,
+    )
+    try:
+        await ctx.api.patch_status(_ns(obj), _name(obj), body)
+    except ApiError as error:
+        log.warning("status of %s/%s not written: %s", _ns(obj), _name(obj), error)
+    else:
+        obj["status"] = body["status"]  # so the next tick's conditions keep their times
+
+
+async def _scrape_all(
+    ctx: TickContext, settings: AutoscalerSettings, ready: list[PodFacts], memory: Memory
+) -> dict[str, float | None]:
+    async def one(pod: PodFacts) -> tuple[str, PodScrape | None]:
+        assert pod.pod_ip is not None  # ready pods have an IP (observe.pod_facts)
+        url = metrics_url(pod.pod_ip, settings.metrics_port)
+        try:
+            return pod.name, await scrape_pod(ctx.session, url, ctx.scrape_timeout_s, ctx.now)
+        except ScrapeError as error:
+            ctx.metrics.scrape_errors.labels(settings.namespace, settings.name).inc()
+            log.warning("scrape of %s failed: %s", pod.name, error)
+            return pod.name, None
+
+    results = await asyncio.gather(*(one(p) for p in ready))
+    concurrency: dict[str, float | None] = {}
+    fresh: dict[str, PodScrape] = {}
+    for name, scrape in results:
+        if scrape is None:
+            concurrency[name] = None
+            continue
+        concurrency[name] = average_concurrency(memory.scrapes.get(name), scrape)
+        fresh[name] = scrape
+    # Keep the last good scrape of a pod that failed this time, forget pods that left.
+    memory.scrapes = {
+        name: fresh.get(name, memory.scrapes.get(name))
+        for name, _ in results
+        if name in fresh or name in memory.scrapes
+    }
+    workers = [s.workers for s in fresh.values() if s.workers > 0]
+    if workers:
+        memory.workers_per_pod = max(workers)
+    return concurrency
+
+
+async def _node_pool_state(
+    ctx: TickContext, settings: AutoscalerSettings, pods: list[PodFacts]
+) -> tuple[int | None, float | None]:
+    """(current nodes, allocatable CPU of a node running the pods) for the node pool."""
+    assert settings.node_pool_target is not None
+    pool_scale = await ctx.api.get_scale(settings.namespace, settings.node_pool_target)
+    allocatable = None
+    pool = settings.scaling.node_pool
+    if pool is not None and pool.pods_per_node is None:
+        node_name = next((p.node_name for p in pods if p.node_name), None)
+        if node_name:
+            allocatable = await ctx.api.node_allocatable_cpu(node_name)
+    return pool_scale.replicas, allocatable
+
+
+async def _observe(
+    obj: dict[str, Any], memory: Memory, ctx: TickContext, settings: AutoscalerSettings
+) -> tuple[Observation, Scale] | None:
+    """This tick's observation, or None after reporting why there is none."""
+    ns, target = settings.namespace, settings.target
+    try:
+        scale = await ctx.api.get_scale(ns, target)
+    except ApiError as error:
+        message = f"reading the scale of {target}: {error}"
+        await _warn_once(ctx, obj, memory, "FailedGetScale", message)
+        await _write_status(
+            ctx, obj, memory, [Condition("AbleToScale", False, "FailedGetScale", message)]
+        )
+        return None
+    memory.failing.discard("FailedGetScale")
+    if not scale.selector:
+        message = f"{target} reports no status.selector in its /scale"
+        await _write_status(
+            ctx, obj, memory, [Condition("ScalingActive", False, "InvalidSelector", message)]
+        )
+        return None
+
+    try:
+        pods = [pod_facts(p) for p in await ctx.api.list_pods(ns, scale.selector)]
+        usage: dict[str, PodUsage] = {}
+        if (
+            settings.scaling.cpu_target_utilization is not None
+            or settings.scaling.memory_target_utilization is not None
+        ):
+            usage = await ctx.api.list_pod_usage(ns, scale.selector)
+        current_nodes = allocatable = None
+        if settings.node_pool_target is not None:
+            current_nodes, allocatable = await _node_pool_state(ctx, settings, pods)
+    except ApiError as error:
+        message = f"observing {target}: {error}"
+        await _warn_once(ctx, obj, memory, "FailedGetMetrics", message)
+        await _write_status(
+            ctx, obj, memory, [Condition("ScalingActive", False, "FailedGetMetrics", message)]
+        )
+        return None
+    memory.failing.discard("FailedGetMetrics")
+
+    concurrency = await _scrape_all(ctx, settings, [p for p in pods if p.ready], memory)
+    observation = build_observation(
+        now=ctx.now,
+        current_replicas=scale.replicas,
+        pods=pods,
+        concurrency=concurrency,
+        usage=usage,
+        workers_per_pod=memory.workers_per_pod,
+        current_nodes=current_nodes,
+        node_allocatable_cpu_millicores=allocatable,
+    )
+    return observation, scale
+
+
+def _labels(settings: AutoscalerSettings) -> tuple[str, str]:
+    return settings.namespace, settings.name
+
+
+def _record(ctx: TickContext, settings: AutoscalerSettings, rec: Recommendation) -> None:
+    labels = _labels(settings)
+    ctx.metrics.desired_replicas.labels(*labels).set(rec.desired_replicas)
+    ctx.metrics.panic.labels(*labels).set(1 if rec.mode == MODE_PANIC else 0)
+    if rec.observed_concurrency is not None:
+        ctx.metrics.observed_concurrency.labels(*labels).set(rec.observed_concurrency)
+    if rec.desired_nodes is not None:
+        ctx.metrics.desired_nodes.labels(*labels).set(rec.desired_nodes)
+
+
+async def _act(
+    obj: dict[str, Any],
+    memory: Memory,
+    ctx: TickContext,
+    *,
+    settings: AutoscalerSettings,
+    recommendation: Recommendation,
+    current: dict[str, int | None],
+) -> Condition:
+    """Patch the /scale of the target and of the node pool where the decision differs.
+
+    Updates `current` to what was written; returns the AbleToScale condition.
+    """
+    able = Condition("AbleToScale", True, "ReadyForNewScale", "the target's /scale can be read")
+    moves = [("pods", settings.target, recommendation.desired_replicas)]
+    if settings.node_pool_target is not None and recommendation.desired_nodes is not None:
+        moves.append(("nodes", settings.node_pool_target, recommendation.desired_nodes))
+    for what, ref, desired in moves:
+        before = current[what]
+        if before is None or before == desired:
+            continue
+        direction = "up" if desired > before else "down"
+        message = f"{ref}: {before} -> {desired}; {recommendation.reason}"
+        if not _writable(ctx):
+            log.info("%s/%s would scale %s (not leading, or dry run)", *_labels(settings), message)
+            continue
+        try:
+            await ctx.api.patch_scale(settings.namespace, ref, desired)
+        except ApiError as error:
+            failure = f"scaling {ref} to {desired}: {error}"
+            able = Condition("AbleToScale", False, "FailedUpdateScale", failure)
+            await _warn_once(ctx, obj, memory, f"FailedRescale-{what}", failure)
+            continue
+        memory.failing.discard(f"FailedRescale-{what}")
+        memory.last_scale_time = ctx.now_iso
+        current[what] = desired
+        ctx.metrics.scale_operations.labels(*_labels(settings), what, direction).inc()
+        reason = ("ScaledUp" if direction == "up" else "ScaledDown") + (
+            "Nodes" if what == "nodes" else ""
+        )
+        await _event(ctx, obj, reason, message)
+    return able
+
+
+async def reconcile(obj: dict[str, Any], memory: Memory, ctx: TickContext) -> None:
+    """Observe, decide, act and report for one ScoringAutoscaler."""
+    try:
+        settings = settings_from_object(obj)
+    except SpecError as error:
+        await _warn_once(ctx, obj, memory, "InvalidSpec", str(error))
+        await _write_status(
+            ctx, obj, memory, [Condition("ScalingActive", False, "InvalidSpec", str(error))]
+        )
+        return
+    memory.failing.discard("InvalidSpec")
+    observed = await _observe(obj, memory, ctx, settings)
+    if observed is None:
+        return
+    observation, scale = observed
+    recommendation, memory.policy_state = decide(observation, memory.policy_state, settings.scaling)
+    _record(ctx, settings, recommendation)
+    current: dict[str, int | None] = {
+        "pods": scale.replicas,
+        "nodes": observation.current_nodes,
+    }
+    able = await _act(
+        obj, memory, ctx, settings=settings, recommendation=recommendation, current=current
+    )
+    active = (
+        Condition("ScalingActive", True, "ValidMetricFound", recommendation.reason)
+        if recommendation.observed_concurrency is not None
+        else Condition("ScalingActive", False, "NoMetrics", recommendation.reason)
+    )
+    limited = limit_condition(
+        recommendation.desired_replicas,
+        settings.scaling.min_replicas,
+        settings.scaling.max_replicas,
+    )
+    await _write_status(
+        ctx,
+        obj,
+        memory,
+        [able, active, limited],
+        recommendation=recommendation,
+        scale=scale,
+        current_nodes=current["nodes"],
+    )

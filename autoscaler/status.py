@@ -1,0 +1,128 @@
+"""What the controller writes back: the `status` of a ScoringAutoscaler and its Events.
+
+Pure builders over plain data; the controller sends what they return. Conditions follow
+metav1.Condition and the HPA's names (AbleToScale, ScalingActive, ScalingLimited);
+`lastTransitionTime` moves only when a condition's status changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from autoscaler.policy import Recommendation
+
+__all__ = ["Condition", "event_body", "merge_conditions", "status_body"]
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+
+def merge_conditions(
+    existing: Iterable[Mapping[str, Any]],
+    new: Iterable[Condition],
+    now_iso: str,
+    generation: int,
+) -> list[dict[str, Any]]:
+    """Conditions after this tick; untouched types are kept as they were."""
+    merged = {c["type"]: dict(c) for c in existing if "type" in c}
+    for condition in new:
+        status = "True" if condition.status else "False"
+        before = merged.get(condition.type)
+        since = (
+            before["lastTransitionTime"]
+            if before and before.get("status") == status and before.get("lastTransitionTime")
+            else now_iso
+        )
+        merged[condition.type] = {
+            "type": condition.type,
+            "status": status,
+            "reason": condition.reason,
+            "message": condition.message,
+            "lastTransitionTime": since,
+            "observedGeneration": generation,
+        }
+    return sorted(merged.values(), key=lambda c: c["type"])
+
+
+def limit_condition(desired: int, min_replicas: int, max_replicas: int) -> Condition:
+    if desired >= max_replicas:
+        return Condition("ScalingLimited", True, "AtMaxReplicas", f"at maxReplicas {max_replicas}")
+    if desired <= min_replicas:
+        return Condition("ScalingLimited", True, "AtMinReplicas", f"at minReplicas {min_replicas}")
+    return Condition(
+        "ScalingLimited", False, "DesiredWithinRange", "the desired count is within range"
+    )
+
+
+def status_body(
+    *,
+    recommendation: Recommendation | None,
+    current_replicas: int | None,
+    current_nodes: int | None,
+    last_scale_time: str | None,
+    conditions: list[dict[str, Any]],
+    generation: int,
+) -> dict[str, Any]:
+    """A merge patch for the status subresource (None values clear stale fields)."""
+    status: dict[str, Any] = {
+        "currentReplicas": current_replicas,
+        "currentNodes": current_nodes,
+        "lastScaleTime": last_scale_time,
+        "observedGeneration": generation,
+        "conditions": conditions,
+    }
+    if recommendation is not None:
+        observed = recommendation.observed_concurrency
+        status |= {
+            "desiredReplicas": recommendation.desired_replicas,
+            "desiredNodes": recommendation.desired_nodes,
+            "observedConcurrency": None if observed is None else round(observed, 3),
+            "mode": recommendation.mode,
+            "reason": recommendation.reason,
+        }
+    return {"status": status}
+
+
+def event_body(
+    *,
+    involved: Mapping[str, Any],
+    reason: str,
+    message: str,
+    now_iso: str,
+    component: str,
+    warning: bool = False,
+) -> dict[str, Any]:
+    """A core/v1 Event about a ScoringAutoscaler; the API server names it from the prefix."""
+    metadata = involved.get("metadata") or {}
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "generateName": f"{metadata.get('name', 'scoringautoscaler')}.",
+            "namespace": metadata.get("namespace"),
+        },
+        "involvedObject": {
+            # list items may lack these; the object is always a ScoringAutoscaler
+            "apiVersion": involved.get("apiVersion") or "rscore.dev/v1alpha1",
+            "kind": involved.get("kind") or "ScoringAutoscaler",
+            "name": metadata.get("name"),
+            "namespace": metadata.get("namespace"),
+            "uid": metadata.get("uid"),
+            "resourceVersion": metadata.get("resourceVersion"),
+        },
+        "reason": reason,
+        "message": message[:1024],
+        "type": "Warning" if warning else "Normal",
+        "source": {"component": component},
+        "reportingComponent": component,
+        "firstTimestamp": now_iso,
+        "lastTimestamp": now_iso,
+        "count": 1,
+    }

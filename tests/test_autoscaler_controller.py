@@ -1,0 +1,333 @@
+"""The controller in this process (autoscaler.serve.run) against the emulated API server
+through the real kubernetes_asyncio client, with real /metrics servers as pods."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from autoscaler_scene import APP, NS, Scene, eventually
+from fake_pods import free_port
+from kube_emulator import KubeEmulator
+
+from autoscaler.serve import Options, run
+
+
+@asynccontextmanager
+async def controller(kubeconfig: Path, **options: Any) -> AsyncIterator[int]:
+    """Run the controller until the block ends; yields its metrics port."""
+    port = free_port()
+    settings = {
+        "kubeconfig": kubeconfig,
+        "leader_elect": False,
+        "interval_s": 0.2,
+        "metrics_host": "127.0.0.1",
+        "metrics_port": port,
+        "scrape_timeout_s": 0.5,
+        **options,
+    }
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(Options(**settings), stop))
+    try:
+        yield port
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[tuple[KubeEmulator, Scene, Path]]:
+    async with KubeEmulator() as emu:
+        scene = await Scene.build(emu)
+        try:
+            yield emu, scene, emu.write_kubeconfig(tmp_path / "kubeconfig")
+        finally:
+            await scene.close()
+
+
+async def test_scales_the_deployment_and_the_node_pool_up_at_once(cluster) -> None:
+    emu, scene, kubeconfig = cluster
+    scene.add_autoscaler(nodePool={"maxNodes": 5, "podsPerNode": 2, "scaleDownDelaySeconds": 60})
+    scene.set_total_concurrency(8)
+    async with controller(kubeconfig):
+        await eventually(lambda: scene.replicas == 6 and scene.nodes == 3)
+        await eventually(lambda: scene.status().get("desiredReplicas") == 6)
+    status = scene.status()
+    assert status["mode"] == "Panic"
+    assert status["desiredNodes"] == 3
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "AbleToScale": "True",
+        "ScalingActive": "True",
+        "ScalingLimited": "False",
+    }
+    patches = emu.writes(r"/scale$")
+    assert patches, "no /scale writes recorded"
+    assert {p.content_type for p in patches} == {"application/merge-patch+json"}
+    events = [r.body for r in emu.writes(rf"/api/v1/namespaces/{NS}/events$")]
+    assert {e["reason"] for e in events} >= {"ScaledUp", "ScaledUpNodes"}
+    assert all(e["involvedObject"]["name"] == APP for e in events)
+
+
+async def _deployment_controller(scene: Scene) -> None:
+    """Keep the pods at the Deployment's replicas, as the real controller would."""
+    while True:
+        await scene.sync_pods()
+        scene.set_total_concurrency(scene.per_pod_concurrency * len(scene.pods))
+        await asyncio.sleep(0.05)
+
+
+async def test_pods_scale_down_at_once_but_nodes_only_after_the_pool_delay(cluster) -> None:
+    emu, scene, kubeconfig = cluster
+    delay_s = 2.0
+    scene.add_autoscaler(
+        nodePool={"maxNodes": 5, "podsPerNode": 2, "scaleDownDelaySeconds": delay_s}
+    )
+    follower = asyncio.create_task(_deployment_controller(scene))
+    try:
+        scene.set_total_concurrency(8)
+        async with controller(kubeconfig):
+            await eventually(lambda: scene.replicas == 6 and scene.nodes == 3)
+            loop = asyncio.get_running_loop()
+            scene.per_pod_concurrency = 0.0
+            # 3 nodes carry up to 6 pods; the node desire falls below 3 once pods <= 4.
+            pods_fell_at = nodes_fell_at = None
+            deadline = loop.time() + 40
+            while nodes_fell_at is None or scene.replicas > 1:
+                assert loop.time() < deadline, (scene.replicas, scene.nodes, scene.status())
+                if pods_fell_at is None and scene.replicas <= 4:
+                    pods_fell_at = loop.time()
+                if nodes_fell_at is None and scene.nodes < 3:
+                    nodes_fell_at = loop.time()
+                    assert pods_fell_at is not None, "nodes went down before the pods"
+                await asyncio.sleep(0.02)
+            await eventually(lambda: scene.nodes == 1)
+    finally:
+        follower.cancel()
+    assert scene.replicas == 1  # minReplicas
+    # The pool waited its delay (less one tick of 0.2 s for when the controller noticed).
+    assert nodes_fell_at - pods_fell_at >= delay_s - 0.25
+    events = [r.body["reason"] for r in emu.writes(rf"/namespaces/{NS}/events$")]
+    assert "ScaledDown" in events
+    assert "ScaledDownNodes" in events
+
+
+@pytest.mark.parametrize("failing", ["all", "one"])
+async def test_missing_metrics_never_scale_down(cluster, failing) -> None:
+    emu, scene, kubeconfig = cluster
+    deployment = emu.get_object("apps/v1", "Deployment", NS, APP)
+    deployment["spec"]["replicas"] = 4
+    emu.put_object(deployment)
+    await scene.sync_pods()
+    scene.set_total_concurrency(0)  # idle: with metrics, this would go down to 1
+    broken = list(scene.pods.values()) if failing == "all" else [scene.pods[f"{APP}-0"]]
+    for pod in broken:
+        pod.failing = True
+    scene.add_autoscaler()
+    async with controller(kubeconfig):
+        await eventually(lambda: all(p.scrapes >= 10 for p in scene.pods.values()))
+        assert scene.replicas == 4
+        assert emu.writes(r"/scale$") == []
+        assert "missing" in scene.status()["reason"] or failing == "all"
+        for pod in broken:  # the metrics come back: now it may scale down
+            pod.failing = False
+        await eventually(lambda: scene.replicas < 4)
+
+
+async def test_transient_api_errors_are_retried_and_never_stop_the_loop(cluster) -> None:
+    emu, scene, kubeconfig = cluster
+    scene.add_autoscaler()
+    scene.set_total_concurrency(8)
+    emu.fail("PATCH", r"/deployments/scorer/scale$", 409, times=1, reason="Conflict")
+    emu.fail("PATCH", r"/deployments/scorer/scale$", 500, times=1)
+    emu.fail("GET", r"/deployments/scorer/scale$", 503, times=1)
+    emu.fail("PATCH", r"/scoringautoscalers/scorer/status$", 500, times=1)
+    async with controller(kubeconfig, request_timeout_s=0.5) as port:
+        await eventually(lambda: scene.replicas == 6)
+        await eventually(lambda: scene.status().get("desiredReplicas") == 6)
+        metrics = await _scrape(port)
+    codes = {
+        (s.labels["operation"], s.labels["code"]): s.value
+        for s in metrics["rscore_autoscaler_api_errors"].samples
+        if s.name.endswith("_total")
+    }
+    assert codes[("patch_scale", "409")] == 1
+    assert codes[("patch_scale", "500")] == 1
+    assert codes[("get_scale", "503")] == 1
+    assert codes[("patch_status", "500")] == 1
+
+
+async def test_a_hung_api_call_times_out_and_is_retried(cluster) -> None:
+    emu, scene, kubeconfig = cluster
+    scene.add_autoscaler()
+    scene.set_total_concurrency(8)
+    emu.delay("PATCH", r"/deployments/scorer/scale$", 3.0, times=1)
+    async with controller(kubeconfig, request_timeout_s=0.5) as port:
+        await eventually(lambda: scene.replicas == 6)
+        metrics = await _scrape(port)
+    codes = {
+        (s.labels["operation"], s.labels["code"])
+        for s in metrics["rscore_autoscaler_api_errors"].samples
+    }
+    assert ("patch_scale", "TimeoutError") in codes
+
+
+async def test_a_lasting_scale_failure_is_reported_and_recovers(cluster) -> None:
+    emu, scene, kubeconfig = cluster
+    scene.add_autoscaler()
+    scene.set_total_concurrency(8)
+    emu.fail("PATCH", r"/deployments/scorer/scale$", 403, times=None, reason="Forbidden")
+    async with controller(kubeconfig):
+        await eventually(
+            lambda: any(
+                c["type"] == "AbleToScale" and c["status"] == "False"
+                for c in scene.status().get("conditions", [])
+            )
+        )
+        await asyncio.sleep(1.0)  # several ticks of the same failure
+        warnings = [r.body for r in emu.writes(r"/events$") if r.body["type"] == "Warning"]
+        assert [w["reason"] for w in warnings] == ["FailedRescale-pods"]  # once, not per tick
+        assert "403" in warnings[0]["message"]
+        assert scene.replicas == 2
+        emu.clear_faults()
+        await eventually(lambda: scene.replicas == 6)
+        await eventually(
+            lambda: (
+                {c["type"]: c["status"] for c in scene.status()["conditions"]}["AbleToScale"]
+                == "True"
+            )
+        )
+
+
+async def _scrape(port: int) -> dict[str, Any]:
+    import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as response,
+    ):
+        assert response.status == 200
+        text = await response.text()
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+async def test_the_watch_relists_after_410_and_reconnects_after_drops(cluster) -> None:
+    emu, scene, kubeconfig = cluster
+    scene.set_total_concurrency(8)
+    async with controller(kubeconfig) as port:
+        await eventually(lambda: emu.open_watches == 1)
+        # While the controller reconnects (held 0.5 s), the store moves on and its
+        # history is compacted: the resourceVersion it resumes from is too old -> 410.
+        emu.delay("GET", r"/scoringautoscalers$", 0.5, watch=True)
+        await emu.drop_watches()
+        emu.put_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})
+        emu.compact()
+        await eventually(lambda: emu.open_watches == 1)
+        await emu.drop_watches(abrupt=True)  # a reset connection: reconnect
+        await eventually(lambda: emu.open_watches == 1)
+        scene.add_autoscaler()  # seen only through the new watch
+        await eventually(lambda: scene.replicas == 6)
+        metrics = await _scrape(port)
+        causes = {
+            s.labels["cause"]
+            for s in metrics["rscore_autoscaler_watch_restarts"].samples
+            if s.name.endswith("_total")
+        }
+        assert "expired" in causes
+        lists = [
+            r
+            for r in emu.requests
+            if r.method == "GET" and r.path.endswith("/scoringautoscalers") and not r.watch
+        ]
+        assert len(lists) >= 2  # the first list and the re-list after 410
+
+        emu.delete_object("rscore.dev/v1alpha1", "ScoringAutoscaler", NS, APP)
+        await asyncio.sleep(0.5)
+        writes_after_delete = len(emu.writes(r"/scoringautoscalers/scorer/status$"))
+        await asyncio.sleep(1.0)
+        assert len(emu.writes(r"/scoringautoscalers/scorer/status$")) == writes_after_delete
+        metrics = await _scrape(port)
+        assert metrics["rscore_autoscaler_watched"].samples[0].value == 0
+        assert metrics["rscore_autoscaler_desired_replicas"].samples == []
+
+
+async def test_dry_run_decides_but_writes_nothing(cluster) -> None:
+    emu, scene, kubeconfig = cluster
+    scene.add_autoscaler(nodePool={"maxNodes": 5, "podsPerNode": 2})
+    scene.set_total_concurrency(8)
+    async with controller(kubeconfig, dry_run=True) as port:
+        await eventually(lambda: all(p.scrapes >= 5 for p in scene.pods.values()))
+        metrics = await _scrape(port)
+    assert emu.writes() == []
+    assert scene.replicas == 2
+    desired = metrics["rscore_autoscaler_desired_replicas"].samples[0]
+    assert (desired.labels, desired.value) == ({"namespace": NS, "name": APP}, 6)
+    assert metrics["rscore_autoscaler_desired_nodes"].samples[0].value == 3
+
+
+async def test_an_invalid_spec_is_reported_and_nothing_scales(cluster) -> None:
+    emu, scene, kubeconfig = cluster
+    scene.add_autoscaler(minReplicas=5, maxReplicas=3)
+    scene.set_total_concurrency(8)
+    async with controller(kubeconfig):
+        await eventually(lambda: "conditions" in scene.status())
+        await asyncio.sleep(0.6)
+    condition = scene.status()["conditions"][0]
+    assert (condition["type"], condition["status"], condition["reason"]) == (
+        "ScalingActive",
+        "False",
+        "InvalidSpec",
+    )
+    assert "min_replicas (5) must be <= max_replicas (3)" in condition["message"]
+    assert emu.writes(r"/scale$") == []
+    warnings = [r.body["reason"] for r in emu.writes(r"/events$")]
+    assert warnings == ["InvalidSpec"]
+
+
+async def test_kinds_outside_the_table_are_found_through_discovery(cluster, monkeypatch) -> None:
+    import autoscaler.kube_io
+
+    emu, scene, kubeconfig = cluster
+    monkeypatch.setattr(autoscaler.kube_io, "WELL_KNOWN_RESOURCES", {})
+    scene.add_autoscaler(nodePool={"maxNodes": 5, "podsPerNode": 2})
+    scene.set_total_concurrency(8)
+    async with controller(kubeconfig):
+        await eventually(lambda: scene.replicas == 6 and scene.nodes == 3)
+    discovered = {r.path for r in emu.requests if r.method == "GET" and r.path.count("/") == 3}
+    assert {"/apis/apps/v1", "/apis/cluster.x-k8s.io/v1beta1"} <= discovered
+
+
+async def test_an_unknown_kind_is_reported_not_fatal(cluster) -> None:
+    import aiohttp
+
+    _emu, scene, kubeconfig = cluster
+    scene.add_autoscaler(scaleTargetRef={"apiVersion": "apps/v1", "kind": "Nonsense", "name": "x"})
+    async with controller(kubeconfig) as port:
+        await eventually(lambda: "conditions" in scene.status())
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/healthz") as response,
+        ):
+            assert response.status == 200
+    condition = scene.status()["conditions"][0]
+    assert (condition["type"], condition["reason"]) == ("AbleToScale", "FailedGetScale")
+    assert "no resource of kind Nonsense" in condition["message"]
+
+
+async def test_cpu_utilization_scales_up_without_concurrency(cluster) -> None:
+    emu, scene, kubeconfig = cluster
+    for name in scene.pods:
+        pod = emu.get_object("v1", "Pod", NS, name)
+        pod["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "1", "memory": "1Gi"}}
+        emu.put_object(pod)
+        # 900m of a 1-core request: 90% against a 60% target -> ceil(2 x 1.5) = 3
+        emu.make_pod_metrics(name, NS, labels={"app": APP}, containers={"r": ("900m", "100Mi")})
+    scene.add_autoscaler(cpuTargetUtilization=0.6)
+    scene.set_total_concurrency(0.5)
+    async with controller(kubeconfig):
+        await eventually(lambda: scene.replicas == 3)
+        await eventually(lambda: "cpu ratio 1.50 -> 3" in scene.status().get("reason", ""))

@@ -1,0 +1,196 @@
+"""`rscore autoscaler` as a real process, against the emulated API server (the real
+kubernetes_asyncio client over HTTP) and real /metrics servers standing in for pods.
+
+The issue's acceptance: two pods with 2 workers each reporting 8 total concurrency at
+targetUtilization 0.7 are scaled to ceil(8 / 1.4) = 6; the node pool follows at once on
+the way up and only after its delay on the way down; with metrics missing nothing scales
+down; two controllers with leader election never both write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+from autoscaler_scene import NS, Scene, eventually
+from fake_pods import free_port
+from kube_emulator import KubeEmulator
+
+RSCORE = Path(sys.executable).with_name("rscore")
+
+
+@asynccontextmanager
+async def rscore_autoscaler(
+    kubeconfig: Path, log: Path, *args: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    with log.open("wb") as sink:
+        process = await asyncio.create_subprocess_exec(
+            str(RSCORE),
+            "autoscaler",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--metrics-host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(free_port()),
+            "--interval-s",
+            "0.25",
+            "--scrape-timeout-s",
+            "0.5",
+            *args,
+            stdout=sink,
+            stderr=sink,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGCONT)
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+def kubeconfig_with_token(emu: KubeEmulator, path: Path, token: str) -> Path:
+    """The emulator's kubeconfig, with a user token that tells the writers apart."""
+    emu.write_kubeconfig(path)
+    config = yaml.safe_load(path.read_text())
+    config["users"][0]["user"] = {"token": token}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+async def _follow_deployment(scene: Scene) -> None:
+    while True:
+        await scene.sync_pods()
+        scene.set_total_concurrency(scene.per_pod_concurrency * len(scene.pods))
+        await asyncio.sleep(0.05)
+
+
+async def test_rscore_autoscaler_scales_to_six_and_the_pool_follows(tmp_path: Path) -> None:
+    async with KubeEmulator() as emu:
+        scene = await Scene.build(emu, replicas=2, nodes=1)
+        follower = asyncio.create_task(_follow_deployment(scene))
+        try:
+            scene.add_autoscaler(
+                targetUtilization=0.7,
+                nodePool={
+                    "minNodes": 0,
+                    "maxNodes": 4,
+                    "podsPerNode": 2,
+                    "scaleDownDelaySeconds": 3,
+                },
+            )
+            scene.set_total_concurrency(8)  # 2 pods x 2 workers, 4 each
+            kubeconfig = emu.write_kubeconfig(tmp_path / "kubeconfig")
+            async with rscore_autoscaler(kubeconfig, tmp_path / "controller.log"):
+                # Up: ceil(8 / (2 x 1.0 x 0.7)) = 6 pods, ceil(6 / 2) = 3 nodes, together.
+                await eventually(lambda: scene.replicas == 6, timeout_s=3 * 4 + 10)
+                await eventually(lambda: scene.nodes == 3, timeout_s=2)
+                status = scene.status()
+                assert (status["desiredReplicas"], status["desiredNodes"]) == (6, 3)
+
+                # Down: the load stops; pods go down (rate-limited, after the windows),
+                # nodes only once the pool's 3 s delay has passed.
+                scene.per_pod_concurrency = 0
+                loop = asyncio.get_running_loop()
+                pods_fell_at = nodes_fell_at = None
+                deadline = loop.time() + 60
+                while nodes_fell_at is None:
+                    assert loop.time() < deadline, (scene.replicas, scene.nodes)
+                    if pods_fell_at is None and scene.replicas <= 4:
+                        pods_fell_at = loop.time()
+                    if scene.nodes < 3:
+                        nodes_fell_at = loop.time()
+                    await asyncio.sleep(0.02)
+                assert pods_fell_at is not None
+                assert nodes_fell_at - pods_fell_at >= 3 - 0.3  # less one 0.25 s tick
+                await eventually(lambda: scene.replicas == 1 and scene.nodes == 1)
+        finally:
+            follower.cancel()
+            await scene.close()
+
+
+async def test_rscore_autoscaler_never_scales_down_without_metrics(tmp_path: Path) -> None:
+    async with KubeEmulator() as emu:
+        scene = await Scene.build(emu, replicas=3)
+        try:
+            for pod in scene.pods.values():
+                pod.failing = True
+            scene.add_autoscaler()
+            kubeconfig = emu.write_kubeconfig(tmp_path / "kubeconfig")
+            async with rscore_autoscaler(kubeconfig, tmp_path / "controller.log"):
+                await eventually(lambda: all(p.scrapes >= 12 for p in scene.pods.values()))
+                assert scene.replicas == 3
+                assert emu.writes(r"/scale$") == []
+                conditions = {c["type"]: c for c in scene.status()["conditions"]}
+                active = conditions["ScalingActive"]
+                assert (active["status"], active["reason"]) == ("False", "NoMetrics")
+        finally:
+            await scene.close()
+
+
+def _writes_by_token(emu: KubeEmulator) -> list[str]:
+    """Who made each write to the autoscaler's targets, status and events, in order."""
+    return [
+        r.user or "?"
+        for r in emu.writes(r"/(scale|status|events)$")
+        if "/leases/" not in r.path and r.status < 400
+    ]
+
+
+@pytest.mark.parametrize("how", ["killed", "frozen"])
+async def test_two_controllers_with_leader_election_never_both_write(
+    tmp_path: Path, how: str
+) -> None:
+    lease = ["--lease-duration-s", "3", "--renew-deadline-s", "2", "--retry-period-s", "1"]
+    lease += ["--lease-namespace", NS]
+    async with KubeEmulator() as emu:
+        scene = await Scene.build(emu, replicas=2)
+        try:
+            scene.add_autoscaler()
+            scene.set_total_concurrency(8)
+            configs = {
+                who: kubeconfig_with_token(emu, tmp_path / f"{who}.kubeconfig", who)
+                for who in ("a", "b")
+            }
+            async with (
+                rscore_autoscaler(configs["a"], tmp_path / "a.log", *lease) as a,
+                rscore_autoscaler(configs["b"], tmp_path / "b.log", *lease) as b,
+            ):
+                await eventually(lambda: scene.replicas == 6)
+                await eventually(lambda: len(_writes_by_token(emu)) >= 5)
+                leader = _writes_by_token(emu)[0]
+                assert set(_writes_by_token(emu)) == {leader}
+                holder = emu.get_object("coordination.k8s.io/v1", "Lease", NS, "rscore-autoscaler")
+                assert holder["spec"]["holderIdentity"]
+                processes = {"a": a, "b": b}
+                other = "b" if leader == "a" else "a"
+
+                # The leader goes away: killed, or frozen (as a partitioned or paused
+                # process) and later resumed, still believing it leads.
+                if how == "killed":
+                    processes[leader].kill()
+                else:
+                    processes[leader].send_signal(signal.SIGSTOP)
+                await eventually(lambda: other in _writes_by_token(emu), timeout_s=20)
+                if how == "frozen":
+                    processes[leader].send_signal(signal.SIGCONT)
+                    await asyncio.sleep(4)  # several of its ticks, had it kept acting
+                writers = _writes_by_token(emu)
+                takeover = writers.index(other)
+                assert set(writers[:takeover]) == {leader}
+                assert set(writers[takeover:]) == {other}, writers
+        finally:
+            await scene.close()
