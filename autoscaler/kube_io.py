@@ -12,6 +12,7 @@ raised as `ApiError` for the caller to report. Nothing here decides anything.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -77,8 +78,8 @@ class Scale:
 def retry_delay(
     attempt: int, base_s: float, cap_s: float, retry_after_s: float | None, jitter: float
 ) -> float:
-    """Delay before retry `attempt` (1-based): full-jitter exponential, or Retry-After."""
-    if retry_after_s is not None:
+    """Delay before retry `attempt` (1-based): exponential times `jitter`, or Retry-After."""
+    if retry_after_s is not None and not math.isnan(retry_after_s):
         return min(max(retry_after_s, 0.0), cap_s)
     return min(cap_s, base_s * 2 ** (attempt - 1)) * jitter
 

@@ -7,6 +7,7 @@ quantity raises ValueError naming it.
 
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal, InvalidOperation
 
@@ -30,7 +31,11 @@ _QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
 
 def parse_quantity(quantity: str | int | float) -> Decimal:
     """The quantity's value in base units (cores, bytes)."""
+    if isinstance(quantity, bool) or not isinstance(quantity, str | int | float):
+        raise ValueError(f"not a Kubernetes quantity: {quantity!r}")
     if isinstance(quantity, int | float):
+        if not math.isfinite(quantity):
+            raise ValueError(f"not a Kubernetes quantity: {quantity!r}")
         return Decimal(str(quantity))
     match = _QUANTITY.match(quantity.strip())
     if match is None:

@@ -122,6 +122,9 @@ async def _write_status(
         ),
         generation=generation,
     )
+    previous = obj.get("status") or {}
+    if all(previous.get(key) == value for key, value in body["status"].items()):
+        return  # unchanged: spare the API server a write per tick
     try:
         await ctx.api.patch_status(_ns(obj), _name(obj), body)
     except ApiError as error:
@@ -304,6 +307,8 @@ async def reconcile(obj: dict[str, Any], memory: Memory, ctx: TickContext) -> No
         )
         return
     memory.failing.discard("InvalidSpec")
+    if memory.last_scale_time is None:  # a new term: keep what the last leader recorded
+        memory.last_scale_time = (obj.get("status") or {}).get("lastScaleTime")
     observed = await _observe(obj, memory, ctx, settings)
     if observed is None:
         return

@@ -9,6 +9,7 @@ turns two scrapes into the exact average concurrency between them: the rate of
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -67,6 +68,11 @@ def parse_pod_metrics(text: str, at: float) -> PodScrape:
     ]
     if missing:
         raise ScrapeError(f"metrics page lacks {', '.join(missing)}")
+    # A pod reporting NaN, infinities or negative counts is a pod without usable data,
+    # not a reason to stop scaling its neighbours.
+    unusable = [f"{n} {v}" for n, v in values.items() if not math.isfinite(v) or v < 0]
+    if unusable:
+        raise ScrapeError(f"metrics page has unusable values: {', '.join(unusable)}")
     return PodScrape(
         at=at,
         concurrency_seconds_total=values[f"{CONCURRENCY_SECONDS}_total"],

@@ -8,6 +8,7 @@ nothing here talks to the API.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +97,13 @@ def _fields(section: dict[str, Any], table: dict[str, tuple[str, type]], prefix:
     return out
 
 
+def _in_crd_terms(message: str, table: dict[str, tuple[str, type]], prefix: str) -> str:
+    """The policy's message with its attribute names replaced by the CRD's field paths."""
+    for crd_name, (py_name, _) in table.items():
+        message = re.sub(rf"\b{py_name}\b", f"spec.{prefix}{crd_name}", message)
+    return message.removeprefix("node ")
+
+
 def _target(section: Any, field: str) -> TargetRef:
     if not isinstance(section, dict):
         raise SpecError(f"spec.{field} is required")
@@ -114,7 +122,7 @@ def settings_from_object(obj: dict[str, Any]) -> AutoscalerSettings:
     if not isinstance(spec, dict):
         raise SpecError("spec is required")
     target = _target(spec.get("scaleTargetRef"), "scaleTargetRef")
-    if "maxReplicas" not in spec:
+    if spec.get("maxReplicas") is None:
         raise SpecError("spec.maxReplicas is required")
     scaling = _fields(spec, _SCALAR_FIELDS, "")
     node_pool: NodePoolSpec | None = None
@@ -124,19 +132,19 @@ def settings_from_object(obj: dict[str, Any]) -> AutoscalerSettings:
         if not isinstance(pool, dict):
             raise SpecError("spec.nodePool must be an object")
         node_pool_target = _target(pool.get("scaleTargetRef"), "nodePool.scaleTargetRef")
-        if "maxNodes" not in pool:
+        if pool.get("maxNodes") is None:
             raise SpecError("spec.nodePool.maxNodes is required")
         try:
             node_pool = NodePoolSpec(**_fields(pool, _NODE_POOL_FIELDS, "nodePool."))
         except ValueError as error:
-            raise SpecError(f"spec.nodePool: {error}") from error
+            raise SpecError(_in_crd_terms(str(error), _NODE_POOL_FIELDS, "nodePool.")) from error
     port = _number(spec.get("metricsPort", DEFAULT_METRICS_PORT), int, "metricsPort")
     if not 1 <= port <= 65535:
         raise SpecError(f"spec.metricsPort must be in [1, 65535], got {port}")
     try:
         scaling_spec = ScalingSpec(**scaling, node_pool=node_pool)
     except ValueError as error:
-        raise SpecError(f"spec: {error}") from error
+        raise SpecError(_in_crd_terms(str(error), _SCALAR_FIELDS, "")) from error
     return AutoscalerSettings(
         namespace=str(metadata.get("namespace", "")),
         name=str(metadata.get("name", "")),

@@ -282,7 +282,7 @@ async def test_an_invalid_spec_is_reported_and_nothing_scales(cluster) -> None:
         "False",
         "InvalidSpec",
     )
-    assert "min_replicas (5) must be <= max_replicas (3)" in condition["message"]
+    assert "spec.minReplicas (5) must be <= spec.maxReplicas (3)" in condition["message"]
     assert emu.writes(r"/scale$") == []
     warnings = [r.body["reason"] for r in emu.writes(r"/events$")]
     assert warnings == ["InvalidSpec"]

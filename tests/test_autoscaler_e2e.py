@@ -98,8 +98,14 @@ async def test_rscore_autoscaler_scales_to_six_and_the_pool_follows(tmp_path: Pa
                 # Up: ceil(8 / (2 x 1.0 x 0.7)) = 6 pods, ceil(6 / 2) = 3 nodes, together.
                 await eventually(lambda: scene.replicas == 6, timeout_s=3 * 4 + 10)
                 await eventually(lambda: scene.nodes == 3, timeout_s=2)
-                status = scene.status()
-                assert (status["desiredReplicas"], status["desiredNodes"]) == (6, 3)
+                # the status is written after the scale patches of the same tick
+                await eventually(
+                    lambda: (
+                        (scene.status().get("desiredReplicas"), scene.status().get("desiredNodes"))
+                        == (6, 3)
+                    ),
+                    timeout_s=2,
+                )
 
                 # Down: the load stops; pods go down (rate-limited, after the windows),
                 # nodes only once the pool's 3 s delay has passed.
