@@ -28,10 +28,10 @@ $(STAMPS)/debian: Makefile scripts/install-debian-packages
 	@scripts/install-debian-packages $(DEBIAN_PACKAGES)
 	@mkdir -p $(STAMPS) && touch $@
 
-$(STAMPS)/python: pyproject.toml $(STAMPS)/debian
+# The same script installs the project into the container images (docker/).
+$(STAMPS)/python: pyproject.toml scripts/install-python $(STAMPS)/debian
 	@echo "installing rscore and its test tools into $(VENV)"
-	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	@PYTHON=$(PYTHON) scripts/install-python $(VENV) -e '.[test]'
 	@mkdir -p $(STAMPS) && touch $@
 
 $(STAMPS)/examples: examples/build_examples.R $(STAMPS)/debian

@@ -1,0 +1,48 @@
+# syntax=docker/dockerfile:1
+# The r-scorer container: Debian's R, the model packages, rscore in /opt/rscore, and one
+# model bundle at /models/model (copied in here, or mounted over it at run time).
+#
+#   make setup    # builds examples/build/mtcars-lm
+#   docker build -f docker/scorer.Dockerfile --build-arg BUNDLE=examples/build/mtcars-lm \
+#     -t registry.example.com/rscore/scorer-mtcars-lm:0.1.0 .
+#
+# The base is pinned by digest: replace the zeros with the digest of debian:bookworm-slim
+# (`docker buildx imagetools inspect debian:bookworm-slim`) and renew it with each rebuild.
+ARG DEBIAN_IMAGE=debian:bookworm-slim@sha256:0000000000000000000000000000000000000000000000000000000000000000
+# The model packages from Debian: the Makefile's list without its test tools. Add what
+# your bundle needs (--build-arg R_PACKAGES="... r-cran-xgboost").
+ARG R_PACKAGES="r-cran-jsonlite r-cran-randomforest r-cran-rpart r-cran-gbm r-cran-glmnet"
+
+FROM ${DEBIAN_IMAGE} AS build
+WORKDIR /src
+COPY scripts/install-debian-packages scripts/install-python scripts/
+# r-base-dev and python3-dev: rpy2 compiles against R's and Python's headers here.
+RUN scripts/install-debian-packages python3 python3-venv python3-dev r-base-core r-base-dev
+COPY pyproject.toml README.md ./
+COPY r_scorer r_scorer
+COPY sidecar sidecar
+COPY autoscaler autoscaler
+COPY sim sim
+COPY rscore_cli rscore_cli
+RUN PIP_NO_CACHE_DIR=1 scripts/install-python /opt/rscore .
+
+FROM ${DEBIAN_IMAGE}
+ARG R_PACKAGES
+# Run time needs R, the model packages and the interpreter the venv was made with; no
+# compilers. The script comes in through a bind mount, so it stays out of the image.
+RUN --mount=type=bind,source=scripts,target=/mnt/scripts \
+    /mnt/scripts/install-debian-packages python3 r-base-core ${R_PACKAGES} \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=build /opt/rscore /opt/rscore
+ARG BUNDLE=examples/build/mtcars-lm
+COPY ${BUNDLE} /models/model
+# The pod mounts an emptyDir on /tmp (the root file system is read-only): R's session
+# files and anything that wants a home go there.
+ENV PATH=/opt/rscore/bin:$PATH \
+    HOME=/tmp \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+# Numeric, so Kubernetes' runAsNonRoot can check it without a passwd entry.
+USER 10001:10001
+ENTRYPOINT ["/opt/rscore/bin/rscore"]
+CMD ["scorer", "/models/model", "--socket-dir", "/run/rscore"]
