@@ -27,7 +27,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from test_crd import load_crd, validation_errors
+from test_crd import apply_defaults, crd_schema, load_crd, validation_errors
 
 from rscore_cli.main import cli
 
@@ -219,6 +219,37 @@ def test_scoring_autoscaler_passes_the_crd_and_targets_the_deployment(target: st
     sidecar = container(pod(objs), "sidecar")
     metrics_port = flag(expanded_args(objs, sidecar), "--metrics-port")
     assert autoscaler["spec"]["metricsPort"] == int(metrics_port)
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_the_controller_reads_the_shipped_scoring_autoscaler(target: str) -> None:
+    """What the API server stores (the CRD's defaults applied) is what the controller parses."""
+    from autoscaler.spec import settings_from_object
+
+    stored = apply_defaults(crd_schema(), only(render(target), "ScoringAutoscaler"))
+    settings = settings_from_object(stored)
+    assert settings.target.kind == "Deployment"
+    assert settings.metrics_port == stored["spec"]["metricsPort"]
+    if target == "overlays/gpu":
+        assert settings.node_pool_target is not None
+        assert settings.node_pool_target.kind == "MachineDeployment"
+        assert settings.scaling.node_pool is not None
+        assert settings.scaling.node_pool.min_nodes == 0
+    else:
+        assert settings.node_pool_target is None
+
+
+def test_the_controller_deployment_args_parse_as_rscore_autoscaler() -> None:
+    from rscore_cli.autoscaler_cmd import autoscaler
+
+    deployment = only(render("autoscaler"), "Deployment")
+    ctr = container(deployment["spec"]["template"]["spec"], "autoscaler")
+    assert ctr["command"][-1] == "autoscaler"
+    context = autoscaler.make_context("autoscaler", list(ctr["args"]))
+    assert context.params["leader_elect"] is True
+    assert context.params["metrics_port"] == ctr["ports"][0]["containerPort"]
+    env = {e["name"]: e for e in ctr["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
 
 
 # --- the scoring pod ---------------------------------------------------------------------
