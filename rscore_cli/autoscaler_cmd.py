@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import click
+import yaml
+from kubernetes_asyncio.config import ConfigException
 
 from r_scorer.logs import configure_json_logging
 
@@ -87,3 +89,9 @@ def autoscaler(**options: object) -> None:
         uvloop.run(run(settings))
     except KeyboardInterrupt:
         pass
+    except (ConfigException, yaml.YAMLError, OSError) as error:
+        # No kubeconfig and not in a pod, or an unreadable file: say so, no traceback.
+        where = settings.kubeconfig or "the in-cluster service account"
+        raise click.ClickException(
+            f"cannot configure the Kubernetes client from {where}: {error}"
+        ) from error

@@ -200,3 +200,39 @@ async def test_two_controllers_with_leader_election_never_both_write(
                 assert set(writers[takeover:]) == {other}, writers
         finally:
             await scene.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "env_drop", "message"),
+    [
+        ([], "KUBECONFIG", "from the in-cluster service account: Service host/port is not set"),
+        (["--kubeconfig", "{bad}"], None, "cannot configure the Kubernetes client from"),
+        (
+            ["--lease-duration-s", "5", "--renew-deadline-s", "6"],
+            None,
+            "need --lease-duration-s > --renew-deadline-s",
+        ),
+    ],
+    ids=["no-config-outside-a-pod", "unreadable-kubeconfig", "bad-lease-timing"],
+)
+def test_configuration_errors_are_named_without_a_traceback(
+    tmp_path: Path, args: list[str], env_drop: str | None, message: str
+) -> None:
+    import subprocess
+
+    bad = tmp_path / "kubeconfig"
+    bad.write_text("not yaml: [\n")
+    env = {k: v for k, v in os.environ.items() if k not in (env_drop, "KUBERNETES_SERVICE_HOST")}
+    if "--lease-duration-s" in args:
+        args = [*args, "--kubeconfig", str(bad)]
+    result = subprocess.run(
+        [str(RSCORE), "autoscaler", "--metrics-port", "0", *(a.format(bad=bad) for a in args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
