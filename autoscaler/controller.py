@@ -133,6 +133,7 @@ class Controller:
             dry_run=self.dry_run,
             scrape_timeout_s=self.scrape_timeout_s,
             may_write=may_write,
+            clock=self.clock,
         )
 
         async def one(key: Key, obj: dict[str, Any]) -> None:

@@ -368,9 +368,13 @@ class KubeApi:
 
 
 async def scrape_pod(
-    session: aiohttp.ClientSession, url: str, timeout_s: float, at: float
+    session: aiohttp.ClientSession, url: str, timeout_s: float, clock: Callable[[], float]
 ) -> PodScrape:
-    """GET one pod's /metrics; raises ScrapeError on any failure."""
+    """GET one pod's /metrics, stamped by `clock` on arrival; ScrapeError on any failure.
+
+    The stamp is taken when the page is in, not when the tick began, so a slow pod's
+    counter is divided by the time that really passed.
+    """
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
             if response.status != 200:
@@ -378,4 +382,4 @@ async def scrape_pod(
             text = await response.text()
     except (aiohttp.ClientError, TimeoutError) as error:
         raise ScrapeError(f"{url}: {_message_of(error)}") from error
-    return parse_pod_metrics(text, at)
+    return parse_pod_metrics(text, clock())

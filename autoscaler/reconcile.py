@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +60,7 @@ class TickContext:
     dry_run: bool = False
     scrape_timeout_s: float = 1.0
     may_write: Any = None  # () -> bool: still the leader? None means always
+    clock: Callable[[], float] = time.monotonic  # stamps each scrape when its answer is in
 
 
 def _writable(ctx: TickContext) -> bool:
@@ -140,7 +143,7 @@ async def _scrape_all(
         assert pod.pod_ip is not None  # ready pods have an IP (observe.pod_facts)
         url = metrics_url(pod.pod_ip, settings.metrics_port)
         try:
-            return pod.name, await scrape_pod(ctx.session, url, ctx.scrape_timeout_s, ctx.now)
+            return pod.name, await scrape_pod(ctx.session, url, ctx.scrape_timeout_s, ctx.clock)
         except ScrapeError as error:
             ctx.metrics.scrape_errors.labels(settings.namespace, settings.name).inc()
             log.warning("scrape of %s failed: %s", pod.name, error)
