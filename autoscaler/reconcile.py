@@ -136,6 +136,12 @@ async def _write_status(
         obj["status"] = body["status"]  # so the next tick's conditions keep their times
 
 
+async def _fail(ctx: TickContext, obj: dict, memory: Memory, condition: Condition) -> None:
+    """Report a failure that stops this tick: a Warning event once, and the condition."""
+    await _warn_once(ctx, obj, memory, condition.reason, condition.message)
+    await _write_status(ctx, obj, memory, [condition])
+
+
 async def _scrape_all(
     ctx: TickContext, settings: AutoscalerSettings, ready: list[PodFacts], memory: Memory
 ) -> dict[str, float | None]:
@@ -194,10 +200,7 @@ async def _observe(
         scale = await ctx.api.get_scale(ns, target)
     except ApiError as error:
         message = f"reading the scale of {target}: {error}"
-        await _warn_once(ctx, obj, memory, "FailedGetScale", message)
-        await _write_status(
-            ctx, obj, memory, [Condition("AbleToScale", False, "FailedGetScale", message)]
-        )
+        await _fail(ctx, obj, memory, Condition("AbleToScale", False, "FailedGetScale", message))
         return None
     memory.failing.discard("FailedGetScale")
     if not scale.selector:
@@ -220,9 +223,8 @@ async def _observe(
             current_nodes, allocatable = await _node_pool_state(ctx, settings, pods)
     except ApiError as error:
         message = f"observing {target}: {error}"
-        await _warn_once(ctx, obj, memory, "FailedGetMetrics", message)
-        await _write_status(
-            ctx, obj, memory, [Condition("ScalingActive", False, "FailedGetMetrics", message)]
+        await _fail(
+            ctx, obj, memory, Condition("ScalingActive", False, "FailedGetMetrics", message)
         )
         return None
     memory.failing.discard("FailedGetMetrics")
@@ -304,10 +306,7 @@ async def reconcile(obj: dict[str, Any], memory: Memory, ctx: TickContext) -> No
     try:
         settings = settings_from_object(obj)
     except SpecError as error:
-        await _warn_once(ctx, obj, memory, "InvalidSpec", str(error))
-        await _write_status(
-            ctx, obj, memory, [Condition("ScalingActive", False, "InvalidSpec", str(error))]
-        )
+        await _fail(ctx, obj, memory, Condition("ScalingActive", False, "InvalidSpec", str(error)))
         return
     memory.failing.discard("InvalidSpec")
     if memory.last_scale_time is None:  # a new term: keep what the last leader recorded
