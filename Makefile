@@ -11,7 +11,7 @@ EXAMPLES := examples/build
 DEBIAN_PACKAGES := r-base-core r-base-dev r-cran-jsonlite r-cran-randomforest r-cran-rpart \
 	r-cran-gbm r-cran-glmnet prometheus
 
-.PHONY: help setup demo predict-examples test lint format bench-worker bench clean
+.PHONY: help setup demo predict-examples test lint format bench-worker bench bench-sim clean
 
 help:
 	@echo "make demo          set up, serve the example lm bundle, send it one request"
@@ -19,6 +19,7 @@ help:
 	@echo "make test          set up, then lint and run the test suite"
 	@echo "make bench-worker  measure the worker protocol's round-trip overhead"
 	@echo "make bench         HTTP benchmark: rscore vs plumber vs an echo ceiling (wrk)"
+	@echo "make bench-sim     simulator: speed vs SimPy, M/M/4 vs Erlang C, a simulated day"
 
 setup: $(STAMPS)/debian $(STAMPS)/python $(STAMPS)/examples
 	@:
@@ -70,6 +71,9 @@ bench: setup $(STAMPS)/bench-debian
 $(STAMPS)/bench-debian: Makefile $(STAMPS)/debian
 	@scripts/install-debian-packages wrk hey r-cran-plumber
 	@mkdir -p $(STAMPS) && touch $@
+
+bench-sim: setup
+	@$(BIN)/python -m bench.sim $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(EXAMPLES) .pytest_cache .ruff_cache

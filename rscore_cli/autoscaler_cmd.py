@@ -6,8 +6,6 @@ import os
 from pathlib import Path
 
 import click
-import yaml
-from kubernetes_asyncio.config import ConfigException
 
 from r_scorer.logs import configure_json_logging
 
@@ -73,6 +71,8 @@ from r_scorer.logs import configure_json_logging
 def autoscaler(**options: object) -> None:
     """Scale scoring Deployments (and their node pools) from ScoringAutoscaler objects."""
     import uvloop
+    import yaml
+    from kubernetes_asyncio.config import ConfigException  # heavy: only for this command
 
     from autoscaler.serve import Options, run
 

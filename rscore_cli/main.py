@@ -13,6 +13,7 @@ import orjson
 from r_scorer.errors import ScoringError
 from r_scorer.logs import configure_json_logging
 from rscore_cli.autoscaler_cmd import autoscaler
+from sim.cli import sim
 
 if TYPE_CHECKING:
     from sidecar.app import SidecarConfig
@@ -402,3 +403,4 @@ def token(
 
 
 cli.add_command(autoscaler)
+cli.add_command(sim)

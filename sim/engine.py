@@ -1,0 +1,702 @@
+"""The discrete-event loop: arrivals, pods with worker slots and queues, nodes, ticks.
+
+One heap of tuple events `(time, kind, a, b)`; arrivals are not pushed on it but
+merged in from sorted numpy blocks, which halves the heap traffic. Per-pod state lives in
+flat lists indexed by pod id, random numbers are drawn in numpy blocks, and the hot path
+(arrival, completion) is inline in `Engine.run`; everything rare (ticks, pod and node
+life cycle, the gateway) is a method.
+
+Admission follows the sidecar (sidecar/admission.py): a request goes to an idle worker at
+once, else waits in the pod's FIFO queue of `max_queue * workers`, else is rejected
+(429). A request not answered within `request_timeout_s` of its arrival is a 504: if
+still queued it leaves the queue then (applied lazily, exactly: the queue is FIFO and
+every deadline is arrival + timeout); if in flight the worker still finishes the call.
+With batching, a worker that takes the head of the queue takes the waiting requests
+behind it too, up to `max_batch_rows` rows; the call costs `a + c * rows`.
+
+Concurrency per pod is kept as the exact integral of (queued + in flight), which is what
+`rscore_concurrency_seconds_total` exports: sum of finished sojourns plus, for requests
+still inside, `now - arrival`.
+
+Never reads the wall clock inside the simulation (only to report how long it took) and
+never writes files.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from array import array
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from sim.cluster import ControllerSpec, NodeAutoscaler, NodeSpec, PodSpec
+from sim.distributions import BLOCK, Streams
+from sim.service import ServiceSpec
+
+__all__ = ["ClusterView", "Controller", "Engine", "PodView", "RunResult"]
+
+# Event kinds. Ties at one instant are resolved by kind, then by the payload (pod ids,
+# arrival times): never two events of one kind with equal payloads at one instant, so
+# the order is total and deterministic without a sequence number.
+DONE1, DONEB, TICK, APPLY, POD_READY, NODE_READY, SAMPLE, END = range(8)
+# Pod states.
+PENDING, STARTING, READY, DRAINING, GONE = range(5)
+# Node states.
+PROVISIONING, UP, REMOVED = range(3)
+
+SAMPLE_S = 10.0  # the time series' resolution
+
+
+@dataclass(frozen=True)
+class PodView:
+    """One ready pod as the controller scrapes it: cumulative counters since it started."""
+
+    pod: int
+    concurrency_seconds: float  # rscore_concurrency_seconds_total
+    cpu_seconds: float  # busy worker-seconds (a call counts when it starts)
+    ready_at: float
+    inside: int = 0  # rscore_queue_depth + rscore_inflight_requests now
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    now: float
+    pods: tuple[PodView, ...]
+    replicas: int  # pods that exist and are not being removed (the Deployment's replicas)
+    pending: int  # of which not ready yet
+    unrouted: int  # requests held at the gateway while no pod is ready
+    nodes: int  # nodes billed (provisioning or up)
+    workers: int
+    per_node: int
+
+
+class Controller(Protocol):
+    """A scaling policy as the engine drives it."""
+
+    name: str
+    interval_s: float | None  # None: never ticks (static)
+
+    def tick(self, view: ClusterView) -> tuple[int, int | None]:
+        """(desired replicas, desired nodes or None: the cluster-autoscaler emulation)."""
+        ...
+
+
+@dataclass
+class RunResult:
+    """Raw outcome of one run; `sim.metrics` turns it into a summary and a time series."""
+
+    duration_s: float
+    end_s: float
+    requests: int
+    done_times: np.ndarray  # completion time of each completed request
+    latencies: np.ndarray  # its arrival-to-answer time
+    reject_times: np.ndarray
+    timeout_times: np.ndarray  # when the 504 was answered (arrival + timeout)
+    served: int  # requests that reached a worker (completed or timed out in flight)
+    wait_sum: float  # their total queue wait
+    node_seconds: float
+    in_system_seconds: float  # integral of requests inside pods and the gateway
+    events: int
+    wall_s: float
+    samples: np.ndarray  # rows: time, ready pods, nodes, node-seconds so far, in system
+    arrivals_per_sample: np.ndarray  # arrivals in each SAMPLE_S bucket
+    decisions: list[tuple[float, int, int | None]] = field(default_factory=list)
+
+
+class Engine:
+    """One simulation run. `run()` returns a RunResult; an engine runs once."""
+
+    def __init__(
+        self,
+        *,
+        arrivals: Iterator[np.ndarray],
+        duration_s: float,
+        service: ServiceSpec,
+        pods: PodSpec,
+        nodes: NodeSpec,
+        controller: Controller,
+        controller_spec: ControllerSpec,
+        streams: Streams,
+        rows: int = 1,
+        progress: Callable[[float], None] | None = None,
+        sample_s: float = SAMPLE_S,
+    ) -> None:
+        self.arrivals = arrivals
+        self.duration_s = duration_s
+        self.service = service
+        self.pods = pods
+        self.nodes = nodes
+        self.controller = controller
+        self.cspec = controller_spec
+        self.streams = streams
+        self.rows = rows
+        self.progress = progress
+        self.sample_s = sample_s  # SAMPLE_S for the time series; longer when none is wanted
+        self.per_node = nodes.per_node(pods.workers)
+        self.node_scaler = NodeAutoscaler(nodes, self.per_node)
+        self.heap: list[tuple] = []
+        # Per-pod state, indexed by pod id.
+        self.p_state: list[int] = []
+        self.p_node: list[int] = []
+        self.p_busy: list[int] = []
+        self.p_q: list[deque[float]] = []
+        self.p_n: list[int] = []  # requests inside (queued + in flight)
+        self.p_asum: list[float] = []  # sum of their arrival times
+        self.p_sdone: list[float] = []  # sum of the sojourns of those that left
+        self.p_cpu: list[float] = []
+        self.p_ready_at: list[float] = []
+        self.ready: list[int] = []  # ready pods, in the order they became ready
+        self.pending: list[int] = []  # pods waiting for a node slot
+        # Per-node state.
+        self.n_state: list[int] = []
+        self.n_pods: list[int] = []
+        self.n_image_at: list[float | None] = []  # when the image is on it; None: no pull yet
+        self.nodes_alive = 0
+        self.node_seconds = 0.0
+        self.node_since = 0.0
+        self.gateway: deque[float] = deque()
+        self.reject_times = array("d")
+        self.timeout_times = array("d")
+        self.done_times = array("d")
+        self.latencies = array("d")
+        self.extra_served = 0
+        self.extra_wait = 0.0
+        self.gone_sojourn = 0.0  # concurrency seconds of pods that are gone
+        self.samples: list[tuple[float, int, int, float, int]] = []
+        self.decisions: list[tuple[float, int, int | None]] = []
+        self.call_mean_1 = service.call_mean(rows)
+        self.batch_k = max(1, pods.max_batch_rows // rows)  # requests per call at most
+        self._sbuf: list[float] = []
+        self._si = 0
+        # Arrivals per SAMPLE_S bucket (the last bucket also takes any arrival beyond).
+        buckets = math.ceil(duration_s / max(SAMPLE_S, sample_s)) + 1
+        self.arrivals_hist = np.zeros(buckets, dtype=np.int64)
+
+    # ---- small helpers used off the hot path -------------------------------------------
+
+    def push(self, t: float, kind: int, a: object = None, b: object = None) -> None:
+        heapq.heappush(self.heap, (t, kind, a, b))
+
+    def draw_service(self) -> float:
+        """One one-call service time (rare paths; the hot loop has its own buffer)."""
+        if self._si == len(self._sbuf):
+            self._sbuf = (self.service.unit_block(self.streams["service"], 4096)).tolist()
+            self._si = 0
+        self._si += 1
+        return self._sbuf[self._si - 1] * self.call_mean_1
+
+    def call_time(self, unit: float, k: int) -> float:
+        """A call of k requests, from a one-request draw: scaled along a + c * rows."""
+        if k == 1:
+            return unit
+        return unit * self.service.call_mean(k * self.rows) / self.call_mean_1
+
+    def expire(self, p: int, now: float) -> None:
+        """Queued requests of pod p whose deadline passed leave (504) at their deadline."""
+        q = self.p_q[p]
+        timeout = self.pods.request_timeout_s
+        cut = now - timeout
+        while q and q[0] <= cut:
+            a = q.popleft()
+            self.p_n[p] -= 1
+            self.p_asum[p] -= a
+            self.p_sdone[p] += timeout
+            self.timeout_times.append(a + timeout)
+
+    def expire_gateway(self, now: float) -> None:
+        timeout = self.pods.request_timeout_s
+        while self.gateway and self.gateway[0] <= now - timeout:
+            a = self.gateway.popleft()
+            self.gone_sojourn += timeout
+            self.timeout_times.append(a + timeout)
+
+    def start_calls(self, p: int, t: float) -> None:
+        """Pod p has a free worker and a non-empty queue: start one call (rare path)."""
+        q = self.p_q[p]
+        members = [q.popleft()]
+        cut = t - self.pods.request_timeout_s
+        while q and len(members) < self.batch_k:
+            if q[0] <= cut:
+                self.expire(p, t)
+                continue
+            members.append(q.popleft())
+        self.extra_served += len(members)
+        self.extra_wait += sum(t - a for a in members)
+        s = self.call_time(self.draw_service(), len(members))
+        self.p_cpu[p] += s
+        if len(members) == 1:
+            self.push(t + s, DONE1, p, members[0])
+        else:
+            self.push(t + s, DONEB, p, members)
+
+    def admit(self, t: float, a: float) -> None:
+        """Route one request that arrived at `a` (held at the gateway until `t`)."""
+        ready = self.ready
+        if not ready:
+            if len(self.gateway) < self.pods.gateway_max_queue:
+                self.gateway.append(a)
+            else:
+                self.reject_times.append(t)
+            return
+        if self.pods.routing == "least_loaded":
+            p = min(ready, key=self.p_n.__getitem__)
+        else:
+            p = ready[int(self.streams["routing"].random() * len(ready))]
+        self.expire(p, t)
+        q = self.p_q[p]
+        held = t - a  # time spent at the gateway: the pod's own counter starts at t
+        if self.p_busy[p] < self.pods.workers and not q:
+            self.p_busy[p] += 1
+            self._enter(p, a, held)
+            q.append(a)
+            self.start_calls(p, t)
+        elif len(q) < self.pods.max_queue * self.pods.workers:
+            self._enter(p, a, held)
+            q.append(a)
+        else:
+            self.gone_sojourn += held
+            self.reject_times.append(t)
+
+    def _enter(self, p: int, a: float, held: float) -> None:
+        self.p_n[p] += 1
+        self.p_asum[p] += a
+        self.p_sdone[p] -= held
+        self.gone_sojourn += held
+
+    # ---- nodes --------------------------------------------------------------------------
+
+    def _bill(self, t: float, delta: int) -> None:
+        self.node_seconds += self.nodes_alive * (t - self.node_since)
+        self.node_since = t
+        self.nodes_alive += delta
+
+    def add_node(self, t: float, ready: bool) -> int:
+        n = len(self.n_state)
+        self.n_state.append(UP if ready else PROVISIONING)
+        self.n_pods.append(0)
+        self.n_image_at.append(t if ready else None)  # initial nodes have the image
+        self._bill(t, +1)
+        if not ready:
+            self.push(t + self.nodes.provision_s.sample(self.streams["nodes"]), NODE_READY, n)
+        return n
+
+    def set_nodes(self, t: float, desired: int) -> None:
+        desired = min(max(desired, self.nodes.min_nodes), self.nodes.max_nodes)
+        alive = [n for n, s in enumerate(self.n_state) if s != REMOVED]
+        for _ in range(desired - len(alive)):
+            self.add_node(t, ready=False)
+        excess = len(alive) - desired
+        if excess <= 0:
+            return
+        # Cancel provisioning nodes first (newest first), then empty nodes that are up;
+        # a node with pods stays until its pods are gone.
+        order = [n for n in reversed(alive) if self.n_state[n] == PROVISIONING]
+        order += [n for n in reversed(alive) if self.n_state[n] == UP and self.n_pods[n] == 0]
+        for n in order[:excess]:
+            self.n_state[n] = REMOVED
+            self._bill(t, -1)
+
+    def node_ready(self, n: int, t: float) -> None:
+        if self.n_state[n] == PROVISIONING:
+            self.n_state[n] = UP
+            self.bind_pending(t)
+
+    # ---- pods ---------------------------------------------------------------------------
+
+    def new_pod(self) -> int:
+        p = len(self.p_state)
+        self.p_state.append(PENDING)
+        self.p_node.append(-1)
+        self.p_busy.append(0)
+        self.p_q.append(deque())
+        self.p_n.append(0)
+        self.p_asum.append(0.0)
+        self.p_sdone.append(0.0)
+        self.p_cpu.append(0.0)
+        self.p_ready_at.append(math.inf)
+        return p
+
+    def bind_pending(self, t: float) -> None:
+        """Place pending pods on the fullest node with room (bin packing, so that nodes
+        empty out and can go), and start them."""
+        per_node = self.per_node
+        while self.pending:
+            candidates = [
+                n for n, s in enumerate(self.n_state) if s == UP and self.n_pods[n] < per_node
+            ]
+            if not candidates:
+                return
+            n = max(candidates, key=lambda m: (self.n_pods[m], -m))
+            p = self.pending.pop(0)
+            self.p_node[p] = n
+            self.n_pods[n] += 1
+            self.p_state[p] = STARTING
+            rng = self.streams["pods"]
+            scheduled = t + self.pods.schedule_s.sample(rng)
+            image_at = self.n_image_at[n]
+            if image_at is None:
+                # The first pod on a node pulls the image; pods placed there meanwhile
+                # wait for the same pull (kubelet pulls an image once per node).
+                image_at = scheduled + self.pods.image_pull_s.sample(rng)
+                self.n_image_at[n] = image_at
+            ready_at = max(scheduled, image_at) + self.pods.model_load_s.sample(rng)
+            self.push(ready_at, POD_READY, p)
+
+    def pod_ready(self, p: int, t: float) -> None:
+        if self.p_state[p] != STARTING:
+            return  # removed while starting
+        self.p_state[p] = READY
+        self.p_ready_at[p] = t
+        self.ready.append(p)
+        if self.gateway:
+            self.expire_gateway(t)
+            held, self.gateway = self.gateway, deque()
+            for a in held:
+                self.admit(t, a)
+
+    def release(self, p: int, t: float) -> None:
+        """Pod p is gone: free its node slot, keep its concurrency seconds."""
+        self.p_state[p] = GONE
+        n = self.p_node[p]
+        if n >= 0:
+            self.n_pods[n] -= 1
+        self.gone_sojourn += self.p_sdone[p]
+        self.p_sdone[p] = 0.0
+
+    def active_pods(self) -> list[int]:
+        return [p for p, s in enumerate(self.p_state) if s in (PENDING, STARTING, READY)]
+
+    def set_replicas(self, t: float, desired: int) -> None:
+        active = self.active_pods()
+        for _ in range(desired - len(active)):
+            self.pending.append(self.new_pod())
+        excess = len(active) - desired
+        if excess > 0:
+            # Remove pods that serve nothing yet first (pending, then starting, newest
+            # first), then ready pods on the emptiest nodes, so whole nodes free up.
+            pend = [p for p in reversed(active) if self.p_state[p] == PENDING]
+            starting = [p for p in reversed(active) if self.p_state[p] == STARTING]
+            ready = self._ready_to_remove(max(0, excess - len(pend) - len(starting)))
+            for p in (pend + starting + ready)[:excess]:
+                state = self.p_state[p]
+                if state == PENDING:
+                    self.pending.remove(p)
+                    self.p_state[p] = GONE
+                elif state == STARTING:
+                    self.release(p, t)
+                else:
+                    self.ready.remove(p)
+                    self.p_state[p] = DRAINING
+                    if self.p_n[p] == 0:
+                        self.release(p, t)
+        self.bind_pending(t)
+
+    def _ready_to_remove(self, count: int) -> list[int]:
+        """`count` ready pods, one at a time from the node left with the fewest serving
+        pods (ties: the newest pod), so that whole nodes empty out."""
+        staying: dict[int, list[int]] = {}
+        for p in self.ready:
+            staying.setdefault(self.p_node[p], []).append(p)
+        chosen = []
+        for _ in range(min(count, len(self.ready))):
+            node = min(staying, key=lambda n: (len(staying[n]), -max(staying[n])))
+            pods = staying[node]
+            chosen.append(pods.pop(pods.index(max(pods))))
+            if not pods:
+                del staying[node]
+        return chosen
+
+    def last_answer(self) -> float:
+        """When the last request was answered (completed, or 504 at its deadline)."""
+        done = self.done_times[-1] if self.done_times else 0.0  # appended in time order
+        return max(done, max(self.timeout_times, default=0.0))
+
+    def in_system(self) -> int:
+        return sum(self.p_n) + len(self.gateway)
+
+    def in_system_seconds(self, t: float) -> float:
+        inside = sum(
+            self.p_sdone[p] + self.p_n[p] * t - self.p_asum[p] for p in range(len(self.p_n))
+        )
+        return self.gone_sojourn + inside + sum(t - a for a in self.gateway)
+
+    # ---- controller ---------------------------------------------------------------------
+
+    def view(self, t: float) -> ClusterView:
+        pods = []
+        for p in self.ready:
+            self.expire(p, t)
+            conc = self.p_sdone[p] + self.p_n[p] * t - self.p_asum[p]
+            pods.append(PodView(p, max(0.0, conc), self.p_cpu[p], self.p_ready_at[p], self.p_n[p]))
+        self.expire_gateway(t)
+        active = self.active_pods()
+        return ClusterView(
+            now=t,
+            pods=tuple(pods),
+            replicas=len(active),
+            pending=sum(1 for p in active if self.p_state[p] != READY),
+            unrouted=len(self.gateway),
+            nodes=self.nodes_alive,
+            workers=self.pods.workers,
+            per_node=self.per_node,
+        )
+
+    def tick(self, t: float) -> None:
+        replicas, nodes = self.controller.tick(self.view(t))
+        self.decisions.append((t, replicas, nodes))
+        self.push(t + self.cspec.scrape_delay_s, APPLY, replicas, nodes)
+
+    def apply(self, t: float, replicas: int, nodes: int | None) -> None:
+        self.set_replicas(t, replicas)
+        if nodes is None:
+            pods_on_nodes = len(self.active_pods()) + sum(1 for s in self.p_state if s == DRAINING)
+            nodes = self.node_scaler.desired(t, pods_on_nodes, self.nodes_alive)
+        self.set_nodes(t, nodes)
+        self.bind_pending(t)
+
+    # ---- the loop -----------------------------------------------------------------------
+
+    def _next_block(self) -> list[float]:
+        """The next non-empty block of arrival times (counted per sample), or []."""
+        for block in self.arrivals:
+            if block.size:
+                index = np.minimum(
+                    (block // max(SAMPLE_S, self.sample_s)).astype(np.int64),
+                    self.arrivals_hist.size - 1,
+                )
+                self.arrivals_hist += np.bincount(index, minlength=self.arrivals_hist.size)
+                return block.tolist()
+        return []
+
+    def setup(self) -> None:
+        initial = self.pods.initial
+        n_nodes = min(
+            max(self.nodes.min_nodes, math.ceil(initial / self.per_node)), self.nodes.max_nodes
+        )
+        for _ in range(n_nodes):
+            self.add_node(0.0, ready=True)
+        for _ in range(min(initial, n_nodes * self.per_node)):
+            self.pending.append(self.new_pod())
+        # Initial pods are ready at t = 0: bind them without a start delay.
+        while self.pending:
+            p = self.pending.pop(0)
+            n = max(
+                (m for m in range(n_nodes) if self.n_pods[m] < self.per_node),
+                key=lambda m: (self.n_pods[m], -m),
+            )
+            self.p_node[p], self.p_state[p], self.p_ready_at[p] = n, READY, 0.0
+            self.n_pods[n] += 1
+            self.ready.append(p)
+        if self.controller.interval_s is not None:
+            self.push(self.controller.interval_s, TICK)
+        self.push(self.sample_s, SAMPLE)
+        self.push(self.duration_s, END)
+
+    def run(self) -> RunResult:  # noqa: PLR0915 - the hot loop is inline on purpose
+        wall0 = time.perf_counter()
+        self.setup()
+        heap = self.heap
+        heappush, heappop = heapq.heappush, heapq.heappop
+        ready, p_q, p_busy = self.ready, self.p_q, self.p_busy
+        p_n, p_asum, p_sdone, p_cpu, p_state = (
+            self.p_n,
+            self.p_asum,
+            self.p_sdone,
+            self.p_cpu,
+            self.p_state,
+        )
+        done_append = self.done_times.append
+        lat_append = self.latencies.append
+        to_append = self.timeout_times.append
+        rej_append = self.reject_times.append
+        timeout = self.pods.request_timeout_s
+        workers = self.pods.workers
+        qcap = self.pods.max_queue * workers
+        least_loaded = self.pods.routing == "least_loaded"
+        batching = self.batch_k > 1
+        svc_rng, route_rng = self.streams["service"], self.streams["routing"]
+        unit_block, c1 = self.service.unit_block, self.call_mean_1
+        sbuf: list[float] = []
+        si = sn = 0
+        rbuf: list[float] = []
+        ri = rn = 0
+        served = 0
+        wait_sum = 0.0
+        events = 0
+        requests = 0
+        inf = math.inf
+        next_block = self._next_block
+        abuf = next_block()
+        ai, an = 0, len(abuf)
+        next_a = abuf[0] if abuf else inf
+        ending = False  # past duration_s: stop once nothing is inside
+        end_t = self.duration_s
+        nready = len(ready)
+        while True:
+            if next_a < heap[0][0]:
+                t = next_a
+                ai += 1
+                if ai < an:
+                    next_a = abuf[ai]
+                else:
+                    abuf = next_block()
+                    ai, an = 0, len(abuf)
+                    next_a = abuf[0] if abuf else inf
+                requests += 1
+                if nready:
+                    if nready == 1:
+                        p = ready[0]
+                    elif least_loaded:
+                        p = min(ready, key=p_n.__getitem__)
+                    else:
+                        if ri == rn:
+                            rbuf, ri, rn = route_rng.random(BLOCK).tolist(), 0, BLOCK
+                        p = ready[int(rbuf[ri] * nready)]
+                        ri += 1
+                    q = p_q[p]
+                    if q:
+                        if q[0] <= t - timeout:
+                            self.expire(p, t)
+                        if len(q) < qcap:
+                            q.append(t)
+                            p_n[p] += 1
+                            p_asum[p] += t
+                        else:
+                            rej_append(t)
+                    elif p_busy[p] < workers:
+                        p_busy[p] += 1
+                        if si == sn:
+                            sbuf = (unit_block(svc_rng, BLOCK) * c1).tolist()
+                            si, sn = 0, BLOCK
+                        s = sbuf[si]
+                        si += 1
+                        p_cpu[p] += s
+                        p_n[p] += 1
+                        p_asum[p] += t
+                        served += 1
+                        heappush(heap, (t + s, DONE1, p, t))
+                    elif qcap:
+                        q.append(t)
+                        p_n[p] += 1
+                        p_asum[p] += t
+                    else:
+                        rej_append(t)
+                else:
+                    self.admit(t, t)
+                continue
+            t, kind, p, a = heappop(heap)
+            events += 1
+            if kind == DONE1:
+                lat = t - a
+                if lat <= timeout:
+                    done_append(t)
+                    lat_append(lat)
+                else:
+                    to_append(a + timeout)
+                p_n[p] -= 1
+                p_asum[p] -= a
+                p_sdone[p] += lat
+                q = p_q[p]
+                if q and q[0] <= t - timeout:
+                    self.expire(p, t)
+                if q:
+                    if batching:
+                        self.start_calls(p, t)
+                    else:
+                        a = q.popleft()
+                        wait_sum += t - a
+                        served += 1
+                        if si == sn:
+                            sbuf = (unit_block(svc_rng, BLOCK) * c1).tolist()
+                            si, sn = 0, BLOCK
+                        s = sbuf[si]
+                        si += 1
+                        p_cpu[p] += s
+                        heappush(heap, (t + s, DONE1, p, a))
+                else:
+                    p_busy[p] -= 1
+                    if p_state[p] == DRAINING and p_n[p] == 0:
+                        self.release(p, t)
+                if ending and p_n[p] == 0 and next_a == inf and self.in_system() == 0:
+                    end_t = max(end_t, t)
+                    break
+                continue
+            if kind == DONEB:
+                for member in a:
+                    lat = t - member
+                    if lat <= timeout:
+                        done_append(t)
+                        lat_append(lat)
+                    else:
+                        to_append(member + timeout)
+                    p_n[p] -= 1
+                    p_asum[p] -= member
+                    p_sdone[p] += lat
+                self.expire(p, t)
+                if p_q[p]:
+                    self.start_calls(p, t)
+                else:
+                    p_busy[p] -= 1
+                    if p_state[p] == DRAINING and p_n[p] == 0:
+                        self.release(p, t)
+                if ending and next_a == inf and self.in_system() == 0:
+                    end_t = max(end_t, t)
+                    break
+            elif kind == TICK:
+                if not ending or self.in_system():
+                    self.tick(t)
+                    self.push(t + (self.controller.interval_s or 1.0), TICK)
+            elif kind == APPLY:
+                self.apply(t, p, a)
+            elif kind == POD_READY:
+                self.pod_ready(p, t)
+            elif kind == NODE_READY:
+                self.node_ready(p, t)
+            elif kind == SAMPLE:
+                # Requests held at the gateway expire here too: a policy that never
+                # ticks (static) must not keep them, and the run forever.
+                self.expire_gateway(t)
+                if ending and next_a == inf and self.in_system() == 0:
+                    end_t = max(end_t, self.last_answer())
+                    break
+                self._bill(t, 0)
+                self.samples.append(
+                    (t, len(ready), self.nodes_alive, self.node_seconds, self.in_system())
+                )
+                if self.progress is not None:
+                    self.progress(t)
+                self.push(t + self.sample_s, SAMPLE)
+            elif kind == END:
+                ending = True
+                self.expire_gateway(t)
+                if next_a == inf and self.in_system() == 0:
+                    break
+            nready = len(ready)
+        if kind != SAMPLE:
+            end_t = max(end_t, t)
+        # A decision may have landed after the last answer: never bill backwards.
+        self._bill(max(end_t, self.node_since), 0)
+        return RunResult(
+            duration_s=self.duration_s,
+            end_s=end_t,
+            requests=requests,
+            done_times=np.frombuffer(self.done_times, dtype=np.float64),
+            latencies=np.frombuffer(self.latencies, dtype=np.float64),
+            reject_times=np.frombuffer(self.reject_times, dtype=np.float64),
+            timeout_times=np.frombuffer(self.timeout_times, dtype=np.float64),
+            served=served + self.extra_served,
+            wait_sum=wait_sum + self.extra_wait,
+            node_seconds=self.node_seconds,
+            in_system_seconds=self.in_system_seconds(end_t),
+            events=events + requests,
+            wall_s=time.perf_counter() - wall0,
+            samples=np.array(self.samples, dtype=np.float64).reshape(-1, 5),
+            arrivals_per_sample=self.arrivals_hist,
+            decisions=self.decisions,
+        )

@@ -1,0 +1,250 @@
+"""The policies compared by the simulator, as engine controllers.
+
+- `static`: `pods.initial` replicas, never changed.
+- `rscore`: `autoscaler.policy.decide`, unchanged, fed an `Observation` built each tick
+  from the pods' counters exactly as the controller builds it from `/metrics`: per-pod
+  concurrency is the increase of `rscore_concurrency_seconds_total` over the scrape
+  interval divided by the interval (on a pod's first scrape, its queued + in-flight
+  requests at that moment). It sizes the node pool too (nodePool from `[nodes]`).
+- `kpa`: an independent emulation of Knative's KPA with Knative's defaults: target
+  concurrency per pod = workers (containerConcurrency) x 0.7, stable window 60 s, panic
+  window 6 s at 200 %, scale up x1000 and down /2 per tick, scale to zero after a 30 s
+  grace when minReplicas is 0.
+- `hpa`: an emulation of the HorizontalPodAutoscaler on CPU: 15 s sync, tolerance 0.1,
+  scale-down stabilization 300 s, default scale-up limit (double or +4 per sync),
+  unready pods counted as idle on a scale-up; disabled at zero replicas, as in Kubernetes.
+- `oracle`: follows a plan made with perfect foresight (`sim.oracle`): the pods each
+  minute needs, started ahead of need by the pod start (and node provisioning) time.
+
+The nodes of `static`, `kpa` and `hpa` are sized by the cluster-autoscaler emulation.
+Pure decisions on what the engine shows; no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+
+from autoscaler.policy import Observation, PodSample, PolicyState, ScalingSpec, decide
+from sim.engine import ClusterView
+
+__all__ = [
+    "HpaController",
+    "KpaController",
+    "OracleController",
+    "RscoreController",
+    "StaticController",
+]
+
+HPA_SYNC_S = 15.0
+HPA_TOLERANCE = 0.1
+HPA_STABILIZATION_S = 300.0
+ORACLE_BIN_S = 60.0  # the oracle plans minute by minute
+
+
+class _Rates:
+    """Per-pod counter rates between two scrapes, as the controller computes them
+    (autoscaler/scrape.py: `average_concurrency`): the counter's increase over the
+    interval; on a pod's first scrape, the instantaneous queued + in flight."""
+
+    def __init__(self) -> None:
+        self._last: dict[int, tuple[float, float, float]] = {}
+
+    def sample(self, view: ClusterView) -> list[tuple[int, float, float]]:
+        """(pod, concurrency, cpu cores used) for each ready pod."""
+        out, last = [], {}
+        for pod in view.pods:
+            previous = self._last.get(pod.pod)
+            t0, c0, u0 = (pod.ready_at, 0.0, 0.0) if previous is None else previous
+            dt = view.now - t0
+            if previous is None or dt <= 0:
+                conc = float(pod.inside)
+            else:
+                conc = (pod.concurrency_seconds - c0) / dt
+            cpu = (pod.cpu_seconds - u0) / dt if dt > 0 else 0.0
+            out.append((pod.pod, max(0.0, conc), max(0.0, cpu)))
+            last[pod.pod] = (view.now, pod.concurrency_seconds, pod.cpu_seconds)
+        self._last = last
+        return out
+
+
+class StaticController:
+    name = "static"
+    interval_s: float | None = None
+
+    def __init__(self, replicas: int) -> None:
+        self.replicas = replicas
+
+    def tick(self, view: ClusterView) -> tuple[int, int | None]:
+        return self.replicas, None
+
+
+class RscoreController:
+    """The production policy, one `decide` per tick."""
+
+    name = "rscore"
+
+    def __init__(self, spec: ScalingSpec, interval_s: float) -> None:
+        self.spec = spec
+        self.interval_s: float | None = interval_s
+        self.state = PolicyState()
+        self._rates = _Rates()
+        self.last_mode = ""
+
+    def tick(self, view: ClusterView) -> tuple[int, int | None]:
+        request = view.workers * 1000.0  # one core per R worker
+        samples = tuple(
+            PodSample(
+                name=f"pod-{pod}",
+                concurrency=conc,
+                cpu_usage_millicores=cpu * 1000.0,
+                cpu_request_millicores=request,
+            )
+            for pod, conc, cpu in self._rates.sample(view)
+        )
+        observation = Observation(
+            now=view.now,
+            ready_pods=samples,
+            current_replicas=view.replicas,
+            workers_per_pod=view.workers,
+            pending_pods=view.pending,
+            unrouted_concurrency=float(view.unrouted),
+            current_nodes=view.nodes,
+        )
+        recommendation, self.state = decide(observation, self.state, self.spec)
+        self.last_mode = recommendation.mode
+        return recommendation.desired_replicas, recommendation.desired_nodes
+
+
+class KpaController:
+    """Knative's KPA with its defaults (independent of autoscaler.policy)."""
+
+    name = "kpa"
+
+    def __init__(
+        self, workers: int, interval_s: float, min_replicas: int, max_replicas: int
+    ) -> None:
+        self.interval_s: float | None = interval_s
+        self.target = workers * 0.7  # containerConcurrency = workers, 70 % utilization
+        self.stable_s, self.panic_s, self.panic_threshold = 60.0, 6.0, 2.0
+        self.min_replicas, self.max_replicas = min_replicas, max_replicas
+        self.grace_s = 30.0  # scale-to-zero-grace-period
+        self._samples: deque[tuple[float, float]] = deque()
+        self._rates = _Rates()
+        self._panic_until: float | None = None
+        self._last = 0
+        self._zero_since: float | None = None
+
+    def tick(self, view: ClusterView) -> tuple[int, int | None]:
+        now = view.now
+        total = sum(c for _, c, _ in self._rates.sample(view)) + view.unrouted
+        self._samples.append((now, total))
+        while self._samples[0][0] <= now - self.stable_s:
+            self._samples.popleft()
+        stable = sum(v for _, v in self._samples) / len(self._samples)
+        recent = [v for t, v in self._samples if t > now - self.panic_s]
+        panic = sum(recent) / len(recent)
+        want_stable = math.ceil(stable / self.target)
+        want_panic = math.ceil(panic / self.target)
+        ready = max(1, len(view.pods))
+        if want_panic / ready >= self.panic_threshold:
+            self._panic_until = now + self.stable_s
+        if self._panic_until is not None and now >= self._panic_until:
+            self._panic_until = None
+        desired = want_stable
+        if self._panic_until is not None:
+            desired = max(want_panic, self._last)  # never scale down in panic
+        desired = min(max(desired, math.floor(ready / 2.0)), math.ceil(ready * 1000.0))
+        desired = min(max(desired, self.min_replicas), self.max_replicas)
+        if desired == 0 and view.replicas > 0:
+            if self._zero_since is None:
+                self._zero_since = now
+            if now - self._zero_since < self.grace_s:
+                desired = 1
+        else:
+            self._zero_since = None
+        self._last = desired
+        return desired, None
+
+
+class HpaController:
+    """The HorizontalPodAutoscaler on CPU utilization (autoscaling/v2 defaults)."""
+
+    name = "hpa"
+
+    def __init__(
+        self, interval_s: float, target: float, min_replicas: int, max_replicas: int
+    ) -> None:
+        self.interval_s: float | None = interval_s
+        self.target = target
+        self.min_replicas, self.max_replicas = max(1, min_replicas), max_replicas
+        self._rates = _Rates()
+        self._last_sync: float | None = None
+        self._desired: int | None = None
+        self._recommendations: deque[tuple[float, int]] = deque()
+
+    def tick(self, view: ClusterView) -> tuple[int, int | None]:
+        now = view.now
+        current = view.replicas
+        if current == 0:
+            return 0, None  # Kubernetes disables the HPA of a target scaled to zero
+        if self._desired is None:
+            self._desired = current
+        if self._last_sync is not None and now - self._last_sync < HPA_SYNC_S:
+            return self._desired, None
+        self._last_sync = now
+        rates = self._rates.sample(view)  # averaged over the sync period
+        desired = current
+        if rates and current > 0:
+            usage = sum(cpu for _, _, cpu in rates)
+            ratio = usage / (len(rates) * view.workers) / self.target
+            if ratio > 1 and view.pending:
+                # Unready pods count as idle on a scale-up (they would not be in `rates`).
+                ratio = usage / ((len(rates) + view.pending) * view.workers) / self.target
+            if abs(ratio - 1.0) > HPA_TOLERANCE:
+                desired = math.ceil(current * ratio)
+        desired = min(desired, max(2 * current, current + 4))
+        self._recommendations.append((now, desired))
+        while self._recommendations[0][0] <= now - HPA_STABILIZATION_S:
+            self._recommendations.popleft()
+        if desired < current:
+            desired = min(current, max(v for _, v in self._recommendations))
+        self._desired = min(max(desired, self.min_replicas), self.max_replicas)
+        return self._desired, None
+
+
+def _window_max(values: np.ndarray, now: float, lead_s: float) -> int:
+    """The most pods any minute from now to now + lead_s needs."""
+    first = int(now // ORACLE_BIN_S)
+    last = int((now + lead_s) // ORACLE_BIN_S)
+    window = values[min(first, values.size - 1) : max(first, min(last, values.size - 1)) + 1]
+    return int(window.max()) if window.size else 0
+
+
+class OracleController:
+    """Sizes pods and nodes ahead of the known load."""
+
+    name = "oracle"
+
+    def __init__(
+        self,
+        pods: np.ndarray,
+        *,
+        interval_s: float,
+        pod_lead_s: float,
+        node_lead_s: float,
+        per_node: int,
+        min_nodes: int,
+    ) -> None:
+        self.interval_s: float | None = interval_s
+        self.pods = pods
+        self.pod_lead_s, self.node_lead_s = pod_lead_s, node_lead_s
+        self.per_node, self.min_nodes = per_node, min_nodes
+
+    def tick(self, view: ClusterView) -> tuple[int, int | None]:
+        replicas = _window_max(self.pods, view.now, self.pod_lead_s)
+        ahead = _window_max(self.pods, view.now, self.pod_lead_s + self.node_lead_s)
+        nodes = max(self.min_nodes, math.ceil(ahead / self.per_node))
+        return replicas, nodes

@@ -1,0 +1,259 @@
+"""The engine's rules on hand-checkable cases: admission (429), timeouts (504),
+batching cost, routing, the gateway while no pod is ready, node billing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sim.run import run_scenario
+from sim.scenario import parse_scenario
+
+CONSTANT_1S = {"kind": "lognormal", "mean_s": 1.0, "cv": 0.0}
+
+
+def azure_trace(folder: Path, times: list[float]) -> Path:
+    """An Azure-format CSV with requests at these offsets (seconds)."""
+    lines = ["TIMESTAMP,ContextTokens,GeneratedTokens"]
+    for t in times:
+        whole, frac = int(t), round((t - int(t)) * 1e7)
+        lines.append(f"2023-11-16 00:{whole // 60:02d}:{whole % 60:02d}.{frac:07d},1,1")
+    path = folder / "trace.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run(folder: Path, times: list[float], duration: float = 1.0, **tables: Any) -> Any:
+    data: dict[str, Any] = {
+        "seed": 1,
+        "duration_s": duration,
+        "workload": {"kind": "trace", "path": str(azure_trace(folder, times))},
+        "policy": {"kind": "static"},
+    }
+    data.update(tables)
+    return run_scenario(parse_scenario(data, folder))
+
+
+def test_full_queue_is_429_and_late_answers_are_504(tmp_path: Path) -> None:
+    # One worker, room for 2 waiting, calls of 1 s, a 1.5 s timeout. r0 is served; r1 and
+    # r2 queue; r3 and r4 find the queue full. r1 starts at 1.0 and ends at 2.0 (1.9 s
+    # after arrival: 504 at 1.6, the worker still finishes); r2 is still queued at its
+    # deadline 1.7 and leaves.
+    r = run(
+        tmp_path,
+        [0.0, 0.1, 0.2, 0.3, 0.4],
+        service=CONSTANT_1S,
+        pods={"workers": 1, "max_queue": 2, "request_timeout_s": 1.5},
+    )
+    s = r.summary
+    assert (s["completed"], s["rejected"], s["timeouts"]) == (1, 2, 2)
+    assert r.result.reject_times.tolist() == pytest.approx([0.3, 0.4])
+    assert sorted(r.result.timeout_times.tolist()) == pytest.approx([1.6, 1.7])
+    assert r.result.latencies.tolist() == pytest.approx([1.0])
+    assert s["served"] == 2
+    assert s["wait_mean_s"] == pytest.approx(0.45)  # (0 + 0.9) / 2
+    assert s["end_s"] == pytest.approx(2.0)  # runs until the last admitted call ends
+
+
+@pytest.mark.parametrize(
+    ("max_batch_rows", "latencies"),
+    [
+        # Batching: r0 alone (1.0 s); at 1.0 r1..r4 share a call of 4 rows costing
+        # a + 4c = 0.9 + 0.4 = 1.3 s, ending at 2.3; then r5 alone until 3.3.
+        (4, [1.0, 2.2, 2.1, 2.0, 1.9, 2.8]),
+        # No batching: one call per request, 1 s each.
+        (1, [1.0, 1.9, 2.8, 3.7, 4.6, 5.5]),
+    ],
+)
+def test_dynamic_batching_merges_waiting_rows(
+    tmp_path: Path, max_batch_rows: int, latencies: list[float]
+) -> None:
+    r = run(
+        tmp_path,
+        [0.0, 0.1, 0.2, 0.3, 0.4, 0.5],
+        service={**CONSTANT_1S, "per_row_s": 0.1},
+        pods={"workers": 1, "max_batch_rows": max_batch_rows, "request_timeout_s": 60},
+    )
+    arrivals = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
+    done = sorted(zip(r.result.done_times.tolist(), r.result.latencies.tolist(), strict=True))
+    by_arrival = sorted((t - lat, lat) for t, lat in done)
+    assert [a for a, _ in by_arrival] == pytest.approx(arrivals)
+    assert [lat for _, lat in by_arrival] == pytest.approx(latencies)
+
+
+def test_no_queue_admits_only_to_idle_workers(tmp_path: Path) -> None:
+    r = run(
+        tmp_path,
+        [0.0, 0.1, 0.2, 1.5],
+        duration=2.0,
+        service=CONSTANT_1S,
+        pods={"workers": 2, "max_queue": 0},
+    )
+    assert (r.summary["completed"], r.summary["rejected"]) == (3, 1)
+    assert r.result.reject_times.tolist() == pytest.approx([0.2])
+
+
+def test_least_loaded_routing_waits_less_than_random() -> None:
+    def mean_wait(routing: str) -> float:
+        data = {
+            "seed": 3,
+            "duration_s": 3000.0,
+            "workload": {"kind": "poisson", "rate": 3.2},
+            "service": {"kind": "exponential", "mean_s": 1.0},
+            "pods": {"workers": 1, "initial": 4, "routing": routing, "max_queue": 10**6,
+                     "request_timeout_s": 1e9},
+            "nodes": {"pods_per_node": 4},
+            "policy": {"kind": "static"},
+        }  # fmt: skip
+        return run_scenario(parse_scenario(data, Path("."))).summary["wait_mean_s"]
+
+    # Random routing makes 4 M/M/1 queues at rho 0.8 (mean wait 4 s); joining the
+    # shortest queue comes close to one M/M/4 (0.75 s).
+    assert mean_wait("least_loaded") < 0.5 * mean_wait("random")
+
+
+def test_scale_from_zero_holds_requests_at_the_gateway(tmp_path: Path) -> None:
+    # No pod and no node at first: the policy sees the held requests, orders a node
+    # (10 s) and a pod (1 + 2 + 1 s): the first answers come after ~14 s.
+    r = run(
+        tmp_path,
+        [0.5, 1.0, 1.5],
+        duration=3.0,
+        service={"kind": "exponential", "mean_s": 0.01},
+        pods={
+            "workers": 1,
+            "initial": 0,
+            "request_timeout_s": 60,
+            "schedule_s": 1,
+            "image_pull_s": 2,
+            "model_load_s": 1,
+        },
+        nodes={"provision_s": 10, "scale_down_delay_s": 0},
+        controller={"interval_s": 2.0, "scrape_delay_s": 0.0},
+        policy={"kind": "rscore", "minReplicas": 0, "maxReplicas": 1},
+    )
+    s = r.summary
+    assert s["completed"] == 3
+    # First tick at 2 s orders the node; ready at 12; the pod at 16.
+    assert r.result.done_times.min() == pytest.approx(16.0, abs=0.1)
+    assert s["max_nodes"] == 1
+    assert s["node_hours"] > 0
+
+
+def test_static_cost_is_nodes_times_hours_times_price(tmp_path: Path) -> None:
+    # 3 pods of 2 workers on 4-CPU nodes: 2 pods per node, 2 nodes, one hour, no load.
+    data = {
+        "duration_s": 3600.0,
+        "workload": {"kind": "poisson", "rate": 0.0},
+        "pods": {"workers": 2, "initial": 3},
+        "nodes": {"kind": "cpu", "price_per_hour": 0.5},
+        "policy": {"kind": "static"},
+    }
+    s = run_scenario(parse_scenario(data, tmp_path)).summary
+    assert s["requests"] == 0
+    assert s["node_hours"] == pytest.approx(2.0)
+    assert s["cost_usd"] == pytest.approx(1.0)
+    assert s["slo_met"] is True
+
+
+def test_gpu_pool_puts_one_pod_per_node() -> None:
+    data = {
+        "duration_s": 600.0,
+        "workload": {"kind": "poisson", "rate": 0.0},
+        "pods": {"workers": 1, "initial": 3},
+        "nodes": {"kind": "gpu"},
+        "policy": {"kind": "static"},
+    }
+    s = run_scenario(parse_scenario(data, Path("."))).summary
+    assert s["max_nodes"] == 3
+    assert s["cost_usd"] == pytest.approx(3 * 1.006 * 600 / 3600)
+
+
+def test_timeseries_buckets_add_up() -> None:
+    from sim.metrics import timeseries
+
+    data = {
+        "duration_s": 300.0,
+        "workload": {"kind": "poisson", "rate": 40.0},
+        "service": {"kind": "exponential", "mean_s": 0.05},
+        "pods": {"workers": 2, "initial": 1, "max_queue": 1, "request_timeout_s": 0.3},
+        "policy": {"kind": "rscore"},
+    }
+    r = run_scenario(parse_scenario(data, Path(".")))
+    series = timeseries(r.result, price_per_hour=0.192)
+    s = r.summary
+    assert int(series["arrivals"].sum()) == s["requests"]
+    assert int(series["completions"].sum()) == s["completed"]
+    assert int(series["rejections"].sum()) == s["rejected"]
+    assert int(series["timeouts"].sum()) == s["timeouts"]
+    assert float(series["cost_usd"].sum()) == pytest.approx(s["cost_usd"])
+    assert np.all(series["ready_pods"] >= 1)
+
+
+@pytest.mark.parametrize("policy", ["static", "hpa"])
+def test_requests_held_with_no_pod_ever_time_out_and_the_run_ends(policy: str) -> None:
+    # Neither policy scales from zero: every request waits at the gateway, then 504.
+    data = {
+        "duration_s": 60.0,
+        "workload": {"kind": "poisson", "rate": 5.0},
+        "pods": {"initial": 0, "request_timeout_s": 3.0},
+        "policy": {"kind": policy},
+    }
+    r = run_scenario(parse_scenario(data, Path(".")))
+    s = r.summary
+    assert s["requests"] == s["timeouts"] > 0
+    assert r.result.timeout_times.max() <= s["end_s"] <= 63.0 + 1e-9
+
+
+class Recorder:
+    """A controller that keeps one pod and records what it is shown."""
+
+    name = "recorder"
+    interval_s: float | None = 7.0
+
+    def __init__(self) -> None:
+        self.views: list[Any] = []
+
+    def tick(self, view: Any) -> tuple[int, int | None]:
+        self.views.append(view)
+        return 1, None
+
+
+def test_the_concurrency_counter_is_the_exact_integral_of_requests_inside() -> None:
+    """What the policy reads (rscore_concurrency_seconds_total) at every tick equals the
+    integral of queued + in-flight requests up to then, rebuilt from the answers."""
+    from sim.distributions import Streams
+    from sim.engine import Engine
+    from sim.workload import arrival_blocks
+
+    scenario = parse_scenario(
+        {
+            "duration_s": 200.0,
+            "workload": {"kind": "poisson", "rate": 30.0},
+            "service": {"kind": "lognormal", "mean_s": 0.1, "cv": 1.0},
+            "pods": {"workers": 2, "initial": 1, "max_queue": 10**6, "request_timeout_s": 1e9},
+        },
+        Path("."),
+    )
+    streams = Streams(scenario.seed)
+    recorder = Recorder()
+    result = Engine(
+        arrivals=arrival_blocks(scenario.workload, scenario.duration_s, streams["arrivals"]),
+        duration_s=scenario.duration_s,
+        service=scenario.service,
+        pods=scenario.pods,
+        nodes=scenario.nodes,
+        controller=recorder,
+        controller_spec=scenario.controller,
+        streams=streams,
+    ).run()
+    done, lat = result.done_times, result.latencies
+    arrived = done - lat
+    assert len(recorder.views) > 20
+    for view in recorder.views:
+        (pod,) = view.pods
+        inside = np.clip(np.minimum(done, view.now) - arrived, 0.0, None).sum()
+        assert pod.concurrency_seconds == pytest.approx(inside, rel=1e-9, abs=1e-9)
