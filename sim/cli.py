@@ -292,5 +292,7 @@ def tune(
     chosen = results[best]
     click.echo(
         f"best: trial {chosen.index}, cost ${chosen.cost:.3f} "
-        f"(baseline ${results[0].cost:.3f}), p99 {chosen.p99_all:.3f} s; wrote {path}"
+        f"(baseline ${results[0].cost:.3f}, SLO "
+        f"{'met' if results[0].summary['slo_met'] else 'missed'}), "
+        f"p99 {chosen.p99_all:.3f} s; wrote {path}"
     )

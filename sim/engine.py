@@ -10,7 +10,10 @@ Admission follows the sidecar (sidecar/admission.py): a request goes to an idle 
 once, else waits in the pod's FIFO queue of `max_queue * workers`, else is rejected
 (429). A request not answered within `request_timeout_s` of its arrival is a 504: if
 still queued it leaves the queue then (applied lazily, exactly: the queue is FIFO and
-every deadline is arrival + timeout); if in flight the worker still finishes the call.
+every deadline is arrival + timeout); if in flight the worker goes on with the call, but
+as the real worker's watchdog does (r_scorer/worker.py), a call still in R
+WATCHDOG_GRACE_S after its earliest member's deadline ends the worker process, which
+restarts (`model_load_s`) before it takes the next request.
 With batching, a worker that takes the head of the queue takes the waiting requests
 behind it too, up to `max_batch_rows` rows; the call costs `a + c * rows`.
 
@@ -44,13 +47,16 @@ __all__ = ["ClusterView", "Controller", "Engine", "PodView", "RunResult"]
 # Event kinds. Ties at one instant are resolved by kind, then by the payload (pod ids,
 # arrival times): never two events of one kind with equal payloads at one instant, so
 # the order is total and deterministic without a sequence number.
-DONE1, DONEB, TICK, APPLY, POD_READY, NODE_READY, SAMPLE, END = range(8)
+DONE1, DONEB, TICK, APPLY, POD_READY, NODE_READY, SAMPLE, END, KILLED, BACK = range(10)
 # Pod states.
 PENDING, STARTING, READY, DRAINING, GONE = range(5)
 # Node states.
 PROVISIONING, UP, REMOVED = range(3)
 
 SAMPLE_S = 10.0  # the time series' resolution
+# A call still in R this long after its deadline ends the worker (r_scorer.protocol's
+# WATCHDOG_GRACE_S; not imported, to keep the simulator free of the scorer's imports).
+WATCHDOG_GRACE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,7 @@ class RunResult:
     samples: np.ndarray  # rows: time, ready pods, nodes, node-seconds so far, in system
     arrivals_per_sample: np.ndarray  # arrivals in each SAMPLE_S bucket
     decisions: list[tuple[float, int, int | None]] = field(default_factory=list)
+    worker_restarts: int = 0  # worker processes ended by the watchdog
 
 
 class Engine:
@@ -174,6 +181,7 @@ class Engine:
         self.batch_k = max(1, pods.max_batch_rows // rows)  # requests per call at most
         self._sbuf: list[float] = []
         self._si = 0
+        self.restarts = 0  # worker processes ended by the watchdog
         # Arrivals per SAMPLE_S bucket (the last bucket also takes any arrival beyond).
         buckets = math.ceil(duration_s / max(SAMPLE_S, sample_s)) + 1
         self.arrivals_hist = np.zeros(buckets, dtype=np.int64)
@@ -229,23 +237,62 @@ class Engine:
         self.extra_served += len(members)
         self.extra_wait += sum(t - a for a in members)
         s = self.call_time(self.draw_service(), len(members))
-        self.p_cpu[p] += s
-        if len(members) == 1:
+        if t + s > members[0] + self.pods.request_timeout_s + WATCHDOG_GRACE_S:
+            self.doom(p, t, members)
+        elif len(members) == 1:
+            self.p_cpu[p] += s
             self.push(t + s, DONE1, p, members[0])
         else:
+            self.p_cpu[p] += s
             self.push(t + s, DONEB, p, members)
+
+    def doom(self, p: int, t: float, members: list[float]) -> None:
+        """A call started at t that R will not finish before the watchdog fires (its
+        earliest member's deadline + grace): the worker process ends then (KILLED)."""
+        end = members[0] + self.pods.request_timeout_s + WATCHDOG_GRACE_S
+        self.p_cpu[p] += end - t
+        self.push(end, KILLED, p, members)
+
+    def killed(self, p: int, t: float, members: list[float]) -> None:
+        """The watchdog ended a worker: its requests were 504s at their deadlines; the
+        worker restarts (R start + model load) before it takes the next request."""
+        timeout = self.pods.request_timeout_s
+        for a in members:
+            self.timeout_times.append(a + timeout)
+            self.p_n[p] -= 1
+            self.p_asum[p] -= a
+            self.p_sdone[p] += t - a
+        self.restarts += 1
+        if self.p_state[p] == DRAINING and self.p_n[p] == 0:
+            self.release(p, t)  # removed meanwhile, and now empty: gone
+            return
+        back = t + self.pods.model_load_s.sample(self.streams["pods"])
+        self.push(back, BACK, p, self.restarts)
+
+    def worker_back(self, p: int, t: float) -> None:
+        """A restarted worker is ready: it takes the oldest live request, if any."""
+        if self.p_state[p] == GONE:
+            return
+        self.expire(p, t)
+        if self.p_q[p]:
+            self.start_calls(p, t)
+            return
+        self.p_busy[p] -= 1
+        if self.p_state[p] == DRAINING and self.p_n[p] == 0:
+            self.release(p, t)
 
     def admit(self, t: float, a: float) -> None:
         """Route one request that arrived at `a` (held at the gateway until `t`)."""
         ready = self.ready
         if not ready:
+            self.expire_gateway(t)  # requests past their deadline have left: room
             if len(self.gateway) < self.pods.gateway_max_queue:
                 self.gateway.append(a)
             else:
                 self.reject_times.append(t)
             return
         if self.pods.routing == "least_loaded":
-            p = min(ready, key=self.p_n.__getitem__)
+            p = self.least_loaded(t)
         else:
             p = ready[int(self.streams["routing"].random() * len(ready))]
         self.expire(p, t)
@@ -262,6 +309,17 @@ class Engine:
         else:
             self.gone_sojourn += held
             self.reject_times.append(t)
+
+    def least_loaded(self, t: float) -> int:
+        """The ready pod with the fewest requests inside, once those whose deadline has
+        passed in a queue have left (the sidecar drops them at their deadline)."""
+        cut = t - self.pods.request_timeout_s
+        p_q = self.p_q
+        for p in self.ready:
+            q = p_q[p]
+            if q and q[0] <= cut:
+                self.expire(p, t)
+        return min(self.ready, key=self.p_n.__getitem__)
 
     def _enter(self, p: int, a: float, held: float) -> None:
         self.p_n[p] += 1
@@ -516,6 +574,7 @@ class Engine:
         to_append = self.timeout_times.append
         rej_append = self.reject_times.append
         timeout = self.pods.request_timeout_s
+        kill_after = timeout + WATCHDOG_GRACE_S
         workers = self.pods.workers
         qcap = self.pods.max_queue * workers
         least_loaded = self.pods.routing == "least_loaded"
@@ -553,7 +612,7 @@ class Engine:
                     if nready == 1:
                         p = ready[0]
                     elif least_loaded:
-                        p = min(ready, key=p_n.__getitem__)
+                        p = self.least_loaded(t)
                     else:
                         if ri == rn:
                             rbuf, ri, rn = route_rng.random(BLOCK).tolist(), 0, BLOCK
@@ -576,11 +635,14 @@ class Engine:
                             si, sn = 0, BLOCK
                         s = sbuf[si]
                         si += 1
-                        p_cpu[p] += s
                         p_n[p] += 1
                         p_asum[p] += t
                         served += 1
-                        heappush(heap, (t + s, DONE1, p, t))
+                        if s <= kill_after:
+                            p_cpu[p] += s
+                            heappush(heap, (t + s, DONE1, p, t))
+                        else:
+                            self.doom(p, t, [t])
                     elif qcap:
                         q.append(t)
                         p_n[p] += 1
@@ -617,8 +679,11 @@ class Engine:
                             si, sn = 0, BLOCK
                         s = sbuf[si]
                         si += 1
-                        p_cpu[p] += s
-                        heappush(heap, (t + s, DONE1, p, a))
+                        if t + s <= a + kill_after:
+                            p_cpu[p] += s
+                            heappush(heap, (t + s, DONE1, p, a))
+                        else:
+                            self.doom(p, t, [a])
                 else:
                     p_busy[p] -= 1
                     if p_state[p] == DRAINING and p_n[p] == 0:
@@ -648,6 +713,13 @@ class Engine:
                 if ending and next_a == inf and self.in_system() == 0:
                     end_t = max(end_t, t)
                     break
+            elif kind == KILLED:
+                self.killed(p, t, a)
+                if ending and next_a == inf and self.in_system() == 0:
+                    end_t = max(end_t, t)
+                    break
+            elif kind == BACK:
+                self.worker_back(p, t)
             elif kind == TICK:
                 if not ending or self.in_system():
                     self.tick(t)
@@ -699,4 +771,5 @@ class Engine:
             samples=np.array(self.samples, dtype=np.float64).reshape(-1, 5),
             arrivals_per_sample=self.arrivals_hist,
             decisions=self.decisions,
+            worker_restarts=self.restarts,
         )

@@ -61,6 +61,7 @@ def summarize(result: RunResult, *, price_per_hour: float, slo_p99_s: float) -> 
         "slo_met": bool(result.requests == 0 or p99_all <= slo_p99_s),
         "node_hours": node_hours,
         "cost_usd": node_hours * price_per_hour,
+        "worker_restarts": result.worker_restarts,
         "mean_ready_pods": float(ready.mean()),
         "max_ready_pods": int(ready.max()),
         "max_nodes": int(nodes.max()),
@@ -85,6 +86,7 @@ TIMESERIES_COLUMNS = (
     "ready_pods",
     "nodes",
     "cost_usd",
+    "cost_cum_usd",
 )
 
 
@@ -94,7 +96,8 @@ def _bucket_counts(times: np.ndarray, buckets: int) -> np.ndarray:
 
 
 def timeseries(result: RunResult, *, price_per_hour: float) -> dict[str, np.ndarray]:
-    """Per SAMPLE_S bucket: counts, completion percentiles, ready pods, nodes, cost."""
+    """Per SAMPLE_S bucket: counts, completion percentiles, ready pods, nodes, the
+    bucket's cost and the cost so far."""
     buckets = max(1, math.ceil(result.end_s / SAMPLE_S))
     arrivals = np.zeros(buckets, dtype=np.int64)
     upto = min(buckets, result.arrivals_per_sample.size)
@@ -137,4 +140,6 @@ def timeseries(result: RunResult, *, price_per_hour: float) -> dict[str, np.ndar
         "ready_pods": ready,
         "nodes": nodes,
         "cost_usd": np.diff(node_s) / 3600.0 * price_per_hour,
+        # Cumulative to the bucket's end; the last row is the summary's cost_usd.
+        "cost_cum_usd": node_s[1:] / 3600.0 * price_per_hour,
     }

@@ -8,8 +8,9 @@ fixed seed. Under random routing the pods' arrivals are independent Poisson shar
 better, so the plan is conservative there. A minute with `n` arrivals then needs
 `ceil(n / 60 / capacity)` pods. Bursts inside a minute are invisible to the plan.
 
-The cost lower bound bills, minute by minute, the nodes the plan needs within the node
-provisioning time ahead (a node needed then must already have been ordered).
+The cost lower bound bills, second by second, the nodes the plan needs within the node
+provisioning time ahead (a node needed then must already have been ordered), and no
+earlier: billing whole minutes ahead would overstate a bound.
 
 Runs simulations (of one pod, static) but writes nothing and reads no clock.
 """
@@ -98,11 +99,19 @@ def oracle_plan(
 
 
 def oracle_bound(nodes: np.ndarray, node_lead_s: float, price_per_hour: float) -> dict[str, float]:
-    """The cost lower bound: minute by minute, every node needed within the provisioning
-    lead is already billed."""
-    ahead = math.ceil(node_lead_s / ORACLE_BIN_S)
-    billed = np.array(
-        [int(nodes[i : i + ahead + 1].max()) for i in range(nodes.size)], dtype=np.int64
-    )
-    node_hours = float(billed.sum() * ORACLE_BIN_S / 3600.0)
+    """The cost lower bound: every node the plan needs is billed from the instant it must
+    be ordered (`node_lead_s` before it is needed), second by second, never earlier: at
+    time t the pool holds the most nodes any minute in [t, t + lead] needs."""
+    bin_s = int(ORACLE_BIN_S)
+    if nodes.size == 0:
+        return {"bound_node_hours": 0.0, "bound_cost_usd": 0.0}
+    seconds = np.arange(nodes.size * bin_s)
+    first = seconds // bin_s
+    last = np.minimum((seconds + node_lead_s) // ORACLE_BIN_S, nodes.size - 1).astype(np.int64)
+    billed = nodes[first]
+    for k in range(1, math.ceil(node_lead_s / ORACLE_BIN_S) + 1):
+        ahead = first + k
+        reach = nodes[np.minimum(ahead, nodes.size - 1)]
+        billed = np.maximum(billed, np.where(ahead <= last, reach, 0))
+    node_hours = float(billed.sum() / 3600.0)
     return {"bound_node_hours": node_hours, "bound_cost_usd": node_hours * price_per_hour}

@@ -67,7 +67,7 @@ def plot_run(series: Mapping[str, np.ndarray], summary: Mapping[str, Any], out: 
     paths.append(_save(fig, out / "latency.png"))
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    ax.plot(x, np.cumsum(series["cost_usd"]), color="tab:green")
+    ax.plot(x, series["cost_cum_usd"], color="tab:green")
     ax.set_xlabel(label)
     ax.set_ylabel("cumulative cost (USD)")
     ax.set_title(f"cost: {title}")
@@ -86,7 +86,7 @@ def plot_compare(
         x, label = _hours(series)
         met = "SLO met" if summary["slo_met"] else "SLO missed"
         style = styles[i % len(styles)]
-        top.plot(x, np.cumsum(series["cost_usd"]), style, label=f"{policy} ({met})")
+        top.plot(x, series["cost_cum_usd"], style, label=f"{policy} ({met})")
         bottom.step(x, series["ready_pods"], style, where="post", label=policy, lw=1.0)
     top.set_ylabel("cumulative cost (USD)")
     top.legend(loc="upper left")

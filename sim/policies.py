@@ -10,7 +10,7 @@
   concurrency per pod = workers (containerConcurrency) x 0.7, stable window 60 s, panic
   window 6 s at 200 %, scale up x1000 and down /2 per tick, scale to zero after a 30 s
   grace when minReplicas is 0.
-- `hpa`: an emulation of the HorizontalPodAutoscaler on CPU: 15 s sync, tolerance 0.1,
+- `hpa`: an emulation of the HorizontalPodAutoscaler on CPU: its own 15 s sync, tolerance 0.1,
   scale-down stabilization 300 s, default scale-up limit (double or +4 per sync),
   unready pods counted as idle on a scale-up; disabled at zero replicas, as in Kubernetes.
 - `oracle`: follows a plan made with perfect foresight (`sim.oracle`): the pods each
@@ -170,20 +170,48 @@ class KpaController:
 
 
 class HpaController:
-    """The HorizontalPodAutoscaler on CPU utilization (autoscaling/v2 defaults)."""
+    """The HorizontalPodAutoscaler on CPU utilization (autoscaling/v2 defaults).
+
+    It syncs every HPA_SYNC_S whatever the rscore controller's interval (the engine ticks
+    it at its own `interval_s`). As the HPA's replica calculator: the ratio is over the
+    ready pods and `ceil(ratio x ready)` the recommendation; on a scale-up, pending pods
+    count as idle, and if that flips the direction the HPA holds. The raw recommendation
+    is recorded for the scale-down stabilization (the max over the last 300 s); the
+    scale-up limit applies after it.
+    """
 
     name = "hpa"
 
     def __init__(
         self, interval_s: float, target: float, min_replicas: int, max_replicas: int
     ) -> None:
-        self.interval_s: float | None = interval_s
+        del interval_s  # the HPA's own sync period, not the controller's tick
+        self.interval_s: float | None = HPA_SYNC_S
         self.target = target
         self.min_replicas, self.max_replicas = max(1, min_replicas), max_replicas
         self._rates = _Rates()
         self._last_sync: float | None = None
         self._desired: int | None = None
         self._recommendations: deque[tuple[float, int]] = deque()
+
+    def _raw(self, view: ClusterView) -> int:
+        """The replica calculator's recommendation (before stabilization and limits)."""
+        current = view.replicas
+        rates = self._rates.sample(view)  # averaged over the sync period
+        if not rates:
+            return current
+        usage = sum(cpu for _, _, cpu in rates)
+        count = len(rates)
+        ratio = usage / (count * view.workers) / self.target
+        if ratio > 1 and view.pending:
+            # Unready pods count as idle on a scale-up; a flip of direction holds.
+            count += view.pending
+            ratio = usage / (count * view.workers) / self.target
+            if ratio <= 1:
+                return current
+        if abs(ratio - 1.0) <= HPA_TOLERANCE:
+            return current
+        return math.ceil(ratio * count)
 
     def tick(self, view: ClusterView) -> tuple[int, int | None]:
         now = view.now
@@ -192,25 +220,17 @@ class HpaController:
             return 0, None  # Kubernetes disables the HPA of a target scaled to zero
         if self._desired is None:
             self._desired = current
-        if self._last_sync is not None and now - self._last_sync < HPA_SYNC_S:
+        if self._last_sync is not None and now - self._last_sync < HPA_SYNC_S - 1e-9:
             return self._desired, None
         self._last_sync = now
-        rates = self._rates.sample(view)  # averaged over the sync period
-        desired = current
-        if rates and current > 0:
-            usage = sum(cpu for _, _, cpu in rates)
-            ratio = usage / (len(rates) * view.workers) / self.target
-            if ratio > 1 and view.pending:
-                # Unready pods count as idle on a scale-up (they would not be in `rates`).
-                ratio = usage / ((len(rates) + view.pending) * view.workers) / self.target
-            if abs(ratio - 1.0) > HPA_TOLERANCE:
-                desired = math.ceil(current * ratio)
-        desired = min(desired, max(2 * current, current + 4))
-        self._recommendations.append((now, desired))
+        raw = self._raw(view)
+        self._recommendations.append((now, raw))
         while self._recommendations[0][0] <= now - HPA_STABILIZATION_S:
             self._recommendations.popleft()
-        if desired < current:
+        desired = raw
+        if raw < current:
             desired = min(current, max(v for _, v in self._recommendations))
+        desired = min(desired, max(2 * current, current + 4))
         self._desired = min(max(desired, self.min_replicas), self.max_replicas)
         return self._desired, None
 

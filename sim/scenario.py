@@ -21,8 +21,8 @@ from autoscaler.policy import NodePoolSpec, ScalingSpec
 from sim import POLICY_KINDS
 from sim.cluster import ControllerSpec, NodeSpec, PodSpec, node_preset
 from sim.distributions import parse_delay
-from sim.service import ServiceSpec
-from sim.workload import WorkloadSpec
+from sim.service import ServiceSpec, load_measured_times
+from sim.workload import WorkloadSpec, load_trace
 
 __all__ = [
     "POLICY_FIELDS",
@@ -139,7 +139,9 @@ def _convert(table: dict[str, Any], where: str, base_dir: Path) -> dict[str, Any
             path = Path(value).expanduser()
             out[key] = path if path.is_absolute() else (base_dir / path).resolve()
         elif key in ("rates", "mean_dwell_s"):
-            if not isinstance(value, list):
+            if not isinstance(value, list) or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in value
+            ):
                 raise ScenarioError(f"{where}.{key} must be a list of numbers")
             out[key] = tuple(float(v) for v in value)
         else:
@@ -147,7 +149,31 @@ def _convert(table: dict[str, Any], where: str, base_dir: Path) -> dict[str, Any
     return out
 
 
+def _check_types(cls: type, kwargs: dict[str, Any], where: str) -> None:
+    """A number, an integer or a string where the spec's field is one: else an error
+    naming the key (rather than whatever a comparison inside the spec would raise)."""
+    for f in dataclasses.fields(cls):
+        if f.name not in kwargs:
+            continue
+        types = {t.strip() for t in str(f.type).split("|")}
+        value = kwargs[f.name]
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if "float" in types:
+            ok, kind = number, "a number"
+        elif "int" in types:
+            ok, kind = number and value == int(value), "an integer"
+            if ok:
+                kwargs[f.name] = int(value)
+        elif "str" in types:
+            ok, kind = isinstance(value, str), "a string"
+        else:
+            continue
+        if not ok:
+            raise ScenarioError(f"{where} {f.name} must be {kind}, got {value!r}")
+
+
 def _build(cls: type, kwargs: dict[str, Any], where: str) -> Any:
+    _check_types(cls, kwargs, where)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -171,13 +197,26 @@ def parse_scenario(data: dict[str, Any], base_dir: Path) -> Scenario:
         _check_keys(table, allowed, f"[{name}]")
         tables[name] = _convert(table, f"[{name}]", base_dir)
 
-    nodes_kwargs = {**node_preset(tables["nodes"].get("kind", "cpu")), **tables["nodes"]}
+    try:
+        nodes_kwargs = {**node_preset(tables["nodes"].get("kind", "cpu")), **tables["nodes"]}
+    except ValueError as exc:
+        raise ScenarioError(f"[nodes]: {exc}") from None
     workload = _build(WorkloadSpec, tables["workload"], "[workload]")
-    if workload.kind == "trace" and workload.path is not None and not workload.path.exists():
-        raise ScenarioError(f"[workload] path: no such file {workload.path}")
+    if workload.kind == "trace" and workload.path is not None:
+        if not workload.path.exists():
+            raise ScenarioError(f"[workload] path: no such file {workload.path}")
+        try:  # read now (it is cached): a bad file is an error here, not mid-run
+            load_trace(workload.path, workload.format)
+        except (ValueError, OSError, IndexError) as exc:
+            raise ScenarioError(f"[workload] path: {exc}") from None
     service = _build(ServiceSpec, tables["service"], "[service]")
-    if service.path is not None and not service.path.exists():
-        raise ScenarioError(f"[service] path: no such file {service.path}")
+    if service.path is not None:
+        if not service.path.exists():
+            raise ScenarioError(f"[service] path: no such file {service.path}")
+        try:
+            load_measured_times(service.path)
+        except (ValueError, OSError) as exc:
+            raise ScenarioError(f"[service] path: {exc}") from None
     policy = dict(tables["policy"])
     kind = policy.pop("kind", "rscore")
     if kind not in POLICY_KINDS:

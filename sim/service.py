@@ -22,6 +22,7 @@ from sim.distributions import lognormal_params
 __all__ = ["SERVICE_KINDS", "ServiceSpec", "load_measured_times"]
 
 SERVICE_KINDS = ("exponential", "lognormal", "empirical")
+DEFAULT_MEAN_S = 0.05  # a one-row call, unless measured times say otherwise
 
 
 @lru_cache(maxsize=4)
@@ -47,7 +48,7 @@ def load_measured_times(path: Path) -> np.ndarray:
 @dataclass(frozen=True)
 class ServiceSpec:
     kind: str = "exponential"
-    mean_s: float | None = 0.05  # None with `empirical`: the measured mean
+    mean_s: float | None = None  # None: 0.05, or with `empirical` the measured mean
     cv: float = 1.0  # lognormal only (exponential has cv 1, empirical its own)
     path: Path | None = None  # empirical: measured times, one per line
     per_row_s: float | None = None  # None: 10% of mean_s
@@ -58,7 +59,7 @@ class ServiceSpec:
         if self.kind == "empirical" and self.path is None:
             raise ValueError("service empirical: `path` is required")
         if self.kind != "empirical" and self.mean_s is None:
-            raise ValueError("service: `mean_s` is required")
+            object.__setattr__(self, "mean_s", DEFAULT_MEAN_S)
         if self.mean_s is not None and not self.mean_s > 0:
             raise ValueError(f"service mean_s must be > 0, got {self.mean_s}")
         if self.cv < 0:

@@ -99,6 +99,7 @@ def _poisson(spec: WorkloadSpec, duration: float, rng: np.random.Generator) -> I
 def _diurnal(spec: WorkloadSpec, duration: float, rng: np.random.Generator) -> Iterator[np.ndarray]:
     step = 1.0  # the sinusoid is constant enough within a second for any period >= minutes
     t0 = 0.0
+    carried: tuple[int, float] | None = None  # a noise step that spans two chunks
     while t0 < duration:
         t1 = min(duration, t0 + _CHUNK_S)
         starts = np.arange(t0, t1, step)
@@ -112,6 +113,9 @@ def _diurnal(spec: WorkloadSpec, duration: float, rng: np.random.Generator) -> I
             first = int(t0 // spec.noise_step_s)
             last = int((t1 - 1e-9) // spec.noise_step_s)
             factors = np.maximum(0.0, 1.0 + spec.noise * rng.standard_normal(last - first + 1))
+            if carried is not None and carried[0] == first:
+                factors[0] = carried[1]  # one factor per step, even across chunks
+            carried = (last, float(factors[-1]))
             rate = rate * factors[(mids // spec.noise_step_s).astype(np.int64) - first]
         yield _piecewise(starts, ends, rate, rng)
         t0 = t1
@@ -148,7 +152,10 @@ def load_trace(path: Path, fmt: str) -> tuple[str, np.ndarray]:
                 raise ValueError(f"{path}: expected a TIMESTAMP column first, got {header[:1]}")
             stamps = np.array([row[0].strip().replace(" ", "T") for row in reader if row])
             times = stamps.astype("datetime64[ns]")
-            seconds = (times - times[0]).astype(np.int64) / 1e9
+            if times.size == 0:
+                raise ValueError(f"{path}: no requests")
+            # Rows need not be in time order: time 0 is the earliest request.
+            seconds = (times - times.min()).astype(np.int64) / 1e9
             seconds.sort()
             return "times", seconds
         counts = np.array(handle.read().split(), dtype=np.int64)
@@ -162,16 +169,17 @@ def _trace(spec: WorkloadSpec, duration: float, rng: np.random.Generator) -> Ite
     shape, data = load_trace(spec.path, spec.format)
     if shape == "counts":
         first = int(spec.start_s)
-        last = min(len(data), first + math.ceil(duration))
+        shift = spec.start_s - first  # a fractional start skips part of its second too
+        last = min(len(data), first + math.ceil(duration + shift))
         for lo in range(first, last, int(_CHUNK_S)):
             hi = min(last, lo + int(_CHUNK_S))
             scaled = data[lo:hi] * spec.scale
             # Randomised rounding keeps the scaled mean exact without adding Poisson noise.
             counts = np.floor(scaled + rng.random(hi - lo)).astype(np.int64)
-            seconds = np.arange(lo - first, hi - first, dtype=np.float64)
+            seconds = np.arange(lo - first, hi - first, dtype=np.float64) - shift
             times = np.repeat(seconds, counts) + rng.random(int(counts.sum()))
             times.sort()
-            yield times[times < duration]
+            yield times[(times >= 0.0) & (times < duration)]
         return
     times = data[(data >= spec.start_s) & (data < spec.start_s + duration)] - spec.start_s
     whole, frac = int(spec.scale), spec.scale - int(spec.scale)

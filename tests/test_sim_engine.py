@@ -190,6 +190,8 @@ def test_timeseries_buckets_add_up() -> None:
     assert int(series["rejections"].sum()) == s["rejected"]
     assert int(series["timeouts"].sum()) == s["timeouts"]
     assert float(series["cost_usd"].sum()) == pytest.approx(s["cost_usd"])
+    assert series["cost_cum_usd"][-1] == pytest.approx(s["cost_usd"], rel=1e-12)
+    assert np.allclose(np.cumsum(series["cost_usd"]), series["cost_cum_usd"])
     assert np.all(series["ready_pods"] >= 1)
 
 
@@ -257,3 +259,120 @@ def test_the_concurrency_counter_is_the_exact_integral_of_requests_inside() -> N
         (pod,) = view.pods
         inside = np.clip(np.minimum(done, view.now) - arrived, 0.0, None).sum()
         assert pod.concurrency_seconds == pytest.approx(inside, rel=1e-9, abs=1e-9)
+
+
+def test_gateway_room_counts_only_requests_still_waiting(tmp_path: Path) -> None:
+    # No pod ever; the gateway holds 2. r0 and r1 time out at 1.0 and 1.1, so r2 and r3
+    # (at 2.0 and 2.1) find room: four 504s, no 429.
+    r = run(
+        tmp_path,
+        [0.0, 0.1, 2.0, 2.1],
+        duration=3.0,
+        pods={"initial": 0, "request_timeout_s": 1.0, "gateway_max_queue": 2},
+    )
+    assert (r.summary["rejected"], r.summary["timeouts"]) == (0, 4)
+    assert sorted(r.result.timeout_times.tolist()) == pytest.approx([1.0, 1.1, 3.0, 3.1])
+
+
+def test_watchdog_ends_a_call_past_its_deadline_and_the_worker_restarts(
+    tmp_path: Path,
+) -> None:
+    # Calls of 3 s, a 1 s timeout: r0's call is still in R at its deadline + 0.5 s (the
+    # worker's watchdog, r_scorer/worker.py): the worker ends at 1.5 and restarts in 2 s.
+    # r1 waits in the queue and leaves at its deadline (1.1). r2 (3.0) waits for the
+    # restarted worker (3.5); its call is ended at 4.5 in turn.
+    r = run(
+        tmp_path,
+        [0.0, 0.1, 3.0],
+        duration=3.2,
+        service={"kind": "lognormal", "mean_s": 3.0, "cv": 0.0},
+        pods={"workers": 1, "max_queue": 4, "request_timeout_s": 1.0, "model_load_s": 2.0},
+    )
+    s = r.summary
+    assert (s["completed"], s["rejected"], s["timeouts"]) == (0, 0, 3)
+    assert sorted(r.result.timeout_times.tolist()) == pytest.approx([1.0, 1.1, 4.0])
+    assert s["worker_restarts"] == 2
+    assert s["end_s"] == pytest.approx(4.5)
+    assert s["wait_mean_s"] == pytest.approx(0.25)  # r0 0, r2 0.5
+
+
+def test_a_call_that_ends_within_the_grace_keeps_its_worker(tmp_path: Path) -> None:
+    # 1.2 s calls, 1 s timeout: R answers before the watchdog (1.5 s), 504 all the same,
+    # and the worker goes on at once: r1 (1.3) is served at 1.3.
+    r = run(
+        tmp_path,
+        [0.0, 1.3],
+        duration=2.0,
+        service={"kind": "lognormal", "mean_s": 1.2, "cv": 0.0},
+        pods={"workers": 1, "request_timeout_s": 1.0, "model_load_s": 2.0},
+    )
+    assert r.summary["worker_restarts"] == 0
+    assert sorted(r.result.timeout_times.tolist()) == pytest.approx([1.0, 2.3])
+    assert r.summary["end_s"] == pytest.approx(2.5)
+
+
+def test_watchdog_grace_is_the_workers() -> None:
+    from r_scorer.protocol import WATCHDOG_GRACE_S as worker_grace
+    from sim.engine import WATCHDOG_GRACE_S
+
+    assert worker_grace == WATCHDOG_GRACE_S
+
+
+@pytest.mark.parametrize("max_batch_rows", [1, 4])
+def test_watchdog_on_a_call_taken_from_the_queue(tmp_path: Path, max_batch_rows: int) -> None:
+    # 1.2 s calls, 1 s timeout. r0 ends at 1.2 (a 504, no restart). r1 (0.5) is taken
+    # at 1.2 and would end at 2.4, past its deadline + grace (2.0): ended at 2.0.
+    r = run(
+        tmp_path,
+        [0.0, 0.5],
+        duration=1.0,
+        service={"kind": "lognormal", "mean_s": 1.2, "cv": 0.0},
+        pods={"workers": 1, "request_timeout_s": 1.0, "model_load_s": 2.0,
+              "max_batch_rows": max_batch_rows},
+    )  # fmt: skip
+    assert sorted(r.result.timeout_times.tolist()) == pytest.approx([1.0, 1.5])
+    assert r.summary["worker_restarts"] == 1
+    assert r.summary["end_s"] == pytest.approx(2.0)
+
+
+class KeepTwo(Recorder):
+    interval_s: float | None = 2.5
+
+    def tick(self, view: Any) -> tuple[int, int | None]:
+        self.views.append(view)
+        return 2, None
+
+
+def test_least_loaded_does_not_count_requests_gone_at_their_deadline(tmp_path: Path) -> None:
+    # Pods A and B, one worker each, busy for good (10 s calls ended by the watchdog at
+    # 1.5 s, 100 s restarts). r0 -> A, r1 -> B, r2 waits at A and leaves at its deadline
+    # (1.02). At 2.0 A and B hold nothing: r3 goes to A (the first), not to B.
+    from sim.distributions import Streams
+    from sim.engine import Engine
+    from sim.workload import arrival_blocks
+
+    scenario = parse_scenario(
+        {
+            "duration_s": 2.1,
+            "workload": {"kind": "trace", "path": str(azure_trace(tmp_path, [0, 0.01, 0.02, 2]))},
+            "service": {"kind": "lognormal", "mean_s": 10.0, "cv": 0.0},
+            "pods": {"workers": 1, "initial": 2, "routing": "least_loaded",
+                     "request_timeout_s": 1.0, "model_load_s": 100.0},
+            "nodes": {"pods_per_node": 2},
+        },
+        tmp_path,
+    )  # fmt: skip
+    streams = Streams(scenario.seed)
+    keep = KeepTwo()
+    Engine(
+        arrivals=arrival_blocks(scenario.workload, scenario.duration_s, streams["arrivals"]),
+        duration_s=scenario.duration_s,
+        service=scenario.service,
+        pods=scenario.pods,
+        nodes=scenario.nodes,
+        controller=keep,
+        controller_spec=scenario.controller,
+        streams=streams,
+    ).run()
+    at = next(v for v in keep.views if v.now == 2.5)
+    assert [(p.pod, p.inside) for p in at.pods] == [(0, 1), (1, 0)]

@@ -153,3 +153,40 @@ def test_pod_capacity_grows_with_batching() -> None:
         )
 
     assert capacity(16) > 2 * capacity(1)
+
+
+def test_hpa_holds_when_pending_pods_flip_a_scale_up() -> None:
+    # 1 ready pod at ratio 1.2 and 3 pending: counted idle, the ratio is 0.3. The HPA
+    # holds (a flip of direction); it never scales the starting pods away.
+    hpa = HpaController(interval_s=2.0, target=0.7, min_replicas=1, max_replicas=50)
+    assert hpa.tick(hpa_view(15.0, 1.2 * 0.7 * 2, 1, replicas=4, pending=3))[0] == 4
+
+
+def test_hpa_stabilizes_on_the_raw_recommendation() -> None:
+    # Ratio 20 on 2 pods: raw 40, limited to 6. Within 300 s a lower desire (10 on 20
+    # replicas) is held at the max of the raw recommendations (40), so at 20.
+    hpa = HpaController(interval_s=2.0, target=0.1, min_replicas=1, max_replicas=100)
+    assert hpa.tick(hpa_view(15.0, 4.0, 2))[0] == 6
+    assert hpa.tick(hpa_view(30.0, 0.05, 20))[0] == 20
+
+
+def test_hpa_syncs_every_15_s_whatever_the_controller_interval() -> None:
+    data = {
+        "duration_s": 100.0,
+        "workload": {"kind": "poisson", "rate": 5.0},
+        "pods": {"workers": 2, "initial": 1},
+        "controller": {"interval_s": 2.0},
+        "policy": {"kind": "hpa"},
+    }
+    from sim.run import run_scenario
+
+    times = [t for t, _, _ in run_scenario(parse_scenario(data, Path("."))).result.decisions]
+    assert times[:4] == pytest.approx([15.0, 30.0, 45.0, 60.0])
+
+
+def test_oracle_bound_bills_a_node_from_its_order_not_a_whole_minute_earlier() -> None:
+    # 2 nodes needed from 180 s with a 90 s lead: ordered at 90 s, billed 90 -> 240 s.
+    bound = oracle_bound(np.array([0, 0, 0, 2]), 90.0, price_per_hour=1.0)
+    assert bound["bound_node_hours"] == pytest.approx(2 * 150 / 3600)
+    # No lead: exactly the plan.
+    assert oracle_bound(np.array([1, 3]), 0.0, 1.0)["bound_node_hours"] == pytest.approx(4 / 60)

@@ -129,3 +129,20 @@ def test_example_scenarios_load_and_run(path: Path) -> None:
 def test_there_are_example_scenarios() -> None:
     names = {p.stem for p in EXAMPLES.glob("*.toml")}
     assert {"poisson", "diurnal", "azure-conv-trace"} <= names
+
+
+def test_every_scenario_key_is_in_the_docs() -> None:
+    """docs/simulator.md has a row for every key of every table (and no stale row)."""
+    import dataclasses
+    import re
+
+    from sim.cluster import ControllerSpec, NodeSpec, PodSpec
+    from sim.service import ServiceSpec
+    from sim.workload import WorkloadSpec
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "simulator.md").read_text()
+    for table, cls in [("workload", WorkloadSpec), ("service", ServiceSpec), ("pods", PodSpec),
+                       ("nodes", NodeSpec), ("controller", ControllerSpec)]:  # fmt: skip
+        section = doc.split(f"### `[{table}]`", 1)[1].split("\n### ", 1)[0].split("\n## ")[0]
+        documented = set(re.findall(r"^\| `(\w+)` \|", section, re.M))
+        assert documented == {f.name for f in dataclasses.fields(cls)}, table

@@ -133,3 +133,47 @@ def test_empirical_file_errors_name_the_line(tmp_path: Path) -> None:
     path.write_text("0.1\nfast\n")
     with pytest.raises(ValueError, match=r"bad\.txt:2"):
         ServiceSpec("empirical", mean_s=None, path=path).unit_block(np.random.default_rng(), 1)
+
+
+def test_empirical_service_defaults_to_the_measured_mean(tmp_path: Path) -> None:
+    """Without `mean_s`, an empirical service keeps the measured times (docs: "default
+    the measured mean"); other kinds default to 0.05 s."""
+    from sim.scenario import parse_scenario
+
+    path = tmp_path / "times.txt"
+    path.write_text("0.2\n0.4\n")
+    scenario = parse_scenario({"service": {"kind": "empirical", "path": "times.txt"}}, tmp_path)
+    assert scenario.service.mean == pytest.approx(0.3)
+    assert scenario.service.call_mean(1) == pytest.approx(0.3)
+    assert parse_scenario({}, tmp_path).service.mean == pytest.approx(0.05)
+    assert ServiceSpec("lognormal").mean == pytest.approx(0.05)
+
+
+def test_azure_rows_out_of_order_start_at_the_earliest(tmp_path: Path) -> None:
+    path = tmp_path / "shuffled.csv"
+    path.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:00:02.5000000,1,1\n"
+        "2023-11-16 18:00:00.2500000,1,1\n"
+        "2023-11-16 18:00:01.0000000,1,1\n"
+    )
+    times = arrivals(WorkloadSpec("trace", path=path), 10.0)
+    assert times.tolist() == pytest.approx([0.0, 0.75, 2.25])
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_diurnal_noise_is_one_factor_per_step_across_hours(seed: int) -> None:
+    # A flat rate with a noise step of 7000 s: the first and the second hour lie in the
+    # same step, so they share one factor (only Poisson noise, ~0.5 %, between them).
+    spec = WorkloadSpec("diurnal", rate=20.0, amplitude=0.0, noise=0.5, noise_step_s=7000.0)
+    times = arrivals(spec, 7000.0, seed)
+    first, second = np.sum(times < 3500.0), np.sum(times >= 3500.0)
+    assert first / second == pytest.approx(1.0, abs=0.02)
+
+
+def test_counts_file_with_a_fractional_start(tmp_path: Path) -> None:
+    path = tmp_path / "counts.txt"
+    path.write_text("3\n0\n5\n2\n")
+    # Skip 1.5 s: second 2's five requests land in [0.5, 1.5), second 3's two in [1.5, 2.5).
+    times = arrivals(WorkloadSpec("trace", path=path, start_s=1.5), 10.0)
+    assert np.histogram(times, [0.0, 0.5, 1.5, 2.5])[0].tolist() == [0, 5, 2]
