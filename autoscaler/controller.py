@@ -86,38 +86,53 @@ class Controller:
         self.metrics.watched.set(len(self.objects))
 
     async def watch_forever(self) -> None:
-        """List, then watch from the list's resourceVersion; never returns."""
+        """List, then watch from the list's resourceVersion; never returns.
+
+        Any failure (an API error, a dropped connection, a line the client cannot parse)
+        is followed by a reconnect with capped exponential backoff; a 410 re-lists at
+        once, but a 410 again before any event arrived counts as a failure, so a server
+        that keeps answering 410 is not hammered with lists.
+        """
         resource_version: str | None = None
         failures = 0
+        fresh_list = False  # no event since the last list
         while True:
             try:
                 if resource_version is None:
                     items, resource_version = await self.api.list_autoscalers(self.namespace)
                     self._replace_all(items)
                     self.synced.set()
+                    fresh_list = True
                 async for kind, obj in self.api.watch_autoscalers(
                     self.namespace, resource_version, self.watch_timeout_s
                 ):
-                    failures = 0
+                    failures, fresh_list = 0, False
                     version = (obj.get("metadata") or {}).get("resourceVersion")
                     if version:
                         resource_version = str(version)
                     if kind != "BOOKMARK":
                         self._apply(kind, obj)
+                failures = 0  # the server ended the watch (its timeout): all is well
                 self.metrics.watch_restarts.labels("timeout").inc()
             except ApiException as error:
                 if error.status == 410:  # history compacted: list again
                     log.info("watch: resourceVersion %s expired, re-listing", resource_version)
                     self.metrics.watch_restarts.labels("expired").inc()
                     resource_version = None
-                    continue
-                failures += 1
-                self.metrics.watch_restarts.labels(f"http_{error.status}").inc()
-                log.warning("watch failed (%s %s), retrying", error.status, error.reason)
+                    if fresh_list:
+                        failures += 1
+                else:
+                    failures += 1
+                    self.metrics.watch_restarts.labels(f"http_{error.status}").inc()
+                    log.warning("watch failed (%s %s), retrying", error.status, error.reason)
             except (ApiError, aiohttp.ClientError, TimeoutError) as error:
                 failures += 1
                 self.metrics.watch_restarts.labels("dropped").inc()
                 log.warning("watch dropped (%s), reconnecting", error)
+            except Exception:  # e.g. a malformed line: never let the watch task die
+                failures += 1
+                self.metrics.watch_restarts.labels("error").inc()
+                log.exception("watch failed unexpectedly, reconnecting")
             await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)) if failures else 0)
 
     # --- the ticks -----------------------------------------------------------------------

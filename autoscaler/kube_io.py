@@ -36,6 +36,7 @@ __all__ = [
     "CRD_VERSION",
     "ApiError",
     "KubeApi",
+    "NotLeading",
     "Scale",
     "retry_delay",
     "scrape_pod",
@@ -66,6 +67,16 @@ class ApiError(Exception):
         super().__init__(f"{operation}: {message}")
         self.operation = operation
         self.status = status
+
+
+class NotLeading(ApiError):
+    """A write was not sent: this controller no longer holds the Lease."""
+
+    def __init__(self, operation: str) -> None:
+        super().__init__(operation, None, "not sent: no longer the leader")
+
+
+Guard = Callable[[], bool] | None
 
 
 @dataclass(frozen=True)
@@ -131,8 +142,14 @@ class KubeApi:
         self._rng = rng or random.Random()
         self._resources: dict[tuple[str, str, str], str] = {}
 
-    async def _retrying(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _retrying(
+        self, operation: str, call: Callable[[], Awaitable[T]], guard: Guard = None
+    ) -> T:
+        """`call()` with retries; a write's `guard` (still the leader?) is asked before
+        every attempt, so that a retry never lands after the Lease is lost."""
         for attempt in range(1, self.attempts + 1):
+            if guard is not None and not guard():
+                raise NotLeading(operation)
             try:
                 return await call()
             except (ApiException, TimeoutError, aiohttp.ClientError) as error:
@@ -225,7 +242,9 @@ class KubeApi:
             selector=status.get("selector") or None,
         )
 
-    async def patch_scale(self, namespace: str, target: TargetRef, replicas: int) -> None:
+    async def patch_scale(
+        self, namespace: str, target: TargetRef, replicas: int, *, guard: Guard = None
+    ) -> None:
         plural, core_path = await self._scale_path(namespace, target)
         body = {"spec": {"replicas": replicas}}
         if target.group:
@@ -241,11 +260,13 @@ class KubeApi:
                     _content_type=MERGE_PATCH,
                     _request_timeout=self.request_timeout_s,
                 ),
+                guard,
             )
         else:
             await self._retrying(
                 "patch_scale",
                 lambda: self._core("PATCH", core_path, body=body, content_type=MERGE_PATCH),
+                guard,
             )
 
     # --- pods, their metrics, nodes --------------------------------------------------------
@@ -340,7 +361,9 @@ class KubeApi:
             async for event in watch.stream(function, *positional, **args):
                 yield event["type"], event["raw_object"]
 
-    async def patch_status(self, namespace: str, name: str, body: dict[str, Any]) -> None:
+    async def patch_status(
+        self, namespace: str, name: str, body: dict[str, Any], *, guard: Guard = None
+    ) -> None:
         await self._retrying(
             "patch_status",
             lambda: self.custom.patch_namespaced_custom_object_status(
@@ -353,9 +376,12 @@ class KubeApi:
                 _content_type=MERGE_PATCH,
                 _request_timeout=self.request_timeout_s,
             ),
+            guard,
         )
 
-    async def create_event(self, namespace: str, body: dict[str, Any]) -> None:
+    async def create_event(
+        self, namespace: str, body: dict[str, Any], *, guard: Guard = None
+    ) -> None:
         await self._retrying(
             "create_event",
             lambda: self._core(
@@ -364,6 +390,7 @@ class KubeApi:
                 body=body,
                 content_type="application/json",
             ),
+            guard,
         )
 
 

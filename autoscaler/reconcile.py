@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from autoscaler.kube_io import ApiError, KubeApi, Scale, scrape_pod
+from autoscaler.kube_io import ApiError, KubeApi, NotLeading, Scale, scrape_pod
 from autoscaler.metrics import ControllerMetrics
 from autoscaler.observe import PodFacts, PodUsage, build_observation, pod_facts
 from autoscaler.policy import MODE_PANIC, Observation, PolicyState, Recommendation, decide
@@ -82,7 +82,7 @@ async def _event(
             component=COMPONENT,
             warning=warning,
         )
-        await ctx.api.create_event(_ns(obj), body)
+        await ctx.api.create_event(_ns(obj), body, guard=ctx.may_write)
     except ApiError as error:  # an Event is a courtesy: never fail the tick for it
         log.warning("event %s for %s/%s not recorded: %s", reason, _ns(obj), _name(obj), error)
 
@@ -129,7 +129,7 @@ async def _write_status(
     if all(previous.get(key) == value for key, value in body["status"].items()):
         return  # unchanged: spare the API server a write per tick
     try:
-        await ctx.api.patch_status(_ns(obj), _name(obj), body)
+        await ctx.api.patch_status(_ns(obj), _name(obj), body, guard=ctx.may_write)
     except ApiError as error:
         log.warning("status of %s/%s not written: %s", _ns(obj), _name(obj), error)
     else:
@@ -284,7 +284,10 @@ async def _act(
             log.info("%s/%s would scale %s (not leading, or dry run)", *_labels(settings), message)
             continue
         try:
-            await ctx.api.patch_scale(settings.namespace, ref, desired)
+            await ctx.api.patch_scale(settings.namespace, ref, desired, guard=ctx.may_write)
+        except NotLeading:
+            log.info("%s/%s did not scale %s: no longer the leader", *_labels(settings), message)
+            break
         except ApiError as error:
             failure = f"scaling {ref} to {desired}: {error}"
             able = Condition("AbleToScale", False, "FailedUpdateScale", failure)

@@ -136,6 +136,10 @@ class ApiError(Exception):
         self.headers: dict[str, str] = {}
 
 
+class _Reset(Exception):
+    """A fault rule drops the connection instead of answering."""
+
+
 def status_body(code: int, message: str, reason: str, details: JSON | None = None) -> JSON:
     body: JSON = {
         "kind": "Status",
@@ -309,6 +313,31 @@ def selector_string(selector: Any) -> str:
     return ",".join(parts)
 
 
+def _validate_core_event(body: JSON, ns: str) -> None:
+    """kube-apiserver's checks of a core/v1 Event on create (legacyValidateEvent)."""
+    meta = body.get("metadata") or {}
+    name = meta.get("name") or meta.get("generateName") or ""
+    involved_ns = (body.get("involvedObject") or {}).get("namespace") or ""
+    errors: list[str] = []
+    if not body.get("eventTime"):
+        if (involved_ns != ns) if involved_ns else (ns not in ("", "default")):
+            errors.append(
+                f'involvedObject.namespace: Invalid value: "{involved_ns}": '
+                "does not match event.namespace"
+            )
+    else:
+        if not involved_ns and ns not in ("default", "kube-system"):
+            errors.append(
+                f'involvedObject.namespace: Invalid value: "{involved_ns}": '
+                "does not match event.namespace"
+            )
+        for required in ("reportingComponent", "reportingInstance", "action", "reason"):
+            if not body.get(required):
+                errors.append(f"{required}: Required value")
+    if errors:
+        raise ApiError(422, f'Event "{name}" is invalid: [{", ".join(errors)}]', kind="Event")
+
+
 # ---------------------------------------------------------------- records
 
 
@@ -343,6 +372,7 @@ class _Rule:
     retry_after: int | None = None
     seconds: float = 0.0
     watch: bool | None = None
+    reset: bool = False  # drop the connection without an answer
 
     def matches(self, method: str, path: str, watch: bool) -> bool:
         return (
@@ -368,7 +398,7 @@ class _Event:
 
 @dataclass(eq=False)
 class _Watcher:
-    queue: asyncio.Queue[_Event | bool] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[_Event | bool | bytes] = field(default_factory=asyncio.Queue)
 
 
 # ---------------------------------------------------------------- the emulator
@@ -505,6 +535,14 @@ class KubeEmulator:
             _Rule(method.upper(), re.compile(path_regex), times, seconds=seconds, watch=watch)
         )
 
+    def reset(
+        self, method: str, path_regex: str, times: int | None = 1, watch: bool | None = None
+    ) -> None:
+        """Drop the connection of the next `times` matching requests, answering nothing."""
+        self._rules.append(
+            _Rule(method.upper(), re.compile(path_regex), times, watch=watch, reset=True)
+        )
+
     def clear_faults(self) -> None:
         self._rules.clear()
 
@@ -536,6 +574,12 @@ class KubeEmulator:
                 break
             await asyncio.sleep(0.01)
         return len(watchers)
+
+    def send_raw_watch_line(self, line: bytes) -> int:
+        """Write `line` as is to every open watch (a corrupted or truncated stream)."""
+        for watcher in self._watchers:
+            watcher.queue.put_nowait(line)
+        return len(self._watchers)
 
     @property
     def open_watches(self) -> int:
@@ -750,7 +794,13 @@ class KubeEmulator:
         try:
             if self.token and request.headers.get("Authorization") != f"Bearer {self.token}":
                 raise ApiError(401, "Unauthorized")
-            await self._apply_rules(request.method, request.path, watch)
+            try:
+                await self._apply_rules(request.method, request.path, watch)
+            except _Reset:
+                record.status = -1  # no answer
+                if request.transport is not None:
+                    request.transport.abort()
+                return web.Response(status=500)
             if watch:
                 record.status = 200
                 return await self._watch(request, query)
@@ -771,6 +821,8 @@ class KubeEmulator:
             if not rule.matches(method, path, watch):
                 continue
             rule.consume()
+            if rule.reset:
+                raise _Reset
             if rule.seconds:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._closing.wait(), rule.seconds)
@@ -956,6 +1008,8 @@ class KubeEmulator:
                 f"the API version in the data ({body.get('apiVersion')}) does not match "
                 f"the expected API version ({rt.api_version})",
             )
+        if (rt.group, rt.kind) == ("", "Event"):
+            _validate_core_event(body, ns)
         obj = copy.deepcopy(body)
         meta = obj.setdefault("metadata", {})
         if rt.namespaced:
@@ -1183,14 +1237,26 @@ class KubeEmulator:
                         request.transport.abort()
                         return resp
                     break
-                for kind, obj in self._translate(item, rt, matches):
-                    await self._send(resp, kind, obj)
+                await self._deliver(resp, item, rt, matches)
             await resp.write_eof()
         except (ConnectionResetError, ConnectionError):
             pass
         finally:
             self._watchers.pop(watcher, None)
         return resp
+
+    async def _deliver(
+        self,
+        resp: web.StreamResponse,
+        item: _Event | bytes,
+        rt: ResourceType,
+        matches: Callable[[JSON], bool],
+    ) -> None:
+        if isinstance(item, bytes):  # a raw line (send_raw_watch_line)
+            await resp.write(item)
+            return
+        for kind, obj in self._translate(item, rt, matches):
+            await self._send(resp, kind, obj)
 
     @staticmethod
     def _translate(

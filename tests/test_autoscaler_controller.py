@@ -67,7 +67,9 @@ async def test_scales_the_deployment_and_the_node_pool_up_at_once(cluster) -> No
     patches = emu.writes(r"/scale$")
     assert patches, "no /scale writes recorded"
     assert {p.content_type for p in patches} == {"application/merge-patch+json"}
-    events = [r.body for r in emu.writes(rf"/api/v1/namespaces/{NS}/events$")]
+    posted = emu.writes(rf"/api/v1/namespaces/{NS}/events$")
+    assert {r.status for r in posted} == {201}  # valid core/v1 Events, as the server checks
+    events = [r.body for r in posted]
     assert {e["reason"] for e in events} >= {"ScaledUp", "ScaledUpNodes"}
     assert all(e["involvedObject"]["name"] == APP for e in events)
 
@@ -82,7 +84,7 @@ async def _deployment_controller(scene: Scene) -> None:
 
 async def test_pods_scale_down_at_once_but_nodes_only_after_the_pool_delay(cluster) -> None:
     emu, scene, kubeconfig = cluster
-    delay_s = 2.0
+    delay_s = 3.0
     scene.add_autoscaler(
         nodePool={"maxNodes": 5, "podsPerNode": 2, "scaleDownDelaySeconds": delay_s}
     )
@@ -108,8 +110,9 @@ async def test_pods_scale_down_at_once_but_nodes_only_after_the_pool_delay(clust
     finally:
         follower.cancel()
     assert scene.replicas == 1  # minReplicas
-    # The pool waited its delay (less one tick of 0.2 s for when the controller noticed).
-    assert nodes_fell_at - pods_fell_at >= delay_s - 0.25
+    # The pool waited its delay. The delay runs from the start of the tick that lowered
+    # the pods, which a loaded machine may take a while to finish: allow a second.
+    assert nodes_fell_at - pods_fell_at >= delay_s - 1.0
     events = [r.body["reason"] for r in emu.writes(rf"/namespaces/{NS}/events$")]
     assert "ScaledDown" in events
     assert "ScaledDownNodes" in events
@@ -246,13 +249,14 @@ async def test_the_watch_relists_after_410_and_reconnects_after_drops(cluster) -
         assert len(lists) >= 2  # the first list and the re-list after 410
 
         emu.delete_object("rscore.dev/v1alpha1", "ScoringAutoscaler", NS, APP)
-        await asyncio.sleep(0.5)
+        # Once the delete is seen and a whole tick has run since, nothing more is written
+        # (a tick already under way when the delete arrived may still write once).
+        seen = await _metric_after(port, "rscore_autoscaler_watched", lambda v: v == 0)
+        await _ticks_after(port, 2)
         writes_after_delete = len(emu.writes(r"/scoringautoscalers/scorer/status$"))
-        await asyncio.sleep(1.0)
+        await _ticks_after(port, 3)
         assert len(emu.writes(r"/scoringautoscalers/scorer/status$")) == writes_after_delete
-        metrics = await _scrape(port)
-        assert metrics["rscore_autoscaler_watched"].samples[0].value == 0
-        assert metrics["rscore_autoscaler_desired_replicas"].samples == []
+        assert seen["rscore_autoscaler_desired_replicas"].samples == []
 
 
 async def test_dry_run_decides_but_writes_nothing(cluster) -> None:
@@ -331,3 +335,62 @@ async def test_cpu_utilization_scales_up_without_concurrency(cluster) -> None:
     async with controller(kubeconfig):
         await eventually(lambda: scene.replicas == 3)
         await eventually(lambda: "cpu ratio 1.50 -> 3" in scene.status().get("reason", ""))
+
+
+async def test_a_garbled_watch_line_does_not_kill_the_watch(cluster) -> None:
+    emu, scene, kubeconfig = cluster
+    scene.set_total_concurrency(8)
+    async with controller(kubeconfig) as port:
+        await eventually(lambda: emu.open_watches == 1)
+        assert emu.send_raw_watch_line(b"<html>502 Bad Gateway</html>\n") == 1
+        await eventually(lambda: emu.open_watches == 1 and len(_watch_requests(emu)) >= 2)
+        scene.add_autoscaler()  # seen only through the new watch
+        await eventually(lambda: scene.replicas == 6)
+        metrics = await _scrape(port)
+    causes = {
+        s.labels["cause"]: s.value
+        for s in metrics["rscore_autoscaler_watch_restarts"].samples
+        if s.name.endswith("_total")
+    }
+    assert causes.get("error") == 1
+
+
+async def _metric_after(port: int, name: str, check: Any) -> dict[str, Any]:
+    """Scrape the controller until the first sample of `name` passes `check`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while True:
+        metrics = await _scrape(port)
+        if check(metrics[name].samples[0].value):
+            return metrics
+        assert loop.time() < deadline, f"{name} never passed the check"
+        await asyncio.sleep(0.05)
+
+
+async def _ticks_after(port: int, count: int) -> None:
+    """Wait until `count` more ticks have completed."""
+    metrics = await _scrape(port)
+    start = metrics["rscore_autoscaler_ticks"].samples[0].value
+    await _metric_after(port, "rscore_autoscaler_ticks", lambda v: v >= start + count)
+
+
+def _watch_requests(emu: KubeEmulator) -> list[Any]:
+    return [r for r in emu.requests if r.path.endswith("/scoringautoscalers") and r.watch]
+
+
+def _list_requests(emu: KubeEmulator) -> list[Any]:
+    return [r for r in emu.requests if r.path.endswith("/scoringautoscalers") and not r.watch]
+
+
+async def test_a_watch_that_keeps_answering_410_is_retried_with_backoff(cluster) -> None:
+    emu, scene, kubeconfig = cluster
+    scene.add_autoscaler()
+    scene.set_total_concurrency(8)
+    emu.fail("GET", r"/scoringautoscalers$", 410, times=None, watch=True)
+    async with controller(kubeconfig):
+        await eventually(lambda: len(_watch_requests(emu)) >= 2)
+        await asyncio.sleep(2.0)
+        # without backoff this is a list and a watch per round trip: hundreds
+        assert len(_list_requests(emu)) <= 5, len(_list_requests(emu))
+        # the objects from the lists are still reconciled
+        await eventually(lambda: scene.replicas == 6)

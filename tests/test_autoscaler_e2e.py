@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ import pytest
 import yaml
 from autoscaler_scene import NS, Scene, eventually
 from fake_pods import free_port
-from kube_emulator import KubeEmulator
+from kube_emulator import KubeEmulator, RecordedRequest
 
 RSCORE = Path(sys.executable).with_name("rscore")
 
@@ -94,17 +95,17 @@ async def test_rscore_autoscaler_scales_to_six_and_the_pool_follows(tmp_path: Pa
             )
             scene.set_total_concurrency(8)  # 2 pods x 2 workers, 4 each
             kubeconfig = emu.write_kubeconfig(tmp_path / "kubeconfig")
-            async with rscore_autoscaler(kubeconfig, tmp_path / "controller.log"):
+            async with rscore_autoscaler(kubeconfig, tmp_path / "controller.log") as process:
                 # Up: ceil(8 / (2 x 1.0 x 0.7)) = 6 pods, ceil(6 / 2) = 3 nodes, together.
                 await eventually(lambda: scene.replicas == 6, timeout_s=3 * 4 + 10)
-                await eventually(lambda: scene.nodes == 3, timeout_s=2)
+                await eventually(lambda: scene.nodes == 3, timeout_s=10)
                 # the status is written after the scale patches of the same tick
                 await eventually(
                     lambda: (
                         (scene.status().get("desiredReplicas"), scene.status().get("desiredNodes"))
                         == (6, 3)
                     ),
-                    timeout_s=2,
+                    timeout_s=10,
                 )
 
                 # Down: the load stops; pods go down (rate-limited, after the windows),
@@ -121,8 +122,11 @@ async def test_rscore_autoscaler_scales_to_six_and_the_pool_follows(tmp_path: Pa
                         nodes_fell_at = loop.time()
                     await asyncio.sleep(0.02)
                 assert pods_fell_at is not None
-                assert nodes_fell_at - pods_fell_at >= 3 - 0.3  # less one 0.25 s tick
+                # the delay runs from the start of the tick that lowered the pods, which a
+                # loaded machine may take a while to finish: allow a second
+                assert nodes_fell_at - pods_fell_at >= 3 - 1.0
                 await eventually(lambda: scene.replicas == 1 and scene.nodes == 1)
+            assert process.returncode == 0, "no clean exit on SIGTERM within 10 s"
         finally:
             follower.cancel()
             await scene.close()
@@ -147,13 +151,59 @@ async def test_rscore_autoscaler_never_scales_down_without_metrics(tmp_path: Pat
             await scene.close()
 
 
-def _writes_by_token(emu: KubeEmulator) -> list[str]:
+def _writes_by_token(emu: KubeEmulator, since: int = 0) -> list[str]:
     """Who made each write to the autoscaler's targets, status and events, in order."""
     return [
         r.user or "?"
-        for r in emu.writes(r"/(scale|status|events)$")
-        if "/leases/" not in r.path and r.status < 400
+        for r in emu.requests[since:]
+        if r.method in ("POST", "PUT", "PATCH")
+        and re.search(r"/(scale|status|events)$", r.path)
+        and "/leases/" not in r.path
+        and 0 < r.status < 400
     ]
+
+
+def _is_lease_write(r: RecordedRequest) -> bool:
+    return (
+        r.method in ("POST", "PUT")
+        and ("/leases/" in r.path or r.path.endswith("/leases"))
+        and 0 < r.status < 400
+    )
+
+
+def _holder_token(emu: KubeEmulator) -> str:
+    """The token of the controller holding the Lease now."""
+    identity_of = {
+        r.user: r.body["spec"]["holderIdentity"] for r in emu.requests if _is_lease_write(r)
+    }
+    lease = emu.get_object("coordination.k8s.io/v1", "Lease", NS, "rscore-autoscaler")
+    assert lease is not None
+    (token,) = [t for t, i in identity_of.items() if i == lease["spec"]["holderIdentity"]]
+    return str(token)
+
+
+def _writes_by_non_holders(emu: KubeEmulator) -> list[tuple[str, str | None]]:
+    """Writes made by a controller that did not hold the Lease when the write arrived.
+
+    The Lease holder is replayed from the successful Lease writes (the holder identity,
+    known by the writer's token); a term may legitimately pass back and forth.
+    """
+    identity_of: dict[str, str] = {}  # token -> identity
+    holder: str | None = None
+    wrong: list[tuple[str, str | None]] = []
+    for r in emu.requests:
+        if _is_lease_write(r):
+            holder = ((r.body or {}).get("spec") or {}).get("holderIdentity")
+            if holder and r.user:
+                identity_of[r.user] = holder
+        elif (
+            r.method in ("POST", "PUT", "PATCH")
+            and 0 < r.status < 400
+            and re.search(r"/(scale|status|events)$", r.path)
+            and (holder is None or identity_of.get(r.user or "") != holder)
+        ):
+            wrong.append((r.user or "?", holder))
+    return wrong
 
 
 @pytest.mark.parametrize("how", ["killed", "frozen"])
@@ -177,12 +227,10 @@ async def test_two_controllers_with_leader_election_never_both_write(
             ):
                 await eventually(lambda: scene.replicas == 6)
                 await eventually(lambda: len(_writes_by_token(emu)) >= 5)
-                leader = _writes_by_token(emu)[0]
-                assert set(_writes_by_token(emu)) == {leader}
-                holder = emu.get_object("coordination.k8s.io/v1", "Lease", NS, "rscore-autoscaler")
-                assert holder["spec"]["holderIdentity"]
+                leader = _holder_token(emu)
                 processes = {"a": a, "b": b}
                 other = "b" if leader == "a" else "a"
+                mark = len(emu.requests)
 
                 # The leader goes away: killed, or frozen (as a partitioned or paused
                 # process) and later resumed, still believing it leads.
@@ -190,14 +238,19 @@ async def test_two_controllers_with_leader_election_never_both_write(
                     processes[leader].kill()
                 else:
                     processes[leader].send_signal(signal.SIGSTOP)
-                await eventually(lambda: other in _writes_by_token(emu), timeout_s=20)
+                await eventually(lambda: other in _writes_by_token(emu, mark), timeout_s=20)
                 if how == "frozen":
                     processes[leader].send_signal(signal.SIGCONT)
                     await asyncio.sleep(4)  # several of its ticks, had it kept acting
                 writers = _writes_by_token(emu)
-                takeover = writers.index(other)
-                assert set(writers[:takeover]) == {leader}
-                assert set(writers[takeover:]) == {other}, writers
+                assert set(writers) == {leader, other}
+                # Only the Lease holder of the moment ever writes (the order of takeovers
+                # is left free: on a loaded machine a renewal may fail and the term move).
+                assert _writes_by_non_holders(emu) == []
+            # SIGTERM stops a candidate cleanly within the bound, leading or not
+            assert processes[other].returncode == 0
+            if how == "frozen":
+                assert processes[leader].returncode == 0
         finally:
             await scene.close()
 

@@ -581,3 +581,31 @@ async def test_leases_and_leader_election(emu: KubeEmulator, tmp_path: Path) -> 
     finally:
         for api_client in clients:
             await api_client.close()
+
+
+async def test_core_events_are_validated_as_the_api_server_does(api: client.ApiClient) -> None:
+    core = client.CoreV1Api(api)
+    elsewhere = client.V1ObjectReference(kind="Deployment", name="web", namespace="other")
+    event = client.CoreV1Event(
+        metadata=client.V1ObjectMeta(generate_name="web."),
+        involved_object=elsewhere,
+        reason="Scaled",
+        message="2 -> 3",
+        type="Normal",
+    )
+    with pytest.raises(ApiException) as caught:
+        await core.create_namespaced_event(NS, event)
+    body = _status(caught.value)
+    assert (body["code"], body["reason"]) == (422, "Invalid")
+    assert "does not match event.namespace" in body["message"]
+    # an eventTime makes it a "new" Event: the reporting fields and action are required
+    event.involved_object = client.V1ObjectReference(kind="Deployment", name="web", namespace=NS)
+    event.event_time = datetime.datetime.now(datetime.UTC)
+    with pytest.raises(ApiException) as caught:
+        await core.create_namespaced_event(NS, event)
+    message = _status(caught.value)["message"]
+    assert "reportingComponent: Required value" in message
+    assert "action: Required value" in message
+    event.event_time = None
+    created = await core.create_namespaced_event(NS, event)
+    assert created.metadata.name.startswith("web.")
