@@ -33,6 +33,10 @@ def _key(obj: dict[str, Any]) -> Key:
     return str(metadata.get("namespace", "")), str(metadata.get("name", ""))
 
 
+def _uid(obj: dict[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("uid", ""))
+
+
 def _now_iso() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
@@ -69,6 +73,8 @@ class Controller:
         fresh = {_key(obj): obj for obj in items}
         for key in set(self.objects) - set(fresh):
             self._forget(key)
+        for key, obj in fresh.items():
+            self._forget_if_replaced(key, obj)
         self.objects = fresh
         self.metrics.watched.set(len(self.objects))
 
@@ -77,11 +83,19 @@ class Controller:
         self.memory.pop(key, None)
         self.metrics.forget(*key)
 
+    def _forget_if_replaced(self, key: Key, obj: dict[str, Any]) -> None:
+        """A new object under an old name (deleted and created while we were not
+        watching) starts with no memory of its predecessor's ticks."""
+        known = self.objects.get(key)
+        if known is not None and _uid(known) != _uid(obj):
+            self.memory.pop(key, None)
+
     def _apply(self, kind: str, obj: dict[str, Any]) -> None:
         key = _key(obj)
         if kind == "DELETED":
             self._forget(key)
         elif kind in ("ADDED", "MODIFIED"):
+            self._forget_if_replaced(key, obj)
             self.objects[key] = obj
         self.metrics.watched.set(len(self.objects))
 

@@ -394,3 +394,25 @@ async def test_a_watch_that_keeps_answering_410_is_retried_with_backoff(cluster)
         assert len(_list_requests(emu)) <= 5, len(_list_requests(emu))
         # the objects from the lists are still reconciled
         await eventually(lambda: scene.replicas == 6)
+
+
+@pytest.mark.parametrize("how", ["relist", "event"])
+def test_an_object_recreated_under_its_name_starts_without_memory(how: str) -> None:
+    from autoscaler.controller import Controller
+    from autoscaler.metrics import ControllerMetrics
+    from autoscaler.reconcile import Memory
+
+    def obj(uid: str) -> dict[str, Any]:
+        return {"metadata": {"namespace": NS, "name": APP, "uid": uid}, "spec": {}}
+
+    controller = Controller(api=None, metrics=ControllerMetrics())  # type: ignore[arg-type]
+    controller._apply("ADDED", obj("first"))
+    controller.memory[(NS, APP)] = Memory(workers_per_pod=4)
+    controller._apply("MODIFIED", obj("first"))  # same object: memory kept
+    assert controller.memory[(NS, APP)].workers_per_pod == 4
+    if how == "relist":
+        controller._replace_all([obj("second")])
+    else:
+        controller._apply("ADDED", obj("second"))
+    assert (NS, APP) not in controller.memory
+    assert controller.objects[(NS, APP)]["metadata"]["uid"] == "second"
