@@ -1,7 +1,7 @@
 """`make bench`: rscore against plumber and a bare aiohttp ceiling over HTTP, with wrk.
 
     python -m bench.http [--duration 10] [--warmup 2] [--connections 1 8 64]
-                         [--rate 1000] [--logs DIR] [--no-write]
+                         [--rate 1000] [--logs DIR] [--no-write] [--only overhead]
 
 Serves the example lm bundle (examples/build/mtcars-lm) three ways, each on a free
 port of 127.0.0.1: `rscore serve` with its default flags (`--auth none`), plumber
@@ -192,8 +192,9 @@ def wait_until_answers(
     raise BenchError(f"{name} did not answer {url} within {START_TIMEOUT_S:.0f} s")
 
 
-def start_servers(processes: Processes) -> dict[str, Target]:
-    """Start the three servers at once (R loads in parallel) and wait for each."""
+def start_servers(processes: Processes, names: tuple[str, ...] = TARGETS) -> dict[str, Target]:
+    """Start the servers named (all three by default) at once (R loads in parallel) and
+    wait for each."""
     ports = {name: free_port() for name in TARGETS}
     metrics_port = free_port()
     rscore = [
@@ -207,13 +208,16 @@ def start_servers(processes: Processes) -> dict[str, Target]:
         f"host = {json.dumps(HOST)}, port = {ports['plumber']}, docs = FALSE, quiet = TRUE)",
     ]  # fmt: skip
     echo = [sys.executable, "-m", "bench.echo_server", "--port", str(ports["echo"])]
-    processes.start("rscore", rscore)
-    processes.start("plumber", plumber, env={"RSCORE_BENCH_MODEL": str(BUNDLE / "model.rds")})
-    processes.start("echo", echo)
-    targets = {name: Target(name, f"http://{HOST}:{ports[name]}/score") for name in TARGETS}
-    wait_until_answers(processes, "rscore", f"http://{HOST}:{ports['rscore']}/readyz")
-    wait_until_answers(processes, "plumber", targets["plumber"].url, BODY)
-    wait_until_answers(processes, "echo", targets["echo"].url, BODY)
+    commands = {"rscore": rscore, "plumber": plumber, "echo": echo}
+    for name in names:
+        env = {"RSCORE_BENCH_MODEL": str(BUNDLE / "model.rds")} if name == "plumber" else None
+        processes.start(name, commands[name], env=env)
+    targets = {name: Target(name, f"http://{HOST}:{ports[name]}/score") for name in names}
+    for name in names:
+        if name == "rscore":
+            wait_until_answers(processes, name, f"http://{HOST}:{ports[name]}/readyz")
+        else:
+            wait_until_answers(processes, name, targets[name].url, BODY)
     return targets
 
 
@@ -400,6 +404,8 @@ async def open_loop(
 
 SIDECAR, DIRECT, ECHO = "through the sidecar", "direct to the workers", "echo server (HTTP floor)"
 SIDECAR_HEY = "through the sidecar, `hey` (Go) client"
+DIRECT_TIMEOUT = "direct to the workers, with `timeout_s`"
+SIDECAR_TIMEOUT_S = 5.0  # what the sidecar sends with a fresh request: its default timeout
 
 
 def hey_run(target: Target, rate: float, duration_s: int) -> OpenLoopRun:
@@ -431,8 +437,9 @@ async def measure_overhead(
     targets: dict[str, Target], rate: float, duration_s: int, warmup_s: int, expected: float
 ) -> list[OpenLoopRun]:
     """`/score` through the sidecar, the same row straight to R workers from the pool's
-    side (as many workers as `rscore serve` starts by default), and the echo server:
-    each at `rate` for `duration_s` in 1-second slices, the three taking turns."""
+    side (as many workers as `rscore serve` starts by default; without and with the
+    sidecar's `timeout_s`), and the echo server: each at `rate` for `duration_s` in
+    1-second slices, all taking turns."""
     from r_scorer.cores import detect_usable_cores
     from r_scorer.errors import ScoringError
     from r_scorer.payload import parse_body
@@ -463,17 +470,21 @@ async def measure_overhead(
                             return False
                         return not check or correct(json.loads(raw)["predictions"])
 
-                async def direct() -> bool:
+                async def direct(timeout_s: float | None) -> bool:
                     try:
                         async with pool.acquire() as link:
-                            reply = await link.score(frame)
+                            reply = await link.score(frame, timeout_s)
                     except ScoringError:
                         return False
                     return correct(reply.predictions)
 
                 calls: dict[str, Callable[[], Awaitable[bool]]] = {
                     SIDECAR: lambda: post(targets["rscore"].url, True),
-                    DIRECT: direct,
+                    DIRECT: lambda: direct(None),
+                    # The request as the sidecar sends it: with a timeout, which makes the
+                    # worker arm its watchdog for the call (worker-side work the sidecar
+                    # asks for; shown apart so that it is not mistaken for the sidecar's).
+                    DIRECT_TIMEOUT: lambda: direct(SIDECAR_TIMEOUT_S),
                     ECHO: lambda: post(targets["echo"].url, False),
                 }
                 runs = {path: OpenLoopRun(path, rate) for path in calls}
@@ -604,7 +615,7 @@ def render_overhead(args: argparse.Namespace, workers: int, runs: list[OpenLoopR
         f"### Sidecar overhead at a fixed {args.rate:,.0f} req/s",
         "",
         f"An open-loop generator in this process (aiohttp client on uvloop) sends "
-        f"{args.rate:,.0f} requests a second down each of three paths for {args.duration} "
+        f"{args.rate:,.0f} requests a second down each of four paths for {args.duration} "
         f"s in all, in 1-second slices, the paths taking turns in a rotating order so "
         f"that drift falls on all alike (after {args.warmup} s of each at the same rate). "
         "Each request goes out on its own task at its scheduled time, so a slow answer "
@@ -615,7 +626,10 @@ def render_overhead(args: argparse.Namespace, workers: int, runs: list[OpenLoopR
         "the running `rscore serve`. *Direct to the workers*: the same row, parsed and "
         "coerced once beforehand, sent over the worker protocol from the pool's side "
         f"(`WorkerPool.acquire()` + `WorkerLink.score()`, as in `bench/worker_roundtrip.py`) "
-        f"to {workers} R workers started for it, as many as `rscore serve` starts. *Echo*: the "
+        f"to {workers} R workers started for it, as many as `rscore serve` starts; *with "
+        f"`timeout_s`*: the same, with the `timeout_s` of {SIDECAR_TIMEOUT_S:g} s the sidecar "
+        "sends with every request (its default request timeout), for which the worker arms "
+        "its watchdog during the call: the same worker request as the sidecar's. *Echo*: the "
         "same client against `bench/echo_server.py`, the cost of the client, loopback "
         "TCP and an aiohttp server doing nothing. Only answers with the right prediction "
         "(or, for echo, a 200) count; anything else is *failed*.",
@@ -629,10 +643,18 @@ def render_overhead(args: argparse.Namespace, workers: int, runs: list[OpenLoopR
             f"{p(run.latencies, 0.99):.3f} | {p(run.lags, 0.99):.3f} |"
         )
     by_path = {run.path: run for run in runs}
-    direct = by_path[DIRECT]
-    for through, label in ((by_path[SIDECAR], "aiohttp client"), (by_path[SIDECAR_HEY], "hey")):
+    comparisons = [
+        (by_path[SIDECAR], by_path[DIRECT], "aiohttp client: through - direct"),
+        (by_path[SIDECAR_HEY], by_path[DIRECT], "hey: through - direct"),
+    ]
+    if DIRECT_TIMEOUT in by_path:
+        comparisons.append(
+            (by_path[SIDECAR], by_path[DIRECT_TIMEOUT], "aiohttp client: through - direct "
+             "with `timeout_s`")
+        )  # fmt: skip
+    for through, direct, label in comparisons:
         lines.append(
-            f"| **sidecar overhead** ({label}: through - direct) | | | "
+            f"| **sidecar overhead** ({label}) | | | "
             f"{p(through.latencies, 0.5) - p(direct.latencies, 0.5):.3f} | "
             f"{p(through.latencies, 0.99) - p(direct.latencies, 0.99):.3f} | |"
         )
@@ -649,7 +671,10 @@ def render_overhead(args: argparse.Namespace, workers: int, runs: list[OpenLoopR
         f"rate-limited to {args.rate:,.0f} req/s (`-c 1 -q {args.rate:g}`; a closed loop "
         "paced by a rate limiter, so a slow answer delays the next send), after the "
         "slices above: a lighter client, so less of the client's own cost is counted "
-        "as the sidecar's. Debian has no wrk2.",
+        "as the sidecar's; hey writes times to 0.1 ms, so its percentiles are multiples "
+        "of 0.1 ms. Debian has no wrk2. The last overhead row compares with the direct "
+        "call that carries `timeout_s` as the sidecar's does: the difference from the "
+        "first row is the worker's watchdog, not the sidecar.",
     ]
     return lines
 
@@ -665,6 +690,13 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1000.0, help="open-loop requests/s")
     parser.add_argument("--logs", type=Path, help="keep the servers' logs in this folder")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/")
+    parser.add_argument(
+        "--only",
+        choices=("all", "overhead"),
+        default="all",
+        help="overhead: only the open-loop sidecar overhead (rscore and echo, no wrk, no "
+        "plumber); prints its table and never updates docs/",
+    )
     args = parser.parse_args()
     if args.duration < 1 or args.warmup < 0 or min(args.connections) < 1 or args.rate <= 0:
         parser.error("--duration >= 1, --warmup >= 0, --connections >= 1, --rate > 0")
@@ -672,6 +704,8 @@ def main() -> int:
         parser.error(f"{BUNDLE} is missing: run `make setup` first")
 
     signal.signal(signal.SIGTERM, _interrupt)
+    if args.only == "overhead":
+        return overhead_only(args)
     started = datetime.datetime.now(datetime.UTC)
     with _log_dir(args.logs) as log_dir:
         processes = Processes(log_dir)
@@ -716,6 +750,41 @@ def main() -> int:
     print(report)
     if not args.no_write:
         write_section("http-benchmark", report)
+    return 0
+
+
+def overhead_only(args: argparse.Namespace) -> int:
+    """`--only overhead`: the open-loop part alone, for before/after comparisons of the
+    sidecar. Without plumber there is no agreement check: rscore's own answer is the
+    expected one (the direct path must still match it)."""
+    with _log_dir(args.logs) as log_dir:
+        processes = Processes(log_dir)
+        try:
+            print("starting rscore and the echo server on 127.0.0.1", flush=True)
+            targets = start_servers(processes, ("rscore", "echo"))
+            status, raw = http(targets["rscore"].url, BODY)
+            if status != 200:
+                raise BenchError(f"rscore answered {status}: {raw[:300]!r}")
+            expected = float(json.loads(raw)["predictions"][0])
+            print(f"open loop at {args.rate:,.0f} req/s for {args.duration} s", flush=True)
+            overhead = uvloop.run(
+                measure_overhead(targets, args.rate, args.duration, args.warmup, expected)
+            )
+            overhead.append(hey_run(targets["rscore"], args.rate, args.duration))
+            processes.check_alive()
+        except BenchError as error:
+            print(f"bench: {error}", file=sys.stderr)
+            for name in ("rscore", "echo"):
+                print(processes.log_tail(name, 5), file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("bench: interrupted; stopping the servers", file=sys.stderr)
+            return 130
+        finally:
+            processes.close()
+    from r_scorer.cores import detect_usable_cores
+
+    print("\n".join(render_overhead(args, detect_usable_cores(), overhead)))
     return 0
 
 

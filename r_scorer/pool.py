@@ -82,6 +82,8 @@ class WorkerLink:
         self._writer = writer
         self._ids = itertools.count(1)
         self._pending: asyncio.Future[dict[str, Any]] | None = None
+        self._pending_id = 0
+        self._on_answer: Callable[[asyncio.Future[dict[str, Any]]], None] | None = None
         self._closed = asyncio.get_running_loop().create_future()
 
     @property
@@ -107,18 +109,35 @@ class WorkerLink:
         leaves the link busy until the worker answers or dies, so no second request
         ever overlaps a first.
         """
+        return self.reply_of(await asyncio.shield(self.send(frame, timeout_s)))
+
+    def send(
+        self,
+        frame: TypedFrame,
+        timeout_s: float | None = None,
+        on_answer: Callable[[asyncio.Future[dict[str, Any]]], None] | None = None,
+    ) -> asyncio.Future[dict[str, Any]]:
+        """Write one score request now, without awaiting anything; the future is the
+        worker's raw answer (`reply_of()` reads it), or WorkerCrashed if it dies first.
+
+        `on_answer(future)` is called once the future is resolved, synchronously, by the
+        link's reader: a done callback would cost the sidecar one more event-loop
+        iteration per request. Never cancel the future: the link stays busy until the
+        worker answers or dies, whatever its caller does.
+        """
         if self._pending is not None:
             raise RuntimeError(f"{self!r} already has a request in flight")
         if not self.usable:
             raise WorkerCrashed(f"R worker pid {self.pid} is gone")
         request_id = next(self._ids)
         reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending = reply
+        self._pending, self._pending_id, self._on_answer = reply, request_id, on_answer
         self._writer.write(protocol.encode(protocol.score_request(request_id, frame, timeout_s)))
-        answer = await asyncio.shield(reply)
-        if answer.get("id") != request_id:
-            self._fail(ProtocolError(f"{self!r} answered request {answer.get('id')}"))
-            raise WorkerCrashed(f"R worker pid {self.pid} answered out of turn")
+        return reply
+
+    @staticmethod
+    def reply_of(answer: dict[str, Any]) -> ScoreReply:
+        """A worker's answer as a ScoreReply, or its error raised."""
         if answer.get("ok"):
             return ScoreReply(answer["predictions"], float(answer.get("r_seconds", 0.0)))
         error = answer.get("error", {})
@@ -141,13 +160,15 @@ class WorkerLink:
                 header = await self._reader.readexactly(protocol.HEADER.size)
                 body = await self._reader.readexactly(protocol.frame_length(header))
                 answer = protocol.decode(body)
-                pending, self._pending = self._pending, None
-                if answer.get("last"):
-                    self.retiring = True
-                if pending is None:
+                if self._pending is None:
                     raise ProtocolError("answer with no request in flight")
-                if not pending.done():
-                    pending.set_result(answer)
+                if answer.get("id") != self._pending_id:
+                    raise ProtocolError(
+                        f"answered request {answer.get('id')!r} instead of {self._pending_id}"
+                    )
+                if answer.get("last"):
+                    self.retiring = True  # before the answer is handed on: send no more
+                self._resolve(answer)
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             self._fail(exc)
         except ProtocolError as exc:
@@ -156,18 +177,34 @@ class WorkerLink:
         finally:
             self._writer.close()
 
+    def _resolve(self, outcome: dict[str, Any] | WorkerCrashed) -> None:
+        """Settle the request in flight (if any) and tell its `on_answer`."""
+        pending, on_answer = self._pending, self._on_answer
+        self._pending = self._on_answer = None
+        if pending is None:
+            return
+        if not pending.done():
+            if isinstance(outcome, WorkerCrashed):
+                pending.set_exception(outcome)
+                pending.exception()  # mark retrieved: the caller may have timed out already
+            else:
+                pending.set_result(outcome)
+        if on_answer is not None:
+            try:
+                on_answer(pending)
+            except Exception:  # the caller's bug must not stop this link's reader
+                log.exception("%r: the answer's callback failed", self)
+
     def _fail(self, cause: BaseException) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None and not pending.done():
-            pending.set_exception(
-                WorkerCrashed(
-                    f"R worker pid {self.pid} died while scoring this request; "
-                    f"it is being restarted"
-                )
-            )
-            pending.exception()  # mark retrieved: the caller may have timed out already
+        # Closed first: whoever is told of the crash must already see the link unusable.
         if not self._closed.done():
             self._closed.set_result(cause)
+        why = "broke the worker protocol" if isinstance(cause, ProtocolError) else "died"
+        self._resolve(
+            WorkerCrashed(
+                f"R worker pid {self.pid} {why} while scoring this request; it is being restarted"
+            )
+        )
 
     def close(self) -> None:
         self._writer.close()

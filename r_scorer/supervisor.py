@@ -43,6 +43,8 @@ def restart_delay(quick_deaths: int) -> float:
 
 
 def describe_exit(returncode: int) -> str:
+    if returncode == -signal.SIGALRM:
+        return "ended by its watchdog (a request stayed in R past its deadline)"
     if returncode < 0:
         try:
             return f"killed by {signal.Signals(-returncode).name}"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import faulthandler
 import logging
 import os
 import signal
@@ -56,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_LOAD_FAILED
     # Ctrl-C reaches the whole process group: the supervisor decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The watchdog relies on SIGALRM's default action (end the process): make sure no
+    # library left a handler in its place.
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
     # SIGTERM (to the process group, or from the supervisor): keep serving until the
     # sidecar has drained and hangs up, then exit instead of reconnecting.
     signal.signal(signal.SIGTERM, _begin_drain)
@@ -112,14 +114,15 @@ def _answer(message: dict[str, Any], model: Any, *, last: bool) -> dict[str, Any
         frame = protocol.frame_of_request(message)
         timeout_s = message.get("timeout_s")
         if timeout_s is not None:
-            faulthandler.dump_traceback_later(
-                float(timeout_s) + protocol.WATCHDOG_GRACE_S, exit=True
-            )
+            # The watchdog: SIGALRM's default action ends the process, even inside R's C
+            # code (a Python handler would wait for R to return). One system call each
+            # way, where faulthandler's timer started and joined a thread per request.
+            signal.setitimer(signal.ITIMER_REAL, float(timeout_s) + protocol.WATCHDOG_GRACE_S)
         try:
             result = model.score(frame)
         finally:
             if timeout_s is not None:
-                faulthandler.cancel_dump_traceback_later()
+                signal.setitimer(signal.ITIMER_REAL, 0)
     except ScoringError as exc:
         return protocol.error_reply(request_id, exc.code, exc.message, last=last)
     except Exception as exc:  # a bug must cost one answer, never the worker

@@ -110,16 +110,11 @@ def create_app(
     Without an authenticator every route is open (`--auth none`)."""
     harden_parser_errors()
     metrics = SidecarMetrics(registry)
-
-    def r_call(rows: int, r_seconds: float) -> None:
-        metrics.batch_rows.observe(rows)
-        metrics.scoring_duration.observe(r_seconds)
-
     dispatcher = Dispatcher(
         max_queue_per_worker=config.max_queue,
         max_batch_rows=config.max_batch_rows,
         max_batch_delay_s=config.max_batch_delay_ms / 1000,
-        on_r_call=r_call,
+        on_r_call=metrics.r_call,
         clock=clock,
     )
     metrics.watch(dispatcher, pool, clock)

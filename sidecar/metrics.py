@@ -1,18 +1,32 @@
 """The sidecar's Prometheus metrics, exactly the contract's names (ARCHITECTURE.md).
 
-Counters and histograms are updated per request; values that are state (queue depth,
-in flight, workers, the concurrency integral) are read at scrape time by a collector,
-so the hot path never touches them. Every metric lives on the registry passed in.
+Per-request numbers (requests by status, request and scoring durations, rows per R
+call) are recorded into plain ints and floats on the event loop's thread and turned into
+metric families only at scrape time: a prometheus_client Counter or Histogram takes a
+lock and runs a bucket loop in Python on every update, four times per request. The
+exposition (names, types, buckets, `_created`) is the one prometheus_client gives for
+the same metrics. Values that are state (queue depth, in flight, workers, the
+concurrency integral) are read at scrape time too, so the hot path never touches them.
+Every metric lives on the registry passed in; scrapes run on the same event loop.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import metrics as prometheus_metrics
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from r_scorer.pool import WorkerPool
 from sidecar.admission import Dispatcher
@@ -23,41 +37,87 @@ LATENCY_BUCKETS = (
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 
+def _created_series() -> bool:
+    """Whether prometheus_client shows `_created` samples (on unless disabled with
+    PROMETHEUS_DISABLE_CREATED_SERIES or disable_created_metrics()): ours follow it."""
+    return bool(getattr(prometheus_metrics, "_use_created", True))
+
+
+class PlainHistogram:
+    """A histogram's numbers without locks: a count per bucket and a sum."""
+
+    __slots__ = ("bounds", "counts", "created", "documentation", "name", "total")
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = (*(float(bound) for bound in buckets), math.inf)
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+        self.created = time.time()
+
+    def observe(self, value: float) -> None:
+        # The first bucket whose bound is >= value, as prometheus_client's Histogram.
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def family(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(self.name, self.documentation)
+        cumulative, buckets = 0, []
+        for bound, count in zip(self.bounds, self.counts, strict=True):
+            cumulative += count
+            buckets.append((floatToGoString(bound), float(cumulative)))
+        family.add_metric([], buckets, self.total)
+        if _created_series():
+            family.add_sample(f"{self.name}_created", {}, self.created)
+        return family
+
+
 class SidecarMetrics:
     """Per-request metrics; `watch()` adds the scrape-time state of a dispatcher."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.requests = Counter(
-            "rscore_requests", "Finished requests by status code.", ["code"], registry=registry
-        )
-        self.request_duration = Histogram(
+        self.requests_by_status: dict[int, int] = {}
+        self._requests_created: dict[int, float] = {}
+        self.request_duration = PlainHistogram(
             "rscore_request_duration_seconds",
             "Arrival to response, in seconds.",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            LATENCY_BUCKETS,
         )
-        self.scoring_duration = Histogram(
+        self.scoring_duration = PlainHistogram(
             "rscore_scoring_duration_seconds",
             "Time inside R per call, in seconds.",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            LATENCY_BUCKETS,
         )
-        self.batch_rows = Histogram(
-            "rscore_batch_rows", "Rows per R call.", buckets=ROW_BUCKETS, registry=registry
-        )
+        self.batch_rows = PlainHistogram("rscore_batch_rows", "Rows per R call.", ROW_BUCKETS)
+        registry.register(_RequestCollector(self))
         self.worker_restarts = Counter(
             "rscore_worker_restarts", "R workers restarted.", registry=registry
         )
-        self._requests_by_status: dict[int, Counter] = {}
 
     def count_request(self, status: int, seconds: float) -> None:
-        """One finished scoring request (labelled counter children cached by status)."""
-        counter = self._requests_by_status.get(status)
-        if counter is None:
-            counter = self._requests_by_status[status] = self.requests.labels(str(status))
-        counter.inc()
+        """One finished scoring request."""
+        count = self.requests_by_status.get(status)
+        if count is None:
+            self._requests_created[status] = time.time()
+            count = 0
+        self.requests_by_status[status] = count + 1
         self.request_duration.observe(seconds)
+
+    def r_call(self, rows: int, r_seconds: float) -> None:
+        """One R call that answered: its rows and its time inside R."""
+        self.batch_rows.observe(rows)
+        self.scoring_duration.observe(r_seconds)
+
+    def requests_family(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(
+            "rscore_requests", "Finished requests by status code.", labels=["code"]
+        )
+        created = self._requests_created if _created_series() else {}
+        for status, count in list(self.requests_by_status.items()):
+            family.add_metric([str(status)], float(count), created=created.get(status))
+        return family
 
     def watch(
         self,
@@ -66,6 +126,27 @@ class SidecarMetrics:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry.register(_StateCollector(dispatcher, pool, clock))
+
+
+class _RequestCollector(Collector):
+    """The per-request numbers of a SidecarMetrics, as families, at scrape time."""
+
+    def __init__(self, metrics: SidecarMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        metrics = self._metrics
+        yield metrics.requests_family()
+        yield metrics.request_duration.family()
+        yield metrics.scoring_duration.family()
+        yield metrics.batch_rows.family()
+
+    def describe(self) -> Iterator[Metric]:
+        # The names only, so that the registry refuses a second metric of the same name.
+        metrics = self._metrics
+        yield CounterMetricFamily("rscore_requests", "", labels=["code"])
+        for histogram in (metrics.request_duration, metrics.scoring_duration, metrics.batch_rows):
+            yield HistogramMetricFamily(histogram.name, "")
 
 
 class _StateCollector(Collector):

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from r_scorer.pool import SOCKET_NAME, WorkerPool
 from r_scorer.supervisor import Supervisor
+from sidecar import access_log
 from sidecar.access_log import JsonAccessLogger
 from sidecar.app import STATE, SidecarConfig, create_app, create_metrics_app
 from sidecar.auth import AuthConfig, Authenticator
@@ -115,6 +116,7 @@ async def _serve(
             await watcher.stop()
         await runner.cleanup()
         await metrics_runner.cleanup()
+        access_log.flush()  # the last requests' lines, before the process goes
         if supervisor is not None:
             await asyncio.to_thread(supervisor.stop)
         if own_folder is not None:

@@ -414,6 +414,7 @@ def test_restart_delay_stays_capped_for_any_count(quick_deaths):
         (-signal.SIGTERM, "killed by SIGTERM"),
         (-signal.SIGSEGV, "killed by SIGSEGV"),
         (-signal.SIGABRT, "killed by SIGABRT"),
+        (-signal.SIGALRM, "ended by its watchdog (a request stayed in R past its deadline)"),
         (-999, "killed by signal 999"),
     ],
     ids=[
@@ -426,6 +427,7 @@ def test_restart_delay_stays_capped_for_any_count(quick_deaths):
         "sigterm",
         "sigsegv",
         "sigabrt",
+        "watchdog",
         "unknown-signal",
     ],
 )
