@@ -65,6 +65,7 @@ class Controller:
         self.objects: dict[Key, dict[str, Any]] = {}
         self.memory: dict[Key, Memory] = {}
         self.synced = asyncio.Event()  # set after the first successful list
+        self._inflight: dict[Key, asyncio.Task[None]] = {}  # reconciles still running
         self.ticks = 0
 
     # --- the watch ------------------------------------------------------------------------
@@ -152,6 +153,10 @@ class Controller:
     # --- the ticks -----------------------------------------------------------------------
 
     async def tick(self, session: aiohttp.ClientSession, may_write: Callable[[], bool]) -> None:
+        """Start a reconcile for every object whose last one has finished, and wait for
+        them at most one interval: an object whose API calls hang (say, a node pool
+        served by an unreachable aggregated API) is skipped while it hangs, and never
+        holds back the others' scaling."""
         started = time.perf_counter()
         ctx = TickContext(
             api=self.api,
@@ -171,7 +176,17 @@ class Controller:
             except Exception:  # one object's bug must not stop the others' scaling
                 log.exception("reconciling %s/%s failed", *key)
 
-        await asyncio.gather(*(one(key, obj) for key, obj in list(self.objects.items())))
+        started_now = []
+        for key, obj in list(self.objects.items()):
+            running = self._inflight.get(key)
+            if running is not None and not running.done():
+                self.metrics.overruns.labels(*key).inc()
+                continue
+            self._inflight[key] = asyncio.create_task(one(key, obj), name=f"reconcile {key}")
+            started_now.append(self._inflight[key])
+        if started_now:
+            await asyncio.wait(started_now, timeout=self.interval_s)
+        self._inflight = {k: t for k, t in self._inflight.items() if not t.done()}
         self.ticks += 1
         self.metrics.ticks.inc()
         self.metrics.tick_duration.observe(time.perf_counter() - started)
@@ -181,7 +196,14 @@ class Controller:
         self.memory.clear()
         await self.synced.wait()
         async with aiohttp.ClientSession() as session:
-            while True:
-                next_tick = self.clock() + self.interval_s
-                await self.tick(session, may_write)
-                await asyncio.sleep(max(0.0, next_tick - self.clock()))
+            try:
+                while True:
+                    next_tick = self.clock() + self.interval_s
+                    await self.tick(session, may_write)
+                    await asyncio.sleep(max(0.0, next_tick - self.clock()))
+            finally:
+                # A term's reconciles end with it (their writes check may_write anyway).
+                inflight, self._inflight = list(self._inflight.values()), {}
+                for task in inflight:
+                    task.cancel()
+                await asyncio.gather(*inflight, return_exceptions=True)

@@ -72,6 +72,12 @@ class ControllerMetrics:
             ["namespace", "name"],
             registry=r,
         )
+        self.overruns = Counter(
+            "rscore_autoscaler_overruns",
+            "Ticks that skipped an object because its previous reconcile was still running",
+            ["namespace", "name"],
+            registry=r,
+        )
         self.watch_restarts = Counter(
             "rscore_autoscaler_watch_restarts",
             "Watch reconnects, by cause",

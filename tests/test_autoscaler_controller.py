@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from autoscaler_scene import APP, NS, Scene, eventually
+from autoscaler_scene import APP, NS, Scene, autoscaler_object, eventually
 from fake_pods import free_port
 from kube_emulator import KubeEmulator
 
@@ -416,3 +416,32 @@ def test_an_object_recreated_under_its_name_starts_without_memory(how: str) -> N
         controller._apply("ADDED", obj("second"))
     assert (NS, APP) not in controller.memory
     assert controller.objects[(NS, APP)]["metadata"]["uid"] == "second"
+
+
+async def test_an_object_whose_api_calls_hang_does_not_hold_back_the_others(cluster) -> None:
+    emu, scene, kubeconfig = cluster
+    scene.add_autoscaler()
+    emu.make_deployment("slow", NS, replicas=1)
+    slow = autoscaler_object(scene.port)
+    slow["metadata"]["name"] = "slow"
+    slow["spec"]["scaleTargetRef"]["name"] = "slow"
+    emu.put_object(slow)
+    emu.delay("GET", r"/deployments/slow/scale$", 3.0, times=None)  # every read hangs 3 s
+
+    def slow_reads() -> int:
+        return sum(1 for r in emu.requests if r.method == "GET" and r.path.endswith("/slow/scale"))
+
+    async with controller(kubeconfig, request_timeout_s=5.0) as port:
+        await eventually(lambda: slow_reads() >= 2, timeout_s=30)
+        # While the slow object's first read hung, the other was reconciled every tick.
+        assert all(pod.scrapes >= 5 for pod in scene.pods.values()), [
+            pod.scrapes for pod in scene.pods.values()
+        ]
+        metrics = await _scrape(port)
+    overruns = {
+        s.labels["name"]: s.value
+        for s in metrics["rscore_autoscaler_overruns"].samples
+        if s.name.endswith("_total")
+    }
+    assert overruns["slow"] >= 5
+    assert APP not in overruns
