@@ -14,7 +14,14 @@ from typing import Any
 
 from autoscaler.policy import NodePoolSpec, ScalingSpec
 
-__all__ = ["AutoscalerSettings", "SpecError", "TargetRef", "settings_from_object"]
+__all__ = [
+    "INTEGER_POLICY_FIELDS",
+    "POLICY_FIELDS",
+    "AutoscalerSettings",
+    "SpecError",
+    "TargetRef",
+    "settings_from_object",
+]
 
 DEFAULT_METRICS_PORT = 9090
 
@@ -70,6 +77,10 @@ _SCALAR_FIELDS: dict[str, tuple[str, type]] = {
     "cpuTargetUtilization": ("cpu_target_utilization", float),
     "memoryTargetUtilization": ("memory_target_utilization", float),
 }
+# The CRD's names of the policy's settings, for whoever else speaks the CRD (the
+# simulator's scenarios, `rscore sim tune`'s YAML).
+POLICY_FIELDS: dict[str, str] = {crd: py for crd, (py, _) in _SCALAR_FIELDS.items()}
+INTEGER_POLICY_FIELDS = frozenset(crd for crd, (_, kind) in _SCALAR_FIELDS.items() if kind is int)
 _NODE_POOL_FIELDS: dict[str, tuple[str, type]] = {
     "minNodes": ("min_nodes", int),
     "maxNodes": ("max_nodes", int),

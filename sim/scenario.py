@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from autoscaler.policy import NodePoolSpec, ScalingSpec
+from autoscaler.spec import INTEGER_POLICY_FIELDS, POLICY_FIELDS
 from sim import POLICY_KINDS
 from sim.cluster import ControllerSpec, NodeSpec, PodSpec, node_preset
 from sim.distributions import parse_delay
@@ -35,22 +36,8 @@ __all__ = [
 ]
 
 
-# CRD field (camelCase) -> ScalingSpec field (snake_case).
-POLICY_FIELDS = {
-    "minReplicas": "min_replicas",
-    "maxReplicas": "max_replicas",
-    "targetConcurrencyPerWorker": "target_concurrency_per_worker",
-    "targetUtilization": "target_utilization",
-    "stableWindowSeconds": "stable_window_s",
-    "panicWindowPercentage": "panic_window_percentage",
-    "panicThresholdPercentage": "panic_threshold_percentage",
-    "maxScaleUpRate": "max_scale_up_rate",
-    "maxScaleDownRate": "max_scale_down_rate",
-    "scaleDownDelaySeconds": "scale_down_delay_s",
-    "cpuTargetUtilization": "cpu_target_utilization",
-    "memoryTargetUtilization": "memory_target_utilization",
-}
-_INT_POLICY_FIELDS = {"minReplicas", "maxReplicas"}
+# [policy] keys are the CRD's field names (camelCase), mapped as the controller maps them.
+_INT_POLICY_FIELDS = INTEGER_POLICY_FIELDS
 
 _TOP = {"seed", "duration_s", "name", "workload", "service", "pods", "nodes", "controller"}
 _TOP |= {"policy", "slo"}
