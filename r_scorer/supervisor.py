@@ -247,13 +247,17 @@ def serve_workers(
     Kubernetes signals both containers at once: after the signal the workers go on
     serving until the sidecar has drained and hung up, or `drain_timeout_s` passes."""
     supervisor = Supervisor(bundle, socket_path, workers=workers, max_requests=max_requests)
+    stop = threading.Event()
+    # SIGTERM is caught before the workers start: a worker may connect and serve before
+    # start() has seen them all ready, and a SIGTERM then (the default action) would end
+    # this process and, with it, workers that hold accepted requests. A SIGTERM during
+    # the load is honoured once it is done. Ctrl-C still interrupts a long load at once.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     model = supervisor.start()
     log.info(
         "%d R worker(s) serving model %r, connecting to %s", workers, model["name"], socket_path
     )
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
     log.info(
         "signalled: workers serve until the sidecar hangs up (at most %.0f s)", drain_timeout_s

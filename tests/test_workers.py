@@ -189,16 +189,44 @@ async def test_rscore_scorer_serves_after_sigterm_until_the_sidecar_hangs_up(
     try:
         await asyncio.wait_for(pool.wait_for_workers(2), 60)
         rows = [{"Sepal.Length": 5.1, "Sepal.Width": 3.5, "Petal.Length": 1.4, "Petal.Width": 0.2}]
-        assert await score(pool, rows) == ["setosa"]
+        assert await asyncio.wait_for(score(pool, rows), 30) == ["setosa"]
         process.send_signal(signal.SIGTERM)
         # Still serving after its SIGTERM, until the sidecar hangs up (a pod's drain).
         await asyncio.sleep(0.5)
-        assert await score(pool, rows) == ["setosa"]
+        assert await asyncio.wait_for(score(pool, rows), 30) == ["setosa"]
         await pool.close()
         _, stderr = await asyncio.wait_for(process.communicate(), 30)
         assert process.returncode == 0
         assert b"2 R worker(s) serving model 'iris-rf'" in stderr
         assert json.loads(stderr.splitlines()[0])["level"]  # logs are JSON lines
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await pool.close()
+
+
+async def test_rscore_scorer_signalled_while_workers_start_still_drains(
+    example_bundles: Path, tmp_path: Path
+) -> None:
+    """SIGTERM as soon as the first worker is serving, while the others may still load:
+    the workers finish starting and serve until the sidecar hangs up, as after start-up."""
+    pool = WorkerPool(tmp_path / SOCKET_NAME)
+    await pool.start()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rscore_cli", "scorer", str(example_bundles / "iris-rf"),
+        "--socket-dir", str(tmp_path), "--workers", "2",
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        await asyncio.wait_for(pool.wait_for_workers(1), 60)
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(pool.wait_for_workers(2), 60)
+        rows = [{"Sepal.Length": 5.1, "Sepal.Width": 3.5, "Petal.Length": 1.4, "Petal.Width": 0.2}]
+        assert await asyncio.wait_for(score(pool, rows), 30) == ["setosa"]
+        await pool.close()
+        await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 0
     finally:
         if process.returncode is None:
             process.kill()
