@@ -34,13 +34,16 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from sim.cluster import ControllerSpec, NodeAutoscaler, NodeSpec, PodSpec
 from sim.distributions import BLOCK, Streams
 from sim.service import ServiceSpec
+
+if TYPE_CHECKING:
+    from sim.scenario import Scenario
 
 __all__ = ["ClusterView", "Controller", "Engine", "PodView", "RunResult"]
 
@@ -773,3 +776,24 @@ class Engine:
             decisions=self.decisions,
             worker_restarts=self.restarts,
         )
+
+
+def engine_for(scenario: Scenario, controller: Controller, **overrides: Any) -> Engine:
+    """The engine that runs `scenario` under `controller`: the scenario's arrivals,
+    service, pods, nodes and random streams (from its seed); `overrides` replace any of
+    the engine's arguments."""
+    from sim.workload import arrival_blocks
+
+    streams = Streams(scenario.seed)
+    settings: dict[str, Any] = {
+        "arrivals": arrival_blocks(scenario.workload, scenario.duration_s, streams["arrivals"]),
+        "duration_s": scenario.duration_s,
+        "service": scenario.service,
+        "pods": scenario.pods,
+        "nodes": scenario.nodes,
+        "controller": controller,
+        "controller_spec": scenario.controller,
+        "streams": streams,
+        "rows": scenario.workload.rows,
+    }
+    return Engine(**(settings | overrides))

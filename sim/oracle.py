@@ -22,11 +22,10 @@ import math
 
 import numpy as np
 
-from sim.distributions import Streams
-from sim.engine import Engine
+from sim.engine import engine_for
 from sim.policies import ORACLE_BIN_S, StaticController
 from sim.scenario import Scenario
-from sim.workload import WorkloadSpec, arrival_blocks
+from sim.workload import WorkloadSpec
 
 __all__ = ["ORACLE_TAIL", "oracle_bound", "oracle_plan", "pod_capacity"]
 
@@ -44,17 +43,10 @@ def _late_share(scenario: Scenario, rate: float) -> float:
         workload=WorkloadSpec("poisson", rate=rate, rows=scenario.workload.rows),
         pods=dataclasses.replace(scenario.pods, initial=1),
     )
-    streams = Streams(probe.seed)
-    result = Engine(
-        arrivals=arrival_blocks(probe.workload, probe.duration_s, streams["arrivals"]),
-        duration_s=probe.duration_s,
-        service=probe.service,
-        pods=probe.pods,
+    result = engine_for(
+        probe,
+        StaticController(1),
         nodes=dataclasses.replace(probe.nodes, min_nodes=0, max_nodes=1, pods_per_node=1),
-        controller=StaticController(1),
-        controller_spec=probe.controller,
-        streams=streams,
-        rows=probe.workload.rows,
         sample_s=max(10.0, probe.duration_s / 100.0),  # no time series wanted
     ).run()
     if result.requests == 0:

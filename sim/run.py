@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sim.distributions import Streams
-from sim.engine import Controller, Engine, RunResult
+from sim.engine import Controller, RunResult, engine_for
 from sim.metrics import summarize
 from sim.oracle import oracle_bound, oracle_plan, pod_capacity
 from sim.policies import (
@@ -23,7 +23,7 @@ from sim.policies import (
     StaticController,
 )
 from sim.scenario import Scenario, scaling_spec
-from sim.workload import arrival_blocks, counts_per_bin
+from sim.workload import counts_per_bin
 
 __all__ = ["Run", "make_controller", "run_scenario"]
 
@@ -86,20 +86,8 @@ def make_controller(scenario: Scenario) -> tuple[Controller, dict[str, Any]]:
 
 def run_scenario(scenario: Scenario, progress: Callable[[float], None] | None = None) -> Run:
     """Simulate the scenario under its policy; deterministic from its seed."""
-    streams = Streams(scenario.seed)
     controller, extra = make_controller(scenario)
-    engine = Engine(
-        arrivals=arrival_blocks(scenario.workload, scenario.duration_s, streams["arrivals"]),
-        duration_s=scenario.duration_s,
-        service=scenario.service,
-        pods=scenario.pods,
-        nodes=scenario.nodes,
-        controller=controller,
-        controller_spec=scenario.controller,
-        streams=streams,
-        rows=scenario.workload.rows,
-        progress=progress,
-    )
+    engine = engine_for(scenario, controller, progress=progress)
     result = engine.run()
     summary = summarize(
         result, price_per_hour=scenario.nodes.price_per_hour, slo_p99_s=scenario.slo_p99_s

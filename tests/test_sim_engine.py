@@ -227,9 +227,7 @@ class Recorder:
 def test_the_concurrency_counter_is_the_exact_integral_of_requests_inside() -> None:
     """What the policy reads (rscore_concurrency_seconds_total) at every tick equals the
     integral of queued + in-flight requests up to then, rebuilt from the answers."""
-    from sim.distributions import Streams
-    from sim.engine import Engine
-    from sim.workload import arrival_blocks
+    from sim.engine import engine_for
 
     scenario = parse_scenario(
         {
@@ -240,18 +238,8 @@ def test_the_concurrency_counter_is_the_exact_integral_of_requests_inside() -> N
         },
         Path("."),
     )
-    streams = Streams(scenario.seed)
     recorder = Recorder()
-    result = Engine(
-        arrivals=arrival_blocks(scenario.workload, scenario.duration_s, streams["arrivals"]),
-        duration_s=scenario.duration_s,
-        service=scenario.service,
-        pods=scenario.pods,
-        nodes=scenario.nodes,
-        controller=recorder,
-        controller_spec=scenario.controller,
-        streams=streams,
-    ).run()
+    result = engine_for(scenario, recorder).run()
     done, lat = result.done_times, result.latencies
     arrived = done - lat
     assert len(recorder.views) > 20
@@ -347,9 +335,7 @@ def test_least_loaded_does_not_count_requests_gone_at_their_deadline(tmp_path: P
     # Pods A and B, one worker each, busy for good (10 s calls ended by the watchdog at
     # 1.5 s, 100 s restarts). r0 -> A, r1 -> B, r2 waits at A and leaves at its deadline
     # (1.02). At 2.0 A and B hold nothing: r3 goes to A (the first), not to B.
-    from sim.distributions import Streams
-    from sim.engine import Engine
-    from sim.workload import arrival_blocks
+    from sim.engine import engine_for
 
     scenario = parse_scenario(
         {
@@ -362,17 +348,7 @@ def test_least_loaded_does_not_count_requests_gone_at_their_deadline(tmp_path: P
         },
         tmp_path,
     )  # fmt: skip
-    streams = Streams(scenario.seed)
     keep = KeepTwo()
-    Engine(
-        arrivals=arrival_blocks(scenario.workload, scenario.duration_s, streams["arrivals"]),
-        duration_s=scenario.duration_s,
-        service=scenario.service,
-        pods=scenario.pods,
-        nodes=scenario.nodes,
-        controller=keep,
-        controller_spec=scenario.controller,
-        streams=streams,
-    ).run()
+    engine_for(scenario, keep).run()
     at = next(v for v in keep.views if v.now == 2.5)
     assert [(p.pod, p.inside) for p in at.pods] == [(0, 1), (1, 0)]

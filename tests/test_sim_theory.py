@@ -232,23 +232,11 @@ class _Sampler:
 def test_littles_law_with_an_independent_count_of_requests_inside() -> None:
     """L sampled from the pod's head count (not from the sojourn bookkeeping) matches
     lambda x W from the answers' latencies."""
-    from sim.distributions import Streams
-    from sim.engine import Engine
-    from sim.workload import arrival_blocks
+    from sim.engine import engine_for
 
     s = scenario(duration_s=2000.0, **CASES["static M/M/2"])
-    streams = Streams(s.seed)
     sampler = _Sampler()
-    result = Engine(
-        arrivals=arrival_blocks(s.workload, s.duration_s, streams["arrivals"]),
-        duration_s=s.duration_s,
-        service=s.service,
-        pods=s.pods,
-        nodes=s.nodes,
-        controller=sampler,
-        controller_spec=s.controller,
-        streams=streams,
-    ).run()
+    result = engine_for(s, sampler).run()
     sampled = statistics.fmean(sampler.inside)
     little = result.latencies.size / result.end_s * float(result.latencies.mean())
     # M/M/2 at rho 0.75, mean call 50 ms: L = lambda (Wq + 1/mu) = 3.43.
