@@ -176,34 +176,46 @@ async def _wait_for_generation(pool: WorkerPool, slot: int, generation: int) -> 
         await asyncio.sleep(0.05)
 
 
-async def test_rscore_scorer_serves_after_sigterm_until_the_sidecar_hangs_up(
-    example_bundles: Path, tmp_path: Path
-) -> None:
+IRIS_ROW = {"Sepal.Length": 5.1, "Sepal.Width": 3.5, "Petal.Length": 1.4, "Petal.Width": 0.2}
+
+
+@contextlib.asynccontextmanager
+async def scorer_process(
+    bundle: Path, tmp_path: Path, workers: int
+) -> AsyncIterator[tuple[WorkerPool, asyncio.subprocess.Process]]:
+    """`rscore scorer` as a process, its workers dialling a pool in this test (the
+    sidecar's side); killed at the end if still running."""
     pool = WorkerPool(tmp_path / SOCKET_NAME)
     await pool.start()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rscore_cli", "scorer", str(example_bundles / "iris-rf"),
-        "--socket-dir", str(tmp_path), "--workers", "2",
+        sys.executable, "-m", "rscore_cli", "scorer", str(bundle),
+        "--socket-dir", str(tmp_path), "--workers", str(workers),
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
-        await asyncio.wait_for(pool.wait_for_workers(2), 60)
-        rows = [{"Sepal.Length": 5.1, "Sepal.Width": 3.5, "Petal.Length": 1.4, "Petal.Width": 0.2}]
-        assert await asyncio.wait_for(score(pool, rows), 30) == ["setosa"]
-        process.send_signal(signal.SIGTERM)
-        # Still serving after its SIGTERM, until the sidecar hangs up (a pod's drain).
-        await asyncio.sleep(0.5)
-        assert await asyncio.wait_for(score(pool, rows), 30) == ["setosa"]
-        await pool.close()
-        _, stderr = await asyncio.wait_for(process.communicate(), 30)
-        assert process.returncode == 0
-        assert b"2 R worker(s) serving model 'iris-rf'" in stderr
-        assert json.loads(stderr.splitlines()[0])["level"]  # logs are JSON lines
+        yield pool, process
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
         await pool.close()
+
+
+async def test_rscore_scorer_serves_after_sigterm_until_the_sidecar_hangs_up(
+    example_bundles: Path, tmp_path: Path
+) -> None:
+    async with scorer_process(example_bundles / "iris-rf", tmp_path, 2) as (pool, process):
+        await asyncio.wait_for(pool.wait_for_workers(2), 60)
+        assert await asyncio.wait_for(score(pool, [IRIS_ROW]), 30) == ["setosa"]
+        process.send_signal(signal.SIGTERM)
+        # Still serving after its SIGTERM, until the sidecar hangs up (a pod's drain).
+        await asyncio.sleep(0.5)
+        assert await asyncio.wait_for(score(pool, [IRIS_ROW]), 30) == ["setosa"]
+        await pool.close()
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 0
+        assert b"2 R worker(s) serving model 'iris-rf'" in stderr
+        assert json.loads(stderr.splitlines()[0])["level"]  # logs are JSON lines
 
 
 async def test_rscore_scorer_signalled_while_workers_start_still_drains(
@@ -212,27 +224,14 @@ async def test_rscore_scorer_signalled_while_workers_start_still_drains(
     """SIGTERM as soon as the first worker is serving, while the others may still load:
     the connected worker keeps serving until the sidecar hangs up, then all exit cleanly.
     (A worker not yet connected when the drain begins has nothing to serve and exits.)"""
-    pool = WorkerPool(tmp_path / SOCKET_NAME)
-    await pool.start()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rscore_cli", "scorer", str(example_bundles / "iris-rf"),
-        "--socket-dir", str(tmp_path), "--workers", "2",
-        stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
+    async with scorer_process(example_bundles / "iris-rf", tmp_path, 2) as (pool, process):
         await asyncio.wait_for(pool.wait_for_workers(1), 60)
         process.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.5)
-        rows = [{"Sepal.Length": 5.1, "Sepal.Width": 3.5, "Petal.Length": 1.4, "Petal.Width": 0.2}]
-        assert await asyncio.wait_for(score(pool, rows), 30) == ["setosa"]
+        assert await asyncio.wait_for(score(pool, [IRIS_ROW]), 30) == ["setosa"]
         await pool.close()
         await asyncio.wait_for(process.communicate(), 30)
         assert process.returncode == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await pool.close()
 
 
 async def test_rscore_scorer_reports_a_bad_bundle_and_exits(
