@@ -29,6 +29,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from certs import SecretVolume
 from cryptography.hazmat.primitives import serialization
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from jwt_segments import b64, seg, unb64
 from multidict import CIMultiDictProxy
 from prometheus_client import CollectorRegistry, generate_latest
 from pythonjsonlogger.json import JsonFormatter
@@ -60,18 +61,6 @@ ROTATION_DEADLINE_S = 5.0  # a rotated credential is honoured within this
 TICK_S = 0.05  # the watcher's polling interval in these tests
 
 # --------------------------------------------------------------------------- helpers
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def unb64(segment: str) -> bytes:
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-
-
-def seg(obj: Any) -> str:
-    return b64(json.dumps(obj, separators=(",", ":")).encode())
 
 
 def claims_at(now: float, **changes: Any) -> dict[str, Any]:

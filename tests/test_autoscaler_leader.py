@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from autoscaler_scene import eventually
@@ -22,6 +23,20 @@ from autoscaler.kube_io import KubeApi, NotLeading
 from autoscaler.leader import Leadership
 from autoscaler.metrics import ControllerMetrics
 from autoscaler.spec import TargetRef
+
+
+def idle_work(ended: asyncio.Event | None = None) -> Callable[[Callable[[], bool]], Any]:
+    """A term's work that does nothing until cancelled, then sets `ended`."""
+
+    async def work(_leading: Callable[[], bool]) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            if ended is not None:
+                ended.set()
+
+    return work
+
 
 LEASE = {"lease_duration_s": 3, "renew_deadline_s": 2.0, "retry_period_s": 1.0}
 LEASE_PATH = r"/namespaces/default/leases/rscore-autoscaler$"
@@ -126,8 +141,7 @@ async def test_leading_counts_from_when_the_renewal_was_sent(api) -> None:
     emu, client = api
     leadership = _leadership(client)
 
-    async def work(_leading: Callable[[], bool]) -> None:
-        await asyncio.Event().wait()
+    work = idle_work()
 
     def lease_puts() -> int:
         return sum(1 for r in emu.requests if r.method == "PUT" and "/leases/" in r.path)
@@ -168,11 +182,7 @@ async def test_a_dropped_lease_connection_is_retried_within_the_term(api) -> Non
     leadership = _leadership(client)
     ended = asyncio.Event()
 
-    async def work(_leading: Callable[[], bool]) -> None:
-        try:
-            await asyncio.Event().wait()
-        finally:
-            ended.set()
+    work = idle_work(ended=ended)
 
     def lease_answers() -> list[int]:
         return [r.status for r in emu.requests if "/leases/" in r.path]
@@ -197,11 +207,7 @@ async def test_a_hung_lease_call_ends_the_term_by_the_renew_deadline(api) -> Non
     leadership = _leadership(client)
     ended = asyncio.Event()
 
-    async def work(_leading: Callable[[], bool]) -> None:
-        try:
-            await asyncio.Event().wait()
-        finally:
-            ended.set()
+    work = idle_work(ended=ended)
 
     task = asyncio.create_task(leadership.run(work))
     try:
@@ -221,11 +227,7 @@ async def test_a_leader_that_stops_releases_the_lease_after_its_work(api) -> Non
     leadership = _leadership(client)
     stopped = asyncio.Event()
 
-    async def work(_leading: Callable[[], bool]) -> None:
-        try:
-            await asyncio.Event().wait()
-        finally:
-            stopped.set()
+    work = idle_work(ended=stopped)
 
     task = asyncio.create_task(leadership.run(work))
     await eventually(leadership.leading)

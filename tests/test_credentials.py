@@ -7,7 +7,6 @@ No test reads the clock for a decision: `NOW` is far from the real time on purpo
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -24,6 +23,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from jwt_segments import b64, seg, unb64
 
 from sidecar import credentials
 from sidecar.credentials import (
@@ -56,18 +56,6 @@ KEY_B = "secondary-key-abcdefghij"
 KEY_C = "third:key/with.punct#!~"
 
 # ------------------------------------------------------------------------ helpers
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def unb64(segment: str) -> bytes:
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-
-
-def seg(obj: Any) -> str:
-    return b64(json.dumps(obj, separators=(",", ":")).encode())
 
 
 def forge(header: dict[str, Any], payload: Any, signature: bytes = b"") -> str:
