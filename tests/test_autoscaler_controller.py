@@ -134,7 +134,12 @@ async def test_missing_metrics_never_scale_down(cluster, failing) -> None:
         await eventually(lambda: all(p.scrapes >= 10 for p in scene.pods.values()))
         assert scene.replicas == 4
         assert emu.writes(r"/scale$") == []
-        assert "missing" in scene.status()["reason"] or failing == "all"
+        status = scene.status()
+        if failing == "all":  # no concurrency at all: the metric signal is inactive
+            active = {c["type"]: c for c in status["conditions"]}["ScalingActive"]
+            assert (active["status"], active["reason"]) == ("False", "NoMetrics")
+        else:  # some pods report: the policy holds because others are missing
+            assert "missing concurrency data, hold 4" in status["reason"]
         for pod in broken:  # the metrics come back: now it may scale down
             pod.failing = False
         await eventually(lambda: scene.replicas < 4)
