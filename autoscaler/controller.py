@@ -37,8 +37,13 @@ def _uid(obj: dict[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("uid", ""))
 
 
-def _now_iso() -> str:
-    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+def _iso(wall_s: float) -> str:
+    return (
+        datetime.fromtimestamp(wall_s, UTC)
+        .replace(microsecond=0)
+        .isoformat()
+        .replace("+00:00", "Z")
+    )
 
 
 class Controller:
@@ -53,6 +58,7 @@ class Controller:
         scrape_timeout_s: float = 1.0,
         watch_timeout_s: int = 300,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.api = api
         self.metrics = metrics
@@ -62,6 +68,7 @@ class Controller:
         self.scrape_timeout_s = scrape_timeout_s
         self.watch_timeout_s = watch_timeout_s
         self.clock = clock
+        self.wall_clock = wall_clock  # Unix seconds: status and event times, the forecast
         self.objects: dict[Key, dict[str, Any]] = {}
         self.memory: dict[Key, Memory] = {}
         self.synced = asyncio.Event()  # set after the first successful list
@@ -158,16 +165,18 @@ class Controller:
         served by an unreachable aggregated API) is skipped while it hangs, and never
         holds back the others' scaling."""
         started = time.perf_counter()
+        wall_s = self.wall_clock()
         ctx = TickContext(
             api=self.api,
             session=session,
             metrics=self.metrics,
             now=self.clock(),
-            now_iso=_now_iso(),
+            now_iso=_iso(wall_s),
             dry_run=self.dry_run,
             scrape_timeout_s=self.scrape_timeout_s,
             may_write=may_write,
             clock=self.clock,
+            wall_s=wall_s,
         )
 
         async def one(key: Key, obj: dict[str, Any]) -> None:

@@ -2,7 +2,10 @@
 
 Pure builders over plain data; the controller sends what they return. Conditions follow
 metav1.Condition and the HPA's names (AbleToScale, ScalingActive, ScalingLimited);
-`lastTransitionTime` moves only when a condition's status changes.
+`lastTransitionTime` moves only when a condition's status changes. The status also keeps
+the forecast's demand profile (`demandProfile`, `autoscaler.forecast`'s JSON form, about
+8-19 KiB) so that a restarted controller or a new leader does not start from scratch;
+`profile_from_status` reads it back and never raises.
 """
 
 from __future__ import annotations
@@ -11,9 +14,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from autoscaler.forecast import DemandProfile
 from autoscaler.policy import Recommendation
 
-__all__ = ["Condition", "event_body", "merge_conditions", "status_body"]
+__all__ = [
+    "Condition",
+    "event_body",
+    "merge_conditions",
+    "profile_from_status",
+    "status_body",
+]
 
 
 @dataclass(frozen=True)
@@ -69,8 +79,13 @@ def status_body(
     last_scale_time: str | None,
     conditions: list[dict[str, Any]],
     generation: int,
+    demand_profile: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A merge patch for the status subresource (None values clear stale fields)."""
+    """A merge patch for the status subresource (None values clear stale fields).
+
+    `demand_profile` (a `DemandProfile.to_dict()`) is written only when given: it is large
+    and changes once a slot, so most patches leave the stored one as it is.
+    """
     status: dict[str, Any] = {
         "currentReplicas": current_replicas,
         "currentNodes": current_nodes,
@@ -87,7 +102,27 @@ def status_body(
             "mode": recommendation.mode,
             "reason": recommendation.reason,
         }
+    if demand_profile is not None:
+        status["demandProfile"] = dict(demand_profile)
     return {"status": status}
+
+
+def profile_from_status(
+    status: Mapping[str, Any] | None,
+) -> tuple[DemandProfile | None, str | None]:
+    """(the demand profile a status keeps, or None; why it was dropped, or None).
+
+    No `demandProfile` is no history: (None, None). One that does not read back (hand
+    edited, truncated, written by another format version) is dropped with the reason,
+    which the controller announces once; the forecast then starts empty.
+    """
+    saved = (status or {}).get("demandProfile")
+    if saved is None:
+        return None, None
+    try:
+        return DemandProfile.from_dict(saved), None
+    except ValueError as error:
+        return None, f"status.demandProfile dropped, the forecast starts without history: {error}"
 
 
 def event_body(
