@@ -29,6 +29,7 @@ from autoscaler.observe import PodUsage, pod_usage
 from autoscaler.quantity import cpu_millicores
 from autoscaler.scrape import PodScrape, ScrapeError, parse_pod_metrics
 from autoscaler.spec import TargetRef
+from autoscaler.unrouted import held_requests
 
 __all__ = [
     "CRD_GROUP",
@@ -39,6 +40,7 @@ __all__ = [
     "NotLeading",
     "Scale",
     "retry_delay",
+    "scrape_held_requests",
     "scrape_pod",
 ]
 
@@ -402,11 +404,20 @@ async def scrape_pod(
     The stamp is taken when the page is in, not when the tick began, so a slow pod's
     counter is divided by the time that really passed.
     """
+    return parse_pod_metrics(await _metrics_page(session, url, timeout_s), clock())
+
+
+async def scrape_held_requests(session: aiohttp.ClientSession, url: str, timeout_s: float) -> float:
+    """GET one activator pod's /metrics: the requests it holds; ScrapeError on any failure."""
+    return held_requests(await _metrics_page(session, url, timeout_s))
+
+
+async def _metrics_page(session: aiohttp.ClientSession, url: str, timeout_s: float) -> str:
+    """The text of a /metrics page; ScrapeError on a failed request or a non-200."""
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
             if response.status != 200:
                 raise ScrapeError(f"{url} answered {response.status}")
-            text = await response.text()
+            return await response.text()
     except (aiohttp.ClientError, TimeoutError) as error:
         raise ScrapeError(f"{url}: {_message_of(error)}") from error
-    return parse_pod_metrics(text, clock())

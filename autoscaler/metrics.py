@@ -72,6 +72,19 @@ class ControllerMetrics:
             ["namespace", "name"],
             registry=r,
         )
+        self.activator_scrape_errors = Counter(
+            "rscore_autoscaler_activator_scrape_errors",
+            "Activator /metrics scrapes (or their pod listings) that failed; the held "
+            "requests were unknown for that tick and nothing was scaled down",
+            ["namespace", "name"],
+            registry=r,
+        )
+        self.unrouted_concurrency = Gauge(
+            "rscore_autoscaler_unrouted_concurrency",
+            "Requests held by the activators (not yet at any pod), as last read",
+            ["namespace", "name"],
+            registry=r,
+        )
         self.overruns = Counter(
             "rscore_autoscaler_overruns",
             "Ticks that skipped an object because its previous reconcile was still running",
@@ -92,6 +105,7 @@ class ControllerMetrics:
             self.desired_nodes,
             self.observed_concurrency,
             self.panic,
+            self.unrouted_concurrency,
         ):
             with contextlib.suppress(KeyError):  # never set for this object
                 gauge.remove(namespace, name)

@@ -518,6 +518,22 @@ def ms(microseconds: float) -> str:
     return f"{microseconds / 1e3:.2f}"
 
 
+def runs_table(by: dict, connections: list[int], names: tuple[str, ...], label: str) -> list[str]:
+    """A markdown table of wrk runs, one row per connection count and `label` (name)."""
+    lines = [
+        f"| connections | {label} | req/s | p50 ms | p99 ms | non-2xx | socket errors |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for count in connections:
+        for name in names:
+            run = by[(name, count)]
+            lines.append(
+                f"| {count} | {name} | {run.rps:,.0f} | {ms(run.latency_us['p50'])} | "
+                f"{ms(run.latency_us['p99'])} | {run.non_2xx} | {run.socket_error_count} |"
+            )
+    return lines
+
+
 def render(
     args: argparse.Namespace,
     *,
@@ -548,16 +564,8 @@ def render(
         f"plumber's predictions for the row were checked equal (to {AGREEMENT:g}) first. "
         "wrk runs on the same cores as the servers.",
         "",
-        "| connections | server | req/s | p50 ms | p99 ms | non-2xx | socket errors |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        *runs_table(by, args.connections, TARGETS, "server"),
     ]
-    for connections in args.connections:
-        for name in TARGETS:
-            run = by[(name, connections)]
-            lines.append(
-                f"| {connections} | {name} | {run.rps:,.0f} | {ms(run.latency_us['p50'])} | "
-                f"{ms(run.latency_us['p99'])} | {run.non_2xx} | {run.socket_error_count} |"
-            )
     lines += [
         "",
         "| connections | rscore/plumber req/s | rscore/echo req/s |",

@@ -22,6 +22,7 @@ COPY pyproject.toml README.md ./
 COPY r_scorer r_scorer
 COPY sidecar sidecar
 COPY autoscaler autoscaler
+COPY activator activator
 COPY sim sim
 COPY rscore_cli rscore_cli
 RUN PIP_NO_CACHE_DIR=1 scripts/install-python /opt/rscore .

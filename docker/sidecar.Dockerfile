@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The sidecar container (and the autoscaler controller, `rscore autoscaler`): slim Python
+# The sidecar container (and the autoscaler controller and the activator): slim Python
 # with rscore in /opt/rscore. No R: the sidecar only speaks the worker protocol.
 #
 #   docker build -f docker/sidecar.Dockerfile -t registry.example.com/rscore/sidecar:0.1.0 .
@@ -15,6 +15,7 @@ COPY pyproject.toml README.md ./
 COPY r_scorer r_scorer
 COPY sidecar sidecar
 COPY autoscaler autoscaler
+COPY activator activator
 COPY sim sim
 COPY rscore_cli rscore_cli
 # rpy2 is a dependency of the project, but this image never starts R: its ABI mode builds

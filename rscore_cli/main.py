@@ -12,6 +12,7 @@ import orjson
 
 from r_scorer.errors import ScoringError
 from r_scorer.logs import configure_json_logging
+from rscore_cli.activator_cmd import activator
 from rscore_cli.autoscaler_cmd import autoscaler
 from sim.cli import sim
 
@@ -402,5 +403,6 @@ def token(
     click.echo(minted)
 
 
+cli.add_command(activator)
 cli.add_command(autoscaler)
 cli.add_command(sim)

@@ -61,9 +61,18 @@ def render(target: str) -> list[Obj]:
     return copy.deepcopy(list(_render(target)))
 
 
-def only(objs: list[Obj], kind: str) -> Obj:
-    (found,) = [o for o in objs if o["kind"] == kind]
-    return found
+def only(objs: list[Obj], kind: str, component: str = "scorer") -> Obj:
+    """The one object of `kind`; where a render has several (a scoring service has a
+    Deployment, Service, PDB and NetworkPolicy for its pods and for its activator), the
+    one labelled `app.kubernetes.io/component: <component>`."""
+    found = [o for o in objs if o["kind"] == kind]
+    if len(found) > 1:
+        found = [
+            o for o in found
+            if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component
+        ]  # fmt: skip
+    (one,) = found
+    return one
 
 
 def container(pod_spec: Obj, name: str) -> Obj:
@@ -71,12 +80,12 @@ def container(pod_spec: Obj, name: str) -> Obj:
     return found
 
 
-def pod(objs: list[Obj]) -> Obj:
-    return only(objs, "Deployment")["spec"]["template"]["spec"]
+def pod(objs: list[Obj], component: str = "scorer") -> Obj:
+    return only(objs, "Deployment", component)["spec"]["template"]["spec"]
 
 
-def pod_labels(objs: list[Obj]) -> dict[str, str]:
-    return only(objs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+def pod_labels(objs: list[Obj], component: str = "scorer") -> dict[str, str]:
+    return only(objs, "Deployment", component)["spec"]["template"]["metadata"]["labels"]
 
 
 def selects(selector: Obj, labels: dict[str, str]) -> bool:
@@ -111,6 +120,10 @@ def environment(objs: list[Obj], ctr: Obj) -> dict[str, str]:
     for var in ctr.get("env", []):
         if "value" in var:
             env[var["name"]] = var["value"]
+            continue
+        field_ref = var["valueFrom"].get("fieldRef")
+        if field_ref is not None:  # the downward API: metadata.namespace -> NAMESPACE
+            env[var["name"]] = field_ref["fieldPath"].rpartition(".")[2].upper()
             continue
         ref = var["valueFrom"].get("resourceFieldRef")
         if ref is not None:
@@ -163,8 +176,8 @@ EXPECTED_KINDS = {
         "Namespace", "PodDisruptionBudget", "Role", "RoleBinding", "ServiceAccount",
     ],
     "overlays/cpu": [
-        "ConfigMap", "Deployment", "NetworkPolicy", "PodDisruptionBudget", "ScoringAutoscaler",
-        "Service",
+        "ConfigMap", "Deployment", "Deployment", "NetworkPolicy", "NetworkPolicy",
+        "PodDisruptionBudget", "PodDisruptionBudget", "ScoringAutoscaler", "Service", "Service",
     ],
 }  # fmt: skip
 EXPECTED_KINDS["overlays/gpu"] = EXPECTED_KINDS["overlays/cpu"]
@@ -371,6 +384,8 @@ def _assert_locked_down(pod_spec: Obj) -> None:
 @pytest.mark.parametrize("target", TARGETS)
 def test_pods_run_locked_down(target: str) -> None:
     _assert_locked_down(pod(render(target)))
+    if target != "autoscaler":
+        _assert_locked_down(pod(render(target), "activator"))
 
 
 @pytest.mark.parametrize("target", OVERLAYS)
@@ -445,8 +460,9 @@ def test_overlays_can_share_a_namespace() -> None:
     names = [{(o["kind"], o["metadata"]["name"]) for o in objs} for objs in (cpu, gpu)]
     assert not names[0] & names[1]
     for mine, other in ((cpu, gpu), (gpu, cpu)):
-        selector = only(mine, "Deployment")["spec"]["selector"]
-        assert not selects(selector, pod_labels(other))
+        for component in ("scorer", "activator"):
+            selector = only(mine, "Deployment", component)["spec"]["selector"]
+            assert not selects(selector, pod_labels(other, component))
 
 
 # --- CPU and GPU -------------------------------------------------------------------------
@@ -665,3 +681,107 @@ def test_readme_shows_how_to_deploy() -> None:
     assert "kubectl apply -k manifests/overlays/cpu" in section
     assert "kubectl apply -k manifests/overlays/gpu" in section
     assert "new model" in section
+
+
+# --- the activator (scale from zero) ------------------------------------------------------
+
+
+def _service_port(service: Obj) -> Obj:
+    (port,) = service["spec"]["ports"]
+    return port
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_clients_reach_the_activator_and_the_activator_the_scoring_pods(target: str) -> None:
+    """The public Service selects the activators; the activator's --upstream is the
+    scoring pods' Service (renamed with the overlay's prefix), which selects the pods."""
+    objs = render(target)
+    public = only(objs, "Service", "activator")
+    internal = only(objs, "Service", "scorer")
+    activator_labels, scorer_labels = pod_labels(objs, "activator"), pod_labels(objs)
+    assert selects({"matchLabels": public["spec"]["selector"]}, activator_labels)
+    assert not selects({"matchLabels": public["spec"]["selector"]}, scorer_labels)
+    assert selects({"matchLabels": internal["spec"]["selector"]}, scorer_labels)
+    assert not selects({"matchLabels": internal["spec"]["selector"]}, activator_labels)
+    # The name clients were told to call stays the public one.
+    assert public["metadata"]["name"] == only(objs, "Deployment")["metadata"]["name"]
+    for service, ctr in ((public, container(pod(objs, "activator"), "activator")),
+                         (internal, container(pod(objs), "sidecar"))):  # fmt: skip
+        port = _service_port(service)
+        assert port["port"] == 443
+        assert port["targetPort"] in [p["name"] for p in ctr["ports"]]
+    params = parse_with_rscore(expanded_args(objs, container(pod(objs, "activator"), "activator")))
+    assert params["upstream"] == f"https://{internal['metadata']['name']}"  # :443 by default
+    # Verified against the name the shared certificate carries (the public one).
+    assert params["upstream_server_name"] == f"{public['metadata']['name']}.NAMESPACE.svc"
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_rscore_parses_the_activators_flags(target: str) -> None:
+    objs = render(target)
+    spec = pod(objs, "activator")
+    ctr = container(spec, "activator")
+    assert ctr["command"] == [RSCORE, "activator"]
+    params = parse_with_rscore(expanded_args(objs, ctr))
+    assert params["host"] == "0.0.0.0"
+    ports = {p["name"]: p["containerPort"] for p in ctr["ports"]}
+    assert (params["port"], params["metrics_port"]) == (ports["https"], ports["metrics"])
+    assert params["max_held"] >= 1
+    # The sidecars' limits hold here too: no body the pods would take is refused earlier.
+    sidecar = parse_with_rscore(expanded_args(objs, container(pod(objs), "sidecar")))
+    assert params["max_body_bytes"] == sidecar["max_body_bytes"]
+    # TLS files from the whole rscore-tls Secret volume, the same the sidecars serve.
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for name in ("tls_cert", "tls_key", "upstream_ca"):
+        path = Path(params[name])
+        (mount,) = [m for m in ctr["volumeMounts"] if Path(m["mountPath"]) == path.parent]
+        assert "subPath" not in mount
+        assert volumes[mount["name"]]["secret"]["secretName"] == "rscore-tls"
+    for probe in (ctr["readinessProbe"], ctr["livenessProbe"]):
+        assert probe["httpGet"]["port"] in ("metrics", ports["metrics"])
+    assert ctr["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    pause = int(ctr["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert spec["terminationGracePeriodSeconds"] >= pause + params["drain_timeout_s"] + 10
+    assert spec["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_the_scoring_autoscaler_reads_this_models_activators_only(target: str) -> None:
+    from autoscaler.spec import settings_from_object
+
+    objs = render(target)
+    stored = apply_defaults(crd_schema(), only(objs, "ScoringAutoscaler"))
+    settings = settings_from_object(stored)
+    assert settings.activator is not None
+    activator = container(pod(objs, "activator"), "activator")
+    metrics_port = {p["name"]: p["containerPort"] for p in activator["ports"]}["metrics"]
+    assert settings.activator.metrics_port == metrics_port
+    selector = stored["spec"]["activator"]["selector"]
+    assert selects(selector, pod_labels(objs, "activator"))
+    assert not selects(selector, pod_labels(objs))
+    other = render("overlays/gpu" if target == "overlays/cpu" else "overlays/cpu")
+    assert not selects(selector, pod_labels(other, "activator"))
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_only_the_autoscaler_reaches_the_activators_metrics_port(target: str) -> None:
+    objs = render(target)
+    policy = only(objs, "NetworkPolicy", "activator")["spec"]
+    assert selects(policy["podSelector"], pod_labels(objs, "activator"))
+    rules = policy["ingress"]
+    assert [p["port"] for r in rules if "from" not in r for p in r["ports"]] == ["https"]
+    (metrics_rule,) = [r for r in rules if any(p["port"] == "metrics" for p in r["ports"])]
+    (peer,) = metrics_rule["from"]
+    assert selects(peer["podSelector"], pod_labels(render("autoscaler")))
+    assert not selects(peer["podSelector"], pod_labels(objs, "activator"))
+    assert selects(only(objs, "PodDisruptionBudget", "activator")["spec"]["selector"],
+                   pod_labels(objs, "activator"))  # fmt: skip
+
+
+def test_the_gpu_overlay_scales_to_zero_behind_the_activator() -> None:
+    """Idle GPU nodes are what scale to zero is for; the hold outlasts a node start."""
+    objs = render("overlays/gpu")
+    assert only(objs, "ScoringAutoscaler")["spec"]["minReplicas"] == 0
+    params = parse_with_rscore(expanded_args(objs, container(pod(objs, "activator"), "activator")))
+    assert params["hold_timeout_s"] >= 300
+    assert only(render("overlays/cpu"), "ScoringAutoscaler")["spec"]["minReplicas"] == 1

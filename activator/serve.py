@@ -1,0 +1,134 @@
+"""Runs `rscore activator`: the proxy site, the metrics site, until SIGTERM or SIGINT.
+
+The only activator module that binds sockets or installs signal handlers. On a signal it
+stops being ready, answers new requests 503, gives held and in-flight requests until
+the drain timeout, and exits; it never waits longer than that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvloop
+from aiohttp import web
+
+from activator.proxy import Activator, ProxyConfig, create_app, create_metrics_app, upstream_context
+from sidecar import access_log
+from sidecar.access_log import JsonAccessLogger
+from sidecar.http_hardening import harden_parser_errors
+from sidecar.tls import ReloadingTLS, TLSConfigError, plain_http_warning
+from sidecar.watch import FileWatcher, ReloadError
+
+__all__ = ["Listen", "run"]
+
+log = logging.getLogger("rscore.activator")
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str = "127.0.0.1"
+    port: int = 8443
+    metrics_port: int = 9090
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    access_log: bool = True
+
+
+def run(config: ProxyConfig, listen: Listen) -> None:
+    uvloop.run(serve(config, listen))
+
+
+def _tls(listen: Listen) -> ReloadingTLS | None:
+    if listen.tls_cert is None and listen.tls_key is None:
+        return None
+    if listen.tls_cert is None or listen.tls_key is None:
+        raise TLSConfigError("give both --tls-cert and --tls-key")
+    return ReloadingTLS(listen.tls_cert, listen.tls_key)
+
+
+def _ca_watcher(activator: Activator) -> FileWatcher | None:
+    """Re-reads --upstream-ca when it changes (a rotated `rscore-tls` is a new anchor);
+    connections already in the pool keep the context they were made with."""
+    ca = activator.config.upstream_ca
+    if ca is None:
+        return None
+
+    def reload() -> None:
+        try:
+            activator.ssl_context = upstream_context(ca)
+        except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+            raise ReloadError(
+                f"cannot load the upstream CA {ca} ({type(error).__name__})"
+            ) from error
+
+    return FileWatcher([ca], reload)
+
+
+async def serve(config: ProxyConfig, listen: Listen, stop: asyncio.Event | None = None) -> None:
+    """Serve until `stop` is set (default: SIGTERM or SIGINT), then drain and return."""
+    harden_parser_errors()
+    tls = _tls(listen)
+    activator = Activator(config)
+    await activator.start()
+    runner = web.AppRunner(
+        create_app(activator),
+        handle_signals=False,
+        access_log_class=JsonAccessLogger,
+        access_log=logging.getLogger("aiohttp.access") if listen.access_log else None,
+        # after the drain below, what is still running is cut at once
+        shutdown_timeout=1.0,
+        # A client that hangs up cancels its request: a held one stops counting as demand
+        # (and is never sent to a pod), a forwarded one closes its upstream connection.
+        handler_cancellation=True,
+    )
+    metrics_runner = web.AppRunner(create_metrics_app(activator), access_log=None)
+    watchers = [w for w in (tls.watcher() if tls else None, _ca_watcher(activator)) if w]
+    await runner.setup()
+    await metrics_runner.setup()
+    try:
+        for watcher in watchers:
+            await watcher.start()
+        site = web.TCPSite(
+            runner, listen.host, listen.port, ssl_context=tls.context if tls else None
+        )
+        await site.start()
+        await web.TCPSite(metrics_runner, listen.host, listen.metrics_port).start()
+        warning = None if tls else plain_http_warning(listen.host)
+        if warning:
+            log.warning(warning)
+        log.info(
+            "activator on %s://%s:%d -> %s (hold up to %d requests for %g s; metrics on "
+            ":%d/metrics)",
+            "https" if tls else "http", listen.host, listen.port, config.base,
+            config.limits.max_held, config.limits.hold_timeout_s, listen.metrics_port,
+        )  # fmt: skip
+        if stop is None:
+            stop = _signalled()
+        await stop.wait()
+        log.info(
+            "draining: %d request(s) in hand (%d held), up to %g s",
+            activator.inflight, activator.held, config.drain_timeout_s,
+        )  # fmt: skip
+        activator.begin_drain()
+        await site.stop()  # no new connections; open ones get 503 and Connection: close
+        if not await activator.drained():
+            log.warning("drain timeout passed with %d request(s) unanswered", activator.inflight)
+    finally:
+        for watcher in watchers:
+            await watcher.stop()
+        await runner.cleanup()
+        await metrics_runner.cleanup()
+        await activator.close()
+        access_log.flush()
+
+
+def _signalled() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
