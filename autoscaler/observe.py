@@ -13,6 +13,7 @@ from typing import Any
 
 from autoscaler.policy import Observation, PodSample
 from autoscaler.quantity import cpu_millicores, memory_bytes
+from autoscaler.scrape import PodDemand
 
 __all__ = ["PodFacts", "PodUsage", "build_observation", "pod_facts", "pod_usage"]
 
@@ -86,23 +87,23 @@ def build_observation(
     now: float,
     current_replicas: int,
     pods: Iterable[PodFacts],
-    concurrency: Mapping[str, float | None],
+    demand: Mapping[str, PodDemand | None],
     usage: Mapping[str, PodUsage],
     workers_per_pod: int,
     current_nodes: int | None = None,
     node_allocatable_cpu_millicores: float | None = None,
+    wall_s: float | None = None,
+    unrouted_concurrency: float = 0.0,
 ) -> Observation:
-    """One tick's observation. A ready pod absent from `concurrency` was not scraped."""
+    """One tick's observation. A ready pod absent from `demand` (or None there) was not
+    scraped."""
     pods = list(pods)
     ready = [p for p in pods if p.ready]
     samples = tuple(
-        PodSample(
-            name=p.name,
-            concurrency=concurrency.get(p.name),
-            cpu_usage_millicores=usage[p.name].cpu_millicores if p.name in usage else None,
-            cpu_request_millicores=p.cpu_request_millicores,
-            memory_usage_bytes=usage[p.name].memory_bytes if p.name in usage else None,
-            memory_request_bytes=p.memory_request_bytes,
+        _sample(
+            p,
+            demand.get(p.name),
+            usage.get(p.name),
         )
         for p in ready
     )
@@ -116,4 +117,20 @@ def build_observation(
         current_nodes=current_nodes,
         node_allocatable_cpu_millicores=node_allocatable_cpu_millicores,
         pod_cpu_request_millicores=max(requests) if requests else None,
+        wall_s=wall_s,
+        unrouted_concurrency=unrouted_concurrency,
+    )
+
+
+def _sample(pod: PodFacts, demand: PodDemand | None, usage: PodUsage | None) -> PodSample:
+    return PodSample(
+        name=pod.name,
+        concurrency=None if demand is None else demand.concurrency,
+        cpu_usage_millicores=None if usage is None else usage.cpu_millicores,
+        cpu_request_millicores=pod.cpu_request_millicores,
+        memory_usage_bytes=None if usage is None else usage.memory_bytes,
+        memory_request_bytes=pod.memory_request_bytes,
+        arrival_rate=None if demand is None else demand.arrival_rate,
+        service_s=None if demand is None else demand.service_s,
+        queue_depth=None if demand is None else demand.queue_depth,
     )

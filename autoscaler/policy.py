@@ -4,17 +4,29 @@
 controller and the simulator. It reads no clock (time arrives in the observation), does
 no I/O and no logging, and never mutates its inputs: every call returns a new state.
 
-Replicas follow knative's KPA: a stable average of the total concurrency over
-`stable_window_s` and a panic average over a fraction of it, divided by the capacity of
-one pod; panic mode never scales down; rate limits and a scale-down delay window. CPU and
-memory targets follow the HPA formula, and the final desire is the maximum over signals.
-Nodes follow the Cluster Autoscaler: scale up at once, scale down after a delay.
+Replicas follow the load offered, not the queue it leaves: the demand is the arrival rate
+times the service time (busy R workers wanted, `autoscaler.scrape.pod_demand`), averaged
+over `stable_window_s` and over a panic window (a fraction of it), divided by the work one
+pod should carry (workers x `target_concurrency_per_worker` x `target_utilization`), plus
+what drains the present queue within `queue_drain_s`, capped at the demand itself: a
+full queue adds a bounded amount, never pods in proportion to its length. Panic mode (the
+panic desire at twice the ready pods) scales up at once and never down; rate limits and a
+scale-down delay window as in Knative's KPA. CPU and memory targets follow the HPA
+formula, and the final desire is the maximum over signals.
+
+Nodes cost money, pods do not: nodes are sized for the demand's pods (scale up at once,
+down after the pool's delay, as the Cluster Autoscaler), ordered ahead of the demand
+the forecast (`autoscaler.forecast`, learned in the state from every tick) expects
+within the pool's provisioning time, and the pods fill the nodes that are paid for.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from autoscaler import forecast
+from autoscaler.forecast import DemandProfile
 
 __all__ = [
     "HPA_TOLERANCE",
@@ -46,9 +58,11 @@ class NodePoolSpec:
     max_nodes: int
     min_nodes: int = 0
     pods_per_node: int | None = None
-    scale_down_delay_s: float = 600.0
+    scale_down_delay_s: float = 300.0
+    provision_s: float = 300.0  # order to usable: how far ahead the forecast must look
 
     def __post_init__(self) -> None:
+        _require(self.provision_s >= 0, f"provision_s must be >= 0, got {self.provision_s}")
         _require(self.min_nodes >= 0, f"min_nodes must be >= 0, got {self.min_nodes}")
         _require(self.max_nodes >= 1, f"max_nodes must be >= 1, got {self.max_nodes}")
         _require(
@@ -79,6 +93,7 @@ class ScalingSpec:
     max_scale_up_rate: float = 1000.0
     max_scale_down_rate: float = 2.0
     scale_down_delay_s: float = 0.0
+    queue_drain_s: float = 30.0
     cpu_target_utilization: float | None = None
     memory_target_utilization: float | None = None
     node_pool: NodePoolSpec | None = None
@@ -121,6 +136,7 @@ class ScalingSpec:
             self.scale_down_delay_s >= 0,
             f"scale_down_delay_s must be >= 0, got {self.scale_down_delay_s}",
         )
+        _require(self.queue_drain_s > 0, f"queue_drain_s must be > 0, got {self.queue_drain_s}")
         for name in ("cpu_target_utilization", "memory_target_utilization"):
             value = getattr(self, name)
             _require(value is None or value > 0, f"{name} must be > 0 when set, got {value}")
@@ -135,7 +151,10 @@ class PodSample:
     """One ready pod's metrics over the last scrape interval; None where the scrape failed.
 
     `concurrency` is the average of queued + in-flight requests (the rate of
-    `rscore_concurrency_seconds_total`).
+    `rscore_concurrency_seconds_total`); None means the pod's scrape failed. The demand
+    signal (`autoscaler.scrape.PodDemand`): `arrival_rate` (requests/s that wanted a
+    worker), `service_s` (seconds in R per answered request) and `queue_depth` now;
+    None where the pod's counters say nothing yet (its first scrape).
     """
 
     name: str
@@ -144,10 +163,16 @@ class PodSample:
     cpu_request_millicores: float = 0.0
     memory_usage_bytes: float | None = None
     memory_request_bytes: float = 0.0
+    arrival_rate: float | None = None
+    service_s: float | None = None
+    queue_depth: float | None = None
 
     def __post_init__(self) -> None:
         for name in (
             "concurrency",
+            "arrival_rate",
+            "service_s",
+            "queue_depth",
             "cpu_usage_millicores",
             "cpu_request_millicores",
             "memory_usage_bytes",
@@ -164,7 +189,8 @@ class Observation:
     `unrouted_concurrency` counts requests waiting outside every pod (e.g. held at the
     gateway while no pod is ready); it is what lets a deployment at zero scale up.
     `pods_per_node` comes from the node pool spec, else from allocatable CPU divided by
-    one pod's CPU request.
+    one pod's CPU request. `wall_s` is the Unix time (the forecast learns time of day and
+    week from it); None leaves the forecast out.
     """
 
     now: float
@@ -176,6 +202,7 @@ class Observation:
     current_nodes: int | None = None
     node_allocatable_cpu_millicores: float | None = None
     pod_cpu_request_millicores: float | None = None
+    wall_s: float | None = None
 
     def __post_init__(self) -> None:
         _require(math.isfinite(self.now), f"now must be finite, got {self.now}")
@@ -190,12 +217,16 @@ class Observation:
 class PolicyState:
     """Everything `decide` remembers between ticks. Start with `PolicyState()`.
 
-    - `samples`: (time, total concurrency) within the stable window (the panic window is
-      its suffix).
+    - `samples`: (time, demand in busy workers) within the stable window (the panic
+      window is its suffix).
     - `panic_until`: panic lasts while now < panic_until; None when not panicking.
     - `last_desired`: the previous recommendation's replicas.
     - `recommendations`: (time, desired before the delay) within `scale_down_delay_s`.
     - `node_scale_down_since`: since when the node desire has been below current nodes.
+    - `service_s`: the last known service time (seconds in R per request), for ticks
+      when no pod answered anything.
+    - `profile`: the demand profile the forecast learns (kept across restarts in the
+      ScoringAutoscaler's status).
     """
 
     samples: tuple[tuple[float, float], ...] = ()
@@ -203,6 +234,8 @@ class PolicyState:
     last_desired: int | None = None
     recommendations: tuple[tuple[float, int], ...] = ()
     node_scale_down_since: float | None = None
+    service_s: float | None = None
+    profile: DemandProfile = field(default_factory=DemandProfile.empty)
 
 
 @dataclass(frozen=True)
@@ -211,13 +244,27 @@ class Recommendation:
     desired_nodes: int | None
     mode: str
     reason: str
+    # The stable and panic averages of the demand, in busy workers (a pod that reports
+    # no arrivals yet counts its concurrency: then these are the KPA's concurrency).
     observed_concurrency: float | None
     observed_panic_concurrency: float | None = None
+    forecast_demand: float | None = None  # busy workers the forecast expects ahead
+
+
+@dataclass(frozen=True)
+class _Demand:
+    """This tick's load, summed over the pods (missing pods extrapolated)."""
+
+    busy: float  # busy R workers wanted: arrival rate x service time
+    backlog: float  # requests waiting now: queues + unrouted
+    unrouted: float  # of which held outside every pod (the activator)
+    service_s: float | None  # the fleet's seconds in R per request
+    concurrency: float  # queued + in flight, averaged over the scrape interval
 
 
 @dataclass(frozen=True)
 class _Concurrency:
-    """The KPA signal for this tick."""
+    """The demand signal's desire for this tick."""
 
     desired: int | None  # None: no data yet
     stable_avg: float | None
@@ -232,20 +279,70 @@ def _average(samples: tuple[tuple[float, float], ...], now: float, window: float
     return sum(values) / len(values) if values else None
 
 
-def _total_concurrency(obs: Observation) -> float | None:
-    """Total concurrency, or None when demand cannot be observed this tick.
+def _fleet_service_s(pods: list[PodSample], last: float | None) -> float | None:
+    """Seconds in R per request over the pods that know it, weighted by their arrivals
+    (a plain mean when none had any); else the last known value."""
+    known = [(p.service_s, p.arrival_rate or 0.0) for p in pods if p.service_s is not None]
+    if not known:
+        return last
+    weight = sum(w for _, w in known)
+    if weight > 0:
+        return sum(s * w for s, w in known) / weight
+    return sum(s for s, _ in known) / len(known)
 
-    Pods whose scrape failed are extrapolated from the mean of the others (as the KPA
-    scales its sampled average by the ready pod count); with every pod ready and
-    reporting it is the plain sum.
+
+def _demand(obs: Observation, last_service_s: float | None) -> _Demand | None:
+    """The load this tick, or None when it cannot be observed.
+
+    A pod's busy workers are its arrival rate times the service time (its own, else the
+    fleet's); a pod whose counters say nothing yet (a first scrape) counts its average
+    concurrency instead. Pods whose scrape failed are extrapolated from the mean of the
+    others (as the KPA scales its sample by the ready pod count); with every pod ready
+    and reporting it is the plain sum.
     """
-    known = [p.concurrency for p in obs.ready_pods if p.concurrency is not None]
-    if known:
-        per_pod = sum(known) / len(known)
-        return per_pod * len(obs.ready_pods) + obs.unrouted_concurrency
-    if obs.current_replicas == 0 or obs.unrouted_concurrency > 0:
-        return obs.unrouted_concurrency
-    return None
+    scraped = [p for p in obs.ready_pods if p.concurrency is not None]
+    unrouted = obs.unrouted_concurrency
+    if not scraped:
+        if obs.current_replicas == 0 or unrouted > 0:
+            return _Demand(0.0, unrouted, unrouted, last_service_s, unrouted)
+        return None
+    service = _fleet_service_s(scraped, last_service_s)
+    busy = backlog = concurrency = 0.0
+    for pod in scraped:
+        assert pod.concurrency is not None
+        own = pod.service_s if pod.service_s is not None else service
+        if pod.arrival_rate is not None and own is not None:
+            busy += pod.arrival_rate * own
+            backlog += pod.queue_depth or 0.0
+        else:  # its concurrency, queue included, stands in
+            busy += pod.concurrency
+        concurrency += pod.concurrency
+    scale = len(obs.ready_pods) / len(scraped)
+    return _Demand(
+        busy * scale, backlog * scale + unrouted, unrouted, service, concurrency * scale + unrouted
+    )
+
+
+def _drain(demand: _Demand, spec: ScalingSpec, busy: float, capacity: float) -> float:
+    """Busy workers that empty the backlog within `queue_drain_s`, at most the demand
+    itself (or one pod's worth): a long queue adds a bounded amount, never pods in
+    proportion to its length. Without a known service time (no pod has answered yet,
+    e.g. at zero scale), each request held outside the pods counts as one busy worker
+    (those inside already count in their pod's concurrency)."""
+    if demand.backlog <= 0:
+        return 0.0
+    if demand.service_s is None:
+        return demand.unrouted
+    return min(demand.backlog * demand.service_s / spec.queue_drain_s, max(busy, capacity))
+
+
+def _pods_for(busy: float, capacity: float) -> int:
+    return max(0, math.ceil(busy / capacity - 1e-9))
+
+
+def _capacity(obs: Observation, spec: ScalingSpec) -> float:
+    """Busy workers one pod should carry."""
+    return obs.workers_per_pod * spec.target_concurrency_per_worker * spec.target_utilization
 
 
 def _concurrency_signal(
@@ -253,6 +350,7 @@ def _concurrency_signal(
     state: PolicyState,
     spec: ScalingSpec,
     samples: tuple[tuple[float, float], ...],
+    demand: _Demand | None,
 ) -> _Concurrency:
     now = obs.now
     panic_until = state.panic_until
@@ -260,23 +358,33 @@ def _concurrency_signal(
         panic_until = None
     stable_avg = _average(samples, now, spec.stable_window_s)
     panic_avg = _average(samples, now, spec.panic_window_s)
-    if stable_avg is None:
+    if stable_avg is None or demand is None:
         mode = MODE_PANIC if panic_until is not None else MODE_STABLE
         return _Concurrency(None, None, None, panic_until, mode, "no data yet")
 
-    capacity = obs.workers_per_pod * spec.target_concurrency_per_worker * spec.target_utilization
-    desired_stable = math.ceil(stable_avg / capacity)
-    desired_panic = desired_stable if panic_avg is None else math.ceil(panic_avg / capacity)
+    capacity = _capacity(obs, spec)
+    panic_avg = stable_avg if panic_avg is None else panic_avg
+    drain = _drain(demand, spec, max(stable_avg, panic_avg), capacity)
+    desired_stable = _pods_for(stable_avg + drain, capacity)
+    desired_panic = _pods_for(panic_avg + drain, capacity)
+    if obs.unrouted_concurrency > 0:  # requests held with no pod to take them
+        desired_stable, desired_panic = max(desired_stable, 1), max(desired_panic, 1)
     ready = len(obs.ready_pods)
     denominator = ready if ready > 0 else (obs.current_replicas or 1)
     if desired_panic / denominator >= spec.panic_threshold_percentage / 100.0:
         panic_until = now + spec.stable_window_s
+    service = "unknown" if demand.service_s is None else f"{demand.service_s * 1000:.1f} ms"
     reason = (
-        f"concurrency stable {stable_avg:.2f} panic {panic_avg or 0.0:.2f} / capacity "
+        f"demand stable {stable_avg:.2f} panic {panic_avg:.2f} busy workers (service "
+        f"{service}) + drain {drain:.2f} of {demand.backlog:g} waiting / capacity "
         f"{capacity:.2f} per pod -> stable {desired_stable} panic {desired_panic}"
     )
     if panic_until is None:
-        return _Concurrency(desired_stable, stable_avg, panic_avg, None, MODE_STABLE, reason)
+        # Up fast, down slow: a rise the panic window already shows is acted on now
+        # (the stable average would take most of a window to follow it); only a fall
+        # waits for the stable window.
+        desired = max(desired_stable, desired_panic)
+        return _Concurrency(desired, stable_avg, panic_avg, None, MODE_STABLE, reason)
     desired = max(desired_panic, state.last_desired or 0)
     reason += f"; panic until {panic_until:g}, never down -> {desired}"
     return _Concurrency(desired, stable_avg, panic_avg, panic_until, MODE_PANIC, reason)
@@ -325,15 +433,26 @@ def _pods_per_node(obs: Observation, pool: NodePoolSpec) -> int | None:
 
 
 def _nodes(
-    obs: Observation, state: PolicyState, pool: NodePoolSpec, replicas: int
+    obs: Observation,
+    state: PolicyState,
+    pool: NodePoolSpec,
+    replicas: int,
+    ahead_replicas: int,
 ) -> tuple[int | None, float | None, str]:
-    """(desired nodes, scale-down-pending-since, reason)."""
+    """(desired nodes, scale-down-pending-since, reason).
+
+    The nodes for `replicas` now, or for `ahead_replicas` (the forecast's pods within
+    the provisioning time) if more: those must be ordered now to be usable in time.
+    """
     current = obs.current_nodes
     per_node = _pods_per_node(obs, pool)
     if per_node is None:
         return current, None, "nodes: pods per node unknown, hold"
-    raw = min(max(math.ceil(replicas / per_node), pool.min_nodes), pool.max_nodes)
-    reason = f"nodes: ceil({replicas}/{per_node}) clamped [{pool.min_nodes}, {pool.max_nodes}]"
+    wanted = max(replicas, ahead_replicas)
+    raw = min(max(math.ceil(wanted / per_node), pool.min_nodes), pool.max_nodes)
+    reason = f"nodes: ceil({wanted}/{per_node}) clamped [{pool.min_nodes}, {pool.max_nodes}]"
+    if ahead_replicas > replicas:
+        reason += f" (forecast {ahead_replicas} pods within {pool.provision_s:g}s)"
     if current is None or raw >= current:
         return raw, None, f"{reason} -> {raw}"
     since = state.node_scale_down_since
@@ -345,19 +464,69 @@ def _nodes(
     return held, since, f"{reason} = {raw}, hold {held} until {since + pool.scale_down_delay_s:g}"
 
 
+def _forecast(
+    obs: Observation, state: PolicyState, spec: ScalingSpec, demand: _Demand | None
+) -> tuple[DemandProfile, float | None, str | None]:
+    """(the profile with this tick learnt, the demand expected within the pool's
+    provisioning time plus a stable window, and why), when the wall time is known."""
+    profile = state.profile
+    if obs.wall_s is None:
+        return profile, None, None
+    if demand is not None:
+        profile = forecast.observe(profile, obs.wall_s, demand.busy)
+    if spec.node_pool is None:
+        return profile, None, None
+    horizon = spec.node_pool.provision_s + spec.stable_window_s
+    expected = forecast.forecast(profile, obs.wall_s, horizon)
+    if expected is None:
+        return profile, None, "forecast: no history yet, reactive"
+    return (
+        profile,
+        expected.demand,
+        f"forecast {expected.demand:.2f} busy workers within {horizon:g}s "
+        f"({expected.basis}, x{expected.error_factor:.2f} for its error)",
+    )
+
+
+def _size_nodes(
+    obs: Observation,
+    state: PolicyState,
+    spec: ScalingSpec,
+    desired: int,
+    *,
+    expected: float | None,
+    reasons: list[str],
+) -> tuple[int, int | None, float | None]:
+    """(replicas, desired nodes, node scale-down pending since) for the pool, if any."""
+    if spec.node_pool is None:
+        return desired, None, None
+    ahead = 0 if expected is None else _pods_for(expected, _capacity(obs, spec))
+    nodes, since, why = _nodes(obs, state, spec.node_pool, desired, min(ahead, spec.max_replicas))
+    reasons.append(why)
+    per_node = _pods_per_node(obs, spec.node_pool)
+    replicas = desired
+    if nodes is not None and per_node is not None:
+        # Pods are free on nodes already paid for: fill them (headroom at no cost).
+        filled = min(nodes * per_node, spec.max_replicas)
+        if filled > replicas:
+            replicas = filled
+            reasons.append(f"fill {nodes} nodes x {per_node} -> {replicas} pods")
+    return replicas, nodes, since
+
+
 def decide(
     observation: Observation, state: PolicyState, spec: ScalingSpec
 ) -> tuple[Recommendation, PolicyState]:
     """One tick of the policy. Pure: returns the recommendation and a new state."""
     obs, now = observation, observation.now
-    total = _total_concurrency(obs)
+    demand = _demand(obs, state.service_s)
     samples = tuple((t, v) for t, v in state.samples if now - spec.stable_window_s < t <= now)
-    if total is not None:
-        samples = (*samples, (now, total))
-    conc = _concurrency_signal(obs, state, spec, samples)
+    if demand is not None:
+        samples = (*samples, (now, demand.busy))
+    conc = _concurrency_signal(obs, state, spec, samples, demand)
     reasons = [conc.reason]
 
-    # The concurrency signal, then the max over the other signals.
+    # The demand signal, then the max over the other signals.
     desired = obs.current_replicas if conc.desired is None else conc.desired
     for target, usage_of, request_of, label in (
         (spec.cpu_target_utilization, "cpu_usage_millicores", "cpu_request_millicores", "cpu"),
@@ -400,19 +569,21 @@ def decide(
         reasons.append(f"clamp [{spec.min_replicas}, {spec.max_replicas}] -> {clamped}")
     desired = clamped
 
-    nodes: int | None = None
-    since: float | None = None
-    if spec.node_pool is not None:
-        nodes, since, why = _nodes(obs, state, spec.node_pool, desired)
+    profile, expected, why = _forecast(obs, state, spec, demand)
+    if why is not None:
         reasons.append(why)
+    replicas, nodes, since = _size_nodes(
+        obs, state, spec, desired, expected=expected, reasons=reasons
+    )
 
     recommendation = Recommendation(
-        desired_replicas=desired,
+        desired_replicas=replicas,
         desired_nodes=nodes,
         mode=conc.mode,
         reason="; ".join(reasons),
         observed_concurrency=conc.stable_avg,
         observed_panic_concurrency=conc.panic_avg,
+        forecast_demand=expected,
     )
     new_state = PolicyState(
         samples=samples,
@@ -420,5 +591,7 @@ def decide(
         last_desired=desired,
         recommendations=window,
         node_scale_down_since=since,
+        service_s=state.service_s if demand is None else demand.service_s,
+        profile=profile,
     )
     return recommendation, new_state

@@ -3,7 +3,9 @@
 A thin shell: what to observe is `autoscaler.observe`, what to decide is
 `autoscaler.policy.decide`, what to write is `autoscaler.status`; this module sequences
 the calls in `autoscaler.kube_io` and keeps the little memory a tick needs from the last
-(policy state, last scrape per pod). It must never raise out of `reconcile` for an API
+(policy state, last scrape per pod). The forecast's demand profile, part of the policy
+state, is the one memory that outlives a term: it is saved in the status once a slot and
+restored from it when a term starts. It must never raise out of `reconcile` for an API
 or scrape failure: those become conditions, Warning events and metrics, and the next
 tick tries again.
 """
@@ -14,24 +16,34 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
 
-from autoscaler.kube_io import ApiError, KubeApi, NotLeading, Scale, scrape_pod
+from autoscaler.forecast import DemandProfile
+from autoscaler.kube_io import (
+    ApiError,
+    KubeApi,
+    NotLeading,
+    Scale,
+    scrape_held_requests,
+    scrape_pod,
+)
 from autoscaler.metrics import ControllerMetrics
 from autoscaler.observe import PodFacts, PodUsage, build_observation, pod_facts
 from autoscaler.policy import MODE_PANIC, Observation, PolicyState, Recommendation, decide
-from autoscaler.scrape import PodScrape, ScrapeError, average_concurrency, metrics_url
+from autoscaler.scrape import DemandTracker, PodDemand, PodScrape, ScrapeError, metrics_url
 from autoscaler.spec import AutoscalerSettings, SpecError, settings_from_object
 from autoscaler.status import (
     Condition,
     event_body,
     limit_condition,
     merge_conditions,
+    profile_from_status,
     status_body,
 )
+from autoscaler.unrouted import hold_when_unknown
 
 __all__ = ["Memory", "TickContext", "reconcile"]
 
@@ -44,10 +56,14 @@ class Memory:
     """What one ScoringAutoscaler's ticks remember; dropped when leadership changes."""
 
     policy_state: PolicyState = field(default_factory=PolicyState)
-    scrapes: dict[str, PodScrape] = field(default_factory=dict)
+    demand: DemandTracker = field(default_factory=DemandTracker)  # last scrape per pod
     workers_per_pod: int = 1
     last_scale_time: str | None = None
     failing: set[str] = field(default_factory=set)  # reasons already announced by an Event
+    unrouted_unknown: str | None = None  # this tick: why the activators went unread
+    restored: bool = False  # the demand profile was read back from the status
+    profile_saved: bool = False  # and the status holds the profile of this slot:
+    profile_saved_slot: float | None = None  # the start of the slot occurrence it was in
 
 
 @dataclass(frozen=True)
@@ -61,6 +77,7 @@ class TickContext:
     scrape_timeout_s: float = 1.0
     may_write: Any = None  # () -> bool: still the leader? None means always
     clock: Callable[[], float] = time.monotonic  # stamps each scrape when its answer is in
+    wall_s: float | None = None  # Unix seconds for the forecast; None: time.time()
 
 
 def _writable(ctx: TickContext) -> bool:
@@ -111,10 +128,13 @@ async def _write_status(
     recommendation: Recommendation | None = None,
     scale: Scale | None = None,
     current_nodes: int | None = None,
+    profile: DemandProfile | None = None,
 ) -> None:
     if not _writable(ctx):
         return
     generation = int((obj.get("metadata") or {}).get("generation") or 0)
+    # The profile is large and learns slot by slot: save it once a slot occurrence.
+    saving = profile if profile is not None and _profile_due(memory, profile) else None
     body = status_body(
         recommendation=recommendation,
         current_replicas=None if scale is None else scale.status_replicas,
@@ -124,16 +144,47 @@ async def _write_status(
             (obj.get("status") or {}).get("conditions") or [], conditions, ctx.now_iso, generation
         ),
         generation=generation,
+        demand_profile=None if saving is None else saving.to_dict(),
     )
     previous = obj.get("status") or {}
     if all(previous.get(key) == value for key, value in body["status"].items()):
+        _profile_saved(memory, saving)
         return  # unchanged: spare the API server a write per tick
     try:
         await ctx.api.patch_status(_ns(obj), _name(obj), body, guard=ctx.may_write)
-    except ApiError as error:
+    except ApiError as error:  # a profile not saved is tried again next tick
         log.warning("status of %s/%s not written: %s", _ns(obj), _name(obj), error)
     else:
-        obj["status"] = body["status"]  # so the next tick's conditions keep their times
+        # As the merge patch did, so the next tick's conditions keep their times (and
+        # the saved profile stays in the cached object).
+        merged = {**previous, **body["status"]}
+        obj["status"] = {key: value for key, value in merged.items() if value is not None}
+        _profile_saved(memory, saving)
+
+
+def _slot_of(profile: DemandProfile) -> float | None:
+    return None if profile.current is None else profile.current.start
+
+
+def _profile_due(memory: Memory, profile: DemandProfile) -> bool:
+    return not memory.profile_saved or memory.profile_saved_slot != _slot_of(profile)
+
+
+def _profile_saved(memory: Memory, profile: DemandProfile | None) -> None:
+    if profile is not None:
+        memory.profile_saved, memory.profile_saved_slot = True, _slot_of(profile)
+
+
+async def _restore_profile(ctx: TickContext, obj: dict, memory: Memory) -> None:
+    """A new controller, or a new leader, continues the demand profile the status keeps;
+    one that does not read back is announced once and the forecast starts empty."""
+    memory.restored = True
+    profile, problem = profile_from_status(obj.get("status"))
+    if problem is not None:
+        await _warn_once(ctx, obj, memory, "InvalidDemandProfile", problem)
+    if profile is not None:
+        memory.policy_state = replace(memory.policy_state, profile=profile)
+        _profile_saved(memory, profile)
 
 
 async def _fail(ctx: TickContext, obj: dict, memory: Memory, condition: Condition) -> None:
@@ -144,7 +195,7 @@ async def _fail(ctx: TickContext, obj: dict, memory: Memory, condition: Conditio
 
 async def _scrape_all(
     ctx: TickContext, settings: AutoscalerSettings, ready: list[PodFacts], memory: Memory
-) -> dict[str, float | None]:
+) -> dict[str, PodDemand | None]:
     async def one(pod: PodFacts) -> tuple[str, PodScrape | None]:
         assert pod.pod_ip is not None  # ready pods have an IP (observe.pod_facts)
         url = metrics_url(pod.pod_ip, settings.metrics_port)
@@ -156,24 +207,46 @@ async def _scrape_all(
             return pod.name, None
 
     results = await asyncio.gather(*(one(p) for p in ready))
-    concurrency: dict[str, float | None] = {}
-    fresh: dict[str, PodScrape] = {}
-    for name, scrape in results:
-        if scrape is None:
-            concurrency[name] = None
-            continue
-        concurrency[name] = average_concurrency(memory.scrapes.get(name), scrape)
-        fresh[name] = scrape
-    # Keep the last good scrape of a pod that failed this time, forget pods that left.
-    memory.scrapes = {
-        name: fresh.get(name, memory.scrapes.get(name))
-        for name, _ in results
-        if name in fresh or name in memory.scrapes
-    }
-    workers = [s.workers for s in fresh.values() if s.workers > 0]
+    pages = dict(results)
+    demand = memory.demand.update(pages)
+    fresh = [page for page in pages.values() if page is not None]
+    workers = [page.workers for page in fresh if page.workers > 0]
     if workers:
         memory.workers_per_pod = max(workers)
-    return concurrency
+    return demand
+
+
+async def _unrouted(
+    ctx: TickContext, obj: dict, settings: AutoscalerSettings, memory: Memory
+) -> float:
+    """Requests held by the ready activator pods (`spec.activator`), summed; 0 without
+    an activator. A failure is reported (metric, a Warning once) and leaves
+    `memory.unrouted_unknown` set, so that this tick scales nothing down."""
+    memory.unrouted_unknown = None
+    activator = settings.activator
+    if activator is None:
+        return 0.0
+    try:
+        listed = await ctx.api.list_pods(settings.namespace, activator.selector)
+        pods = [pod_facts(p) for p in listed]
+        urls = [metrics_url(p.pod_ip, activator.metrics_port) for p in pods if p.ready and p.pod_ip]
+        answers = await asyncio.gather(
+            *(scrape_held_requests(ctx.session, url, ctx.scrape_timeout_s) for url in urls),
+            return_exceptions=True,  # every scrape ends before a failure is reported
+        )
+        held = [a for a in answers if not isinstance(a, BaseException)]
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+    except (ApiError, ScrapeError) as error:
+        memory.unrouted_unknown = f"activator {activator.selector}: {error}"
+        ctx.metrics.activator_scrape_errors.labels(settings.namespace, settings.name).inc()
+        log.warning("%s/%s: %s", settings.namespace, settings.name, memory.unrouted_unknown)
+        await _warn_once(ctx, obj, memory, "FailedGetActivatorMetrics", memory.unrouted_unknown)
+        return 0.0
+    memory.failing.discard("FailedGetActivatorMetrics")
+    ctx.metrics.unrouted_concurrency.labels(settings.namespace, settings.name).set(sum(held))
+    return float(sum(held))
 
 
 async def _node_pool_state(
@@ -229,16 +302,19 @@ async def _observe(
         return None
     memory.failing.discard("FailedGetMetrics")
 
-    concurrency = await _scrape_all(ctx, settings, [p for p in pods if p.ready], memory)
+    demand = await _scrape_all(ctx, settings, [p for p in pods if p.ready], memory)
+    unrouted = await _unrouted(ctx, obj, settings, memory)
     observation = build_observation(
         now=ctx.now,
         current_replicas=scale.replicas,
         pods=pods,
-        concurrency=concurrency,
+        demand=demand,
         usage=usage,
         workers_per_pod=memory.workers_per_pod,
         current_nodes=current_nodes,
+        wall_s=time.time() if ctx.wall_s is None else ctx.wall_s,
         node_allocatable_cpu_millicores=allocatable,
+        unrouted_concurrency=unrouted,
     )
     return observation, scale
 
@@ -314,11 +390,17 @@ async def reconcile(obj: dict[str, Any], memory: Memory, ctx: TickContext) -> No
     memory.failing.discard("InvalidSpec")
     if memory.last_scale_time is None:  # a new term: keep what the last leader recorded
         memory.last_scale_time = (obj.get("status") or {}).get("lastScaleTime")
+    if not memory.restored:
+        await _restore_profile(ctx, obj, memory)
     observed = await _observe(obj, memory, ctx, settings)
     if observed is None:
         return
     observation, scale = observed
     recommendation, memory.policy_state = decide(observation, memory.policy_state, settings.scaling)
+    if memory.unrouted_unknown is not None:
+        recommendation = hold_when_unknown(
+            recommendation, scale.replicas, observation.current_nodes, memory.unrouted_unknown
+        )
     _record(ctx, settings, recommendation)
     current: dict[str, int | None] = {
         "pods": scale.replicas,
@@ -345,4 +427,5 @@ async def reconcile(obj: dict[str, Any], memory: Memory, ctx: TickContext) -> No
         recommendation=recommendation,
         scale=scale,
         current_nodes=current["nodes"],
+        profile=memory.policy_state.profile,
     )

@@ -1,31 +1,53 @@
 """A pod's `/metrics` page, reduced to what the policy needs.
 
 `parse_pod_metrics` reads the Prometheus text format with prometheus_client's parser and
-keeps the contract's names (ARCHITECTURE.md, "Metrics contract"). `average_concurrency`
-turns two scrapes into the exact average concurrency between them: the rate of
-`rscore_concurrency_seconds_total`. Pure: no HTTP here (the fetch lives in
-`autoscaler.kube_io`), no clock reads.
+keeps the contract's names (ARCHITECTURE.md, "Metrics contract"). Between two scrapes of
+a pod, `pod_demand` reads what the policy sizes pods for:
+
+- the arrival rate: requests that wanted a worker (answered, refused with 429, failed in
+  R or timed out: `rscore_requests_total` of codes 2xx, 429, 500, 502, 504) that finished
+  in the interval, plus the growth of those still inside (queued + in flight);
+- the service time: seconds inside R (`rscore_scoring_duration_seconds_sum`) per answered
+  request (2xx) — with batching, the cost a request really adds;
+- the exact average concurrency (the rate of `rscore_concurrency_seconds_total`) and the
+  queue depth now.
+
+The controller and the simulator both call it: the simulator renders its pods' counters as
+`PodScrape`s. Pure: no HTTP here (the fetch lives in `autoscaler.kube_io`), no clock reads.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
 __all__ = [
+    "DemandTracker",
+    "PodDemand",
     "PodScrape",
     "ScrapeError",
     "average_concurrency",
     "metrics_url",
     "parse_pod_metrics",
+    "pod_demand",
 ]
 
 CONCURRENCY_SECONDS = "rscore_concurrency_seconds"  # the parser drops `_total`
 QUEUE_DEPTH = "rscore_queue_depth"
 INFLIGHT = "rscore_inflight_requests"
 WORKERS = "rscore_workers"
+REQUESTS = "rscore_requests_total"
+SCORING_SECONDS = "rscore_scoring_duration_seconds_sum"
+
+
+def wants_a_worker(code: int) -> bool:
+    """A finished request that counts as demand: it reached admission and wanted R (a 4xx
+    other than 429 was refused before; a 503 is a pod not ready or draining, whose
+    clients go elsewhere)."""
+    return 200 <= code < 300 or code in (429, 500, 502, 504)
 
 
 class ScrapeError(ValueError):
@@ -41,6 +63,10 @@ class PodScrape:
     queue_depth: float
     inflight: float
     workers: int
+    # None on a page without them (a sidecar older than the demand signal).
+    demand_requests_total: float | None = None  # finished requests that wanted a worker
+    answered_total: float | None = None  # finished 2xx
+    scoring_seconds_total: float | None = None  # seconds inside R of the answered calls
 
     @property
     def instantaneous_concurrency(self) -> float:
@@ -49,10 +75,15 @@ class PodScrape:
 
 def parse_pod_metrics(text: str, at: float) -> PodScrape:
     values: dict[str, float] = {}
+    requests: dict[str, float] = {}
     try:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name in (
+                if sample.name == REQUESTS:
+                    code = sample.labels.get("code", "")
+                    requests[code] = requests.get(code, 0.0) + sample.value
+                elif sample.name in (
+                    SCORING_SECONDS,
                     f"{CONCURRENCY_SECONDS}_total",
                     QUEUE_DEPTH,
                     INFLIGHT,
@@ -70,15 +101,24 @@ def parse_pod_metrics(text: str, at: float) -> PodScrape:
         raise ScrapeError(f"metrics page lacks {', '.join(missing)}")
     # A pod reporting NaN, infinities or negative counts is a pod without usable data,
     # not a reason to stop scaling its neighbours.
-    unusable = [f"{n} {v}" for n, v in values.items() if not math.isfinite(v) or v < 0]
+    checked = {**values, **{f"{REQUESTS}{{code={c}}}": v for c, v in requests.items()}}
+    unusable = [f"{n} {v}" for n, v in checked.items() if not math.isfinite(v) or v < 0]
     if unusable:
         raise ScrapeError(f"metrics page has unusable values: {', '.join(unusable)}")
+    demand = answered = None
+    if requests or SCORING_SECONDS in values:  # a page with the demand signal's names
+        codes = {int(c): v for c, v in requests.items() if c.isdigit()}
+        demand = sum(v for c, v in codes.items() if wants_a_worker(c))
+        answered = sum(v for c, v in codes.items() if 200 <= c < 300)
     return PodScrape(
         at=at,
         concurrency_seconds_total=values[f"{CONCURRENCY_SECONDS}_total"],
         queue_depth=values[QUEUE_DEPTH],
         inflight=values[INFLIGHT],
         workers=int(values[WORKERS]),
+        demand_requests_total=demand,
+        answered_total=answered,
+        scoring_seconds_total=values.get(SCORING_SECONDS, 0.0 if demand is not None else None),
     )
 
 
@@ -96,6 +136,105 @@ def average_concurrency(previous: PodScrape | None, current: PodScrape) -> float
     if elapsed <= 0 or increase < 0:
         return current.instantaneous_concurrency
     return increase / elapsed
+
+
+@dataclass(frozen=True)
+class PodDemand:
+    """What one pod's two scrapes say about the load it was offered.
+
+    `arrival_rate` and `service_s` are None where the page lacks the names, or when the
+    counters say nothing about the interval (a first scrape; a restarted sidecar).
+    `service_s` is None too while no request was answered yet; the policy then uses the
+    other pods' (or falls back to concurrency).
+    """
+
+    concurrency: float
+    arrival_rate: float | None
+    service_s: float | None
+    queue_depth: float
+    inflight: float
+
+
+def pod_demand(
+    previous: PodScrape | None, current: PodScrape, last_service_s: float | None = None
+) -> PodDemand:
+    """The pod's demand between two scrapes.
+
+    Arrivals are finished demand requests plus the growth of those inside, so a burst
+    that is still queued counts as arrived, once, and a queue that lingers adds nothing
+    more. The service time is the interval's seconds in R per answered request, or
+    `last_service_s` (the pod's previous estimate) when nothing was answered in it.
+    """
+    concurrency = average_concurrency(previous, current)
+    arrival_rate = service_s = None
+    comparable = (
+        previous is not None
+        and current.at > previous.at
+        and None
+        not in (
+            previous.demand_requests_total,
+            previous.answered_total,
+            previous.scoring_seconds_total,
+            current.demand_requests_total,
+            current.answered_total,
+            current.scoring_seconds_total,
+        )
+    )
+    if comparable:
+        assert previous is not None
+        elapsed = current.at - previous.at
+        finished = _increase(previous.demand_requests_total, current.demand_requests_total)
+        answered = _increase(previous.answered_total, current.answered_total)
+        r_seconds = _increase(previous.scoring_seconds_total, current.scoring_seconds_total)
+        if finished is not None and answered is not None and r_seconds is not None:
+            inside = current.instantaneous_concurrency - previous.instantaneous_concurrency
+            arrival_rate = max(0.0, finished + inside) / elapsed
+            service_s = r_seconds / answered if answered > 0 else last_service_s
+    return PodDemand(
+        concurrency=concurrency,
+        arrival_rate=arrival_rate,
+        service_s=service_s,
+        queue_depth=current.queue_depth,
+        inflight=current.inflight,
+    )
+
+
+class DemandTracker:
+    """The memory between ticks that `pod_demand` needs: each pod's last good scrape and
+    its last known service time. The controller keeps one per ScoringAutoscaler; the
+    simulator keeps one per run, so both turn pages into demand the same way."""
+
+    def __init__(self) -> None:
+        self.scrapes: dict[str, PodScrape] = {}
+        self.service_s: dict[str, float] = {}
+
+    def update(self, pages: Mapping[str, PodScrape | None]) -> dict[str, PodDemand | None]:
+        """This tick's demand of each pod scraped (None: its scrape failed). A pod that
+        failed keeps its last good scrape for the next tick; pods not listed have left
+        and are forgotten."""
+        demand: dict[str, PodDemand | None] = {}
+        for name, page in pages.items():
+            if page is None:
+                demand[name] = None
+                continue
+            signal = pod_demand(self.scrapes.get(name), page, self.service_s.get(name))
+            demand[name] = signal
+            if signal.service_s is not None:
+                self.service_s[name] = signal.service_s
+        self.scrapes = {
+            name: page if page is not None else self.scrapes[name]
+            for name, page in pages.items()
+            if page is not None or name in self.scrapes
+        }
+        self.service_s = {n: v for n, v in self.service_s.items() if n in self.scrapes}
+        return demand
+
+
+def _increase(before: float | None, after: float | None) -> float | None:
+    """A counter's increase; None when it went backwards (the sidecar restarted)."""
+    if before is None or after is None or after < before:
+        return None
+    return after - before
 
 
 def metrics_url(pod_ip: str, port: int) -> str:

@@ -17,6 +17,7 @@ from autoscaler.policy import NodePoolSpec, ScalingSpec
 __all__ = [
     "INTEGER_POLICY_FIELDS",
     "POLICY_FIELDS",
+    "ActivatorRef",
     "AutoscalerSettings",
     "SpecError",
     "TargetRef",
@@ -51,6 +52,15 @@ class TargetRef:
 
 
 @dataclass(frozen=True)
+class ActivatorRef:
+    """`spec.activator`: the pods of the `rscore activator` in front of the target, whose
+    `rscore_activator_held_requests` the controller reads as unrouted demand."""
+
+    selector: str  # a label selector, as the API's `labelSelector` parameter takes it
+    metrics_port: int
+
+
+@dataclass(frozen=True)
 class AutoscalerSettings:
     namespace: str
     name: str
@@ -60,6 +70,7 @@ class AutoscalerSettings:
     metrics_port: int
     scaling: ScalingSpec
     node_pool_target: TargetRef | None
+    activator: ActivatorRef | None = None
 
 
 # CRD field -> (ScalingSpec field, type)
@@ -74,6 +85,7 @@ _SCALAR_FIELDS: dict[str, tuple[str, type]] = {
     "maxScaleUpRate": ("max_scale_up_rate", float),
     "maxScaleDownRate": ("max_scale_down_rate", float),
     "scaleDownDelaySeconds": ("scale_down_delay_s", float),
+    "queueDrainSeconds": ("queue_drain_s", float),
     "cpuTargetUtilization": ("cpu_target_utilization", float),
     "memoryTargetUtilization": ("memory_target_utilization", float),
 }
@@ -86,6 +98,7 @@ _NODE_POOL_FIELDS: dict[str, tuple[str, type]] = {
     "maxNodes": ("max_nodes", int),
     "podsPerNode": ("pods_per_node", int),
     "scaleDownDelaySeconds": ("scale_down_delay_s", float),
+    "provisionSeconds": ("provision_s", float),
 }
 
 
@@ -127,6 +140,42 @@ def _target(section: Any, field: str) -> TargetRef:
     return TargetRef(values["apiVersion"], values["kind"], values["name"])
 
 
+def _label_selector(section: Any, field: str) -> str:
+    """A metav1.LabelSelector as the string form list calls take."""
+    if not isinstance(section, dict):
+        raise SpecError(f"spec.{field} must be a label selector (matchLabels, matchExpressions)")
+    parts = []
+    for key, value in sorted((section.get("matchLabels") or {}).items()):
+        parts.append(f"{key}={value}")
+    for expression in section.get("matchExpressions") or []:
+        key, operator = expression.get("key"), expression.get("operator")
+        values = ",".join(str(v) for v in expression.get("values") or [])
+        spelled = {
+            "In": f"{key} in ({values})",
+            "NotIn": f"{key} notin ({values})",
+            "Exists": f"{key}",
+            "DoesNotExist": f"!{key}",
+        }.get(str(operator))
+        if not key or spelled is None:
+            raise SpecError(f"spec.{field}.matchExpressions has an invalid entry: {expression}")
+        parts.append(spelled)
+    if not parts:  # an empty selector selects every pod of the namespace
+        raise SpecError(f"spec.{field} must select something (matchLabels or matchExpressions)")
+    return ",".join(parts)
+
+
+def _activator(section: Any) -> ActivatorRef | None:
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise SpecError("spec.activator must be an object")
+    selector = _label_selector(section.get("selector"), "activator.selector")
+    port = _number(section.get("metricsPort", DEFAULT_METRICS_PORT), int, "activator.metricsPort")
+    if not 1 <= port <= 65535:
+        raise SpecError(f"spec.activator.metricsPort must be in [1, 65535], got {port}")
+    return ActivatorRef(selector, int(port))
+
+
 def settings_from_object(obj: dict[str, Any]) -> AutoscalerSettings:
     metadata = obj.get("metadata") or {}
     spec = obj.get("spec")
@@ -156,6 +205,13 @@ def settings_from_object(obj: dict[str, Any]) -> AutoscalerSettings:
         scaling_spec = ScalingSpec(**scaling, node_pool=node_pool)
     except ValueError as error:
         raise SpecError(_in_crd_terms(str(error), _SCALAR_FIELDS, "")) from error
+    activator = _activator(spec.get("activator"))
+    if scaling_spec.min_replicas == 0 and activator is None:
+        # At zero pods nobody would answer, count or report the first request.
+        raise SpecError(
+            "spec.minReplicas 0 needs spec.activator: at zero pods only the activator "
+            "holds requests and reports them, which is what scales the target back up"
+        )
     return AutoscalerSettings(
         namespace=str(metadata.get("namespace", "")),
         name=str(metadata.get("name", "")),
@@ -165,4 +221,5 @@ def settings_from_object(obj: dict[str, Any]) -> AutoscalerSettings:
         metrics_port=int(port),
         scaling=scaling_spec,
         node_pool_target=node_pool_target,
+        activator=activator,
     )

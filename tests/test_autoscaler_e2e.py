@@ -108,24 +108,27 @@ async def test_rscore_autoscaler_scales_to_six_and_the_pool_follows(tmp_path: Pa
                     timeout_s=10,
                 )
 
-                # Down: the load stops; pods go down (rate-limited, after the windows),
-                # nodes only once the pool's 3 s delay has passed.
+                # Down: the load stops; the nodes go once the pool's 3 s delay has passed,
+                # and the pods with them (pods fill the nodes that are paid for).
                 scene.per_pod_concurrency = 0
                 loop = asyncio.get_running_loop()
+                idle_since = loop.time()
                 pods_fell_at = nodes_fell_at = None
                 deadline = loop.time() + 60
                 while nodes_fell_at is None:
                     assert loop.time() < deadline, (scene.replicas, scene.nodes)
-                    if pods_fell_at is None and scene.replicas <= 4:
+                    if pods_fell_at is None and scene.replicas < 6:
                         pods_fell_at = loop.time()
                     if scene.nodes < 3:
                         nodes_fell_at = loop.time()
                     await asyncio.sleep(0.02)
                 assert pods_fell_at is not None
-                # the delay runs from the start of the tick that lowered the pods, which a
-                # loaded machine may take a while to finish: allow a second
-                assert nodes_fell_at - pods_fell_at >= 3 - 1.0
-                await eventually(lambda: scene.replicas == 1 and scene.nodes == 1)
+                # the delay runs from the tick that saw the load gone, which a loaded
+                # machine may take a while to finish: allow a second
+                assert nodes_fell_at - idle_since >= 3 - 1.0
+                assert pods_fell_at - idle_since >= 3 - 1.0
+                # minReplicas 1 needs one node, and the pods fill it: 2
+                await eventually(lambda: scene.replicas == 2 and scene.nodes == 1)
             assert process.returncode == 0, "no clean exit on SIGTERM within 10 s"
         finally:
             follower.cancel()

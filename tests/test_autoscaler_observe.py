@@ -9,6 +9,7 @@ import pytest
 
 from autoscaler.observe import PodFacts, PodUsage, build_observation, pod_facts, pod_usage
 from autoscaler.policy import Observation, PodSample
+from autoscaler.scrape import PodDemand
 
 MI = 2**20
 
@@ -265,7 +266,7 @@ def observe(pods: Any, **overrides: Any) -> Observation:
         "now": 100.0,
         "current_replicas": len(pods) if isinstance(pods, list) else 1,
         "pods": pods,
-        "concurrency": {},
+        "demand": {},
         "usage": {},
         "workers_per_pod": 4,
     } | overrides
@@ -284,7 +285,11 @@ def test_build_observation() -> None:
     observation = observe(
         pods,
         current_replicas=5,
-        concurrency={"a": 1.5, "b": 0.0, "p1": 9.0},  # p1 is not ready: ignored
+        demand={  # p1 is not ready: ignored
+            "a": PodDemand(1.5, arrival_rate=20.0, service_s=0.05, queue_depth=1.0, inflight=0.5),
+            "b": PodDemand(0.0, None, None, 0.0, 0.0),  # a first scrape
+            "p1": PodDemand(9.0, 1.0, 1.0, 9.0, 0.0),
+        },
         usage={"a": PodUsage(400.0, 100.0 * MI), "c": PodUsage(10.0, MI), "t": PodUsage(1, 1)},
         current_nodes=2,
         node_allocatable_cpu_millicores=3800.0,
@@ -292,8 +297,8 @@ def test_build_observation() -> None:
     assert observation == Observation(
         now=100.0,
         ready_pods=(
-            PodSample("a", 1.5, 400.0, 500.0, 100.0 * MI, 256.0 * MI),
-            PodSample("b", 0.0, None, 750.0, None, 256.0 * MI),
+            PodSample("a", 1.5, 400.0, 500.0, 100.0 * MI, 256.0 * MI, 20.0, 0.05, 1.0),
+            PodSample("b", 0.0, None, 750.0, None, 256.0 * MI, None, None, 0.0),
             PodSample("c", None, 10.0, 500.0, MI, 256.0 * MI),
         ),
         current_replicas=5,
@@ -317,7 +322,11 @@ def test_build_observation() -> None:
     ids=["absent", "none", "zero", "value", "someone-else"],
 )
 def test_concurrency_of_a_ready_pod(concurrency: dict[str, float | None], expected: Any) -> None:
-    (sample,) = observe([facts("a")], concurrency=concurrency).ready_pods
+    demand = {
+        name: None if value is None else PodDemand(value, None, None, 0.0, value)
+        for name, value in concurrency.items()
+    }
+    (sample,) = observe([facts("a")], demand=demand).ready_pods
     assert sample.concurrency == expected
 
 
@@ -390,11 +399,11 @@ def test_from_pod_dicts_to_observation() -> None:
         now=1.0,
         current_replicas=2,
         pods=[pod_facts(p) for p in pods],
-        concurrency={"iris-0": 2.0},
+        demand={"iris-0": PodDemand(2.0, 4.0, 0.25, 1.0, 1.0)},
         usage={"iris-0": pod_usage(pod_metrics({"cpu": "300000000n", "memory": "300Mi"}))},
         workers_per_pod=2,
     )
     (sample,) = observation.ready_pods
-    assert sample == PodSample("iris-0", 2.0, 300.0, 600.0, 300.0 * MI, 576.0 * MI)
+    assert sample == PodSample("iris-0", 2.0, 300.0, 600.0, 300.0 * MI, 576.0 * MI, 4.0, 0.25, 1.0)
     assert observation.pending_pods == 1
     assert observation.pod_cpu_request_millicores == 600.0

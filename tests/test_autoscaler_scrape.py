@@ -91,7 +91,14 @@ async def test_parses_the_real_sidecar_page_and_its_concurrency_integral(
 
     first = parse_pod_metrics(page(), at=clock.now)
     assert first == PodScrape(
-        at=100.0, concurrency_seconds_total=0.0, queue_depth=0.0, inflight=0.0, workers=0
+        at=100.0,
+        concurrency_seconds_total=0.0,
+        queue_depth=0.0,
+        inflight=0.0,
+        workers=0,
+        demand_requests_total=1.0,  # the 200 above
+        answered_total=1.0,
+        scoring_seconds_total=0.0,  # no R call observed
     )
 
     jobs = [dispatcher.submit(None, deadline=1e9) for _ in range(3)]  # no worker: queued
@@ -142,7 +149,8 @@ def test_real_sidecar_page_without_the_state_collector_lacks_the_contract() -> N
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (PAGE, PodScrape(12.5, 1234.5, 2.0, 3.0, 4)),
+        # the 503s are not demand (a pod not ready); no scoring histogram: 0 s in R
+        (PAGE, PodScrape(12.5, 1234.5, 2.0, 3.0, 4, 1027.0, 1027.0, 0.0)),
         (
             # no HELP/TYPE lines: untyped samples still count
             "rscore_concurrency_seconds_total 7\nrscore_queue_depth 0\n"

@@ -13,6 +13,7 @@ import pytest
 from autoscaler.policy import NodePoolSpec, ScalingSpec
 from autoscaler.spec import (
     DEFAULT_METRICS_PORT,
+    ActivatorRef,
     AutoscalerSettings,
     SpecError,
     TargetRef,
@@ -85,7 +86,6 @@ def test_metrics_port_defaults_to_9090() -> None:
 @pytest.mark.parametrize(
     ("crd_field", "value", "attribute", "expected"),
     [
-        ("minReplicas", 0, "min_replicas", 0),
         ("minReplicas", 4, "min_replicas", 4),
         ("minReplicas", 4.0, "min_replicas", 4),  # JSON numbers may arrive as floats
         ("maxReplicas", 50, "max_replicas", 50),
@@ -219,10 +219,11 @@ def test_node_pool(fields: dict[str, Any], expected: NodePoolSpec) -> None:
 def test_node_pool_defaults_are_the_crd_defaults() -> None:
     node_pool = settings_from_object(obj({"nodePool": pool()})).scaling.node_pool
     assert node_pool is not None
+    # the CRD's defaults are the dataclass's (test_crd checks the two agree)
     assert (node_pool.min_nodes, node_pool.pods_per_node, node_pool.scale_down_delay_s) == (
         0,
         None,
-        600.0,
+        NodePoolSpec(max_nodes=1).scale_down_delay_s,
     )
 
 
@@ -407,3 +408,81 @@ def test_range_errors_name_the_crd_field(spec: dict[str, Any], crd_field: str) -
 def test_a_null_required_field_is_a_spec_error(spec: dict[str, Any], field: str) -> None:
     with pytest.raises(SpecError, match=field):
         settings_from_object(obj(spec))
+
+
+# --- spec.activator and scale to zero ------------------------------------------------------
+
+ACTIVATOR = {
+    "selector": {
+        "matchLabels": {
+            "app.kubernetes.io/name": "rscore-activator",
+            "app.kubernetes.io/instance": "iris",
+        }
+    },
+    "metricsPort": 9091,
+}
+
+
+def test_min_replicas_zero_needs_an_activator() -> None:
+    """Without an activator nothing holds (or reports) a request at zero pods: the
+    Deployment would stay at zero for good."""
+    with pytest.raises(SpecError, match=r"spec.minReplicas 0 needs spec.activator"):
+        settings_from_object(obj({"minReplicas": 0}))
+
+
+def test_an_activator_allows_min_replicas_zero() -> None:
+    settings = settings_from_object(obj({"minReplicas": 0, "activator": ACTIVATOR}))
+    assert settings.scaling.min_replicas == 0
+    assert settings.activator == ActivatorRef(
+        "app.kubernetes.io/instance=iris,app.kubernetes.io/name=rscore-activator", 9091
+    )
+
+
+def test_an_activator_without_scale_to_zero_is_read_too() -> None:
+    """Held requests count as demand at any scale (a burst while every pod is busy
+    starting); the port defaults to the activator's default metrics port."""
+    activator = {"selector": {"matchLabels": {"app": "act"}}}
+    settings = settings_from_object(obj({"activator": activator}))
+    assert settings.activator == ActivatorRef("app=act", DEFAULT_METRICS_PORT)
+    assert settings_from_object(obj()).activator is None
+
+
+def test_selector_expressions_become_the_api_s_selector_syntax() -> None:
+    selector = {
+        "matchLabels": {"app": "act"},
+        "matchExpressions": [
+            {"key": "tier", "operator": "In", "values": ["a", "b"]},
+            {"key": "env", "operator": "NotIn", "values": ["dev"]},
+            {"key": "owner", "operator": "Exists"},
+            {"key": "canary", "operator": "DoesNotExist"},
+        ],
+    }
+    settings = settings_from_object(obj({"activator": {"selector": selector}}))
+    assert settings.activator is not None
+    assert settings.activator.selector == "app=act,tier in (a,b),env notin (dev),owner,!canary"
+
+
+@pytest.mark.parametrize(
+    ("activator", "message"),
+    [
+        ("act", "spec.activator must be an object"),
+        ({}, "spec.activator.selector must be a label selector"),
+        ({"selector": {}}, "spec.activator.selector must select something"),
+        ({"selector": {"matchLabels": {}}}, "spec.activator.selector must select something"),
+        (
+            {"selector": {"matchExpressions": [{"key": "a", "operator": "Near"}]}},
+            "spec.activator.selector.matchExpressions has an invalid entry",
+        ),
+        (
+            {"selector": {"matchLabels": {"a": "b"}}, "metricsPort": 0},
+            r"spec.activator.metricsPort must be in \[1, 65535\]",
+        ),
+        (
+            {"selector": {"matchLabels": {"a": "b"}}, "metricsPort": "9090"},
+            "spec.activator.metricsPort must be a number",
+        ),
+    ],
+)
+def test_a_bad_activator_is_named(activator: Any, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        settings_from_object(obj({"activator": activator}))

@@ -40,6 +40,7 @@ SPEC_FIELDS = {
     "maxScaleUpRate": "max_scale_up_rate",
     "maxScaleDownRate": "max_scale_down_rate",
     "scaleDownDelaySeconds": "scale_down_delay_s",
+    "queueDrainSeconds": "queue_drain_s",
     "cpuTargetUtilization": "cpu_target_utilization",
     "memoryTargetUtilization": "memory_target_utilization",
     "nodePool": "node_pool",
@@ -49,8 +50,9 @@ NODE_POOL_FIELDS = {
     "maxNodes": "max_nodes",
     "podsPerNode": "pods_per_node",
     "scaleDownDelaySeconds": "scale_down_delay_s",
+    "provisionSeconds": "provision_s",
 }
-CONTROLLER_ONLY = {"scaleTargetRef", "metricsPort"}
+CONTROLLER_ONLY = {"scaleTargetRef", "metricsPort", "activator"}
 
 # Each CEL rule of the CRD, keyed by the schema path it sits on, with the same predicate in
 # Python (`self` is the object at that path, after defaulting).
@@ -61,7 +63,18 @@ CEL_RULES: dict[tuple[str, str], Callable[[dict[str, Any]], bool]] = {
     ("spec.nodePool", "!has(self.minNodes) || self.minNodes <= self.maxNodes"): lambda s: (
         "minNodes" not in s or s["minNodes"] <= s["maxNodes"]
     ),
+    (
+        "spec",
+        "!has(self.minReplicas) || self.minReplicas > 0 || has(self.activator)",
+    ): lambda s: "minReplicas" not in s or s["minReplicas"] > 0 or "activator" in s,
+    (
+        "spec.activator.selector",
+        "(has(self.matchLabels) && size(self.matchLabels) > 0) || "
+        "(has(self.matchExpressions) && size(self.matchExpressions) > 0)",
+    ): lambda s: bool(s.get("matchLabels")) or bool(s.get("matchExpressions")),
 }
+# The activator in front of a target scaled to zero (manifests/base/activator.yaml).
+ACTIVATOR = {"selector": {"matchLabels": {"app.kubernetes.io/name": "rscore-activator"}}}
 
 
 def load_crd() -> dict[str, Any]:
@@ -252,7 +265,10 @@ def test_minimal_object_gets_the_policy_defaults() -> None:
     assert (spec["panicWindowPercentage"], spec["panicThresholdPercentage"]) == (10, 200)
     assert (spec["maxScaleUpRate"], spec["maxScaleDownRate"]) == (1000, 2)
     assert spec["scaleDownDelaySeconds"] == 0
-    assert (spec["nodePool"]["minNodes"], spec["nodePool"]["scaleDownDelaySeconds"]) == (0, 600)
+    assert (spec["nodePool"]["minNodes"], spec["nodePool"]["scaleDownDelaySeconds"]) == (
+        0,
+        NodePoolSpec(max_nodes=1).scale_down_delay_s,
+    )
 
 
 def test_no_node_pool_stays_no_node_pool() -> None:
@@ -264,7 +280,7 @@ def test_no_node_pool_stays_no_node_pool() -> None:
 # (spec fields, accepted?) on either side of each bound of policy.py.
 BOUNDS = [
     ({"minReplicas": -1}, False),
-    ({"minReplicas": 0}, True),
+    ({"minReplicas": 0, "activator": ACTIVATOR}, True),
     ({"maxReplicas": 0, "minReplicas": 0}, False),
     ({"maxReplicas": 1}, True),
     ({"targetConcurrencyPerWorker": 0}, False),
@@ -408,3 +424,42 @@ def test_status_as_the_controller_writes_it() -> None:
 )
 def test_status_refused(status: dict[str, Any]) -> None:
     assert validation_errors({**minimal(), "status": status}) != []
+
+
+# --- scale to zero needs the activator -------------------------------------------------------
+
+
+def test_min_replicas_zero_without_an_activator_is_refused_by_both() -> None:
+    """The API server (CEL rule) and the controller (autoscaler.spec) agree: at zero pods
+    only an activator holds and reports the first request."""
+    from autoscaler.spec import SpecError, settings_from_object
+
+    refused = minimal(minReplicas=0)
+    errors = validation_errors(refused)
+    assert any("has(self.activator)" in e for e in errors), errors
+    with pytest.raises(SpecError, match=r"spec\.activator"):
+        settings_from_object(apply_defaults(crd_schema(), refused))
+    accepted = minimal(minReplicas=0, activator=ACTIVATOR)
+    assert validation_errors(accepted) == []
+    settings = settings_from_object(apply_defaults(crd_schema(), accepted))
+    assert settings.activator is not None
+    assert settings.activator.metrics_port == 9090  # the CRD's default, the flag's default
+
+
+@pytest.mark.parametrize(
+    "activator",
+    [
+        pytest.param({}, id="no selector"),
+        pytest.param({"selector": {}}, id="empty selector"),
+        pytest.param({"selector": {"matchLabels": {}}}, id="no labels"),
+        pytest.param(
+            {"selector": {"matchExpressions": [{"key": "a", "operator": "Near"}]}},
+            id="unknown operator",
+        ),
+        pytest.param({"selector": {"matchLabels": {"a": 1}}}, id="label value not a string"),
+        pytest.param({**ACTIVATOR, "metricsPort": 0}, id="port out of range"),
+        pytest.param({**ACTIVATOR, "port": 9090}, id="misspelt field"),
+    ],
+)
+def test_a_bad_activator_is_refused(activator: dict[str, Any]) -> None:
+    assert validation_errors(minimal(activator=activator)) != []

@@ -461,7 +461,7 @@ def test_defaults():
     assert (s.min_replicas, s.target_concurrency_per_worker, s.target_utilization) == (1, 1.0, 0.7)
     assert (s.stable_window_s, s.panic_window_s, s.panic_threshold_percentage) == (60, 6.0, 200)
     assert (s.max_scale_up_rate, s.max_scale_down_rate, s.scale_down_delay_s) == (1000, 2, 0)
-    assert NodePoolSpec(max_nodes=3).scale_down_delay_s == 600
+    assert NodePoolSpec(max_nodes=3).scale_down_delay_s == 300
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.max_replicas = 3  # type: ignore[misc]
 
@@ -553,13 +553,14 @@ def test_zero_to_n_with_nodes():
     steps = [
         # (now, ready concurrency, current replicas, current nodes, unrouted)
         (0.0, (), 0, 0, 0.0),  # nothing: 0 replicas, 0 nodes
-        # 3 waiting at the gateway: samples 0, 3 -> stable 1.5 -> 2; panic (-5, 5] same -> 2;
-        # 2 / max(current 0 -> 1) = 2 -> Panic; nodes ceil(2/2) = 1 at once.
+        # 3 waiting at the gateway, no service time known yet: each counts as a busy
+        # worker to drain -> 3 pods; 3 / max(current 0 -> 1) >= 2 -> Panic; nodes
+        # ceil(3/2) = 2 at once, and pods fill the 2 nodes: 4.
         (5.0, (), 0, 0, 3.0),
-        # pods starting (2 current, none ready): 3 recorded; stable (0+3+3)/3 = 2 -> 2;
-        # panic (0, 10]: 3 -> 3; 3/2 = 1.5; in panic: max(3, 2) = 3; nodes 2.
+        # pods starting (2 current, none ready), the 3 still held: the same -> 4 pods.
         (10.0, (), 2, 1, 3.0),
-        # 3 ready pods at 1.0: total 3; stable (-5, 15]: (0+3+3+3)/4 = 2.25 -> 3; panic 3.
+        # 3 ready pods at concurrency 1.0 (no arrivals reported: concurrency stands in):
+        # 3 busy workers -> 3 pods, 2 nodes, filled to 4; still in panic.
         (15.0, (1.0, 1.0, 1.0), 3, 2, 0.0),
     ]
     got = []
@@ -574,7 +575,7 @@ def test_zero_to_n_with_nodes():
         )
         rec, state = decide(obs, state, s)
         got.append((rec.desired_replicas, rec.desired_nodes, rec.mode))
-    assert got == [(0, 0, S), (2, 1, P), (3, 2, P), (3, 2, P)]
+    assert got == [(0, 0, S), (4, 2, P), (4, 2, P), (4, 2, P)]
 
 
 def test_node_scale_down_delay():
