@@ -11,7 +11,8 @@ EXAMPLES := examples/build
 DEBIAN_PACKAGES := r-base-core r-base-dev r-cran-jsonlite r-cran-randomforest r-cran-rpart \
 	r-cran-gbm r-cran-glmnet prometheus
 
-.PHONY: help setup demo predict-examples test lint format bench-worker bench bench-sim clean
+.PHONY: help setup demo predict-examples test lint format bench-worker bench bench-activator \
+	bench-sim bench-autoscale clean
 
 help:
 	@echo "make demo          set up, serve the example lm bundle, send it one request"
@@ -19,7 +20,9 @@ help:
 	@echo "make test          set up, then lint and run the test suite"
 	@echo "make bench-worker  measure the worker protocol's round-trip overhead"
 	@echo "make bench         HTTP benchmark: rscore vs plumber vs an echo ceiling (wrk)"
+	@echo "make bench-activator  latency and throughput rscore activator adds (wrk)"
 	@echo "make bench-sim     simulator: speed vs SimPy, M/M/4 vs Erlang C, a simulated day"
+	@echo "make bench-autoscale  every example scenario under every policy, cost vs the oracle"
 
 setup: $(STAMPS)/debian $(STAMPS)/python $(STAMPS)/examples
 	@:
@@ -72,8 +75,22 @@ $(STAMPS)/bench-debian: Makefile $(STAMPS)/debian
 	@scripts/install-debian-packages wrk hey r-cran-plumber
 	@mkdir -p $(STAMPS) && touch $@
 
+# `make bench-activator` (BENCH_ARGS as for `make bench`): direct vs through the activator.
+bench-activator: setup $(STAMPS)/bench-wrk
+	@$(BIN)/python -m bench.activator $(BENCH_ARGS)
+
+# wrk alone (the activator's benchmark needs no plumber), installed only when missing.
+$(STAMPS)/bench-wrk: Makefile $(STAMPS)/debian
+	@scripts/install-debian-packages wrk
+	@mkdir -p $(STAMPS) && touch $@
+
 bench-sim: setup
 	@$(BIN)/python -m bench.sim $(BENCH_ARGS)
+
+# `make bench-autoscale` (BENCH_ARGS="--no-write" to keep docs/ as is; scenario paths to
+# run only those).
+bench-autoscale: setup
+	@$(BIN)/python -m bench.autoscale $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(EXAMPLES) .pytest_cache .ruff_cache

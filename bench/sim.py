@@ -8,6 +8,10 @@ and one simulated day under the rscore policy. Results go to docs/benchmarks.md.
    all) against Erlang C's 0.7455 s, with a 95 % confidence interval from the runs.
 3. A day (86,400 simulated seconds) of diurnal traffic averaging 100 req/s under the
    rscore policy, with pod starts, node provisioning and controller ticks.
+4. At scale: a day of the NASA trace multiplied to about 100 req/s (bursts of up to
+   ~2,900 requests in a second), under kpa and rscore, which run to hundreds of pods;
+   then ten times the load and the pods (x 1470, 2,000 nodes) under kpa, which must take
+   at most ten times as long (the engine's costs follow the live pods, not history).
 
 Measures wall time of simulations only; writes only its section of docs/benchmarks.md.
 """
@@ -23,6 +27,7 @@ from pathlib import Path
 
 from bench.report import machine, write_section
 from sim.erlang import mmc_mean_wait
+from sim.metrics import summarize
 from sim.run import run_scenario
 from sim.scenario import Scenario, parse_scenario
 
@@ -99,11 +104,97 @@ def day_scenario() -> Scenario:
     )
 
 
+NASA = Path(__file__).resolve().parents[2] / "shared/traces/nasa-http-1995-per-second.txt.gz"
+
+
+def nasa_scenario(scale: float, max_nodes: int, policy: str) -> Scenario:
+    """A day of NASA's per-second counts x `scale` (multiply: each second's burst grows),
+    20 ms lognormal calls, 2 workers per pod, a CPU pool."""
+    return parse_scenario(
+        {
+            "name": f"nasa-x{scale:g}",
+            "seed": 3,
+            "duration_s": 86400.0,
+            "workload": {"kind": "trace", "path": str(NASA), "scale": scale},
+            "service": {"kind": "lognormal", "mean_s": 0.02, "cv": 1.0},
+            "pods": {"workers": 2, "initial": 2},
+            "nodes": {"kind": "cpu", "max_nodes": max_nodes},
+            "policy": {"kind": policy},
+        },
+        Path("."),
+    )
+
+
+def scale_run(scale: float, max_nodes: int, policy: str) -> dict[str, float]:
+    """One NASA day: wall and CPU seconds of the whole run (scenario to summary), with
+    the events, the requests and the pods it made."""
+    from sim.engine import engine_for
+    from sim.run import make_controller
+
+    scenario = nasa_scenario(scale, max_nodes, policy)
+    start, cpu = time.perf_counter(), time.process_time()
+    controller, _ = make_controller(scenario)
+    engine = engine_for(scenario, controller)
+    result = engine.run()
+    summary = summarize(result, price_per_hour=scenario.nodes.price_per_hour,
+                        slo_p99_s=scenario.slo_p99_s)  # fmt: skip
+    return {
+        "wall_s": time.perf_counter() - start,
+        "cpu_s": time.process_time() - cpu,
+        "requests": summary["requests"],
+        "events": summary["events"],
+        "pods_created": len(engine.p_state),
+        "max_ready_pods": summary["max_ready_pods"],
+        "mean_ready_pods": summary["mean_ready_pods"],
+    }
+
+
+def scale_section(runs: dict[str, dict[str, float]]) -> str:
+    """The at-scale rows of the table, and the 10x check."""
+    rows = []
+    for label, r in runs.items():
+        rows.append(
+            f"| {label}: {r['requests']:,} requests, {r['events']:,} events, "
+            f"{r['pods_created']:,} pods created, up to {r['max_ready_pods']:,} ready "
+            f"(mean {r['mean_ready_pods']:.0f}) | {r['wall_s']:.1f} s wall "
+            f"({r['cpu_s']:.1f} s CPU) |"
+        )
+    return "\n".join(rows)
+
+
+def runs_at_scale(with_10x: bool) -> tuple[dict[str, dict[str, float]], str]:
+    """The NASA days (x 147 under kpa and rscore, x 1470 under kpa), and the 10x line."""
+    runs: dict[str, dict[str, float]] = {}
+    if not NASA.exists():
+        print(f"no {NASA}: skipping the runs at scale")
+        return runs, ""
+    cases = [("kpa", 147.0, 200), ("rscore", 147.0, 200)]
+    if with_10x:
+        cases.append(("kpa", 1470.0, 2000))
+    for policy, scale, max_nodes in cases:
+        label = f"NASA day x {scale:g} (~{0.75 * scale:,.0f} req/s), {policy}"
+        print(f"{label} ...", flush=True)
+        r = runs[label] = scale_run(scale, max_nodes, policy)
+        print(f"  {r['requests']:,} requests, {r['events']:,} events, "
+              f"{r['pods_created']:,} pods created (up to {r['max_ready_pods']} ready): "
+              f"{r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} s CPU")  # fmt: skip
+    first, *_, last = runs.values()
+    if not with_10x:
+        return runs, ""
+    ten_x = (f"Ten times the load and the pods (kpa) took {last['wall_s'] / first['wall_s']:.1f}x "
+             f"the wall time, {last['cpu_s'] / first['cpu_s']:.1f}x the CPU time (goal: at most "
+             f"10x).")  # fmt: skip
+    print(f"  {ten_x}")
+    return runs, ten_x
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=5, help="M/M/4 runs for accuracy")
     parser.add_argument("--no-write", action="store_true", help="Keep docs/ as it is.")
+    parser.add_argument("--no-10x", action="store_true",
+                        help="Skip the NASA day at ten times the load (minutes).")  # fmt: skip
     args = parser.parse_args()
     n = args.customers
     theory = mmc_mean_wait(SERVERS, LAMBDA, MU)
@@ -146,6 +237,8 @@ def main() -> None:
           f"p99 {day['latency_p99_s']:.3f} s, "
           f"mean ready pods {day['mean_ready_pods']:.1f}")  # fmt: skip
 
+    scale_runs, ten_x = runs_at_scale(with_10x=not args.no_10x)
+
     if args.no_write:
         return
     body = f"""## Simulator: speed and accuracy
@@ -166,6 +259,19 @@ The day: lognormal calls (mean 50 ms, cv 1), 4 workers per pod, pods start in
 ran every 2 s: mean {day["mean_ready_pods"]:.1f} ready pods, {day["node_hours"]:.1f} node-hours
 (${day["cost_usd"]:.2f}), p99 {day["latency_p99_s"]:.3f} s, SLO {"met" if day["slo_met"] else "missed"}.
 """  # noqa: E501 - a table row is one line
+    if scale_runs:
+        body += f"""
+At scale: a day of the NASA trace (`scale_mode = "multiply"`: each second's count x the
+scale, bursts of up to ~2,900 requests in a second at x 147), 20 ms lognormal calls
+(cv 1), 2 workers per pod, CPU nodes; kpa flaps between a few pods and hundreds. Whole
+run, scenario to summary; CPU seconds beside the wall (the machine may be shared).
+
+| run | time |
+|---|---:|
+{scale_section(scale_runs)}
+
+{ten_x}
+"""
     write_section("simulator", body)
     print("wrote the simulator section of docs/benchmarks.md")
 

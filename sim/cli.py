@@ -130,6 +130,9 @@ def run(
         result = run_scenario(scenario, progress=progress)
     paths = _run_files(result, out_dir, plots=not no_plots)
     if not quiet:
+        from sim.workload import describe
+
+        click.echo(describe(scenario.workload))  # the scale and scale_mode used
         click.echo(_table({scenario.policy_kind: result.summary}))
         click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
 
@@ -147,6 +150,7 @@ def _run_policy(job: tuple[Scenario, str]) -> tuple[str, dict[str, Any], dict[st
 _COLUMNS = (
     ("policy", "policy", "{}"),
     ("cost $", "cost_usd", "{:.3f}"),
+    ("vs oracle", "cost_vs_oracle", "{:.2f}"),
     ("node-h", "node_hours", "{:.2f}"),
     ("pods", "mean_ready_pods", "{:.1f}"),
     ("p50 s", "latency_p50_s", "{:.3f}"),
@@ -160,14 +164,22 @@ _COLUMNS = (
 
 
 def _table(summaries: dict[str, dict[str, Any]]) -> str:
-    """A plain-text table, one row per policy (None shows as 'inf': failures > 1 %)."""
-    rows = [[head for head, _, _ in _COLUMNS]]
+    """A plain-text table, one row per policy (None shows as 'inf': failures > 1 %).
+
+    The "vs oracle" column (cost / the oracle's cost) appears when the summaries carry
+    `cost_vs_oracle` (compare's do); '-' when there is no oracle to compare with.
+    """
+    with_oracle = any("cost_vs_oracle" in summary for summary in summaries.values())
+    columns = [c for c in _COLUMNS if with_oracle or c[1] != "cost_vs_oracle"]
+    rows = [[head for head, _, _ in columns]]
     for policy, summary in summaries.items():
         row = []
-        for _, key, fmt in _COLUMNS:
+        for _, key, fmt in columns:
             value = policy if key == "policy" else summary.get(key)
             if key == "slo_met":
                 row.append("met" if value else "missed")
+            elif key == "cost_vs_oracle" and value is None:
+                row.append("-")
             elif value is None:
                 row.append("inf")
             else:
@@ -177,6 +189,16 @@ def _table(summaries: dict[str, dict[str, Any]]) -> str:
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
                        enumerate(zip(r, widths, strict=True))) for r in rows]  # fmt: skip
     return "\n".join(lines)
+
+
+def _add_cost_vs_oracle(summaries: dict[str, dict[str, Any]]) -> None:
+    """Every summary's cost over the oracle's (None when the oracle was not compared
+    or cost nothing). The oracle is not run unless asked: it replays its plan up to
+    MAX_REPLAYS times, often the longest job of a comparison."""
+    oracle = summaries.get("oracle")
+    base = oracle["cost_usd"] if oracle else None
+    for summary in summaries.values():
+        summary["cost_vs_oracle"] = summary["cost_usd"] / base if base else None
 
 
 @sim.command()
@@ -206,21 +228,27 @@ def compare(
         raise click.BadParameter(f"unknown policies {unknown}; choose from {POLICY_KINDS}")
     scenario = _load(scenario_path, seed, duration_s)
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = [(scenario, p) for p in names]
+    # The oracle (several replays) goes first, so that it is not the last to start.
+    work = sorted(((scenario, p) for p in names), key=lambda job: job[1] != "oracle")
     workers = min(len(names), jobs or os.cpu_count() or 1)
     if workers <= 1:
-        done = [_run_policy(job) for job in work]
+        finished = [_run_policy(job) for job in work]
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            done = list(pool.map(_run_policy, work))
+            finished = list(pool.map(_run_policy, work))
+    done = sorted(finished, key=lambda item: names.index(item[0]))
     summaries = {policy: summary for policy, summary, _ in done}
+    _add_cost_vs_oracle(summaries)
     write_json(out_dir / "compare.json", summaries)
     for policy, _, series in done:
         write_timeseries(
             out_dir / f"timeseries-{policy}.csv", series, f"nodes_{scenario.nodes.kind}"
         )
-    plot_compare({policy: (summary, series) for policy, summary, series in done},
+    plot_compare({policy: (summaries[policy], series) for policy, _, series in done},
                  out_dir / "compare.png")  # fmt: skip
+    from sim.workload import describe
+
+    click.echo(describe(scenario.workload))  # the scale and scale_mode used
     click.echo(_table(summaries))
     click.echo(f"wrote {out_dir / 'compare.json'} and {out_dir / 'compare.png'}", err=True)
 

@@ -19,6 +19,7 @@ from sim.distributions import Delay
 __all__ = ["ROUTING", "ControllerSpec", "NodeAutoscaler", "NodeSpec", "PodSpec", "node_preset"]
 
 ROUTING = ("random", "least_loaded")
+CA_SCALE_DOWN_DELAY_S = 600.0  # the Cluster Autoscaler's scale-down-unneeded-time
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,16 @@ class NodeSpec:
     pods_per_node: int | None = None  # None: max(1, cpus // workers)
     min_nodes: int = 0
     max_nodes: int = 100
-    scale_down_delay_s: float = 600.0
+    # None: each policy's own default (the Cluster Autoscaler's 600 s for the emulation
+    # under static, kpa and hpa; the CRD's nodePool default for rscore).
+    scale_down_delay_s: float | None = None
     provision_s: Delay = field(default_factory=lambda: Delay("lognormal", 90.0, 0.2))
 
     def __post_init__(self) -> None:
         if self.kind not in _PRESETS:
             raise ValueError(f"nodes kind must be one of {tuple(_PRESETS)}, got {self.kind!r}")
-        if self.price_per_hour < 0 or self.cpus < 1 or self.scale_down_delay_s < 0:
+        delay = self.scale_down_delay_s
+        if self.price_per_hour < 0 or self.cpus < 1 or (delay is not None and delay < 0):
             raise ValueError("nodes: price_per_hour >= 0, cpus >= 1, scale_down_delay_s >= 0")
         if not 0 <= self.min_nodes <= self.max_nodes or self.max_nodes < 1:
             raise ValueError("nodes: 0 <= min_nodes <= max_nodes, max_nodes >= 1")
@@ -105,6 +109,9 @@ def node_preset(kind: str) -> dict[str, object]:
 class ControllerSpec:
     interval_s: float = 2.0  # controller tick (Knative's autoscaler ticks every 2 s)
     scrape_delay_s: float = 1.0  # scrape + decide + API call: the decision lands this late
+    # Unix time at t = 0: the forecast learns time of day and week from it. The default,
+    # a Monday 00:00 UTC, suits any trace whose first second is a midnight.
+    wall_start_s: float = 1_700_438_400.0
 
     def __post_init__(self) -> None:
         if not self.interval_s > 0 or self.scrape_delay_s < 0:
@@ -127,6 +134,9 @@ class NodeAutoscaler:
             return need
         if self._below_since is None:
             self._below_since = now
-        if now - self._below_since >= spec.scale_down_delay_s:
+        delay = (
+            CA_SCALE_DOWN_DELAY_S if spec.scale_down_delay_s is None else spec.scale_down_delay_s
+        )
+        if now - self._below_since >= delay:
             return need
         return current

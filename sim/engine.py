@@ -4,7 +4,10 @@ One heap of tuple events `(time, kind, a, b)`; arrivals are not pushed on it but
 merged in from sorted numpy blocks, which halves the heap traffic. Per-pod state lives in
 flat lists indexed by pod id, random numbers are drawn in numpy blocks, and the hot path
 (arrival, completion) is inline in `Engine.run`; everything rare (ticks, pod and node
-life cycle, the gateway) is a method.
+life cycle, the gateway) is a method. What runs per tick or per pod change walks the
+live pods and nodes only (`live`, `ready`, `pending`, `n_alive`, `n_room`, `n_by_pods`):
+a policy that creates and removes thousands of pods over a run costs what its pods alive
+at once cost, not its history.
 
 Admission follows the sidecar (sidecar/admission.py): a request goes to an idle worker at
 once, else waits in the pod's FIFO queue of `max_queue * workers`, else is rejected
@@ -21,8 +24,9 @@ Concurrency per pod is kept as the exact integral of (queued + in flight), which
 `rscore_concurrency_seconds_total` exports: sum of finished sojourns plus, for requests
 still inside, `now - arrival`.
 
-Never reads the wall clock inside the simulation (only to report how long it took) and
-never writes files.
+Never reads the wall clock inside the simulation (only to report how long it took),
+never writes files, and never scans every pod or node the run ever created while it
+runs (once, at the end, to total the concurrency seconds).
 """
 
 from __future__ import annotations
@@ -71,6 +75,9 @@ class PodView:
     cpu_seconds: float  # busy worker-seconds (a call counts when it starts)
     ready_at: float
     inside: int = 0  # rscore_queue_depth + rscore_inflight_requests now
+    arrivals: int = 0  # requests routed to it, 429s included
+    served: int = 0  # requests whose call started (the answered ones, rscore_requests 2xx)
+    queued: int = 0  # rscore_queue_depth now
 
 
 @dataclass(frozen=True)
@@ -122,7 +129,7 @@ class RunResult:
 class Engine:
     """One simulation run. `run()` returns a RunResult; an engine runs once."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 - the state is flat lists, one statement each
         self,
         *,
         arrivals: Iterator[np.ndarray],
@@ -160,13 +167,24 @@ class Engine:
         self.p_asum: list[float] = []  # sum of their arrival times
         self.p_sdone: list[float] = []  # sum of the sojourns of those that left
         self.p_cpu: list[float] = []
+        self.p_arr: list[int] = []  # requests routed to the pod (its metrics' arrivals)
+        self.p_srv: list[int] = []  # requests whose call started on it
         self.p_ready_at: list[float] = []
         self.ready: list[int] = []  # ready pods, in the order they became ready
-        self.pending: list[int] = []  # pods waiting for a node slot
+        self.pending: deque[int] = deque()  # pods waiting for a node slot
+        # Pods not gone (pending, starting, ready, draining), in creation order: whatever
+        # scans pods scans these, never every pod the run ever created.
+        self.live: dict[int, None] = {}
         # Per-node state.
         self.n_state: list[int] = []
         self.n_pods: list[int] = []
         self.n_image_at: list[float | None] = []  # when the image is on it; None: no pull yet
+        self.n_alive: dict[int, None] = {}  # nodes not removed, in creation order
+        self.n_room: set[int] = set()  # nodes up with room for a pod
+        # Nodes with room by the pods on them (heaps of node ids; entries whose node has
+        # since changed are dropped when they come to the top): the fullest node with
+        # room, lowest id first, is found without scanning the nodes.
+        self.n_by_pods: list[list[int]] = [[] for _ in range(self.per_node)]
         self.nodes_alive = 0
         self.node_seconds = 0.0
         self.node_since = 0.0
@@ -238,6 +256,7 @@ class Engine:
                 continue
             members.append(q.popleft())
         self.extra_served += len(members)
+        self.p_srv[p] += len(members)
         self.extra_wait += sum(t - a for a in members)
         s = self.call_time(self.draw_service(), len(members))
         if t + s > members[0] + self.pods.request_timeout_s + WATCHDOG_GRACE_S:
@@ -298,6 +317,7 @@ class Engine:
             p = self.least_loaded(t)
         else:
             p = ready[int(self.streams["routing"].random() * len(ready))]
+        self.p_arr[p] += 1
         self.expire(p, t)
         q = self.p_q[p]
         held = t - a  # time spent at the gateway: the pod's own counter starts at t
@@ -342,6 +362,9 @@ class Engine:
         self.n_state.append(UP if ready else PROVISIONING)
         self.n_pods.append(0)
         self.n_image_at.append(t if ready else None)  # initial nodes have the image
+        self.n_alive[n] = None
+        if ready:
+            self._has_room(n)
         self._bill(t, +1)
         if not ready:
             self.push(t + self.nodes.provision_s.sample(self.streams["nodes"]), NODE_READY, n)
@@ -349,7 +372,7 @@ class Engine:
 
     def set_nodes(self, t: float, desired: int) -> None:
         desired = min(max(desired, self.nodes.min_nodes), self.nodes.max_nodes)
-        alive = [n for n, s in enumerate(self.n_state) if s != REMOVED]
+        alive = list(self.n_alive)
         for _ in range(desired - len(alive)):
             self.add_node(t, ready=False)
         excess = len(alive) - desired
@@ -361,18 +384,48 @@ class Engine:
         order += [n for n in reversed(alive) if self.n_state[n] == UP and self.n_pods[n] == 0]
         for n in order[:excess]:
             self.n_state[n] = REMOVED
+            del self.n_alive[n]
+            self.n_room.discard(n)
             self._bill(t, -1)
 
     def node_ready(self, n: int, t: float) -> None:
         if self.n_state[n] == PROVISIONING:
             self.n_state[n] = UP
+            self._has_room(n)
             self.bind_pending(t)
+
+    def _has_room(self, n: int) -> None:
+        """Node n is up and its pod count changed (or it just came up): file it."""
+        k = self.n_pods[n]
+        if k >= self.per_node:
+            self.n_room.discard(n)
+            return
+        self.n_room.add(n)
+        nodes = self.n_by_pods[k]
+        heapq.heappush(nodes, n)
+        if len(nodes) > 2 * len(self.n_room) + 64:  # mostly stale: keep it to live nodes
+            n_pods, room = self.n_pods, self.n_room
+            nodes[:] = sorted({m for m in nodes if n_pods[m] == k and m in room})
+
+    def _fullest_with_room(self) -> int:
+        """The node with room holding the most pods (ties: the oldest), for bin packing;
+        there is one (n_room is not empty)."""
+        n_pods, room = self.n_pods, self.n_room
+        for k in range(self.per_node - 1, -1, -1):
+            nodes = self.n_by_pods[k]
+            while nodes:
+                n = nodes[0]
+                if n_pods[n] == k and n in room:
+                    return n
+                heapq.heappop(nodes)  # the node has filled, emptied or gone since
+        raise AssertionError("no node with room")
 
     # ---- pods ---------------------------------------------------------------------------
 
     def new_pod(self) -> int:
         p = len(self.p_state)
         self.p_state.append(PENDING)
+        self.live[p] = None
         self.p_node.append(-1)
         self.p_busy.append(0)
         self.p_q.append(deque())
@@ -380,23 +433,20 @@ class Engine:
         self.p_asum.append(0.0)
         self.p_sdone.append(0.0)
         self.p_cpu.append(0.0)
+        self.p_arr.append(0)
+        self.p_srv.append(0)
         self.p_ready_at.append(math.inf)
         return p
 
     def bind_pending(self, t: float) -> None:
         """Place pending pods on the fullest node with room (bin packing, so that nodes
         empty out and can go), and start them."""
-        per_node = self.per_node
-        while self.pending:
-            candidates = [
-                n for n, s in enumerate(self.n_state) if s == UP and self.n_pods[n] < per_node
-            ]
-            if not candidates:
-                return
-            n = max(candidates, key=lambda m: (self.n_pods[m], -m))
-            p = self.pending.pop(0)
+        while self.pending and self.n_room:
+            n = self._fullest_with_room()
+            p = self.pending.popleft()
             self.p_node[p] = n
             self.n_pods[n] += 1
+            self._has_room(n)
             self.p_state[p] = STARTING
             rng = self.streams["pods"]
             scheduled = t + self.pods.schedule_s.sample(rng)
@@ -424,14 +474,18 @@ class Engine:
     def release(self, p: int, t: float) -> None:
         """Pod p is gone: free its node slot, keep its concurrency seconds."""
         self.p_state[p] = GONE
+        del self.live[p]
         n = self.p_node[p]
         if n >= 0:
             self.n_pods[n] -= 1
+            self._has_room(n)  # a node with pods is up: it is never removed before them
         self.gone_sojourn += self.p_sdone[p]
         self.p_sdone[p] = 0.0
 
     def active_pods(self) -> list[int]:
-        return [p for p, s in enumerate(self.p_state) if s in (PENDING, STARTING, READY)]
+        """Pending, starting and ready pods (not draining), in creation order."""
+        p_state = self.p_state
+        return [p for p in self.live if p_state[p] != DRAINING]
 
     def set_replicas(self, t: float, desired: int) -> None:
         active = self.active_pods()
@@ -444,33 +498,50 @@ class Engine:
             pend = [p for p in reversed(active) if self.p_state[p] == PENDING]
             starting = [p for p in reversed(active) if self.p_state[p] == STARTING]
             ready = self._ready_to_remove(max(0, excess - len(pend) - len(starting)))
+            unpend: set[int] = set()
+            unready: set[int] = set()
             for p in (pend + starting + ready)[:excess]:
                 state = self.p_state[p]
                 if state == PENDING:
-                    self.pending.remove(p)
+                    unpend.add(p)
                     self.p_state[p] = GONE
+                    del self.live[p]
                 elif state == STARTING:
                     self.release(p, t)
                 else:
-                    self.ready.remove(p)
+                    unready.add(p)
                     self.p_state[p] = DRAINING
                     if self.p_n[p] == 0:
                         self.release(p, t)
+            # One pass each, order kept (removing pods one at a time costs the square).
+            if unpend:
+                self.pending = deque(p for p in self.pending if p not in unpend)
+            if unready:
+                self.ready[:] = [p for p in self.ready if p not in unready]
         self.bind_pending(t)
 
     def _ready_to_remove(self, count: int) -> list[int]:
         """`count` ready pods, one at a time from the node left with the fewest serving
         pods (ties: the newest pod), so that whole nodes empty out."""
+        count = min(count, len(self.ready))
+        if count <= 0:
+            return []
         staying: dict[int, list[int]] = {}
         for p in self.ready:
             staying.setdefault(self.p_node[p], []).append(p)
+        # A heap of (serving pods, -newest pod, node): each node is in it once.
+        heap = []
+        for node, pods in staying.items():
+            pods.sort()
+            heap.append((len(pods), -pods[-1], node))
+        heapq.heapify(heap)
         chosen = []
-        for _ in range(min(count, len(self.ready))):
-            node = min(staying, key=lambda n: (len(staying[n]), -max(staying[n])))
+        for _ in range(count):
+            _, _, node = heapq.heappop(heap)
             pods = staying[node]
-            chosen.append(pods.pop(pods.index(max(pods))))
-            if not pods:
-                del staying[node]
+            chosen.append(pods.pop())
+            if pods:
+                heapq.heappush(heap, (len(pods), -pods[-1], node))
         return chosen
 
     def last_answer(self) -> float:
@@ -479,7 +550,8 @@ class Engine:
         return max(done, max(self.timeout_times, default=0.0))
 
     def in_system(self) -> int:
-        return sum(self.p_n) + len(self.gateway)
+        """Requests inside pods and at the gateway (a gone pod holds none)."""
+        return sum(map(self.p_n.__getitem__, self.live)) + len(self.gateway)
 
     def in_system_seconds(self, t: float) -> float:
         inside = sum(
@@ -494,7 +566,18 @@ class Engine:
         for p in self.ready:
             self.expire(p, t)
             conc = self.p_sdone[p] + self.p_n[p] * t - self.p_asum[p]
-            pods.append(PodView(p, max(0.0, conc), self.p_cpu[p], self.p_ready_at[p], self.p_n[p]))
+            pods.append(
+                PodView(
+                    p,
+                    max(0.0, conc),
+                    self.p_cpu[p],
+                    self.p_ready_at[p],
+                    self.p_n[p],
+                    self.p_arr[p],
+                    self.p_srv[p],
+                    len(self.p_q[p]),
+                )
+            )
         self.expire_gateway(t)
         active = self.active_pods()
         return ClusterView(
@@ -516,7 +599,7 @@ class Engine:
     def apply(self, t: float, replicas: int, nodes: int | None) -> None:
         self.set_replicas(t, replicas)
         if nodes is None:
-            pods_on_nodes = len(self.active_pods()) + sum(1 for s in self.p_state if s == DRAINING)
+            pods_on_nodes = len(self.live)  # pending, starting, ready and draining
             nodes = self.node_scaler.desired(t, pods_on_nodes, self.nodes_alive)
         self.set_nodes(t, nodes)
         self.bind_pending(t)
@@ -546,13 +629,14 @@ class Engine:
             self.pending.append(self.new_pod())
         # Initial pods are ready at t = 0: bind them without a start delay.
         while self.pending:
-            p = self.pending.pop(0)
+            p = self.pending.popleft()
             n = max(
                 (m for m in range(n_nodes) if self.n_pods[m] < self.per_node),
                 key=lambda m: (self.n_pods[m], -m),
             )
             self.p_node[p], self.p_state[p], self.p_ready_at[p] = n, READY, 0.0
             self.n_pods[n] += 1
+            self._has_room(n)
             self.ready.append(p)
         if self.controller.interval_s is not None:
             self.push(self.controller.interval_s, TICK)
@@ -565,6 +649,7 @@ class Engine:
         heap = self.heap
         heappush, heappop = heapq.heappush, heapq.heappop
         ready, p_q, p_busy = self.ready, self.p_q, self.p_busy
+        p_arr, p_srv = self.p_arr, self.p_srv
         p_n, p_asum, p_sdone, p_cpu, p_state = (
             self.p_n,
             self.p_asum,
@@ -621,6 +706,7 @@ class Engine:
                             rbuf, ri, rn = route_rng.random(BLOCK).tolist(), 0, BLOCK
                         p = ready[int(rbuf[ri] * nready)]
                         ri += 1
+                    p_arr[p] += 1
                     q = p_q[p]
                     if q:
                         if q[0] <= t - timeout:
@@ -641,6 +727,7 @@ class Engine:
                         p_n[p] += 1
                         p_asum[p] += t
                         served += 1
+                        p_srv[p] += 1
                         if s <= kill_after:
                             p_cpu[p] += s
                             heappush(heap, (t + s, DONE1, p, t))
@@ -677,6 +764,7 @@ class Engine:
                         a = q.popleft()
                         wait_sum += t - a
                         served += 1
+                        p_srv[p] += 1
                         if si == sn:
                             sbuf = (unit_block(svc_rng, BLOCK) * c1).tolist()
                             si, sn = 0, BLOCK

@@ -83,6 +83,7 @@ TIMESERIES_COLUMNS = (
     "timeouts",
     "p50_s",
     "p99_s",
+    "desired_replicas",
     "ready_pods",
     "nodes",
     "cost_usd",
@@ -95,9 +96,23 @@ def _bucket_counts(times: np.ndarray, buckets: int) -> np.ndarray:
     return np.bincount(index, minlength=buckets)[:buckets]
 
 
+def _desired(decisions: list[tuple[float, int, int | None]], buckets: int) -> np.ndarray:
+    """The replicas the policy last asked for at each bucket's end (NaN before its
+    first decision, and throughout for a policy that never decides: static)."""
+    desired = np.full(buckets, np.nan)
+    if not decisions:
+        return desired
+    times = np.array([d[0] for d in decisions], dtype=np.float64)
+    replicas = np.array([d[1] for d in decisions], dtype=np.float64)
+    last = np.searchsorted(times, (np.arange(buckets) + 1) * SAMPLE_S, side="right") - 1
+    known = last >= 0
+    desired[known] = replicas[last[known]]
+    return desired
+
+
 def timeseries(result: RunResult, *, price_per_hour: float) -> dict[str, np.ndarray]:
-    """Per SAMPLE_S bucket: counts, completion percentiles, ready pods, nodes, the
-    bucket's cost and the cost so far."""
+    """Per SAMPLE_S bucket: counts, completion percentiles, the desired replicas, ready
+    pods, nodes, the bucket's cost and the cost so far."""
     buckets = max(1, math.ceil(result.end_s / SAMPLE_S))
     arrivals = np.zeros(buckets, dtype=np.int64)
     upto = min(buckets, result.arrivals_per_sample.size)
@@ -137,6 +152,7 @@ def timeseries(result: RunResult, *, price_per_hour: float) -> dict[str, np.ndar
         "timeouts": _bucket_counts(result.timeout_times, buckets),
         "p50_s": p50,
         "p99_s": p99,
+        "desired_replicas": _desired(result.decisions, buckets),
         "ready_pods": ready,
         "nodes": nodes,
         "cost_usd": np.diff(node_s) / 3600.0 * price_per_hour,

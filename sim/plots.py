@@ -15,6 +15,7 @@ matplotlib.use("Agg")  # no display: plots are files
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from sim.engine import SAMPLE_S
 
@@ -34,18 +35,7 @@ def plot_run(series: Mapping[str, np.ndarray], summary: Mapping[str, Any], out: 
     title = f"{summary.get('scenario', '')} - {summary.get('policy', '')}"
     paths = []
 
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    ax.plot(x, series["arrivals"] / SAMPLE_S, color="tab:gray", lw=0.8, label="arrivals/s")
-    ax.set_xlabel(label)
-    ax.set_ylabel("requests/s")
-    right = ax.twinx()
-    right.step(x, series["ready_pods"], where="post", color="tab:blue", label="ready pods")
-    right.step(x, series["nodes"], where="post", color="tab:orange", label="nodes")
-    right.set_ylabel("pods, nodes")
-    lines = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    ax.legend(lines, [ln.get_label() for ln in lines], loc="upper left")
-    ax.set_title(f"load, pods and nodes: {title}")
-    paths.append(_save(fig, out / "load.png"))
+    paths.append(_plot_load(x, label, series, title, out / "load.png"))
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
     ax.plot(x, series["p50_s"], lw=0.8, label="p50")
@@ -75,24 +65,74 @@ def plot_run(series: Mapping[str, np.ndarray], summary: Mapping[str, Any], out: 
     return paths
 
 
+def _plot_load(
+    x: np.ndarray, label: str, series: Mapping[str, np.ndarray], title: str, path: Path
+) -> Path:
+    """Arrivals (left axis) against what the policy asked for, the ready pods and the
+    nodes (right axis, whole numbers); the legend sits below the axes, outside the data."""
+    fig, ax = plt.subplots(figsize=(10, 5), layout="constrained")
+    ax.fill_between(x, series["arrivals"] / SAMPLE_S, step="post", color="0.85", lw=0)
+    ax.step(x, series["arrivals"] / SAMPLE_S, where="post", color="0.55", lw=0.6,
+            label="arrivals/s (left, mean per 10 s)")  # fmt: skip
+    ax.set_xlabel(label)
+    ax.set_ylabel("arrivals per second")
+    ax.set_ylim(bottom=0)
+    ax.margins(x=0)
+    right = ax.twinx()
+    desired = series.get("desired_replicas")
+    if desired is not None and np.isfinite(desired).any():
+        right.step(x, desired, where="post", color="tab:purple", lw=0.9, ls="--",
+                   label="desired replicas (policy)")  # fmt: skip
+    right.step(x, series["ready_pods"], where="post", color="tab:blue", lw=1.2,
+               label="ready pods")  # fmt: skip
+    right.step(x, series["nodes"], where="post", color="tab:orange", lw=1.2, label="nodes")
+    right.set_ylabel("pods, nodes")
+    right.set_ylim(bottom=0)
+    right.yaxis.set_major_locator(MaxNLocator(integer=True))
+    handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+    fig.suptitle(f"load, pods and nodes: {title}")
+    return _save(fig, path)
+
+
+def _cost_label(policy: str, summary: Mapping[str, Any]) -> str:
+    """'kpa: $12.30 = 1.85x oracle, SLO met' (without the ratio when there is none)."""
+    parts = [f"{policy}: ${summary['cost_usd']:.2f}"]
+    ratio = summary.get("cost_vs_oracle")
+    if ratio is not None and policy != "oracle":
+        parts[0] += f" = {ratio:.2f}x oracle"
+    parts.append("SLO met" if summary["slo_met"] else "SLO missed")
+    return ", ".join(parts)
+
+
 def plot_compare(
     runs: Mapping[str, tuple[Mapping[str, Any], Mapping[str, np.ndarray]]], out: Path
 ) -> Path:
-    """Cumulative cost and ready pods over time, one line per policy."""
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    """Cumulative cost and ready pods over time, one line per policy; the legend gives
+    each policy's cost, relative to the oracle's when the summary has `cost_vs_oracle`,
+    and the title names the scenario."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7.5), sharex=True,
+                                      layout="constrained")  # fmt: skip
     label = "time"
     styles = ("-", "--", "-.", ":")  # policies that coincide stay visible
+    scenario = ""
     for i, (policy, (summary, series)) in enumerate(runs.items()):
         x, label = _hours(series)
-        met = "SLO met" if summary["slo_met"] else "SLO missed"
+        scenario = scenario or str(summary.get("scenario", ""))
         style = styles[i % len(styles)]
-        top.plot(x, series["cost_cum_usd"], style, label=f"{policy} ({met})")
-        bottom.step(x, series["ready_pods"], style, where="post", label=policy, lw=1.0)
+        top.plot(x, series["cost_cum_usd"], style, label=_cost_label(policy, summary))
+        bottom.step(x, series["ready_pods"], style, where="post", lw=1.0)
     top.set_ylabel("cumulative cost (USD)")
-    top.legend(loc="upper left")
+    top.set_ylim(bottom=0)
     bottom.set_ylabel("ready pods")
+    bottom.set_ylim(bottom=0)
+    bottom.yaxis.set_major_locator(MaxNLocator(integer=True))
     bottom.set_xlabel(label)
-    top.set_title("policies side by side")
+    bottom.margins(x=0)
+    handles = top.get_legend_handles_labels()[0]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)),
+               frameon=False)  # fmt: skip
+    fig.suptitle(f"{scenario}: cost and ready pods by policy" if scenario else "policies")
     return _save(fig, out)
 
 
@@ -122,7 +162,8 @@ def plot_pareto(
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

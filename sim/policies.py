@@ -1,11 +1,12 @@
 """The policies compared by the simulator, as engine controllers.
 
 - `static`: `pods.initial` replicas, never changed.
-- `rscore`: `autoscaler.policy.decide`, unchanged, fed an `Observation` built each tick
-  from the pods' counters exactly as the controller builds it from `/metrics`: per-pod
-  concurrency is the increase of `rscore_concurrency_seconds_total` over the scrape
-  interval divided by the interval (on a pod's first scrape, its queued + in-flight
-  requests at that moment). It sizes the node pool too (nodePool from `[nodes]`).
+- `rscore`: `autoscaler.policy.decide`, unchanged, fed the `Observation` the controller
+  would build: each ready pod's counters are rendered as the `PodScrape` its `/metrics`
+  page would parse to, and the controller's own `DemandTracker` (autoscaler.scrape) and
+  `build_observation` (autoscaler.observe) turn them into the demand signal. Wall time
+  for the forecast is the scenario's `start_epoch_s` plus simulated time. It sizes the
+  node pool too (nodePool from `[nodes]`).
 - `kpa`: an independent emulation of Knative's KPA with Knative's defaults: target
   concurrency per pod = workers (containerConcurrency) x 0.7, stable window 60 s, panic
   window 6 s at 200 %, scale up x1000 and down /2 per tick, scale to zero after a 30 s
@@ -13,8 +14,9 @@
 - `hpa`: an emulation of the HorizontalPodAutoscaler on CPU: its own 15 s sync, tolerance 0.1,
   scale-down stabilization 300 s, default scale-up limit (double or +4 per sync),
   unready pods counted as idle on a scale-up; disabled at zero replicas, as in Kubernetes.
-- `oracle`: follows a plan made with perfect foresight (`sim.oracle`): the pods each
-  minute needs, started ahead of need by the pod start (and node provisioning) time.
+- `oracle`: follows a node plan made with perfect foresight of the arrivals
+  (`sim.oracle`): nodes ordered ahead of need by a high quantile of their start time,
+  each held node full of pods.
 
 The nodes of `static`, `kpa` and `hpa` are sized by the cluster-autoscaler emulation.
 Pure decisions on what the engine shows; no I/O, no clock.
@@ -27,8 +29,10 @@ from collections import deque
 
 import numpy as np
 
-from autoscaler.policy import Observation, PodSample, PolicyState, ScalingSpec, decide
-from sim.engine import ClusterView
+from autoscaler.observe import PodFacts, PodUsage, build_observation
+from autoscaler.policy import PolicyState, ScalingSpec, decide
+from autoscaler.scrape import DemandTracker, PodScrape
+from sim.engine import ClusterView, PodView
 
 __all__ = [
     "HpaController",
@@ -41,7 +45,6 @@ __all__ = [
 HPA_SYNC_S = 15.0
 HPA_TOLERANCE = 0.1
 HPA_STABILIZATION_S = 300.0
-ORACLE_BIN_S = 60.0  # the oracle plans minute by minute
 
 
 class _Rates:
@@ -81,41 +84,72 @@ class StaticController:
         return self.replicas, None
 
 
+def pod_page(pod: PodView, now: float, workers: int) -> PodScrape:
+    """What the pod's `/metrics` page would parse to at `now`: the sidecar's counters
+    (requests finished = routed - still inside; answered = calls started; seconds in R)."""
+    return PodScrape(
+        at=now,
+        concurrency_seconds_total=pod.concurrency_seconds,
+        queue_depth=float(pod.queued),
+        inflight=float(pod.inside - pod.queued),
+        workers=workers,
+        demand_requests_total=float(pod.arrivals - pod.inside),
+        answered_total=float(pod.served),
+        scoring_seconds_total=pod.cpu_seconds,
+    )
+
+
 class RscoreController:
-    """The production policy, one `decide` per tick."""
+    """The production policy, one `decide` per tick, on the controller's observation."""
 
     name = "rscore"
 
-    def __init__(self, spec: ScalingSpec, interval_s: float) -> None:
+    def __init__(
+        self, spec: ScalingSpec, interval_s: float, start_epoch_s: float | None = 0.0
+    ) -> None:
         self.spec = spec
         self.interval_s: float | None = interval_s
+        self.start_epoch_s = start_epoch_s
         self.state = PolicyState()
-        self._rates = _Rates()
+        self._demand = DemandTracker()
+        self._cpu: dict[str, tuple[float, float]] = {}  # pod -> (time, busy seconds)
         self.last_mode = ""
 
     def tick(self, view: ClusterView) -> tuple[int, int | None]:
         request = view.workers * 1000.0  # one core per R worker
-        samples = tuple(
-            PodSample(
-                name=f"pod-{pod}",
-                concurrency=conc,
-                cpu_usage_millicores=cpu * 1000.0,
-                cpu_request_millicores=request,
-            )
-            for pod, conc, cpu in self._rates.sample(view)
-        )
-        observation = Observation(
+        pages = {f"pod-{pod.pod}": pod_page(pod, view.now, view.workers) for pod in view.pods}
+        facts = [PodFacts(name, True, False, False, None, None, request, 0.0) for name in pages]
+        facts += [
+            PodFacts(f"pending-{i}", False, True, False, None, None, request, 0.0)
+            for i in range(view.pending)
+        ]
+        observation = build_observation(
             now=view.now,
-            ready_pods=samples,
             current_replicas=view.replicas,
+            pods=facts,
+            demand=self._demand.update(pages),
+            usage=self._usage(view),
             workers_per_pod=view.workers,
-            pending_pods=view.pending,
-            unrouted_concurrency=float(view.unrouted),
             current_nodes=view.nodes,
+            unrouted_concurrency=float(view.unrouted),
+            wall_s=None if self.start_epoch_s is None else self.start_epoch_s + view.now,
         )
         recommendation, self.state = decide(observation, self.state, self.spec)
         self.last_mode = recommendation.mode
         return recommendation.desired_replicas, recommendation.desired_nodes
+
+    def _usage(self, view: ClusterView) -> dict[str, PodUsage]:
+        """CPU used since the last tick (the busy workers' cores), as metrics-server's."""
+        usage, seen = {}, {}
+        for pod in view.pods:
+            name = f"pod-{pod.pod}"
+            t0, busy0 = self._cpu.get(name, (pod.ready_at, 0.0))
+            elapsed = view.now - t0
+            cores = (pod.cpu_seconds - busy0) / elapsed if elapsed > 0 else 0.0
+            usage[name] = PodUsage(max(0.0, cores) * 1000.0, 0.0)
+            seen[name] = (view.now, pod.cpu_seconds)
+        self._cpu = seen
+        return usage
 
 
 class KpaController:
@@ -235,36 +269,38 @@ class HpaController:
         return self._desired, None
 
 
-def _window_max(values: np.ndarray, now: float, lead_s: float) -> int:
-    """The most pods any minute from now to now + lead_s needs."""
-    first = int(now // ORACLE_BIN_S)
-    last = int((now + lead_s) // ORACLE_BIN_S)
-    window = values[min(first, values.size - 1) : max(first, min(last, values.size - 1)) + 1]
-    return int(window.max()) if window.size else 0
+def _window_max(values: np.ndarray, start_s: float, end_s: float, step_s: float, floor: int) -> int:
+    """The largest of `values` (one per step of `step_s` from t = 0) over the steps that
+    [start_s, end_s] touches, and at least `floor` (all there is beyond the plan)."""
+    window = values[max(0, int(start_s // step_s)) : int(end_s // step_s) + 1]
+    return max(int(window.max()), floor) if window.size else floor
 
 
 class OracleController:
-    """Sizes pods and nodes ahead of the known load."""
+    """Follows the oracle's node plan (`sim.oracle`): at each tick, the most nodes the plan
+    holds while the decision is in force (it lands `apply_delay_s` later and lasts one
+    interval), and every held node full of pods (pods are free; nodes are billed)."""
 
     name = "oracle"
 
     def __init__(
         self,
-        pods: np.ndarray,
+        nodes: np.ndarray,
         *,
+        grid_s: float,
         interval_s: float,
-        pod_lead_s: float,
-        node_lead_s: float,
+        apply_delay_s: float,
         per_node: int,
         min_nodes: int,
+        max_replicas: int,
     ) -> None:
         self.interval_s: float | None = interval_s
-        self.pods = pods
-        self.pod_lead_s, self.node_lead_s = pod_lead_s, node_lead_s
-        self.per_node, self.min_nodes = per_node, min_nodes
+        self.nodes = nodes
+        self.grid_s, self.apply_delay_s = grid_s, apply_delay_s
+        self.per_node, self.min_nodes, self.max_replicas = per_node, min_nodes, max_replicas
 
     def tick(self, view: ClusterView) -> tuple[int, int | None]:
-        replicas = _window_max(self.pods, view.now, self.pod_lead_s)
-        ahead = _window_max(self.pods, view.now, self.pod_lead_s + self.node_lead_s)
-        nodes = max(self.min_nodes, math.ceil(ahead / self.per_node))
-        return replicas, nodes
+        start = view.now + self.apply_delay_s
+        end = start + (self.interval_s or 0.0)
+        nodes = _window_max(self.nodes, start, end, self.grid_s, self.min_nodes)
+        return min(self.max_replicas, nodes * self.per_node), nodes

@@ -11,19 +11,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sim.distributions import Streams
 from sim.engine import Controller, RunResult, engine_for
 from sim.metrics import summarize
-from sim.oracle import oracle_bound, oracle_plan, pod_capacity
+from sim.oracle import oracle_run
 from sim.policies import (
     HpaController,
     KpaController,
-    OracleController,
     RscoreController,
     StaticController,
 )
 from sim.scenario import Scenario, scaling_spec
-from sim.workload import counts_per_bin
+from sim.workload import scale_fields
 
 __all__ = ["Run", "make_controller", "run_scenario"]
 
@@ -35,35 +33,6 @@ class Run:
     summary: dict[str, Any]
 
 
-def _oracle(scenario: Scenario) -> tuple[OracleController, dict[str, float]]:
-    # A fresh stream from the same seed: exactly the arrivals the run will see.
-    counts = counts_per_bin(
-        scenario.workload, scenario.duration_s, Streams(scenario.seed)["arrivals"], 60.0
-    )
-    capacity = pod_capacity(scenario)
-    pods, nodes = oracle_plan(
-        counts,
-        capacity=capacity,
-        per_node=scenario.per_node,
-        min_nodes=scenario.nodes.min_nodes,
-        max_replicas=scaling_spec(scenario).max_replicas,
-    )
-    # Start early enough for a slow start: 1.25 x the mean, plus one tick and the delay.
-    control = scenario.controller.interval_s + scenario.controller.scrape_delay_s
-    pod_lead = 1.25 * scenario.pods.start_mean_s + control
-    node_lead = 1.25 * scenario.nodes.provision_s.mean
-    controller = OracleController(
-        pods,
-        interval_s=scenario.controller.interval_s,
-        pod_lead_s=pod_lead,
-        node_lead_s=node_lead,
-        per_node=scenario.per_node,
-        min_nodes=scenario.nodes.min_nodes,
-    )
-    bound = oracle_bound(nodes, scenario.nodes.provision_s.mean, scenario.nodes.price_per_hour)
-    return controller, {"pod_capacity_per_s": capacity, **bound}
-
-
 def make_controller(scenario: Scenario) -> tuple[Controller, dict[str, Any]]:
     """The scenario's policy as a controller, and extra summary fields it contributes."""
     kind = scenario.policy_kind
@@ -72,7 +41,7 @@ def make_controller(scenario: Scenario) -> tuple[Controller, dict[str, Any]]:
     if kind == "static":
         return StaticController(scenario.pods.initial), {}
     if kind == "rscore":
-        return RscoreController(spec, interval), {}
+        return RscoreController(spec, interval, scenario.controller.wall_start_s), {}
     if kind == "kpa":
         return KpaController(
             scenario.pods.workers, interval, spec.min_replicas, spec.max_replicas
@@ -80,17 +49,28 @@ def make_controller(scenario: Scenario) -> tuple[Controller, dict[str, Any]]:
     if kind == "hpa":
         target = spec.cpu_target_utilization or 0.7
         return HpaController(interval, target, spec.min_replicas, spec.max_replicas), {}
-    controller, bound = _oracle(scenario)
-    return controller, bound
+    # The oracle plans and replays its plan until it meets the SLO (sim.oracle): this is a
+    # fresh controller of the plan chosen; run_scenario keeps the replay itself instead.
+    oracle = oracle_run(scenario)
+    return oracle.controller(), oracle.extra
 
 
 def run_scenario(scenario: Scenario, progress: Callable[[float], None] | None = None) -> Run:
     """Simulate the scenario under its policy; deterministic from its seed."""
-    controller, extra = make_controller(scenario)
-    engine = engine_for(scenario, controller, progress=progress)
-    result = engine.run()
+    if scenario.policy_kind == "oracle":  # its run is the replay that met the SLO
+        oracle = oracle_run(scenario, progress)
+        result, extra = oracle.result, oracle.extra
+    else:
+        controller, extra = make_controller(scenario)
+        result = engine_for(scenario, controller, progress=progress).run()
     summary = summarize(
         result, price_per_hour=scenario.nodes.price_per_hour, slo_p99_s=scenario.slo_p99_s
     )
-    summary = {"scenario": scenario.name, "policy": scenario.policy_kind, **summary, **extra}
+    summary = {
+        "scenario": scenario.name,
+        "policy": scenario.policy_kind,
+        **scale_fields(scenario.workload),  # how the trace was scaled: say so in results
+        **summary,
+        **extra,
+    }
     return Run(scenario, result, summary)

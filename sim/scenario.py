@@ -84,11 +84,14 @@ def scaling_spec(scenario: Scenario) -> ScalingSpec:
     """The ScoringAutoscaler spec of the scenario's `[policy]`, its pool from `[nodes]`."""
     kwargs: dict[str, Any] = {POLICY_FIELDS[k]: v for k, v in scenario.policy.items()}
     kwargs.setdefault("max_replicas", scenario.nodes.max_nodes * scenario.per_node)
+    pool: dict[str, Any] = {"provision_s": scenario.nodes.provision_s.mean}
+    if scenario.nodes.scale_down_delay_s is not None:
+        pool["scale_down_delay_s"] = scenario.nodes.scale_down_delay_s
     kwargs["node_pool"] = NodePoolSpec(
         max_nodes=scenario.nodes.max_nodes,
         min_nodes=scenario.nodes.min_nodes,
         pods_per_node=scenario.per_node,
-        scale_down_delay_s=scenario.nodes.scale_down_delay_s,
+        **pool,
     )
     try:
         return ScalingSpec(**kwargs)

@@ -35,6 +35,10 @@ __all__ = [
     "scoring_autoscaler",
 ]
 
+# The activator of manifests/base (activator.yaml): its pods' name label and metrics port.
+ACTIVATOR_LABELS = {"app.kubernetes.io/name": "rscore-activator"}
+ACTIVATOR_METRICS_PORT = 9090
+
 # name -> (low, high, scale): "log" draws log-uniformly, "int" uniformly among integers.
 # minReplicas' upper end is the scenario's busiest minute at full utilization (`peak_pods`).
 SEARCH_SPACE: dict[str, tuple[float, float, str]] = {
@@ -85,11 +89,17 @@ def peak_pods(scenario: Scenario) -> int:
 def propose(scenario: Scenario, trials: int, seed: int) -> list[dict[str, float]]:
     """`trials` parameter sets: the scenario's own first, then seeded random draws."""
     base = {k: float(v) for k, v in scenario.policy.items()}
-    base["nodeScaleDownDelaySeconds"] = scenario.nodes.scale_down_delay_s
+    pool = scaling_spec(scenario).node_pool
+    assert pool is not None  # a scenario always has its node pool
+    base["nodeScaleDownDelaySeconds"] = pool.scale_down_delay_s
     rng = random.Random(seed)
     space = dict(SEARCH_SPACE)
     most = min(scaling_spec(scenario).max_replicas, max(4, peak_pods(scenario)))
-    space["minReplicas"] = (0, most, "int")
+    # Zero only where the scenario's pods have a gateway to hold requests meanwhile (the
+    # simulator's model of `rscore activator`): without one, nothing scales up from zero,
+    # and the CRD refuses minReplicas 0 without spec.activator.
+    least = 0 if scenario.pods.gateway_max_queue > 0 else 1
+    space["minReplicas"] = (least, max(least, most), "int")
     out = [base]
     while len(out) < trials:
         params = dict(base)
@@ -200,6 +210,13 @@ def scoring_autoscaler(
         body["cpuTargetUtilization"] = spec.cpu_target_utilization
     if spec.memory_target_utilization is not None:
         body["memoryTargetUtilization"] = spec.memory_target_utilization
+    if spec.min_replicas == 0:
+        # Scale to zero needs the activator (the CRD refuses it without one): the base
+        # manifests' activator pods, for the model whose instance label is `name`.
+        body["activator"] = {
+            "selector": {"matchLabels": {**ACTIVATOR_LABELS, "app.kubernetes.io/instance": name}},
+            "metricsPort": ACTIVATOR_METRICS_PORT,
+        }
     body["nodePool"] = {
         "scaleTargetRef": node_pool_ref
         or {

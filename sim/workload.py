@@ -4,9 +4,16 @@ Each workload yields the arrival times (seconds from the start of the run, sorte
 numpy blocks, so a simulated day at 100 req/s never holds one Python float per request.
 Trace replay reads the Azure LLM CSVs (one timestamp per request) and per-second count
 files (one integer per line, optionally gzipped; arrivals spread uniformly inside each
-second). `scale` multiplies the rate: counts are scaled by randomised rounding, timestamps
-are thinned (scale < 1) or duplicated with a uniform jitter inside the next second
-(scale > 1). `start_s` skips that much of the trace.
+second). `scale` multiplies the rate in one of two ways (`scale_mode`):
+
+- "multiply" (the default, for stress tests): every second's count is scaled (randomised
+  rounding), timestamps are thinned (scale < 1) or duplicated with a uniform jitter
+  inside the next second (scale > 1): each burst becomes `scale` times bigger.
+- "rate": `scale` times as many independent users. The trace's requests are counted per
+  `rate_window_s` window and the arrivals are a Poisson process at `scale` x that mean
+  rate, window by window: the trace's shape over windows, Poisson noise within them.
+
+`start_s` skips that much of the trace.
 
 Never reads the clock; every random draw comes from the generator passed in.
 """
@@ -23,9 +30,19 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["WORKLOAD_KINDS", "WorkloadSpec", "arrival_blocks", "counts_per_bin", "load_trace"]
+__all__ = [
+    "SCALE_MODES",
+    "WORKLOAD_KINDS",
+    "WorkloadSpec",
+    "arrival_blocks",
+    "counts_per_bin",
+    "describe",
+    "load_trace",
+    "scale_fields",
+]
 
 WORKLOAD_KINDS = ("poisson", "diurnal", "mmpp", "trace")
+SCALE_MODES = ("multiply", "rate")
 _CHUNK_S = 3600.0  # rate-driven workloads are generated an hour at a time
 
 
@@ -43,6 +60,8 @@ class WorkloadSpec:
     path: Path | None = None  # trace: resolved against the scenario's folder
     format: str = "auto"  # trace: "azure" (CSV timestamps), "counts", or by suffix
     scale: float = 1.0
+    scale_mode: str = "multiply"  # trace: "multiply" each second, or "rate" (Poisson)
+    rate_window_s: float = 60.0  # trace, rate mode: the rate is averaged over this window
     start_s: float = 0.0
     rows: int = 1  # rows per request (a batch of b requests has b * rows rows)
 
@@ -66,6 +85,61 @@ class WorkloadSpec:
             raise ValueError("workload trace: `path` is required")
         if self.format not in ("auto", "azure", "counts"):
             raise ValueError("workload format must be auto, azure or counts")
+        if self.scale_mode not in SCALE_MODES:
+            raise ValueError(f"scale_mode must be one of {SCALE_MODES}, got {self.scale_mode!r}")
+        if not self.rate_window_s > 0 or not math.isfinite(self.rate_window_s):
+            raise ValueError(f"rate_window_s must be > 0, got {self.rate_window_s!r}")
+        if (
+            self.kind == "trace"
+            and self.scale_mode == "rate"
+            and self.path is not None
+            and _trace_format(self.path, self.format) == "counts"
+            and self.rate_window_s != int(self.rate_window_s)
+        ):
+            raise ValueError(
+                "rate_window_s must be a whole number of seconds for a per-second count "
+                f"trace, got {self.rate_window_s!r}"
+            )
+
+
+def _trace_format(path: Path, fmt: str) -> str:
+    """The trace's format, "azure" or "counts": `fmt`, or by suffix when "auto"."""
+    if fmt == "auto":
+        return "azure" if path.name.endswith((".csv", ".csv.gz")) else "counts"
+    return fmt
+
+
+def scale_fields(spec: WorkloadSpec) -> dict[str, object]:
+    """How the workload was scaled, for the summary: `scale`, `scale_mode` and
+    `rate_window_s` (None in multiply mode, where no window is used)."""
+    return {
+        "scale": spec.scale,
+        "scale_mode": spec.scale_mode,
+        "rate_window_s": spec.rate_window_s if spec.scale_mode == "rate" else None,
+    }
+
+
+def describe(spec: WorkloadSpec) -> str:
+    """One line saying what drives the run, printed above the result tables."""
+    if spec.kind == "poisson":
+        return f"workload: poisson {spec.rate:g} req/s"
+    if spec.kind == "diurnal":
+        return f"workload: diurnal, mean {spec.rate:g} req/s, amplitude {spec.amplitude:g}"
+    if spec.kind == "mmpp":
+        return f"workload: mmpp, rates {', '.join(f'{r:g}' for r in spec.rates)} req/s"
+    assert spec.path is not None  # checked by WorkloadSpec
+    if spec.scale_mode == "rate":
+        how = f"Poisson at {spec.scale:g} x the rate of each {spec.rate_window_s:g} s window"
+    elif _trace_format(spec.path, spec.format) == "counts":
+        how = f"each second's count x {spec.scale:g}"
+    elif spec.scale < 1:
+        how = f"each request kept with probability {spec.scale:g}"
+    else:
+        how = f"each request x {spec.scale:g}, copies within the next second"
+    return (
+        f"workload: trace {spec.path.name}, scale {spec.scale:g}, "
+        f"scale_mode {spec.scale_mode} ({how})"
+    )
 
 
 def _piecewise(
@@ -141,8 +215,7 @@ def _mmpp(spec: WorkloadSpec, duration: float, rng: np.random.Generator) -> Iter
 @lru_cache(maxsize=4)
 def load_trace(path: Path, fmt: str) -> tuple[str, np.ndarray]:
     """("times", seconds since the first request) or ("counts", requests per second)."""
-    if fmt == "auto":
-        fmt = "azure" if path.name.endswith((".csv", ".csv.gz")) else "counts"
+    fmt = _trace_format(path, fmt)
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt") as handle:
         if fmt == "azure":
@@ -164,9 +237,77 @@ def load_trace(path: Path, fmt: str) -> tuple[str, np.ndarray]:
     return "counts", counts
 
 
+def _windowed_rates(
+    window_starts: np.ndarray, window_ends: np.ndarray, counts: np.ndarray, *, scale: float,
+    duration: float, rng: np.random.Generator,
+) -> Iterator[np.ndarray]:  # fmt: skip
+    """Rate mode: Poisson arrivals at `scale` x (count / length) in each window (run
+    time, windows in order), cut to [0, duration), an hour of run time per block. A
+    window is split at the hour boundaries; the pieces keep its rate."""
+    lengths = window_ends - window_starts
+    rates = np.where(lengths > 0, counts / np.where(lengths > 0, lengths, 1.0), 0.0) * scale
+    lo = np.maximum(window_starts, 0.0)
+    hi = np.minimum(window_ends, duration)
+    keep = hi > lo
+    lo, hi, rates = lo[keep], hi[keep], rates[keep]
+    if lo.size == 0:
+        return
+    hours = np.arange(_CHUNK_S, float(hi[-1]), _CHUNK_S)
+    cuts = np.unique(np.concatenate([lo, hi, hours]))
+    starts, ends = cuts[:-1], cuts[1:]
+    owner = np.searchsorted(lo, starts, side="right") - 1  # the window a piece starts in
+    inside = starts < hi[owner]  # pieces in a gap between windows are not arrivals
+    starts, ends, piece_rates = starts[inside], ends[inside], rates[owner[inside]]
+    chunk = (starts // _CHUNK_S).astype(np.int64)
+    bounds = np.flatnonzero(np.diff(chunk)) + 1
+    for part in np.split(np.arange(starts.size), bounds):
+        yield _piecewise(starts[part], ends[part], piece_rates[part], rng)
+
+
+def _trace_rate(
+    spec: WorkloadSpec, shape: str, data: np.ndarray, duration: float, rng: np.random.Generator
+) -> Iterator[np.ndarray]:
+    """Rate mode of a trace: its requests per `rate_window_s` window (from the run's
+    start), Poisson at `scale` x that rate. The trace ends with its last second (counts)
+    or the second of its last request (timestamps): a last window cut short by the end
+    of the trace or of the run is averaged over the part that exists."""
+    window = spec.rate_window_s
+    if shape == "counts":
+        first = int(spec.start_s)
+        shift = spec.start_s - first  # a fractional start skips part of its second too
+        last = min(len(data), first + math.ceil(duration + shift))
+        if last <= first:
+            return
+        seconds = data[first:last]
+        step = int(window)
+        offsets = np.arange(0, seconds.size, step)
+        counts = np.add.reduceat(seconds, offsets).astype(np.float64)
+        ends = np.minimum(offsets + step, seconds.size)
+        yield from _windowed_rates(
+            offsets - shift, ends - shift, counts, scale=spec.scale, duration=duration, rng=rng
+        )
+        return
+    if data.size == 0:
+        return
+    end = min(duration, math.floor(float(data[-1])) + 1.0 - spec.start_s)
+    if end <= 0:
+        return
+    times = data[(data >= spec.start_s) & (data < spec.start_s + end)] - spec.start_s
+    n = math.ceil(end / window)
+    starts = np.arange(n) * window
+    ends = np.minimum(starts + window, end)
+    counts = np.bincount((times // window).astype(np.int64), minlength=n)[:n]
+    yield from _windowed_rates(
+        starts, ends, counts.astype(np.float64), scale=spec.scale, duration=duration, rng=rng
+    )
+
+
 def _trace(spec: WorkloadSpec, duration: float, rng: np.random.Generator) -> Iterator[np.ndarray]:
     assert spec.path is not None  # checked by WorkloadSpec
     shape, data = load_trace(spec.path, spec.format)
+    if spec.scale_mode == "rate":
+        yield from _trace_rate(spec, shape, data, duration, rng)
+        return
     if shape == "counts":
         first = int(spec.start_s)
         shift = spec.start_s - first  # a fractional start skips part of its second too

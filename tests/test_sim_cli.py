@@ -73,7 +73,7 @@ def test_run_writes_summary_timeseries_and_plots(scenario: Path, tmp_path: Path)
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == [
         "t_s", "arrivals", "completions", "rejections", "timeouts", "p50_s", "p99_s",
-        "ready_pods", "nodes_cpu", "cost_usd", "cost_cum_usd",
+        "desired_replicas", "ready_pods", "nodes_cpu", "cost_usd", "cost_cum_usd",
     ]  # fmt: skip
     # The cost column is per bucket; the cumulative one ends at the summary's cost.
     assert float(rows[-1]["cost_cum_usd"]) == pytest.approx(summary["cost_usd"], rel=1e-5)
@@ -103,7 +103,8 @@ def test_compare_runs_policies_side_by_side(scenario: Path, tmp_path: Path) -> N
         "compare", str(scenario), "--policies", "static,rscore,oracle", "--jobs", "2",
         "--out", str(out),
     )  # fmt: skip
-    table = output.splitlines()
+    workload, *table = output.splitlines()
+    assert workload.startswith("workload: ")  # what drove the runs, above the table
     assert table[0].split()[:2] == ["policy", "cost"]
     assert [line.split()[0] for line in table[1:4]] == ["static", "rscore", "oracle"]
     compared = json.loads((out / "compare.json").read_text())
@@ -112,6 +113,16 @@ def test_compare_runs_policies_side_by_side(scenario: Path, tmp_path: Path) -> N
     assert len(requests) == 1  # the same arrivals for every policy
     # A lower bound: below the cost of the run that follows the plan itself.
     assert 0 < compared["oracle"]["bound_cost_usd"] <= compared["oracle"]["cost_usd"]
+    # The oracle's row is its replay, which meets the SLO; every row is priced against it.
+    assert compared["oracle"]["slo_met"]
+    assert compared["oracle"]["cost_vs_oracle"] == 1.0
+    for summary in compared.values():
+        ratio = summary["cost_usd"] / compared["oracle"]["cost_usd"]
+        assert summary["cost_vs_oracle"] == pytest.approx(ratio)
+    header = next(i for i, line in enumerate(table) if line.startswith("policy"))
+    assert "vs oracle" in table[header]
+    row = table[header + 3].split()  # policy, cost $, vs oracle, ...
+    assert (row[0], row[2]) == ("oracle", "1.00")
     assert (out / "compare.png").exists()
     assert (out / "timeseries-rscore.csv").exists()
 
@@ -223,4 +234,5 @@ def test_compare_in_parallel_processes_is_the_same_as_in_one(
 
     one, two = compared("1"), compared("3")
     assert one == two
+    assert all(s["cost_vs_oracle"] is None for s in one["summaries"].values())  # not asked
     assert one["summaries"]["rscore"] != one["summaries"]["hpa"]

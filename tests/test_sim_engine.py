@@ -352,3 +352,98 @@ def test_least_loaded_does_not_count_requests_gone_at_their_deadline(tmp_path: P
     engine_for(scenario, keep).run()
     at = next(v for v in keep.views if v.now == 2.5)
     assert [(p.pod, p.inside) for p in at.pods] == [(0, 1), (1, 0)]
+
+
+class _Flapping:
+    """A policy that jumps between 0 and 40 replicas (and asks for nodes now and then),
+    checking at every tick that the engine's live sets are what a scan of every pod and
+    node ever created gives (the engine keeps them so that nothing scans history)."""
+
+    name = "flapping"
+    interval_s: float | None = 2.0
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.engine: Any = None
+        self.checks = 0
+
+    def tick(self, view: Any) -> tuple[int, int | None]:
+        from sim.engine import DRAINING, GONE, PENDING, READY, REMOVED, STARTING, UP
+
+        e = self.engine
+        states = e.p_state
+        assert list(e.live) == [p for p, s in enumerate(states) if s != GONE]
+        assert e.active_pods() == [
+            p for p, s in enumerate(states) if s in (PENDING, STARTING, READY)
+        ]
+        assert sorted(e.pending) == [p for p, s in enumerate(states) if s == PENDING]
+        assert sorted(e.ready) == [p for p, s in enumerate(states) if s == READY]
+        assert list(e.n_alive) == [n for n, s in enumerate(e.n_state) if s != REMOVED]
+        room = {n for n, s in enumerate(e.n_state) if s == UP and e.n_pods[n] < e.per_node}
+        assert e.n_room == room
+        if room:  # bin packing: the fullest node with room, the oldest of those
+            assert e._fullest_with_room() == max(room, key=lambda n: (e.n_pods[n], -n))
+        assert all(len(heap) <= 2 * len(room) + 65 for heap in e.n_by_pods)
+        assert e.in_system() == sum(e.p_n) + len(e.gateway)
+        assert all(e.p_n[p] == 0 for p, s in enumerate(states) if s == GONE)
+        assert view.replicas == len(e.active_pods())
+        assert sum(1 for s in states if s == DRAINING) + view.replicas == len(e.live)
+        # The removal order: from the node with the fewest ready pods, newest pod first.
+        staying: dict[int, list[int]] = {}
+        for p in e.ready:
+            staying.setdefault(e.p_node[p], []).append(p)
+        expected = []
+        for _ in range(len(e.ready) // 2):
+            node = min(staying, key=lambda n: (len(staying[n]), -max(staying[n])))
+            expected.append(staying[node].pop(staying[node].index(max(staying[node]))))
+            if not staying[node]:
+                del staying[node]
+        assert e._ready_to_remove(len(e.ready) // 2) == expected
+        self.checks += 1
+        replicas = int(self.rng.choice([0, 1, 3, 10, 25, 40]))
+        nodes = int(self.rng.integers(0, 25)) if self.rng.random() < 0.3 else None
+        return replicas, nodes
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_live_pods_and_nodes_match_a_scan_of_history_under_a_flapping_policy(seed: int) -> None:
+    from sim.engine import engine_for
+
+    data = {
+        "seed": seed,
+        "duration_s": 900.0,
+        "workload": {"kind": "poisson", "rate": 60.0},
+        "service": {"kind": "exponential", "mean_s": 0.05},
+        "pods": {"workers": 2, "initial": 3, "image_pull_s": 5.0, "model_load_s": 2.0},
+        "nodes": {"max_nodes": 20, "provision_s": 20.0, "scale_down_delay_s": 30.0},
+    }
+    controller = _Flapping(seed)
+    engine = engine_for(parse_scenario(data, Path(".")), controller)
+    controller.engine = engine
+    result = engine.run()
+    assert controller.checks > 400
+    # Hundreds of pods came and went; every request still ends one way or another.
+    assert len(engine.p_state) > 200
+    done = result.latencies.size + result.reject_times.size + result.timeout_times.size
+    assert done == result.requests
+
+
+def test_desired_replicas_is_the_last_decision_at_each_sample() -> None:
+    from sim.engine import RunResult
+    from sim.metrics import timeseries
+
+    empty = np.empty(0)
+    result = RunResult(
+        duration_s=40.0, end_s=40.0, requests=0, done_times=empty, latencies=empty,
+        reject_times=empty, timeout_times=empty, served=0, wait_sum=0.0, node_seconds=0.0,
+        in_system_seconds=0.0, events=0, wall_s=0.0, samples=np.empty((0, 5)),
+        arrivals_per_sample=np.zeros(5, dtype=np.int64),
+        decisions=[(12.0, 3, None), (14.0, 5, 2), (20.0, 4, None), (36.0, 0, None)],
+    )  # fmt: skip
+    series = timeseries(result, price_per_hour=1.0)
+    # Buckets end at 10, 20, 30, 40 s: none yet, then 4 (the decision at 20 s counts),
+    # 4 again, then 0.
+    assert np.isnan(series["desired_replicas"][0])
+    assert series["desired_replicas"][1:].tolist() == [4.0, 4.0, 0.0]
+    static = RunResult(**{**result.__dict__, "decisions": []})
+    assert np.isnan(timeseries(static, price_per_hour=1.0)["desired_replicas"]).all()

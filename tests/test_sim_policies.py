@@ -1,17 +1,14 @@
 """The policies as the engine drives them: what the rscore policy observes, and the
-KPA, HPA and oracle emulations' rules."""
+KPA and HPA emulations' rules (the oracle's are in test_sim_oracle.py)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from autoscaler.policy import ScalingSpec
 from sim.engine import ClusterView, PodView
-from sim.oracle import oracle_bound, oracle_plan, pod_capacity
 from sim.policies import HpaController, KpaController, RscoreController
 from sim.scenario import parse_scenario
 
@@ -29,16 +26,29 @@ def view(now: float, pods: list[tuple[int, float, float, float]], **kw: int) -> 
     )
 
 
-def test_rscore_observes_the_rate_of_the_concurrency_counter() -> None:
+def test_rscore_reads_the_pods_counters_as_the_controller_reads_pages() -> None:
+    """The pods' counters become PodScrapes and go through the controller's own
+    DemandTracker: a first scrape has only the gauges (3 inside each: concurrency
+    stands in, 6 busy workers); the next gives arrivals x service time."""
     controller = RscoreController(ScalingSpec(max_replicas=10), interval_s=2.0)
-    # First scrape of each pod: the gauges (3 inside each), as autoscaler/scrape.py does;
-    # plus 1 request held at the gateway.
-    first = [(0, 10.0, 0.0, 0.0), (1, 2.0, 0.0, 3.0)]
-    controller.tick(view(5.0, first, unrouted=1, inside=3))
-    assert controller.state.samples[-1] == (5.0, pytest.approx(7.0))
-    # Next scrape: the counters' increases over the 2 s interval: 4/2 + 1/2.
-    controller.tick(view(7.0, [(0, 14.0, 0.0, 0.0), (1, 3.0, 0.0, 3.0)]))
-    assert controller.state.samples[-1] == (7.0, pytest.approx(2.5))
+    first = ClusterView(
+        now=5.0,
+        pods=(PodView(0, 10.0, 0.0, 0.0, 3, 3, 1, 2), PodView(1, 2.0, 0.0, 0.0, 3, 3, 1, 2)),
+        replicas=2, pending=0, unrouted=1, nodes=1, workers=2, per_node=2,
+    )  # fmt: skip
+    controller.tick(first)
+    assert controller.state.samples[-1] == (5.0, pytest.approx(6.0))
+    # 2 s later: pod 0 took 40 more requests (43 routed, 1 inside: 42 finished; the
+    # one inside is in flight) and started 42 calls with 0.84 s in R (20 ms each):
+    # 20/s x 0.02 = 0.4 busy workers; pod 1 the same.
+    second = ClusterView(
+        now=7.0,
+        pods=(PodView(0, 11.0, 0.84, 0.0, 1, 43, 43, 0), PodView(1, 3.0, 0.84, 0.0, 1, 43, 43, 0)),
+        replicas=2, pending=0, unrouted=0, nodes=1, workers=2, per_node=2,
+    )  # fmt: skip
+    controller.tick(second)
+    assert controller.state.samples[-1] == (7.0, pytest.approx(0.8))
+    assert controller.state.service_s == pytest.approx(0.02)
 
 
 def test_rscore_recommends_replicas_and_nodes() -> None:
@@ -103,58 +113,6 @@ def test_hpa_scale_up_is_limited_per_sync() -> None:
     assert hpa.tick(hpa_view(15.0, 4.0, 2))[0] == 6
 
 
-def test_oracle_plans_each_minute_and_bounds_cost() -> None:
-    counts = np.array([0, 600, 6000, 601])  # 0, 10, 100, 10.02 req/s
-    pods, nodes = oracle_plan(counts, capacity=10.0, per_node=2, min_nodes=0, max_replicas=8)
-    assert pods.tolist() == [0, 1, 8, 2]  # 10 pods wanted in minute 2, at most 8
-    assert nodes.tolist() == [0, 1, 4, 1]
-    floor, _ = oracle_plan(counts, capacity=10.0, per_node=2, min_nodes=3, max_replicas=8)
-    assert floor.tolist() == pods.tolist()
-    # A node needed in minute i is billed from the minute it must be ordered (60 s lead).
-    bound = oracle_bound(np.array([1, 0, 0, 3]), 60.0, price_per_hour=6.0)
-    assert bound["bound_node_hours"] == pytest.approx((1 + 0 + 3 + 3) / 60)
-    assert bound["bound_cost_usd"] == pytest.approx(7 / 60 * 6.0)
-
-
-@pytest.mark.parametrize(
-    ("servers", "slo", "expected"),
-    [
-        # One exponential worker (mu = 1): P(latency > x) = exp(-(1 - rate) x) <= 1 %.
-        (1, 10.0, 1 - math.log(100) / 10),
-        (1, 20.0, 1 - math.log(100) / 20),
-    ],
-)
-def test_pod_capacity_is_the_rate_that_meets_the_slo(
-    servers: int, slo: float, expected: float
-) -> None:
-    scenario = parse_scenario(
-        {
-            "service": {"kind": "exponential", "mean_s": 1.0},
-            "pods": {"workers": servers, "max_queue": 10**6, "request_timeout_s": 1e9},
-            "slo": {"latency_p99_s": slo},
-        },
-        Path("."),
-    )
-    # M/M/1 sojourn is exponential with rate mu - lambda.
-    assert pod_capacity(scenario) == pytest.approx(expected, rel=0.05)
-
-
-def test_pod_capacity_grows_with_batching() -> None:
-    def capacity(max_batch_rows: int) -> float:
-        return pod_capacity(
-            parse_scenario(
-                {
-                    "service": {"kind": "exponential", "mean_s": 0.1, "per_row_s": 0.005},
-                    "pods": {"workers": 2, "max_batch_rows": max_batch_rows},
-                    "slo": {"latency_p99_s": 1.0},
-                },
-                Path("."),
-            )
-        )
-
-    assert capacity(16) > 2 * capacity(1)
-
-
 def test_hpa_holds_when_pending_pods_flip_a_scale_up() -> None:
     # 1 ready pod at ratio 1.2 and 3 pending: counted idle, the ratio is 0.3. The HPA
     # holds (a flip of direction); it never scales the starting pods away.
@@ -182,11 +140,3 @@ def test_hpa_syncs_every_15_s_whatever_the_controller_interval() -> None:
 
     times = [t for t, _, _ in run_scenario(parse_scenario(data, Path("."))).result.decisions]
     assert times[:4] == pytest.approx([15.0, 30.0, 45.0, 60.0])
-
-
-def test_oracle_bound_bills_a_node_from_its_order_not_a_whole_minute_earlier() -> None:
-    # 2 nodes needed from 180 s with a 90 s lead: ordered at 90 s, billed 90 -> 240 s.
-    bound = oracle_bound(np.array([0, 0, 0, 2]), 90.0, price_per_hour=1.0)
-    assert bound["bound_node_hours"] == pytest.approx(2 * 150 / 3600)
-    # No lead: exactly the plan.
-    assert oracle_bound(np.array([1, 3]), 0.0, 1.0)["bound_node_hours"] == pytest.approx(4 / 60)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from autoscaler.policy import NodePoolSpec
 from sim.distributions import Delay
 from sim.run import run_scenario
 from sim.scenario import ScenarioError, load_scenario, parse_scenario, scaling_spec
@@ -28,7 +29,11 @@ def test_an_empty_scenario_takes_the_documented_defaults() -> None:
     spec = scaling_spec(s)
     assert spec.max_replicas == 100  # max_nodes x pods per node
     assert spec.node_pool is not None
-    assert spec.node_pool.scale_down_delay_s == 600.0
+    # no [nodes] scale_down_delay_s: rscore takes the CRD's nodePool default, and the
+    # Cluster Autoscaler emulation (static, kpa, hpa) its own 600 s
+    assert spec.node_pool.scale_down_delay_s == NodePoolSpec(max_nodes=1).scale_down_delay_s
+    assert s.nodes.scale_down_delay_s is None
+    assert spec.node_pool.provision_s == s.nodes.provision_s.mean
 
 
 @pytest.mark.parametrize(

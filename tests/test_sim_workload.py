@@ -177,3 +177,175 @@ def test_counts_file_with_a_fractional_start(tmp_path: Path) -> None:
     # Skip 1.5 s: second 2's five requests land in [0.5, 1.5), second 3's two in [1.5, 2.5).
     times = arrivals(WorkloadSpec("trace", path=path, start_s=1.5), 10.0)
     assert np.histogram(times, [0.0, 0.5, 1.5, 2.5])[0].tolist() == [0, 5, 2]
+
+
+# ---- scale_mode = "rate": scale x the users, not scale x each burst ----------------------
+
+
+def counts_file(folder: Path, counts: list[int]) -> Path:
+    path = folder / "counts.txt"
+    path.write_text("\n".join(str(c) for c in counts) + "\n")
+    return path
+
+
+def dispersion(times: np.ndarray, duration: int, window: int = 60) -> float:
+    """Index of dispersion (variance / mean) of the per-second counts inside each
+    `window`, averaged over the windows (1 for a Poisson process of a rate that is
+    constant within a window)."""
+    per_second = np.bincount(times.astype(np.int64), minlength=duration)[:duration]
+    windows = per_second.reshape(-1, window).astype(np.float64)
+    means = windows.mean(axis=1)
+    busy = means > 0
+    return float(np.mean(windows[busy].var(axis=1, ddof=1) / means[busy]))
+
+
+@pytest.mark.parametrize(
+    ("counts", "scale", "window"),
+    [
+        ([0, 2] * 300, 100.0, 60.0),  # bursty: every other second
+        ([1] * 600, 50.0, 60.0),  # flat
+        ([5, 0, 0, 0, 0] * 120, 20.0, 10.0),  # one burst in five seconds
+        ([3, 1] * 300, 7.5, 1.0),  # a one-second window: per-second Poisson
+        ([0, 2] * 300, 100.0, 1000.0),  # a window longer than the trace
+    ],
+    ids=["alternating", "flat", "bursts", "window-1s", "window-past-the-end"],
+)
+def test_rate_mode_keeps_the_mean_rate(
+    tmp_path: Path, counts: list[int], scale: float, window: float
+) -> None:
+    path = counts_file(tmp_path, counts)
+    spec = WorkloadSpec("trace", path=path, scale=scale, scale_mode="rate", rate_window_s=window)
+    times = arrivals(spec, float(len(counts)))
+    assert np.all(np.diff(times) >= 0)
+    assert times.min() >= 0
+    assert times.max() < len(counts)
+    assert within_poisson_ci(times.size, scale * sum(counts))
+
+
+@pytest.mark.parametrize("scale", [20.0, 100.0, 500.0])
+def test_rate_mode_is_poisson_within_a_window_where_multiply_is_bursty(
+    tmp_path: Path, scale: float
+) -> None:
+    # Two requests every other second: the same mean (1 req/s) in every 60 s window.
+    path = counts_file(tmp_path, [0, 2] * 1800)
+    spec = WorkloadSpec("trace", path=path, scale=scale, scale_mode="rate")
+    rate = dispersion(arrivals(spec, 3600.0), 3600)
+    multiply = dispersion(arrivals(WorkloadSpec("trace", path=path, scale=scale), 3600.0), 3600)
+    assert rate == pytest.approx(1.0, abs=0.1)  # Poisson: variance = mean
+    assert multiply > 0.9 * scale  # counts 0 and 2 x scale: var / mean = scale (x 60/59)
+    # The same real trace: 147 x NASA's users are far smoother than 147 x each second.
+    nasa = TRACES / "nasa-http-1995-per-second.txt.gz"
+    real = {
+        mode: dispersion(arrivals(WorkloadSpec("trace", path=nasa, scale=scale,
+                                               scale_mode=mode), 3600.0), 3600)
+        for mode in ("multiply", "rate")
+    }  # fmt: skip
+    assert real["rate"] == pytest.approx(1.0, abs=0.1)
+    assert real["multiply"] > 10.0
+
+
+def test_rate_mode_is_deterministic_per_seed(tmp_path: Path) -> None:
+    path = counts_file(tmp_path, [0, 3, 1, 7] * 100)
+    spec = WorkloadSpec("trace", path=path, scale=40.0, scale_mode="rate", rate_window_s=20.0)
+    assert np.array_equal(arrivals(spec, 400.0, seed=5), arrivals(spec, 400.0, seed=5))
+    assert not np.array_equal(arrivals(spec, 400.0, seed=5), arrivals(spec, 400.0, seed=6))
+
+
+def test_rate_mode_follows_the_trace_window_by_window(tmp_path: Path) -> None:
+    # Windows of 60 s from the run's start: 0/s, then 4/s, then a last window cut short
+    # by the end of the trace (30 s at 2/s), averaged over the part that exists.
+    path = counts_file(tmp_path, [0] * 60 + [4] * 60 + [2, 2, 2] * 10)
+    spec = WorkloadSpec("trace", path=path, scale=100.0, scale_mode="rate")
+    times = arrivals(spec, 1000.0)
+    per_window = np.histogram(times, [0.0, 60.0, 120.0, 150.0, 1000.0])[0].tolist()
+    assert per_window[0] == 0
+    assert per_window[3] == 0  # nothing after the trace
+    assert within_poisson_ci(per_window[1], 100.0 * 4 * 60)
+    assert within_poisson_ci(per_window[2], 100.0 * 2 * 30)
+    # A run shorter than a window averages over the part of the trace it covers.
+    short = arrivals(spec, 90.0)
+    assert np.sum(short < 60.0) == 0
+    assert within_poisson_ci(short.size, 100.0 * 4 * 30)
+    # Windows start at start_s: the 4/s minute first, then the last 30 s.
+    late = arrivals(WorkloadSpec("trace", path=path, scale=100.0, scale_mode="rate",
+                                 start_s=60.0), 100.0)  # fmt: skip
+    assert within_poisson_ci(int(np.sum(late < 60.0)), 100.0 * 4 * 60)
+    assert within_poisson_ci(int(np.sum(late >= 60.0)), 100.0 * 2 * 30)
+    assert late.max() < 90.0
+
+
+def test_rate_mode_of_timestamps_counts_requests_per_window(tmp_path: Path) -> None:
+    # 30 requests in the first 10 s, none in the next 10 s, one at 25.2 s: the trace
+    # ends with the second of its last request (26 s).
+    stamps = [i / 3 for i in range(30)] + [25.2]
+    lines = ["TIMESTAMP,ContextTokens,GeneratedTokens"]
+    lines += [f"2023-11-16 00:00:{t:010.7f},1,1" for t in stamps]
+    path = tmp_path / "trace.csv"
+    path.write_text("\n".join(lines) + "\n")
+    assert load_trace(path, "auto")[1][-1] == pytest.approx(25.2)
+    spec = WorkloadSpec("trace", path=path, scale=200.0, scale_mode="rate", rate_window_s=10.0)
+    times = arrivals(spec, 100.0)
+    per_window = np.histogram(times, [0.0, 10.0, 20.0, 26.0, 100.0])[0].tolist()
+    assert within_poisson_ci(per_window[0], 200.0 * 30)
+    assert per_window[1] == 0
+    assert per_window[3] == 0
+    assert within_poisson_ci(per_window[2], 200.0 * 1)
+
+
+def test_counts_per_bin_sees_the_arrivals_of_the_run_in_rate_mode(tmp_path: Path) -> None:
+    from sim.workload import counts_per_bin
+
+    path = counts_file(tmp_path, [0, 5, 1, 9, 2] * 1000)
+    spec = WorkloadSpec("trace", path=path, scale=30.0, scale_mode="rate", rate_window_s=7.0)
+    times = arrivals(spec, 4321.0, seed=9)
+    counts = counts_per_bin(spec, 4321.0, np.random.default_rng(9), 60.0)
+    assert counts.tolist() == np.bincount((times // 60).astype(int), minlength=73).tolist()
+
+
+@pytest.mark.parametrize(
+    ("workload", "key"),
+    [
+        ({"scale_mode": "burst"}, "scale_mode"),
+        ({"scale_mode": 2}, "scale_mode"),
+        ({"scale_mode": "rate", "rate_window_s": 0}, "rate_window_s"),
+        ({"scale_mode": "rate", "rate_window_s": -60}, "rate_window_s"),
+        ({"scale_mode": "rate", "rate_window_s": "60"}, "rate_window_s"),
+        ({"scale_mode": "rate", "rate_window_s": 1.5}, "rate_window_s"),  # counts: whole s
+        ({"scale_mode": "rate", "scale": 0}, "scale"),
+    ],
+)
+def test_bad_scale_settings_are_one_line_errors_naming_the_key(
+    tmp_path: Path, workload: dict[str, object], key: str
+) -> None:
+    from sim.scenario import ScenarioError, parse_scenario
+
+    counts_file(tmp_path, [1, 2, 3])
+    data = {"workload": {"kind": "trace", "path": "counts.txt", **workload}}
+    with pytest.raises(ScenarioError, match=key) as caught:
+        parse_scenario(data, tmp_path)
+    assert "\n" not in str(caught.value)
+
+
+def test_scale_mode_defaults_to_multiply_and_is_recorded(tmp_path: Path) -> None:
+    from sim.run import run_scenario
+    from sim.scenario import parse_scenario
+    from sim.workload import describe
+
+    counts_file(tmp_path, [2, 0, 4] * 20)
+    workload = {"kind": "trace", "path": "counts.txt", "scale": 3}
+    plain = parse_scenario({"workload": workload}, tmp_path)
+    assert plain.workload.scale_mode == "multiply"
+    assert "scale 3, scale_mode multiply" in describe(plain.workload)
+    data = {
+        "duration_s": 60.0,
+        "policy": {"kind": "static"},
+        "workload": {**workload, "scale_mode": "rate", "rate_window_s": 30},
+    }
+    scenario = parse_scenario(data, tmp_path)
+    summary = run_scenario(scenario).summary
+    assert (summary["scale"], summary["scale_mode"], summary["rate_window_s"]) == (3, "rate", 30)
+    assert "scale_mode rate" in describe(scenario.workload)
+    # Azure timestamps accept any window (they are not whole seconds).
+    WorkloadSpec("trace", path=tmp_path / "t.csv", scale_mode="rate", rate_window_s=0.5)
+    thinned = WorkloadSpec("trace", path=tmp_path / "t.csv", scale=0.5)
+    assert "each request kept with probability 0.5" in describe(thinned)
