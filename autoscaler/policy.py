@@ -272,6 +272,11 @@ class _Concurrency:
     panic_until: float | None
     mode: str
     reason: str
+    # The pods nodes are ordered for: the stable desire, unless in panic. A rise seen
+    # only in the panic window gets pods at once (on nodes already there, free), but
+    # orders no node until it lasts or doubles the load: a node costs its provisioning
+    # and its scale-down delay, which a few seconds of noise would waste.
+    sustained: int | None = None
 
 
 def _average(samples: tuple[tuple[float, float], ...], now: float, window: float) -> float | None:
@@ -384,10 +389,12 @@ def _concurrency_signal(
         # (the stable average would take most of a window to follow it); only a fall
         # waits for the stable window.
         desired = max(desired_stable, desired_panic)
-        return _Concurrency(desired, stable_avg, panic_avg, None, MODE_STABLE, reason)
+        return _Concurrency(
+            desired, stable_avg, panic_avg, None, MODE_STABLE, reason, desired_stable
+        )
     desired = max(desired_panic, state.last_desired or 0)
     reason += f"; panic until {panic_until:g}, never down -> {desired}"
-    return _Concurrency(desired, stable_avg, panic_avg, panic_until, MODE_PANIC, reason)
+    return _Concurrency(desired, stable_avg, panic_avg, panic_until, MODE_PANIC, reason, desired)
 
 
 def _hpa_signal(
@@ -494,6 +501,7 @@ def _size_nodes(
     spec: ScalingSpec,
     desired: int,
     *,
+    for_nodes: int,
     expected: float | None,
     reasons: list[str],
 ) -> tuple[int, int | None, float | None]:
@@ -501,7 +509,7 @@ def _size_nodes(
     if spec.node_pool is None:
         return desired, None, None
     ahead = 0 if expected is None else _pods_for(expected, _capacity(obs, spec))
-    nodes, since, why = _nodes(obs, state, spec.node_pool, desired, min(ahead, spec.max_replicas))
+    nodes, since, why = _nodes(obs, state, spec.node_pool, for_nodes, min(ahead, spec.max_replicas))
     reasons.append(why)
     per_node = _pods_per_node(obs, spec.node_pool)
     replicas = desired
@@ -572,8 +580,10 @@ def decide(
     profile, expected, why = _forecast(obs, state, spec, demand)
     if why is not None:
         reasons.append(why)
+    for_nodes = desired if conc.sustained is None else min(desired, conc.sustained)
+    for_nodes = max(for_nodes, spec.min_replicas)
     replicas, nodes, since = _size_nodes(
-        obs, state, spec, desired, expected=expected, reasons=reasons
+        obs, state, spec, desired, for_nodes=for_nodes, expected=expected, reasons=reasons
     )
 
     recommendation = Recommendation(

@@ -188,8 +188,9 @@ def test_a_slot_seen_on_another_weekday_falls_back_to_time_of_day() -> None:
     assert monday is not None
     assert tuesday is not None
     assert monday.basis == tuesday.basis == "day-of-week, 1 week"
-    assert monday.base == pytest.approx(40, rel=0.01)  # Monday's own peak, not the week's
-    assert tuesday.base == pytest.approx(10, rel=0.01)
+    # Monday's own peak, not the week's (within the lag of the 300-s smoothing)
+    assert monday.base == pytest.approx(40, rel=0.05)
+    assert tuesday.base == pytest.approx(10, rel=0.06)
 
 
 # --- gaps and partial slots ----------------------------------------------------------------
@@ -204,7 +205,7 @@ def test_a_gap_keeps_the_history_and_a_partial_slot_only_raises_it() -> None:
     gap = run(two_days, at(2, 0), at(2, 8), office())
     gap = run(gap, at(2, 12), at(3, 0), office())
     assert (gap.day.count[nine], gap.day.mean[nine]) == before
-    assert forecast(gap, at(3, 8, 55), 300).base == pytest.approx(40, rel=0.01)
+    assert forecast(gap, at(3, 8, 55), 300).base == pytest.approx(40, rel=0.03)
 
     # Back at 09:10: a third of the slot seen. Lower demand does not lower it ...
     low = run(gap, at(3, 0), at(3, 8), office())
@@ -222,12 +223,16 @@ def test_a_wall_clock_stepping_back_into_a_past_slot_is_ignored() -> None:
     assert observe(profile, at(0, 9, 5), 1000.0) is profile
 
 
-def test_a_single_spike_does_not_set_the_slot() -> None:
-    spike = run(DemandProfile.empty(), at(0, 9), at(0, 9, 14), lambda t: 5.0, step=2.0)
-    spike = observe(spike, at(0, 9, 14), 100.0)  # one 2-s tick
-    assert spike.current.peak < 15  # smoothed over ~30 s
-    sustained = run(spike, at(0, 9, 14, 2), at(0, 9, 14, 58), lambda t: 100.0, step=2.0)
-    assert sustained.current.peak > 80
+def test_a_burst_of_seconds_does_not_set_the_slot_a_level_of_minutes_does() -> None:
+    """Smoothed over 300 s: a level must last about as long as a node takes to come to
+    be worth ordering ahead of; a burst of seconds is the reactive path's."""
+    spike = run(DemandProfile.empty(), at(0, 9), at(0, 9, 1), lambda t: 5.0, step=2.0)
+    spike = observe(spike, at(0, 9, 1), 100.0)  # one 2-s tick
+    assert spike.current.peak < 6
+    burst = run(spike, at(0, 9, 1, 2), at(0, 9, 1, 30), lambda t: 100.0, step=2.0)
+    assert burst.current.peak < 15  # half a minute at 20x barely counts
+    sustained = run(burst, at(0, 9, 1, 30), at(0, 9, 14), lambda t: 100.0, step=2.0)
+    assert sustained.current.peak > 80  # twelve minutes do
 
 
 # --- invalid input -------------------------------------------------------------------------
@@ -414,3 +419,34 @@ def test_the_forecast_is_a_small_value() -> None:
     assert isinstance(ahead, Forecast)
     with pytest.raises(AttributeError):
         ahead.demand = 0  # type: ignore[misc]
+
+
+def test_the_documented_worked_example() -> None:
+    """docs/autoscaler.md, "Forecast and pre-warm": 4 busy workers at night, 20 from 08:30
+    to 18:00, the peak from 09:00 to 10:00 (36 on Monday, 40 on Tuesday), +-5 % a tick
+    from a seeded stream, a tick every 2 s; the table and the forecasts on Wednesday."""
+    rng = random.Random(1)
+
+    def load(wall_s: float) -> float:
+        day, hour = int((wall_s - MONDAY) // DAY), ((wall_s - MONDAY) % DAY) / HOUR
+        peak = 36.0 if day == 0 else 40.0
+        base = peak if 9 <= hour < 10 else 20.0 if 8.5 <= hour < 18 else 4.0
+        return base * (1 + 0.05 * (2 * rng.random() - 1))
+
+    profile = run(DemandProfile.empty(), at(0, 0), at(2, 8, 50), load, step=2.0)
+    table = {
+        hh_mm: (profile.day.count[i], profile.day.mean[i], profile.day.std[i])
+        for hh_mm, i in (("08:45", 35), ("09:00", 36), ("09:15", 37))
+    }
+    assert table["08:45"] == (2, pytest.approx(19.97, abs=0.005), pytest.approx(0.02))
+    assert table["09:00"] == (2, pytest.approx(37.12, abs=0.005), pytest.approx(1.89, abs=0.005))
+    assert table["09:15"] == (2, pytest.approx(38.05, abs=0.005), pytest.approx(1.94, abs=0.005))
+    assert len(profile.errors) == 96
+    assert error_factor(profile) == pytest.approx(1.002)
+    at_0850, at_0855 = forecast(profile, at(2, 8, 50), 300), forecast(profile, at(2, 8, 55), 300)
+    assert at_0850 is not None
+    assert at_0855 is not None
+    assert at_0850.demand == pytest.approx(20.04, abs=0.005)
+    assert at_0855.demand == pytest.approx(39.63, abs=0.005)
+    assert at_0855.basis == "time-of-day, 2 days"
+    assert (math.ceil(at_0850.demand / 2.8), math.ceil(at_0855.demand / 2.8)) == (8, 15)

@@ -104,8 +104,8 @@ WINDOW_CASES = [
     # (previous samples, now, this tick's total, stable avg, panic avg, desired, mode, kept)
     # stable window (40, 100] keeps t=70 and t=100; t=40 is exactly on the edge and goes.
     # stable (4 + 16) / 2 = 10 -> ceil(10 / 2.8 = 3.57) = 4; panic window (94, 100] holds
-    # only 16 -> ceil(5.71) = 6; 6/4 = 1.5 < 2 -> Stable 4.
-    (((40.0, 4.0), (70.0, 4.0)), 100.0, 16.0, 10.0, 16.0, 4, S, (70.0, 100.0)),
+    # only 16 -> ceil(5.71) = 6; 6/4 = 1.5 < 2 -> Stable, but up at once: max(4, 6) = 6.
+    (((40.0, 4.0), (70.0, 4.0)), 100.0, 16.0, 10.0, 16.0, 6, S, (70.0, 100.0)),
     # panic window (94, 100] holds t=96 (20) and 100 (20) -> 20 / 2.8 = 7.14 -> 8; 8/4 = 2
     # -> Panic; stable (0 + 20 + 20) / 3 = 13.3 -> 5 is ignored in panic: max(8, -) = 8.
     (((50.0, 0.0), (96.0, 20.0)), 100.0, 20.0, 40.0 / 3, 20.0, 8, P, (50.0, 96.0, 100.0)),
