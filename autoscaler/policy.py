@@ -88,7 +88,7 @@ class ScalingSpec:
     target_concurrency_per_worker: float = 1.0
     target_utilization: float = 0.7
     stable_window_s: float = 60.0
-    panic_window_percentage: float = 10.0
+    panic_window_percentage: float = 20.0
     panic_threshold_percentage: float = 200.0
     max_scale_up_rate: float = 1000.0
     max_scale_down_rate: float = 2.0

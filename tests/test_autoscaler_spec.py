@@ -63,7 +63,7 @@ def test_minimal_object() -> None:
         ("target_concurrency_per_worker", 1.0),
         ("target_utilization", 0.7),
         ("stable_window_s", 60.0),
-        ("panic_window_percentage", 10.0),
+        ("panic_window_percentage", 20.0),
         ("panic_threshold_percentage", 200.0),
         ("max_scale_up_rate", 1000.0),
         ("max_scale_down_rate", 2.0),

@@ -262,7 +262,7 @@ def test_minimal_object_gets_the_policy_defaults() -> None:
     # And the values the documentation promises, spelled out.
     assert (spec["minReplicas"], spec["targetConcurrencyPerWorker"]) == (1, 1.0)
     assert (spec["targetUtilization"], spec["stableWindowSeconds"]) == (0.7, 60)
-    assert (spec["panicWindowPercentage"], spec["panicThresholdPercentage"]) == (10, 200)
+    assert (spec["panicWindowPercentage"], spec["panicThresholdPercentage"]) == (20, 200)
     assert (spec["maxScaleUpRate"], spec["maxScaleDownRate"]) == (1000, 2)
     assert spec["scaleDownDelaySeconds"] == 0
     assert (spec["nodePool"]["minNodes"], spec["nodePool"]["scaleDownDelaySeconds"]) == (

@@ -459,7 +459,7 @@ def test_invalid_node_pool(kwargs, message):
 def test_defaults():
     s = ScalingSpec(max_replicas=10)
     assert (s.min_replicas, s.target_concurrency_per_worker, s.target_utilization) == (1, 1.0, 0.7)
-    assert (s.stable_window_s, s.panic_window_s, s.panic_threshold_percentage) == (60, 6.0, 200)
+    assert (s.stable_window_s, s.panic_window_s, s.panic_threshold_percentage) == (60, 12.0, 200)
     assert (s.max_scale_up_rate, s.max_scale_down_rate, s.scale_down_delay_s) == (1000, 2, 0)
     assert NodePoolSpec(max_nodes=3).scale_down_delay_s == 300
     with pytest.raises(dataclasses.FrozenInstanceError):
