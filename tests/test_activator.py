@@ -90,6 +90,13 @@ class Upstream:
             await self._runner.cleanup()
             self._runner = None
 
+    async def __aenter__(self) -> Upstream:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
 
 @dataclass
 class Running:
@@ -209,29 +216,25 @@ async def test_a_request_held_while_no_pod_is_ready_is_answered_once_one_is() ->
 
 
 async def test_a_pod_that_answers_503_until_ready_is_waited_for() -> None:
-    upstream = Upstream(ready=False)
-    await upstream.start()
-    try:
-        async with (
-            activator(f"http://{HOST}:{upstream.port}") as act,
-            aiohttp.ClientSession() as client,
-        ):
-            request = asyncio.create_task(client.get(f"{act.url}/v2/models/m"))
+    async with (
+        Upstream(ready=False) as upstream,
+        activator(f"http://{HOST}:{upstream.port}") as act,
+        aiohttp.ClientSession() as client,
+    ):
+        request = asyncio.create_task(client.get(f"{act.url}/v2/models/m"))
 
-            async def held() -> bool:
-                return await act.metric(client, "rscore_activator_held_requests") == 1
+        async def held() -> bool:
+            return await act.metric(client, "rscore_activator_held_requests") == 1
 
-            await eventually(held)
-            upstream.ready = True
-            async with asyncio.timeout(20):
-                response = await request
-            assert response.status == 200
-            response.release()
-            # The first try met the 503; the retry got through; the 503 never reached us.
-            assert [s.path_qs for s in upstream.seen] == ["/v2/models/m", "/v2/models/m"]
-            assert await act.metric(client, "rscore_activator_requests_total", code="503") == 0
-    finally:
-        await upstream.stop()
+        await eventually(held)
+        upstream.ready = True
+        async with asyncio.timeout(20):
+            response = await request
+        assert response.status == 200
+        response.release()
+        # The first try met the 503; the retry got through; the 503 never reached us.
+        assert [s.path_qs for s in upstream.seen] == ["/v2/models/m", "/v2/models/m"]
+        assert await act.metric(client, "rscore_activator_requests_total", code="503") == 0
 
 
 async def test_hundreds_of_held_requests_are_all_answered_each_with_its_own_answer() -> None:
@@ -345,22 +348,18 @@ async def test_a_hold_that_runs_out_answers_504(path: str) -> None:
 
 
 async def test_a_body_over_the_limit_is_413_and_never_sent_upstream() -> None:
-    upstream = Upstream()
-    await upstream.start()
-    try:
-        async with (
-            activator(f"http://{HOST}:{upstream.port}", max_body_bytes=100) as act,
-            aiohttp.ClientSession() as client,
-        ):
-            async with client.post(f"{act.url}/score", data=b"x" * 101) as response:
-                assert response.status == 413
-                assert (await response.json())["error"]["code"] == "too_large"
-            assert upstream.seen == []
-            async with client.post(f"{act.url}/score", data=b"x" * 100) as response:
-                assert response.status == 200
-            assert len(upstream.seen) == 1
-    finally:
-        await upstream.stop()
+    async with (
+        Upstream() as upstream,
+        activator(f"http://{HOST}:{upstream.port}", max_body_bytes=100) as act,
+        aiohttp.ClientSession() as client,
+    ):
+        async with client.post(f"{act.url}/score", data=b"x" * 101) as response:
+            assert response.status == 413
+            assert (await response.json())["error"]["code"] == "too_large"
+        assert upstream.seen == []
+        async with client.post(f"{act.url}/score", data=b"x" * 100) as response:
+            assert response.status == 200
+        assert len(upstream.seen) == 1
 
 
 # --- what the upstream says is passed on ------------------------------------------------------
@@ -382,24 +381,20 @@ async def _errors(request: web.Request, body: bytes) -> web.StreamResponse:
 
 @pytest.mark.parametrize("status", [400, 401, 404, 413, 415, 429, 500, 502, 504])
 async def test_upstream_errors_are_passed_on_unchanged(status: int) -> None:
-    upstream = Upstream(handler=_errors)
-    await upstream.start()
-    try:
-        async with (
-            activator(f"http://{HOST}:{upstream.port}") as act,
-            aiohttp.ClientSession() as client,
-            client.post(f"{act.url}/score?status={status}", data=b"{}") as response,
-        ):
-            assert response.status == status
-            assert await response.read() == b'{"error": {"code": "x", "message": "from the pod"}}'
-            assert response.headers["x-request-id"] == "from-pod"
-            if status == 401:
-                assert response.headers["WWW-Authenticate"] == 'Bearer realm="rscore"'
-            if status == 429:
-                assert response.headers["Retry-After"] == "1"
-            assert len(upstream.seen) == 1  # never retried: the pod took it
-    finally:
-        await upstream.stop()
+    async with (
+        Upstream(handler=_errors) as upstream,
+        activator(f"http://{HOST}:{upstream.port}") as act,
+        aiohttp.ClientSession() as client,
+        client.post(f"{act.url}/score?status={status}", data=b"{}") as response,
+    ):
+        assert response.status == status
+        assert await response.read() == b'{"error": {"code": "x", "message": "from the pod"}}'
+        assert response.headers["x-request-id"] == "from-pod"
+        if status == 401:
+            assert response.headers["WWW-Authenticate"] == 'Bearer realm="rscore"'
+        if status == 429:
+            assert response.headers["Retry-After"] == "1"
+        assert len(upstream.seen) == 1  # never retried: the pod took it
 
 
 async def _big_or_gzipped(request: web.Request, body: bytes) -> web.StreamResponse:
@@ -418,21 +413,17 @@ async def _big_or_gzipped(request: web.Request, body: bytes) -> web.StreamRespon
 
 
 async def test_large_streamed_and_compressed_answers_arrive_byte_for_byte() -> None:
-    upstream = Upstream(handler=_big_or_gzipped)
-    await upstream.start()
-    try:
-        async with (
-            activator(f"http://{HOST}:{upstream.port}") as act,
-            aiohttp.ClientSession(auto_decompress=False) as client,
-        ):
-            async with client.get(f"{act.url}/big") as response:
-                assert response.status == 200
-                assert await response.read() == b"".join(bytes([i]) * 16384 for i in range(64))
-            async with client.get(f"{act.url}/gzip") as response:
-                assert response.headers["Content-Encoding"] == "gzip"
-                assert gzip.decompress(await response.read()) == b"hello " * 1000
-    finally:
-        await upstream.stop()
+    async with (
+        Upstream(handler=_big_or_gzipped) as upstream,
+        activator(f"http://{HOST}:{upstream.port}") as act,
+        aiohttp.ClientSession(auto_decompress=False) as client,
+    ):
+        async with client.get(f"{act.url}/big") as response:
+            assert response.status == 200
+            assert await response.read() == b"".join(bytes([i]) * 16384 for i in range(64))
+        async with client.get(f"{act.url}/gzip") as response:
+            assert response.headers["Content-Encoding"] == "gzip"
+            assert gzip.decompress(await response.read()) == b"hello " * 1000
 
 
 async def _hang_up(request: web.Request, body: bytes) -> web.StreamResponse:
@@ -442,19 +433,15 @@ async def _hang_up(request: web.Request, body: bytes) -> web.StreamResponse:
 
 
 async def test_a_dropped_connection_is_tried_once_more_then_502() -> None:
-    upstream = Upstream(handler=_hang_up)
-    await upstream.start()
-    try:
-        async with (
-            activator(f"http://{HOST}:{upstream.port}") as act,
-            aiohttp.ClientSession() as client,
-            client.post(f"{act.url}/score", data=b"{}") as response,
-        ):
-            assert response.status == 502
-            assert (await response.json())["error"]["code"] == "upstream_error"
-            assert len(upstream.seen) == 2
-    finally:
-        await upstream.stop()
+    async with (
+        Upstream(handler=_hang_up) as upstream,
+        activator(f"http://{HOST}:{upstream.port}") as act,
+        aiohttp.ClientSession() as client,
+        client.post(f"{act.url}/score", data=b"{}") as response,
+    ):
+        assert response.status == 502
+        assert (await response.json())["error"]["code"] == "upstream_error"
+        assert len(upstream.seen) == 2
 
 
 # --- TLS on both sides -------------------------------------------------------------------------
@@ -585,28 +572,24 @@ async def test_sigterm_lets_a_forwarded_request_finish(tmp_path: Path) -> None:
         await release.wait()  # the pod is still scoring when SIGTERM arrives
         return web.json_response({"scored": body.decode()})
 
-    upstream = Upstream(handler=slow)
-    await upstream.start()
-    try:
-        async with (
-            rscore_activator(upstream.port, tmp_path / "activator.log") as (process, act),
-            aiohttp.ClientSession() as client,
-        ):
-            request = asyncio.create_task(client.post(f"{act.url}/score", data=b"row"))
-            await eventually(lambda: _true(len(upstream.seen) == 1))
-            process.send_signal(signal.SIGTERM)
-            log = tmp_path / "activator.log"
-            await eventually(lambda: _true("draining" in log.read_text()))  # it has landed
-            assert process.returncode is None
-            release.set()
-            async with asyncio.timeout(20):
-                response = await request
-            assert response.status == 200
-            assert await response.json() == {"scored": "row"}
-            async with asyncio.timeout(30):
-                assert await process.wait() == 0
-    finally:
-        await upstream.stop()
+    async with (
+        Upstream(handler=slow) as upstream,
+        rscore_activator(upstream.port, tmp_path / "activator.log") as (process, act),
+        aiohttp.ClientSession() as client,
+    ):
+        request = asyncio.create_task(client.post(f"{act.url}/score", data=b"row"))
+        await eventually(lambda: _true(len(upstream.seen) == 1))
+        process.send_signal(signal.SIGTERM)
+        log = tmp_path / "activator.log"
+        await eventually(lambda: _true("draining" in log.read_text()))  # it has landed
+        assert process.returncode is None
+        release.set()
+        async with asyncio.timeout(20):
+            response = await request
+        assert response.status == 200
+        assert await response.json() == {"scored": "row"}
+        async with asyncio.timeout(30):
+            assert await process.wait() == 0
 
 
 async def _true(value: bool) -> bool:
