@@ -55,6 +55,7 @@ predict-examples: setup
 lint: setup
 	@$(BIN)/ruff check .
 	@$(BIN)/ruff format --check .
+	@$(BIN)/lint-imports --no-cache
 
 format: setup
 	@$(BIN)/ruff format .
