@@ -5,13 +5,13 @@ only the thread that started it may call it) and sources `R/rscore.R`. `load_mod
 loads a bundle: its packages, score.R, init(), the predict() package for the model's
 class, and the input prototype. `LoadedModel.score()` is the hot path.
 
-Never prints to stdout (R's console goes to stderr, so `rscore predict` output stays
-clean JSON), and never lets an R condition escape as anything but a ScoringError.
+Never prints to stdout (R's console goes to stderr, or to the log through
+`route_console()`, so `rscore predict` output stays clean JSON), and never lets an R
+condition escape as anything but a ScoringError.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from functools import cache
@@ -21,15 +21,44 @@ from typing import Any
 from r_scorer.bundle import BundleSpec
 from r_scorer.errors import BundleError
 from r_scorer.prototype import FACTOR, ORDERED, Column, Prototype, TypedFrame
+from r_scorer.rconsole import Console, RawConsole
+
+_console: Console = RawConsole()
+
+
+def route_console(console: Console) -> None:
+    """Send R's console output, and the warnings of loading a bundle, to `console` from
+    now on. Call it before `start_r()` to catch R's own start-up output too."""
+    global _console  # noqa: PLW0603 - one R per process, one console for it
+    _console = console
+    _install_console_callbacks()
+
+
+def _install_console_callbacks() -> None:
+    from rpy2.rinterface_lib import callbacks
+
+    # rpy2 looks these up at each write: the current console gets every write.
+    callbacks.consolewrite_print = _write_print
+    callbacks.consolewrite_warnerror = _write_warnerror
+    callbacks.showmessage = _show_message
+
+
+def _write_print(text: str) -> None:
+    _console.write_print(text)
+
+
+def _write_warnerror(text: str) -> None:
+    _console.write_warnerror(text)
+
+
+def _show_message(text: str) -> None:  # R's "dialog" messages: whole, with no newline
+    _console.write_warnerror(text + "\n")
 
 
 @cache
 def start_r() -> Any:
     """Start embedded R in this process (once) and return rscore's R environment."""
-    from rpy2.rinterface_lib import callbacks
-
-    callbacks.consolewrite_print = _to_stderr
-    callbacks.consolewrite_warnerror = _to_stderr
+    _install_console_callbacks()
     import rpy2.rinterface as ri
 
     ri.initr_simple()
@@ -37,10 +66,6 @@ def start_r() -> Any:
     source = resources.files("r_scorer").joinpath("R/rscore.R").read_text(encoding="utf-8")
     ri.baseenv["eval"](ri.parse(source), env)
     return env
-
-
-def _to_stderr(text: str) -> None:
-    sys.stderr.write(text)
 
 
 @dataclass(frozen=True)
@@ -113,6 +138,9 @@ def load_model(spec: BundleSpec) -> LoadedModel:
         ri.StrSexpVector([str(spec.path)]), ri.StrSexpVector(spec.packages), args
     )
     fields = _fields(outcome)
+    for warning in fields["warnings"]:
+        _console.warning(str(warning))
+    _console.flush()
     if not fields["ok"][0]:
         raise BundleError(f"bundle {spec.path.name!r}: {fields['message'][0]}")
     loaded = _fields(fields["value"])

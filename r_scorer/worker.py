@@ -4,7 +4,8 @@ Run by the supervisor as `python -m r_scorer.worker ...` (a fresh interpreter, n
 fork: rpy2 and R must start clean in each process). The worker reports "ready" or its
 load error on a status pipe, connects to the sidecar's socket (retrying until the
 sidecar is there, and again if it goes away), says hello, and answers one request at a
-time per `r_scorer.protocol`.
+time per `r_scorer.protocol`. R's console output (print(), message(), warnings) is
+logged as JSON lines carrying the bundle's name and the worker slot (`r_scorer.rconsole`).
 
 Never raises out of the request loop for a bad request: every request gets an answer.
 Exits 0 when recycled, 3 when the bundle fails to load; a request stuck in R past its
@@ -21,6 +22,7 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -29,12 +31,14 @@ from r_scorer import protocol
 from r_scorer.bundle import read_bundle
 from r_scorer.errors import ProtocolError, ScoringError
 from r_scorer.logs import configure_json_logging
+from r_scorer.rconsole import LogConsole
 
 EXIT_CLEAN = 0  # recycled, or drained after SIGTERM
 EXIT_LOAD_FAILED = 3
 _PR_SET_PDEATHSIG = 1
 
 log = logging.getLogger(f"rscore.worker.{os.getpid()}")
+_r_log = logging.getLogger("rscore.r")  # R's console: print(), message(), warnings
 _draining = False
 
 
@@ -46,13 +50,25 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     configure_json_logging()
     _die_with_parent()
-    from r_scorer.rmodel import load_model  # starts R: only in the worker process
+    from r_scorer.rmodel import load_model, route_console  # starts R: only in a worker
 
+    console = LogConsole(_r_log, {"bundle": Path(args.bundle).name, "slot": args.slot})
     try:
-        model = load_model(read_bundle(args.bundle))
+        spec = read_bundle(args.bundle)
+        console = LogConsole(_r_log, {"bundle": spec.name, "slot": args.slot})
+        route_console(console)  # before R starts: its own start-up output is logged too
+        model = load_model(spec)
     except ScoringError as exc:
+        console.flush()
         _report_status(args.status_fd, {"ready": False, "error": exc.to_json()["error"]})
         return EXIT_LOAD_FAILED
+    try:
+        return _run(args, model)
+    finally:
+        console.flush()  # a last line R left without its newline
+
+
+def _run(args: argparse.Namespace, model: Any) -> int:
     # Ctrl-C reaches the whole process group: the supervisor decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The watchdog relies on SIGALRM's default action (end the process): make sure no

@@ -53,7 +53,7 @@
   unique(classes)
 }
 
-.load_predict_packages <- function(state, required) {
+.load_predict_packages <- function(state, required, fix = "") {
   loaded <- character()
   classes <- .state_classes(state)
   if (!length(classes)) return(loaded)
@@ -70,8 +70,8 @@
     loaded <- .attach_package(pkg, sprintf("registers predict() for class '%s'", classes[1]))
   } else if (required) {
     stop(sprintf(
-      "no installed R package registers a predict() method for class %s; install the package that fitted the model, or list it in rscore.toml 'packages'",
-      paste0("'", classes, "'", collapse = ", ")
+      "no installed R package registers a predict() method for class %s; install the package that fitted the model, or list it in rscore.toml 'packages'%s",
+      paste0("'", classes, "'", collapse = ", "), fix
     ), call. = FALSE)
   }
   loaded
@@ -148,7 +148,7 @@
   ptype_file <- file.path(model_dir, "ptype.rds")
   if (file.exists(ptype_file)) {
     ptype <- tryCatch(readRDS(ptype_file), error = function(e) {
-      stop(sprintf("ptype.rds: %s", conditionMessage(e)), call. = FALSE)
+      stop(.rds_error("ptype.rds", ptype_file, e), call. = FALSE)
     })
     return(list(source = "ptype.rds", columns = .ptype_prototype(ptype)))
   }
@@ -158,6 +158,48 @@
 }
 
 # --- loading --------------------------------------------------------------------
+
+# What save() writes (after gzip/bzip2/xz, which gzfile() undoes): "RD" + X (xdr),
+# A (ascii) or B (native binary) + format version + newline. saveRDS() writes none.
+.SAVE_MAGIC <- c("RDX2\n", "RDX3\n", "RDA2\n", "RDA3\n", "RDB2\n", "RDB3\n")
+
+.written_by_save <- function(path) {
+  head <- tryCatch({
+    con <- gzfile(path, "rb")
+    on.exit(close(con))
+    readBin(con, "raw", 5L)
+  }, error = function(e) raw())
+  any(vapply(.SAVE_MAGIC, function(magic) identical(head, charToRaw(magic)), logical(1)))
+}
+
+# readRDS()'s error for a bundle file, one line: a file written by save() says so and
+# how to fix it, instead of R's "unknown input format".
+.rds_error <- function(label, path, e) {
+  if (.written_by_save(path)) {
+    return(sprintf(
+      "%s was written by save(), which readRDS() cannot read: in R, load() it and write the object with saveRDS(x, \"%s\")",
+      label, label
+    ))
+  }
+  sprintf("%s: %s", label, conditionMessage(e))
+}
+
+# TRUE when `fn` can be called with `n` positional arguments.
+.takes <- function(fn, n) {
+  if (is.primitive(fn)) return(TRUE)
+  arguments <- names(formals(fn))
+  "..." %in% arguments || length(arguments) >= n
+}
+
+# TRUE when predict(state, ...) dispatches to a method (S3 on the state's class, or a
+# default method some attached package provides).
+.predict_dispatches <- function(state) {
+  if (isS4(state)) return(TRUE)  # S4 predict methods: left to predict() itself
+  for (cl in c(.class2(state), "default")) {
+    if (!is.null(utils::getS3method("predict", cl, optional = TRUE))) return(TRUE)
+  }
+  FALSE
+}
 
 .default_score <- function(predict_args) {
   call <- as.call(c(list(quote(predict), quote(state), newdata = quote(data)), predict_args))
@@ -181,20 +223,51 @@
       stop(sprintf("score.R: '%s' must be a function", name), call. = FALSE)
     }
   }
+  if (has("init") && !.takes(env$init, 1)) {
+    stop("score.R: init() must take one argument, init(model_dir)", call. = FALSE)
+  }
+  if (has("score") && !.takes(env$score, 2)) {
+    stop("score.R: score() must take two arguments, score(state, data)", call. = FALSE)
+  }
   rds <- file.path(model_dir, "model.rds")
   if (has("init")) {
-    state <- tryCatch(env$init(model_dir), error = function(e) {
+    init <- env$init  # so a warning from it reads "In init(model_dir) : ..."
+    state <- tryCatch(init(model_dir), error = function(e) {
       stop(sprintf("score.R: init() failed: %s", conditionMessage(e)), call. = FALSE)
     })
   } else if (file.exists(rds)) {
     state <- tryCatch(readRDS(rds), error = function(e) {
-      stop(sprintf("model.rds: %s", conditionMessage(e)), call. = FALSE)
+      stop(.rds_error("model.rds", rds, e), call. = FALSE)
     })
   } else {
     stop("bundle has neither model.rds nor an init() in score.R", call. = FALSE)
   }
   custom_score <- has("score")
-  loaded <- c(loaded, .load_predict_packages(state, required = !custom_score))
+  # Without score(), every request calls predict(state, newdata = data): a state that
+  # predict() cannot dispatch on would make every request a 500, so fail now instead.
+  fix <- if (custom_score) "" else if (has("init")) {
+    "; or define score(state, data) in score.R (it defines init() but no score())"
+  } else {
+    "; or add a score.R that defines score(state, data)"
+  }
+  loaded <- c(loaded, .load_predict_packages(state, required = !custom_score, fix = fix))
+  if (!custom_score && !.predict_dispatches(state)) {
+    what <- if (is.object(state)) {
+      sprintf("an object of class %s", paste0("'", class(state), "'", collapse = ", "))
+    } else {
+      sprintf("a %s with no class", paste(.class2(state), collapse = "/"))
+    }
+    if (has("init")) {
+      stop(sprintf(
+        "score.R defines init() but no score(), and the default score, predict(state, newdata = data), cannot score what init() returns (%s): define score(state, data) in score.R, or remove init() to score model.rds with predict()",
+        what
+      ), call. = FALSE)
+    }
+    stop(sprintf(
+      "model.rds holds %s, which predict() cannot score: add a score.R that defines score(state, data)",
+      what
+    ), call. = FALSE)
+  }
   score <- if (custom_score) env$score else .default_score(predict_args)
   list(
     state = state,
@@ -271,9 +344,29 @@
 # second; they were shown while the bundle loaded.
 .serving_options <- function() options(warn = -1)
 
+# A warning as one line of text, the way R prints it: "In <call> : <message>".
+.describe_warning <- function(w) {
+  call <- conditionCall(w)
+  if (is.null(call)) return(conditionMessage(w))
+  sprintf("In %s : %s", paste(deparse(call, nlines = 1L), collapse = ""), conditionMessage(w))
+}
+
+# Load a bundle without letting a condition escape: list(ok, value or message,
+# warnings). Warnings raised while loading (score.R, init(), packages) are collected
+# and returned, so Python logs each as one warning (embedded R would otherwise drop
+# them: rpy2 never reaches the top level where R prints deferred warnings).
 .try_load_bundle <- function(model_dir, packages, predict_args) {
-  tryCatch(
-    list(ok = TRUE, value = .load_bundle(model_dir, packages, predict_args)),
+  warnings <- character()
+  outcome <- tryCatch(
+    withCallingHandlers(
+      list(ok = TRUE, value = .load_bundle(model_dir, packages, predict_args)),
+      warning = function(w) {
+        warnings <<- c(warnings, .describe_warning(w))
+        invokeRestart("muffleWarning")
+      }
+    ),
     error = function(e) list(ok = FALSE, message = conditionMessage(e))
   )
+  outcome$warnings <- warnings
+  outcome
 }
