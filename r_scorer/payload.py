@@ -5,11 +5,17 @@ Three body formats, after MLflow and Azure ML:
 [[...], ...]}}` and `{"data": [{...}, ...]}`. The result is a `Frame`: columns in first-seen
 order, each a list of JSON values, all of one length.
 
+A body that is not JSON is a BadRequest naming where; Python's `NaN`, `Infinity` and
+`-Infinity` (what `json.dumps` writes for float("nan") and the infinities) get their own
+message, since JSON has no such numbers. That diagnosis runs only after the parser has
+failed: a valid body costs nothing more than `orjson.loads`.
+
 Pure: no R, no I/O. Never guesses types; that is `prototype.coerce`'s job.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,13 +34,65 @@ class Frame:
     nrows: int
 
 
+NONFINITE_HINT = "JSON has no NaN or Infinity; send null for a missing value"
+# A JSON string (skipped whole, an unterminated one to the end) or a non-finite token.
+_STRING_OR_NONFINITE = re.compile(r'"(?:[^"\\]|\\.)*+(?:"|\Z)|(-?Infinity|NaN)', re.DOTALL)
+
+
 def parse_body(body: bytes | str) -> Frame:
     """Parse a request body in any of the three formats."""
+    return frame_from_document(parse_json(body))
+
+
+def parse_json(body: bytes | str) -> Any:
+    """The body as parsed JSON; BadRequest, naming the position, if it is not JSON."""
     try:
-        document = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from None
-    return frame_from_document(document)
+        raise BadRequest(not_json_message(exc)) from None
+
+
+def not_json_message(exc: orjson.JSONDecodeError) -> str:
+    """The 400's message for a body the parser refused.
+
+    A `NaN`, `Infinity` or `-Infinity` token at the error position (or, failing that,
+    anywhere outside strings) is named with its line and column and the hint to send
+    null; any other error keeps the parser's own message.
+    """
+    found = _nonfinite_at(exc.doc, exc.pos)
+    if found is not None:
+        return f"body is not valid JSON: {_where(*found, exc.doc)} — {NONFINITE_HINT}"
+    found = _first_nonfinite(exc.doc)
+    if found is None:
+        return f"body is not valid JSON: {exc}"
+    return f"body is not valid JSON: {exc}; also {_where(*found, exc.doc)} — {NONFINITE_HINT}"
+
+
+def _nonfinite_at(doc: str, pos: int) -> tuple[str, int] | None:
+    """The non-finite token the parser stopped at (it stops after a `-` sign)."""
+    if doc.startswith("NaN", pos):
+        return "NaN", pos
+    if doc.startswith("Infinity", pos):
+        if pos > 0 and doc[pos - 1] == "-":
+            return "-Infinity", pos - 1
+        return "Infinity", pos
+    if doc.startswith("-Infinity", pos):
+        return "-Infinity", pos
+    return None
+
+
+def _first_nonfinite(doc: str) -> tuple[str, int] | None:
+    """The first `NaN`/`Infinity`/`-Infinity` outside JSON strings, if any."""
+    for match in _STRING_OR_NONFINITE.finditer(doc):
+        if match.group(1) is not None:
+            return match.group(1), match.start(1)
+    return None
+
+
+def _where(token: str, at: int, doc: str) -> str:
+    line = doc.count("\n", 0, at) + 1
+    column = at - doc.rfind("\n", 0, at)  # 1-based; rfind gives -1 on the first line
+    return f"{token} at line {line} column {column}"
 
 
 def frame_from_document(document: Any) -> Frame:

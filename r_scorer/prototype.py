@@ -6,6 +6,10 @@ data, so the sidecar can validate a request before it ever reaches R. Coercion t
 JSON values into typed column values ready to become R vectors column-wise: numbers to
 float, integers to int, factor labels to 1-based codes, null to None (R's NA).
 
+A frame of zero rows (`{"data": []}`, an empty `dataframe_split`, zero-length V2 tensors)
+coerces to the prototype's columns, empty, in every format alike: it is never a
+missing-column error.
+
 Pure: no R, no I/O. Every error names the column (and the value or row) at fault.
 """
 
@@ -96,7 +100,16 @@ class TypedFrame:
 
 
 def coerce(frame: Frame, prototype: Prototype) -> TypedFrame:
-    """Coerce a frame to the prototype; pass columns through when there is none."""
+    """Coerce a frame to the prototype; pass columns through when there is none.
+
+    Zero rows are a valid request in every body format: there is no value to check, and
+    a records body with no rows cannot name columns, so the result is the prototype's
+    columns, each empty, whatever columns the body named (it scores to no predictions).
+    """
+    if frame.nrows == 0 and prototype.checked:
+        return TypedFrame(
+            tuple(TypedColumn(column.name, column.kind, []) for column in prototype.columns), 0
+        )
     if not prototype.checked:
         typed = tuple(
             TypedColumn(name, *_infer(name, values)) for name, values in frame.columns.items()

@@ -29,7 +29,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from r_scorer.errors import BadRequest, ScoringError
-from r_scorer.payload import Frame, frame_from_document
+from r_scorer.payload import Frame, frame_from_document, parse_json
 from r_scorer.pool import ModelInfo, WorkerLink, WorkerPool
 from r_scorer.prototype import TypedFrame, coerce
 from sidecar import openapi, v2
@@ -306,10 +306,7 @@ async def read_json(request: web.Request, config: SidecarConfig) -> Any:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise TooLarge(f"body is over the limit of {limit} bytes") from None
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    return parse_json(body)
 
 
 def _is_json(content_type: str) -> bool:

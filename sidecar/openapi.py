@@ -132,7 +132,8 @@ def _score_operation(model: ModelInfo) -> dict[str, Any]:
         "summary": "Score rows",
         "description": (
             "The body holds rows in one of three formats (MLflow / Azure ML conventions). "
-            "A key absent from a record is NA (null) there."
+            "A key absent from a record is NA (null) there. Zero rows (an empty list in any "
+            'format) is a valid request and answers {"predictions": []}.'
         ),
         "security": [{BEARER: []}],
         "parameters": [_ref_parameter("RequestId")],
@@ -383,12 +384,12 @@ def _split_schema(prototype: Prototype) -> dict[str, Any]:
         "type": "array",
         "items": {"type": "string"},
         "uniqueItems": True,
-        "description": "Column names, each once; every column of the model must be among them.",
+        "description": (
+            "Column names, each once; when 'data' has rows, every column of the model must be "
+            "among them."
+        ),
     }
-    if prototype.checked:
-        # "columns contains every prototype column"; OpenAPI 3.0 has no `contains`.
-        columns["allOf"] = [_names_column(column.name) for column in prototype.columns]
-    return {
+    schema: dict[str, Any] = {
         "type": "object",
         "required": ["columns", "data"],
         "properties": {
@@ -400,6 +401,15 @@ def _split_schema(prototype: Prototype) -> dict[str, Any]:
             },
         },
     }
+    if prototype.checked:
+        # "columns contains every prototype column"; OpenAPI 3.0 has no `contains`. Zero
+        # rows are valid whatever 'columns' names, as in the other two formats.
+        names_every_column = [_names_column(column.name) for column in prototype.columns]
+        schema["anyOf"] = [
+            {"properties": {"data": {"maxItems": 0}}},
+            {"properties": {"columns": {"allOf": names_every_column}}},
+        ]
+    return schema
 
 
 def _names_column(name: str) -> dict[str, Any]:

@@ -1,5 +1,8 @@
 """Request bodies of POST /score: the three formats and every malformed shape."""
 
+import json
+import math
+
 import orjson
 import pytest
 
@@ -12,6 +15,7 @@ from r_scorer.payload import (
     frame_from_split,
     json_type,
     parse_body,
+    parse_json,
 )
 
 RECORDS = [{"x1": 1.0, "f": "a"}, {"x1": 2.5, "f": "b"}]
@@ -296,3 +300,93 @@ def test_not_json_error_does_not_chain_the_decoder_exception():
 )
 def test_json_type(value, name):
     assert json_type(value) == name
+
+
+# --- Python's NaN and Infinity: named, with the hint to send null -----------------------
+
+HINT = "JSON has no NaN or Infinity; send null for a missing value"
+
+
+def python_json(document: object, **kwargs: object) -> str:
+    """A body as Python's json.dumps writes it: NaN, Infinity and -Infinity included."""
+    return json.dumps(document, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (python_json({"data": [{"a": math.nan}]}), "NaN at line 1 column 17"),
+        (python_json({"data": [{"a": math.inf}]}), "Infinity at line 1 column 17"),
+        (python_json({"data": [{"a": -math.inf}]}), "-Infinity at line 1 column 17"),
+        (
+            python_json({"data": [{"a": 1.0}, {"a": -math.inf}]}, indent=2),
+            "-Infinity at line 7 column 12",
+        ),
+        (
+            python_json({"dataframe_split": {"columns": ["a"], "data": [[math.nan]]}}),
+            "NaN at line 1 column 50",
+        ),
+        (python_json([math.nan]), "NaN at line 1 column 2"),
+        (python_json(math.inf), "Infinity at line 1 column 1"),
+        (python_json({"data": [{"é😀": math.nan}]}, ensure_ascii=False), "NaN at line 1 column 18"),
+        (
+            python_json({"data": [{"é😀": math.nan}]}, ensure_ascii=False).encode(),
+            "NaN at line 1 column 18",
+        ),
+    ],
+    ids=[
+        "nan",
+        "infinity",
+        "minus-infinity",
+        "indented-minus-infinity",
+        "split-nan",
+        "top-level-array",
+        "top-level-infinity",
+        "non-ascii-before-it-str",
+        "non-ascii-before-it-bytes",
+    ],
+)
+def test_python_nan_and_infinity_are_named_with_their_position(body, expected):
+    with pytest.raises(BadRequest) as caught:
+        parse_body(body)
+    error = caught.value
+    assert error.code == "bad_request"
+    assert error.message == f"body is not valid JSON: {expected} — {HINT}"
+    assert error.to_json() == {"error": {"code": "bad_request", "message": error.message}}
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            b'{"data": [{"a": 1},, {"a": NaN}]}',
+            ["line 1 column 20", "; also NaN at line 1 column 28", HINT],
+        ),
+        (b'{"data": [{"a": "NaN"}, x]}', ["unexpected character", "line 1 column 25"]),
+        (b'{"data": [{"Infinity": 1}, }', ["line 1 column 28"]),
+        (b'{"data": [{"a": "unterminated NaN', ["unexpected end of data"]),
+        (b'{"data": [{"a": nan}]}', ["line 1 column 17"]),
+    ],
+    ids=[
+        "nan-after-another-error",
+        "nan-only-inside-a-string",
+        "infinity-only-as-a-key",
+        "nan-inside-an-unterminated-string",
+        "lowercase-nan-is-not-pythons",
+    ],
+)
+def test_other_json_errors_keep_the_parsers_message(body, expected):
+    with pytest.raises(BadRequest) as caught:
+        parse_body(body)
+    message = caught.value.message
+    assert message.startswith("body is not valid JSON: ")
+    for fragment in expected:
+        assert fragment in message
+    if HINT not in expected:
+        assert "NaN or Infinity" not in message
+
+
+def test_parse_json_is_what_parse_body_parses():
+    assert parse_json(b'{"data": [{"a": null}]}') == {"data": [{"a": None}]}
+    with pytest.raises(BadRequest, match="NaN at line 1 column 2"):
+        parse_json(b"[NaN]")

@@ -3,7 +3,7 @@
 import pytest
 
 from r_scorer.errors import SchemaMismatch
-from r_scorer.payload import Frame, frame_from_records
+from r_scorer.payload import Frame, frame_from_document, frame_from_records
 from r_scorer.prototype import (
     ANY,
     CHARACTER,
@@ -275,7 +275,7 @@ def test_coerce_uses_prototype_order_and_drops_extra_columns():
     ids=["one", "two", "all", "case-sensitive"],
 )
 def test_missing_columns_are_listed(present, message):
-    frame = Frame(present, 1 if present else 0)
+    frame = Frame(present, 1)  # "all": one row with no columns, like [{}] (zero rows are valid)
     with pytest.raises(SchemaMismatch) as caught:
         coerce(frame, PROTOTYPE)
     assert caught.value.message == message
@@ -411,3 +411,64 @@ def test_prototype_from_json_defaults():
 def test_prototype_from_json_rejects_unknown_kind():
     with pytest.raises(ValueError, match="unknown kind 'double'"):
         Prototype.from_json({"columns": [{"name": "x", "kind": "double"}]})
+
+
+# --- zero rows: one rule in every body format ---------------------------------------------
+
+CHECKED = Prototype(
+    (Column("wt", NUMERIC), Column("cyl", INTEGER), Column("f", FACTOR, ("a", "b"))), "ptype.rds"
+)
+NO_ROWS = TypedFrame(
+    (TypedColumn("wt", NUMERIC, []), TypedColumn("cyl", INTEGER, []), TypedColumn("f", FACTOR, [])),
+    0,
+)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"dataframe_records": []},
+        {"data": []},
+        {"dataframe_split": {"columns": [], "data": []}},
+        {"dataframe_split": {"columns": ["wt", "cyl", "f"], "data": []}},
+        {"dataframe_split": {"columns": ["f", "wt"], "data": []}},
+        {"dataframe_split": {"columns": ["other"], "data": []}},
+    ],
+    ids=[
+        "records",
+        "data",
+        "split-no-columns",
+        "split-every-column",
+        "split-some-columns",
+        "split-other-columns",
+    ],
+)
+def test_zero_rows_are_valid_in_every_format(document):
+    assert coerce(frame_from_document(document), CHECKED) == NO_ROWS
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        ({"dataframe_records": []}, TypedFrame((), 0)),
+        ({"data": []}, TypedFrame((), 0)),
+        ({"dataframe_split": {"columns": [], "data": []}}, TypedFrame((), 0)),
+        (
+            {"dataframe_split": {"columns": ["a"], "data": []}},
+            TypedFrame((TypedColumn("a", LOGICAL, []),), 0),
+        ),
+    ],
+    ids=["records", "data", "split-no-columns", "split-a-column"],
+)
+def test_zero_rows_pass_through_an_unchecked_model(document, expected):
+    assert coerce(frame_from_document(document), Prototype()) == expected
+
+
+def test_rows_without_the_models_columns_are_still_a_missing_column():
+    for document in (
+        {"dataframe_records": [{}]},
+        {"data": [{"wt": 1.0}]},
+        {"dataframe_split": {"columns": [], "data": [[]]}},
+    ):
+        with pytest.raises(SchemaMismatch, match="missing column"):
+            coerce(frame_from_document(document), CHECKED)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -201,6 +202,71 @@ async def test_bad_requests_are_named_and_harm_no_one(
     ok, answer, _ = await post_score(served, {"data": [{"wool": "A", "tension": "L"}]})
     assert ok == 200
     assert len(answer["predictions"]) == 1
+
+
+async def test_pythons_nan_is_a_400_that_says_send_null(
+    serve: ServeFactory, test_bundles: Path
+) -> None:
+    served = await serve(test_bundles / "glm-factors")
+    hint = "JSON has no NaN or Infinity; send null for a missing value"
+    body = json.dumps({"data": [{"wool": "A", "tension": math.nan}]})  # as Python writes it
+    response = await served.client.post(
+        "/score", data=body, headers={"Content-Type": "application/json", "x-request-id": "n-1"}
+    )
+    assert response.status == 400
+    assert response.headers["x-request-id"] == "n-1"
+    assert await response.json() == {
+        "error": {
+            "code": "bad_request",
+            "message": f"body is not valid JSON: NaN at line 1 column 36 — {hint}",
+        }
+    }
+    tensor = {"name": "tension", "shape": [1], "datatype": "FP64", "data": [-math.inf]}
+    response = await served.client.post(
+        "/v2/models/glm-factors/infer",
+        data=json.dumps({"inputs": [tensor]}),
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status == 400
+    assert await response.json() == {
+        "error": f"body is not valid JSON: -Infinity at line 1 column 76 — {hint}"
+    }
+    ok, answer, _ = await post_score(served, {"data": [{"wool": "A", "tension": None}]})
+    assert (ok, answer) == (200, {"predictions": [None]})
+
+
+EMPTY_BODIES = [
+    {"dataframe_records": []},
+    {"data": []},
+    {"dataframe_split": {"columns": [], "data": []}},
+    {"dataframe_split": {"columns": ["wool", "tension"], "data": []}},
+]
+
+
+@pytest.mark.parametrize(
+    "body", EMPTY_BODIES, ids=["records", "data", "split-no-columns", "split-columns"]
+)
+async def test_zero_rows_answer_no_predictions_in_every_format(
+    serve: ServeFactory, test_bundles: Path, body: dict
+) -> None:
+    served = await serve(test_bundles / "glm-factors")
+    status, answer, _ = await post_score(served, body)
+    assert (status, answer) == (200, {"predictions": []})
+
+
+@pytest.mark.parametrize("names", [["wool", "tension"], ["wool"]], ids=["every-input", "one-input"])
+async def test_zero_length_v2_tensors_follow_the_same_rule(
+    serve: ServeFactory, test_bundles: Path, names: list[str]
+) -> None:
+    served = await serve(test_bundles / "glm-factors")
+    zero_length = {
+        "inputs": [{"name": name, "shape": [0], "datatype": "BYTES", "data": []} for name in names]
+    }
+    response = await served.client.post("/v2/models/glm-factors/infer", json=zero_length)
+    assert response.status == 200
+    assert (await response.json())["outputs"] == [
+        {"name": "predictions", "shape": [0], "datatype": "FP64", "data": []}
+    ]
 
 
 async def test_missing_content_type_is_read_as_json(serve: ServeFactory, slow_bundle: Path) -> None:
