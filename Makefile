@@ -3,16 +3,21 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
 
+# Variables you may set (`make demo PORT=8001`); `make help` lists them with their defaults.
 PYTHON ?= python3
+PORT ?= 8000
+METRICS_PORT ?= 9090
+BENCH_ARGS ?=
 VENV := .venv
 BIN := $(VENV)/bin
 STAMPS := $(VENV)/.stamps
 EXAMPLES := examples/build
+DEV_CERTS := secrets/dev
 DEBIAN_PACKAGES := r-base-core r-base-dev r-cran-jsonlite r-cran-randomforest r-cran-rpart \
 	r-cran-gbm r-cran-glmnet prometheus
 
-.PHONY: help setup demo predict-examples test lint format bench-worker bench bench-activator \
-	bench-sim bench-autoscale clean
+.PHONY: help setup demo predict-examples dev-certs test lint format bench-worker bench \
+	bench-activator bench-sim bench-autoscale clean
 
 help:
 	@echo "make demo          set up, serve the example lm bundle, send it one request"
@@ -23,6 +28,14 @@ help:
 	@echo "make bench-activator  latency and throughput rscore activator adds (wrk)"
 	@echo "make bench-sim     simulator: speed vs SimPy, M/M/4 vs Erlang C, a simulated day"
 	@echo "make bench-autoscale  every example scenario under every policy, cost vs the oracle"
+	@echo "make dev-certs     a test CA and a localhost/127.0.0.1 certificate in $(DEV_CERTS)/"
+	@echo "make lint, make format  ruff;  make clean  remove .venv and built bundles"
+	@echo
+	@echo "Variables (make demo PORT=8001 METRICS_PORT=9091):"
+	@echo "  PORT=8000          make demo: the API's port on 127.0.0.1"
+	@echo "  METRICS_PORT=9090  make demo: the Prometheus /metrics port"
+	@echo "  BENCH_ARGS=        make bench*: flags for the benchmark, e.g. \"--duration 5 --no-write\""
+	@echo "  PYTHON=python3     the interpreter that creates .venv (at set-up)"
 
 setup: $(STAMPS)/debian $(STAMPS)/python $(STAMPS)/examples
 	@:
@@ -44,7 +57,13 @@ $(STAMPS)/examples: examples/build_examples.R $(STAMPS)/debian
 	@mkdir -p $(STAMPS) && touch $@
 
 demo: setup
-	@$(BIN)/python examples/demo.py
+	@PORT=$(PORT) METRICS_PORT=$(METRICS_PORT) $(BIN)/python examples/demo.py
+
+# A test CA and a server certificate for localhost and 127.0.0.1 signed by it, for trying
+# TLS (README, Security): git-ignored, keys unencrypted, valid 30 days; run again to renew.
+dev-certs:
+	@scripts/install-debian-packages openssl
+	@scripts/dev-certs $(DEV_CERTS)
 
 predict-examples: setup
 	@for bundle in mtcars-lm iris-rf warpbreaks-glm; do \

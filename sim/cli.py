@@ -253,6 +253,53 @@ def compare(
     click.echo(f"wrote {out_dir / 'compare.json'} and {out_dir / 'compare.png'}", err=True)
 
 
+# Seconds before tune's progress bar appears (a module constant so a test can show it).
+_TRIAL_BAR_DELAY_S = 2.0
+
+
+class _LineTracker:
+    """A text stream wrapper that remembers whether the last character written ended
+    a line, so that a progress bar can be ended cleanly on any stream."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.mid_line = False
+
+    def write(self, text: str) -> int:
+        if text:
+            self.mid_line = not text.endswith("\n")
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return bool(getattr(self.stream, "isatty", lambda: False)())
+
+
+@contextmanager
+def _trial_bar(trials: int) -> Iterator[Callable[[], None]]:
+    """tune's progress bar on stderr, over trials; gone before the table is printed.
+
+    tqdm's `leave=False` erases the bar with spaces and a carriage return, which leaves
+    a terminal's cursor at the start of an empty line but, when stdout and stderr are
+    one file or pipe (`2>&1`), would make the table's first line share the bar's line:
+    there the bar is ended with a newline instead.
+    """
+    from tqdm import tqdm
+
+    stream = _LineTracker(sys.stderr)
+    bar = tqdm(total=trials, unit="trial", delay=_TRIAL_BAR_DELAY_S, leave=False,
+               file=stream)  # fmt: skip
+    try:
+        yield lambda: bar.update(1)
+    finally:
+        bar.close()
+        if stream.mid_line and not stream.isatty():
+            stream.write("\n")
+        stream.flush()
+
+
 @sim.command()
 @_SCENARIO
 @_OUT
@@ -287,11 +334,9 @@ def tune(
     scenario = _load(scenario_path, seed, duration_s)
     out_dir.mkdir(parents=True, exist_ok=True)
     proposals = propose(scenario, trials, scenario.seed)
-    from tqdm import tqdm
-
-    with tqdm(total=trials, unit="trial", delay=2.0, leave=False, file=sys.stderr) as bar:
+    with _trial_bar(trials) as advance:
         try:
-            results = run_trials(scenario, proposals, jobs, on_done=lambda _: bar.update(1))
+            results = run_trials(scenario, proposals, jobs, on_done=lambda _: advance())
         except ScenarioError as exc:
             raise click.ClickException(str(exc)) from None
     front = pareto_front(results)
@@ -306,6 +351,10 @@ def tune(
     )
     plot_pareto([(t.cost, t.p99_all) for t in results], front, best, scenario.slo_p99_s,
                 out_dir / "pareto.png")  # fmt: skip
+    click.echo(
+        f"Pareto front only: the {len(front)} of {len(results)} trials that no other trial "
+        f"beats on both cost and p99 (every trial: {out_dir / 'tune.json'})"
+    )
     click.echo(_table({f"trial {t.index}": t.summary for t in (results[i] for i in front)}))
     if best is None:
         raise click.ClickException(

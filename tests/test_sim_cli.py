@@ -12,6 +12,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from sim import cli
 from sim.cli import sim
 
 SCENARIO = """
@@ -236,3 +237,19 @@ def test_compare_in_parallel_processes_is_the_same_as_in_one(
     assert one == two
     assert all(s["cost_vs_oracle"] is None for s in one["summaries"].values())  # not asked
     assert one["summaries"]["rscore"] != one["summaries"]["hpa"]
+
+
+def test_tune_ends_its_progress_bar_before_the_pareto_table(
+    scenario: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stdout and stderr as one stream (CliRunner interleaves them, like `2>&1`): the
+    bar is shown, then ended, and the table's title starts a line of its own."""
+    monkeypatch.setattr(cli, "_TRIAL_BAR_DELAY_S", 0.0)  # the bar at once, whatever the speed
+    output = invoke("tune", str(scenario), "--trials", "2", "--out", str(tmp_path / "tune"))
+    assert "0/2" in output  # the bar was drawn on the same stream
+    lines = output.split("\n")
+    (title,) = [i for i, line in enumerate(lines) if "Pareto front" in line]
+    assert lines[title].startswith("Pareto front only: the "), lines[title]
+    assert re.match(r"Pareto front only: the \d of 2 trials", lines[title])
+    assert lines[title + 1].split()[:2] == ["policy", "cost"]
+    assert not any("\r" in line for line in lines[title:])  # nothing of the bar after it
