@@ -97,7 +97,11 @@ class Supervisor:
         self.model: dict[str, Any] = {}
         self._slots = [_Slot(index) for index in range(workers)]
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
+        self._stopping = threading.Event()  # no more restarts
+        # The monitor thread must outlive every worker it spawned: a worker asks for
+        # SIGKILL when the *thread* that forked it ends (PR_SET_PDEATHSIG), so a thread
+        # that ended at begin_stop() killed restarted workers in the middle of a drain.
+        self._shut_down = threading.Event()
         self._monitor: threading.Thread | None = None
 
     @property
@@ -122,15 +126,14 @@ class Supervisor:
         return self.model
 
     def begin_stop(self) -> None:
-        """No more restarts: workers that exit from now on (drained) stay down."""
+        """No more restarts: workers that exit from now on (drained) stay down. The
+        monitor thread goes on (without restarting) until stop(): see `_shut_down`."""
         self._stopping.set()
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Stop restarting, ask every worker to exit (SIGTERM: each finishes serving until
         the sidecar hangs up), and kill those still there after `grace_s`."""
         self.begin_stop()
-        if self._monitor is not None and self._monitor is not threading.current_thread():
-            self._monitor.join()
         with self._lock:
             processes = [slot.process for slot in self._slots if slot.process is not None]
         for process in processes:
@@ -143,6 +146,11 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        # Only now may the thread that spawned restarted workers end (their parent-death
+        # signal follows it).
+        self._shut_down.set()
+        if self._monitor is not None and self._monitor is not threading.current_thread():
+            self._monitor.join()
 
     def _spawn(self, slot: _Slot, *, report: bool) -> int | None:
         """Start the slot's next generation; returns the read end of its status pipe."""
@@ -201,7 +209,7 @@ class Supervisor:
         return model
 
     def _watch(self) -> None:
-        while not self._stopping.wait(0.05):
+        while not self._shut_down.wait(0.05):
             now = time.monotonic()
             with self._lock:
                 for slot in self._slots:
@@ -222,11 +230,15 @@ class Supervisor:
                 slot.quick_deaths = slot.quick_deaths + 1 if lived < QUICK_DEATH_S else 0
             slot.restart_at = now + restart_delay(slot.quick_deaths)
             level = logging.INFO if returncode == EXIT_CLEAN else logging.WARNING
+            after = (
+                "not restarted: stopping"
+                if self._stopping.is_set()
+                else f"restarting in {slot.restart_at - now:.1f} s"
+            )
             log.log(
                 level,
-                "worker slot %d pid %d %s after %.1f s; restarting in %.1f s",
-                slot.index, process.pid, describe_exit(returncode), lived,
-                slot.restart_at - now,
+                "worker slot %d pid %d %s after %.1f s; %s",
+                slot.index, process.pid, describe_exit(returncode), lived, after,
             )  # fmt: skip
         if now >= slot.restart_at and not self._stopping.is_set():
             self.stats.restarts += 1

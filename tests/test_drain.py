@@ -141,3 +141,69 @@ async def test_sigterm_to_both_pod_containers_at_once_loses_nothing(
             if process.returncode is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 await process.wait()
+
+
+def worker_pids(session_id: int) -> set[int]:
+    """The R worker processes (`python -m r_scorer.worker`) in a process session."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"r_scorer.worker" in command and os.getsid(int(entry.name)) == session_id:
+                pids.add(int(entry.name))
+        except (OSError, ProcessLookupError):
+            continue  # gone meanwhile
+    return pids
+
+
+async def metric(session: aiohttp.ClientSession, base: str, name: str) -> float:
+    async with session.get(f"{base}/metrics") as response:
+        for line in (await response.text()).splitlines():
+            if line.startswith(f"{name} "):
+                return float(line.split()[1])
+    return -1.0
+
+
+@pytest.mark.parametrize("killed", [1, 2], ids=["one-restarted", "both-restarted"])
+async def test_a_restarted_worker_drains_like_the_first_ones(
+    slow_bundle: Path, tmp_path: Path, killed: int
+) -> None:
+    """A worker killed and restarted (by the supervisor's monitor thread) keeps serving
+    through a SIGTERM drain: every accepted request is answered 200. It used to be
+    SIGKILLed as soon as the drain began (its parent-death signal followed the monitor
+    thread, which ended there): 502 for the request in R, 504 for the queued."""
+    port, metrics_port = free_port(), free_port()
+    server = await start(
+        "-m", "rscore_cli", "serve", str(slow_bundle), "--workers", "2",
+        "--port", str(port), "--metrics-port", str(metrics_port), "--auth", "none",
+        log=tmp_path / "serve.log",
+    )  # fmt: skip
+    base, metrics = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_ready(session, base)
+            first = worker_pids(server.pid)
+            assert len(first) == 2
+            for pid in sorted(first)[:killed]:
+                os.kill(pid, signal.SIGKILL)
+
+            async def restarted() -> None:
+                while not (
+                    await metric(session, metrics, "rscore_worker_restarts_total") >= killed
+                    and await metric(session, metrics, "rscore_workers") == 2
+                    and len(worker_pids(server.pid) - first) == killed
+                ):
+                    await asyncio.sleep(0.1)
+
+            await asyncio.wait_for(restarted(), 60)
+            await wait_ready(session, base)
+        answers, ready_status, _ = await load_then_sigterm(base, [server.pid])
+        assert answers == [(200, {"predictions": [2.0 * x]}) for x in range(10)]
+        assert ready_status == 503
+        assert await asyncio.wait_for(server.wait(), 30) == 0
+    finally:
+        if server.returncode is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            await server.wait()
