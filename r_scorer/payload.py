@@ -10,12 +10,19 @@ A body that is not JSON is a BadRequest naming where; Python's `NaN`, `Infinity`
 message, since JSON has no such numbers. That diagnosis runs only after the parser has
 failed: a valid body costs nothing more than `orjson.loads`.
 
+The cost is linear in the body: given the columns the model knows (its prototype), a
+records body builds only those (a key the model does not know is ignored, however many
+distinct ones the records carry); without a prototype, more than MAX_UNCHECKED_COLUMNS
+distinct keys is a BadRequest before any column is built (one column per key with an
+entry per record would grow with keys x records).
+
 Pure: no R, no I/O. Never guesses types; that is `prototype.coerce`'s job.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +31,7 @@ import orjson
 from r_scorer.errors import BadRequest
 
 BODY_FORMATS = ("dataframe_records", "dataframe_split", "data")
+MAX_UNCHECKED_COLUMNS = 1024  # distinct keys of a records body for a model with no prototype
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +47,9 @@ NONFINITE_HINT = "JSON has no NaN or Infinity; send null for a missing value"
 _STRING_OR_NONFINITE = re.compile(r'"(?:[^"\\]|\\.)*+(?:"|\Z)|(-?Infinity|NaN)', re.DOTALL)
 
 
-def parse_body(body: bytes | str) -> Frame:
-    """Parse a request body in any of the three formats."""
-    return frame_from_document(parse_json(body))
+def parse_body(body: bytes | str, known: Collection[str] | None = None) -> Frame:
+    """Parse a request body in any of the three formats (`known`: frame_from_records)."""
+    return frame_from_document(parse_json(body), known)
 
 
 def parse_json(body: bytes | str) -> Any:
@@ -95,8 +103,9 @@ def _where(token: str, at: int, doc: str) -> str:
     return f"{token} at line {line} column {column}"
 
 
-def frame_from_document(document: Any) -> Frame:
-    """Turn a parsed JSON document (any of the three formats) into a Frame."""
+def frame_from_document(document: Any, known: Collection[str] | None = None) -> Frame:
+    """Turn a parsed JSON document (any of the three formats) into a Frame; `known`: the
+    columns the model knows, if it has a prototype (see frame_from_records)."""
     if not isinstance(document, dict):
         raise BadRequest(f"body must be a JSON object with one of {_formats()}")
     present = [key for key in BODY_FORMATS if key in document]
@@ -106,18 +115,35 @@ def frame_from_document(document: Any) -> Frame:
     key = present[0]
     if key == "dataframe_split":
         return frame_from_split(document[key])
-    return frame_from_records(document[key], field=key)
+    return frame_from_records(document[key], field=key, known=known)
 
 
-def frame_from_records(records: Any, *, field: str = "dataframe_records") -> Frame:
-    """Records: a list of objects. A key absent from some records is NA there."""
+def frame_from_records(
+    records: Any, *, field: str = "dataframe_records", known: Collection[str] | None = None
+) -> Frame:
+    """Records: a list of objects. A key absent from some records is NA there.
+
+    With `known` (the model's columns), only the known keys that some record has become
+    columns; the others are ignored, as a prototype's coercion would. Without it, every
+    key does, up to MAX_UNCHECKED_COLUMNS distinct keys.
+    """
     if not isinstance(records, list):
         raise BadRequest(f"'{field}' must be a list of objects (one per row)")
+    wanted = None if known is None else frozenset(known)
     names: dict[str, None] = {}
     for index, record in enumerate(records):
         if not isinstance(record, dict):
             raise BadRequest(f"'{field}'[{index}] must be an object, got {json_type(record)}")
-        names.update(dict.fromkeys(record))
+        if wanted is None:
+            names.update(dict.fromkeys(record))
+            if len(names) > MAX_UNCHECKED_COLUMNS:
+                raise BadRequest(
+                    f"'{field}' names more than {MAX_UNCHECKED_COLUMNS} distinct columns "
+                    f"(by record {index}); this model has no input prototype to say which "
+                    "it needs (add a ptype.rds to the bundle)"
+                )
+        else:
+            names.update(dict.fromkeys(key for key in record if key in wanted))
     columns = {name: [record.get(name) for record in records] for name in names}
     return Frame(columns, len(records))
 

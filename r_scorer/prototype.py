@@ -70,6 +70,11 @@ class Prototype:
     def checked(self) -> bool:
         return bool(self.columns)
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The input columns' names (empty when unchecked)."""
+        return tuple(column.name for column in self.columns)
+
     def to_json(self) -> dict[str, Any]:
         return {"source": self.source, "columns": [column.to_json() for column in self.columns]}
 

@@ -247,7 +247,8 @@ async def score(request: web.Request) -> web.Response:
     state = request.app[STATE]
     model = _model_or_unavailable(state)
     document = await read_json(request, state.config)
-    predictions = await score_rows(request, model, frame_from_document(document), document)
+    frame = frame_from_document(document, model.prototype.names or None)
+    predictions = await score_rows(request, model, frame, document)
     return json_response({"predictions": predictions})
 
 

@@ -9,6 +9,7 @@ import pytest
 from r_scorer.errors import BadRequest
 from r_scorer.payload import (
     BODY_FORMATS,
+    MAX_UNCHECKED_COLUMNS,
     Frame,
     frame_from_document,
     frame_from_records,
@@ -390,3 +391,49 @@ def test_parse_json_is_what_parse_body_parses():
     assert parse_json(b'{"data": [{"a": null}]}') == {"data": [{"a": None}]}
     with pytest.raises(BadRequest, match="NaN at line 1 column 2"):
         parse_json(b"[NaN]")
+
+
+# --- cost linear in the body (issue 13, item 2) ---------------------------------------------
+
+
+def unique_key_records(count: int) -> list[dict]:
+    """Records that each carry one key of their own besides x: the quadratic case."""
+    return [{"x": i, f"junk{i}": i} for i in range(count)]
+
+
+@pytest.mark.parametrize(
+    ("records", "known", "columns"),
+    [
+        # only the model's columns are built; other keys are ignored
+        ([{"x": 1, "extra": 2}, {"x": 3}], ("x", "y"), {"x": [1, 3]}),
+        # a known key some record lacks is NA there; one no record has stays absent (so
+        # coercion still answers "missing column")
+        ([{"x": 1}, {"y": 2}], ("x", "y", "z"), {"x": [1, None], "y": [None, 2]}),
+        ([{"extra": 1}], ("x",), {}),
+        # without a prototype every key is a column
+        ([{"x": 1, "extra": 2}], None, {"x": [1], "extra": [2]}),
+    ],
+    ids=["extra-ignored", "known-absent-stays-absent", "none-known", "unchecked"],
+)
+def test_records_build_only_the_columns_the_model_knows(records, known, columns) -> None:
+    frame = frame_from_records(records, known=known)
+    assert frame.columns == columns
+    assert frame.nrows == len(records)
+
+
+def test_unique_keys_per_record_cost_one_column_not_one_per_key() -> None:
+    """8,000 records with a key each of their own: one column of 8,000 entries (the model
+    knows x), not 8,001 columns of 8,000 entries each."""
+    frame = frame_from_document({"dataframe_records": unique_key_records(8000)}, known=("x",))
+    assert list(frame.columns) == ["x"]
+    assert sum(len(values) for values in frame.columns.values()) == 8000
+
+
+def test_without_a_prototype_distinct_keys_are_capped_before_any_column_is_built() -> None:
+    limit = MAX_UNCHECKED_COLUMNS
+    fits = [{f"c{i}": i for i in range(limit)}]
+    assert len(frame_from_records(fits).columns) == limit
+    with pytest.raises(BadRequest, match=rf"more than {limit} distinct columns \(by record"):
+        frame_from_document({"data": unique_key_records(limit)})
+    with pytest.raises(BadRequest, match=r"ptype\.rds"):
+        parse_body(orjson.dumps({"dataframe_records": unique_key_records(2 * limit)}))

@@ -651,3 +651,22 @@ async def test_a_worker_killed_during_a_merged_call_fails_every_member_with_502(
     for task in merged:
         status, answer, _ = await asyncio.wait_for(task, 10)
         assert (status, answer["error"]["code"]) == (502, "worker_crashed")
+
+
+async def test_records_with_a_key_each_of_their_own_score_the_known_columns(
+    serve: ServeFactory, test_bundles: Path
+) -> None:
+    """10,000 records, each with a key of its own besides the model's inputs (the body
+    that used to build 10,001 columns of 10,000 entries): answered from the two inputs,
+    and a body without them is still a missing column."""
+    served = await serve(test_bundles / "glm-factors")
+    records = [{"wool": "A", "tension": "L", f"junk{i}": i} for i in range(10_000)]
+    status, answer, _ = await post_score(served, {"dataframe_records": records})
+    assert status == 200
+    assert len(answer["predictions"]) == 10_000
+    assert len(set(answer["predictions"])) == 1  # the same inputs in every row
+    junk_only = [{f"junk{i}": i} for i in range(10_000)]
+    status, answer, _ = await post_score(served, {"data": junk_only})
+    assert status == 400
+    assert answer["error"]["code"] == "schema_mismatch"
+    assert "missing columns" in answer["error"]["message"]
