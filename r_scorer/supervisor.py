@@ -65,12 +65,14 @@ class _Slot:
     started_at: float = 0.0
     quick_deaths: int = 0
     restart_at: float = 0.0
+    spawn_failures: int = 0  # in a row: the monitor backs off, and keeps trying
 
 
 @dataclass
 class SupervisorStats:
     restarts: int = 0
     recycles: int = 0
+    spawn_failures: int = 0  # restarts that raised (and were tried again)
 
 
 class Supervisor:
@@ -153,15 +155,16 @@ class Supervisor:
             self._monitor.join()
 
     def _spawn(self, slot: _Slot, *, report: bool) -> int | None:
-        """Start the slot's next generation; returns the read end of its status pipe."""
-        slot.generation += 1
+        """Start the slot's next generation; returns the read end of its status pipe. A
+        generation counts once its process exists (a failed spawn is tried again)."""
+        generation = slot.generation + 1
         command = [
             self.python, "-m", "r_scorer.worker",
             "--bundle", str(self.bundle),
             "--socket", str(self.socket_path),
             "--slot", str(slot.index),
             "--of", str(len(self._slots)),
-            "--generation", str(slot.generation),
+            "--generation", str(generation),
             "--max-requests", str(self.max_requests),
         ]  # fmt: skip
         status_read = status_write = None
@@ -174,6 +177,7 @@ class Supervisor:
             stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else subprocess.DEVNULL,
             pass_fds=(status_write,) if status_write is not None else (),
         )
+        slot.generation = generation
         slot.started_at = time.monotonic()
         if status_write is not None:
             os.close(status_write)
@@ -213,7 +217,19 @@ class Supervisor:
             now = time.monotonic()
             with self._lock:
                 for slot in self._slots:
-                    self._tend(slot, now)
+                    try:
+                        self._tend(slot, now)
+                    except Exception:  # EMFILE, a vanished interpreter: retry, never die
+                        # The thread must survive its own errors: ended, it would never
+                        # restart a worker again while the sidecar looks healthy.
+                        slot.spawn_failures += 1
+                        delay = restart_delay(slot.spawn_failures)
+                        slot.restart_at = now + delay
+                        self.stats.spawn_failures += 1
+                        log.exception(
+                            "worker slot %d: could not tend it (failure %d); trying again "
+                            "in %.1f s", slot.index, slot.spawn_failures, delay,
+                        )  # fmt: skip
 
     def _tend(self, slot: _Slot, now: float) -> None:
         process = slot.process
@@ -241,8 +257,9 @@ class Supervisor:
                 slot.index, process.pid, describe_exit(returncode), lived, after,
             )  # fmt: skip
         if now >= slot.restart_at and not self._stopping.is_set():
-            self.stats.restarts += 1
             self._spawn(slot, report=False)
+            self.stats.restarts += 1
+            slot.spawn_failures = 0
 
 
 def serve_workers(

@@ -247,3 +247,30 @@ async def test_rscore_scorer_reports_a_bad_bundle_and_exits(
     error = json.loads(stderr.strip().splitlines()[-1])["error"]
     assert error["code"] == "bundle_error"
     assert "'mystery_model'" in error["message"]
+
+
+async def test_the_monitor_survives_a_failed_restart_and_tries_again(
+    slow_bundle: Path, tmp_path: Path
+) -> None:
+    """A restart that raises (here: the interpreter is gone, as EMFILE or a vanished file
+    would make it) used to end the monitor thread, and with it every later restart. It
+    is logged, backed off and tried again; once spawning works, the worker is back."""
+    async with started(slow_bundle, tmp_path, workers=1) as running:
+        pool, supervisor = running.pool, running.supervisor
+        python = supervisor.python
+        supervisor.python = str(tmp_path / "no-such-python")
+        (worker,) = pool.workers
+        os.kill(worker.pid, signal.SIGKILL)
+
+        async def failed_twice() -> None:
+            while supervisor.stats.spawn_failures < 2:
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(failed_twice(), 30)
+        assert supervisor._monitor is not None
+        assert supervisor._monitor.is_alive()
+        assert supervisor.stats.restarts == 0
+        supervisor.python = python  # spawning works again: the next try restarts it
+        await asyncio.wait_for(_wait_for_generation(pool, 0, 2), 60)
+        assert supervisor.stats.restarts == 1
+        assert await score(pool, [{"x": 3}]) == [6.0]
