@@ -259,7 +259,6 @@ class _Demand:
     backlog: float  # requests waiting now: queues + unrouted
     unrouted: float  # of which held outside every pod (the activator)
     service_s: float | None  # the fleet's seconds in R per request
-    concurrency: float  # queued + in flight, averaged over the scrape interval
 
 
 @dataclass(frozen=True)
@@ -309,10 +308,10 @@ def _demand(obs: Observation, last_service_s: float | None) -> _Demand | None:
     unrouted = obs.unrouted_concurrency
     if not scraped:
         if obs.current_replicas == 0 or unrouted > 0:
-            return _Demand(0.0, unrouted, unrouted, last_service_s, unrouted)
+            return _Demand(0.0, unrouted, unrouted, last_service_s)
         return None
     service = _fleet_service_s(scraped, last_service_s)
-    busy = backlog = concurrency = 0.0
+    busy = backlog = 0.0
     for pod in scraped:
         assert pod.concurrency is not None
         own = pod.service_s if pod.service_s is not None else service
@@ -321,11 +320,8 @@ def _demand(obs: Observation, last_service_s: float | None) -> _Demand | None:
             backlog += pod.queue_depth or 0.0
         else:  # its concurrency, queue included, stands in
             busy += pod.concurrency
-        concurrency += pod.concurrency
     scale = len(obs.ready_pods) / len(scraped)
-    return _Demand(
-        busy * scale, backlog * scale + unrouted, unrouted, service, concurrency * scale + unrouted
-    )
+    return _Demand(busy * scale, backlog * scale + unrouted, unrouted, service)
 
 
 def _drain(demand: _Demand, spec: ScalingSpec, busy: float, capacity: float) -> float:
@@ -444,7 +440,9 @@ def _nodes(
     state: PolicyState,
     pool: NodePoolSpec,
     replicas: int,
+    *,
     ahead_replicas: int,
+    per_node: int | None,
 ) -> tuple[int | None, float | None, str]:
     """(desired nodes, scale-down-pending-since, reason).
 
@@ -452,7 +450,6 @@ def _nodes(
     the provisioning time) if more: those must be ordered now to be usable in time.
     """
     current = obs.current_nodes
-    per_node = _pods_per_node(obs, pool)
     if per_node is None:
         return current, None, "nodes: pods per node unknown, hold"
     wanted = max(replicas, ahead_replicas)
@@ -509,9 +506,16 @@ def _size_nodes(
     if spec.node_pool is None:
         return desired, None, None
     ahead = 0 if expected is None else _pods_for(expected, _capacity(obs, spec))
-    nodes, since, why = _nodes(obs, state, spec.node_pool, for_nodes, min(ahead, spec.max_replicas))
-    reasons.append(why)
     per_node = _pods_per_node(obs, spec.node_pool)
+    nodes, since, why = _nodes(
+        obs,
+        state,
+        spec.node_pool,
+        for_nodes,
+        ahead_replicas=min(ahead, spec.max_replicas),
+        per_node=per_node,
+    )
+    reasons.append(why)
     replicas = desired
     if nodes is not None and per_node is not None:
         # Pods are free on nodes already paid for: fill them (headroom at no cost).

@@ -152,7 +152,6 @@ class PodDemand:
     arrival_rate: float | None
     service_s: float | None
     queue_depth: float
-    inflight: float
 
 
 def pod_demand(
@@ -167,21 +166,8 @@ def pod_demand(
     """
     concurrency = average_concurrency(previous, current)
     arrival_rate = service_s = None
-    comparable = (
-        previous is not None
-        and current.at > previous.at
-        and None
-        not in (
-            previous.demand_requests_total,
-            previous.answered_total,
-            previous.scoring_seconds_total,
-            current.demand_requests_total,
-            current.answered_total,
-            current.scoring_seconds_total,
-        )
-    )
-    if comparable:
-        assert previous is not None
+    if previous is not None and current.at > previous.at:
+        # Each increase is None on a page without the names or after a counter reset.
         elapsed = current.at - previous.at
         finished = _increase(previous.demand_requests_total, current.demand_requests_total)
         answered = _increase(previous.answered_total, current.answered_total)
@@ -195,7 +181,6 @@ def pod_demand(
         arrival_rate=arrival_rate,
         service_s=service_s,
         queue_depth=current.queue_depth,
-        inflight=current.inflight,
     )
 
 
@@ -231,7 +216,8 @@ class DemandTracker:
 
 
 def _increase(before: float | None, after: float | None) -> float | None:
-    """A counter's increase; None when it went backwards (the sidecar restarted)."""
+    """A counter's increase; None when either side is unknown or it went backwards (the
+    sidecar restarted)."""
     if before is None or after is None or after < before:
         return None
     return after - before

@@ -112,8 +112,7 @@ class RscoreController:
         self.start_epoch_s = start_epoch_s
         self.state = PolicyState()
         self._demand = DemandTracker()
-        self._cpu: dict[str, tuple[float, float]] = {}  # pod -> (time, busy seconds)
-        self.last_mode = ""
+        self._rates = _Rates()  # CPU used between ticks, as metrics-server reports it
 
     def tick(self, view: ClusterView) -> tuple[int, int | None]:
         request = view.workers * 1000.0  # one core per R worker
@@ -123,33 +122,20 @@ class RscoreController:
             PodFacts(f"pending-{i}", False, True, False, None, None, request, 0.0)
             for i in range(view.pending)
         ]
+        cpu = self._rates.sample(view)
         observation = build_observation(
             now=view.now,
             current_replicas=view.replicas,
             pods=facts,
             demand=self._demand.update(pages),
-            usage=self._usage(view),
+            usage={f"pod-{pod}": PodUsage(cores * 1000.0, 0.0) for pod, _, cores in cpu},
             workers_per_pod=view.workers,
             current_nodes=view.nodes,
             unrouted_concurrency=float(view.unrouted),
             wall_s=None if self.start_epoch_s is None else self.start_epoch_s + view.now,
         )
         recommendation, self.state = decide(observation, self.state, self.spec)
-        self.last_mode = recommendation.mode
         return recommendation.desired_replicas, recommendation.desired_nodes
-
-    def _usage(self, view: ClusterView) -> dict[str, PodUsage]:
-        """CPU used since the last tick (the busy workers' cores), as metrics-server's."""
-        usage, seen = {}, {}
-        for pod in view.pods:
-            name = f"pod-{pod.pod}"
-            t0, busy0 = self._cpu.get(name, (pod.ready_at, 0.0))
-            elapsed = view.now - t0
-            cores = (pod.cpu_seconds - busy0) / elapsed if elapsed > 0 else 0.0
-            usage[name] = PodUsage(max(0.0, cores) * 1000.0, 0.0)
-            seen[name] = (view.now, pod.cpu_seconds)
-        self._cpu = seen
-        return usage
 
 
 class KpaController:

@@ -286,9 +286,9 @@ def test_build_observation() -> None:
         pods,
         current_replicas=5,
         demand={  # p1 is not ready: ignored
-            "a": PodDemand(1.5, arrival_rate=20.0, service_s=0.05, queue_depth=1.0, inflight=0.5),
-            "b": PodDemand(0.0, None, None, 0.0, 0.0),  # a first scrape
-            "p1": PodDemand(9.0, 1.0, 1.0, 9.0, 0.0),
+            "a": PodDemand(1.5, arrival_rate=20.0, service_s=0.05, queue_depth=1.0),
+            "b": PodDemand(0.0, None, None, 0.0),  # a first scrape
+            "p1": PodDemand(9.0, 1.0, 1.0, 9.0),
         },
         usage={"a": PodUsage(400.0, 100.0 * MI), "c": PodUsage(10.0, MI), "t": PodUsage(1, 1)},
         current_nodes=2,
@@ -323,7 +323,7 @@ def test_build_observation() -> None:
 )
 def test_concurrency_of_a_ready_pod(concurrency: dict[str, float | None], expected: Any) -> None:
     demand = {
-        name: None if value is None else PodDemand(value, None, None, 0.0, value)
+        name: None if value is None else PodDemand(value, None, None, 0.0)
         for name, value in concurrency.items()
     }
     (sample,) = observe([facts("a")], demand=demand).ready_pods
@@ -399,7 +399,7 @@ def test_from_pod_dicts_to_observation() -> None:
         now=1.0,
         current_replicas=2,
         pods=[pod_facts(p) for p in pods],
-        demand={"iris-0": PodDemand(2.0, 4.0, 0.25, 1.0, 1.0)},
+        demand={"iris-0": PodDemand(2.0, 4.0, 0.25, 1.0)},
         usage={"iris-0": pod_usage(pod_metrics({"cpu": "300000000n", "memory": "300Mi"}))},
         workers_per_pod=2,
     )
