@@ -182,9 +182,8 @@ class Activator:
         self._prober: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._base = config.base
-        self._https = config.upstream.startswith("https")
         self.ssl_context: ssl.SSLContext | bool = (
-            upstream_context(config.upstream_ca) if self._https else False
+            upstream_context(config.upstream_ca) if config.upstream.startswith("https") else False
         )
         self._timeout = aiohttp.ClientTimeout(
             total=config.upstream_timeout_s, sock_connect=config.connect_timeout_s
@@ -352,9 +351,9 @@ class Activator:
         except aiohttp.ClientSSLError:
             raise  # a certificate that does not verify is no pod start: do not hold
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
-            return Attempt.REFUSED, None, f"{type(error).__name__}: {error}"
+            return classify(None, connected=False), None, f"{type(error).__name__}: {error}"
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as error:
-            return Attempt.DROPPED, None, f"{type(error).__name__}: {error}"
+            return classify(None, connected=True), None, f"{type(error).__name__}: {error}"
         attempt = classify(response.status)
         if attempt is Attempt.UNAVAILABLE:
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):

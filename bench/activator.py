@@ -24,9 +24,6 @@ import datetime
 import os
 import signal
 import sys
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 
@@ -39,6 +36,7 @@ from bench.http import (
     Target,
     WrkRun,
     _interrupt,
+    _log_dir,
     free_port,
     http,
     rotated,
@@ -180,16 +178,6 @@ def render(
     return "\n".join(lines)
 
 
-@contextmanager
-def _log_dir(keep: Path | None) -> Iterator[Path]:
-    if keep is not None:
-        keep.mkdir(parents=True, exist_ok=True)
-        yield keep
-        return
-    with tempfile.TemporaryDirectory(prefix="rscore-bench-activator-") as folder:
-        yield Path(folder)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured run")
@@ -204,7 +192,7 @@ def main() -> int:
         parser.error(f"{BUNDLE} is missing: run `make setup` first")
     signal.signal(signal.SIGTERM, _interrupt)
     started = datetime.datetime.now(datetime.UTC)
-    with _log_dir(args.logs) as log_dir:
+    with _log_dir(args.logs, "rscore-bench-activator-") as log_dir:
         processes = Processes(log_dir)
         try:
             print("starting rscore serve and rscore activator on 127.0.0.1", flush=True)

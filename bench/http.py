@@ -797,12 +797,13 @@ def overhead_only(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _log_dir(keep: Path | None) -> Iterator[Path]:
+def _log_dir(keep: Path | None, prefix: str = "rscore-bench-logs-") -> Iterator[Path]:
+    """`keep` (made if missing), else a temporary folder removed on exit."""
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
         yield keep
         return
-    with tempfile.TemporaryDirectory(prefix="rscore-bench-logs-") as folder:
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
         yield Path(folder)
 
 

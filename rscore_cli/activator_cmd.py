@@ -6,18 +6,12 @@ itself stays quick to start and never loads aiohttp's client for other commands.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
 
 from r_scorer.logs import configure_json_logging
-
-
-def _file(flag: str, help_text: str) -> Any:
-    return click.option(
-        flag, type=click.Path(dir_okay=False, path_type=Path), default=None, help=help_text
-    )
+from rscore_cli.options import TLS_CERT, TLS_KEY, file_option
 
 
 @click.command("activator")
@@ -86,7 +80,7 @@ def _file(flag: str, help_text: str) -> Any:
     show_default=True,
     help="Upstream path probed while requests are held; any answer but 503 wakes them.",
 )
-@_file(
+@file_option(
     "--upstream-ca",
     "PEM: trust anchors for an https upstream (the sidecar's certificate "
     "itself will do); re-read when it changes. Default: the system's roots.",
@@ -96,8 +90,8 @@ def _file(flag: str, help_text: str) -> Any:
     default=None,
     help="TLS name to verify the upstream's certificate against [default: the URL's host].",
 )
-@_file("--tls-cert", "PEM certificate chain: serve HTTPS (re-read when it changes).")
-@_file("--tls-key", "PEM private key of --tls-cert.")
+@TLS_CERT
+@TLS_KEY
 @click.option(
     "--drain-timeout-s",
     default=30.0,

@@ -14,6 +14,7 @@ from r_scorer.errors import ScoringError
 from r_scorer.logs import configure_json_logging
 from rscore_cli.activator_cmd import activator
 from rscore_cli.autoscaler_cmd import autoscaler
+from rscore_cli.options import TLS_CERT, TLS_KEY, file_option
 from sim.cli import sim
 
 if TYPE_CHECKING:
@@ -114,12 +115,6 @@ def run_scorer(
         _fail(exc)
 
 
-def _file_option(flag: str, help_text: str) -> Callable[..., Any]:
-    return click.option(
-        flag, type=click.Path(dir_okay=False, path_type=Path), default=None, help=help_text
-    )
-
-
 def _sidecar_options(command: Callable[..., None]) -> Callable[..., None]:
     """The flags `rscore serve` and `rscore sidecar` share."""
     options = [
@@ -164,18 +159,18 @@ def _sidecar_options(command: Callable[..., None]) -> Callable[..., None]:
             help="Who may score [default: what the credential flags configure; with none, "
             "`rscore serve` generates a key].",
         ),
-        _file_option("--keys-file", "API keys, one per line (# comments); re-read on change."),
-        _file_option("--token-jwks", "JWKS of the public keys that sign tokens (RS256, ES256)."),
-        _file_option("--token-secret-file", "HMAC secret that signs tokens (HS256)."),
+        file_option("--keys-file", "API keys, one per line (# comments); re-read on change."),
+        file_option("--token-jwks", "JWKS of the public keys that sign tokens (RS256, ES256)."),
+        file_option("--token-secret-file", "HMAC secret that signs tokens (HS256)."),
         click.option("--token-issuer", default=None, help="Required `iss` of tokens."),
         click.option("--token-audience", default=None, help="Required `aud` of tokens."),
         click.option(
             "--token-leeway-s", default=30.0, show_default=True, type=click.FloatRange(min=0),
             help="Clock skew allowed for exp/nbf/iat.",
         ),
-        _file_option("--tls-cert", "PEM certificate chain: serve HTTPS (re-read when it changes)."),
-        _file_option("--tls-key", "PEM private key of --tls-cert."),
-        _file_option("--tls-client-ca", "PEM CA: require client certificates it signed (mTLS)."),
+        TLS_CERT,
+        TLS_KEY,
+        file_option("--tls-client-ca", "PEM CA: require client certificates it signed (mTLS)."),
     ]  # fmt: skip
     for option in reversed(options):
         command = option(command)

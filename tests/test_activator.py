@@ -114,6 +114,16 @@ class Running:
                     return sample.value
         return 0.0
 
+    async def until_held(
+        self, session: aiohttp.ClientSession, count: float = 1, timeout_s: float = 20.0
+    ) -> None:
+        """Wait until the activator holds exactly `count` requests."""
+
+        async def held() -> bool:
+            return await self.metric(session, "rscore_activator_held_requests") == count
+
+        await eventually(held, timeout_s=timeout_s)
+
 
 @asynccontextmanager
 async def activator(
@@ -179,10 +189,7 @@ async def test_a_request_held_while_no_pod_is_ready_is_answered_once_one_is() ->
                 )
             )
 
-            async def held() -> bool:
-                return await act.metric(client, "rscore_activator_held_requests") == 1
-
-            await eventually(held)
+            await act.until_held(client)
             assert await act.metric(client, "rscore_activator_upstream_ready") == 0
             assert not request.done()
 
@@ -223,10 +230,7 @@ async def test_a_pod_that_answers_503_until_ready_is_waited_for() -> None:
     ):
         request = asyncio.create_task(client.get(f"{act.url}/v2/models/m"))
 
-        async def held() -> bool:
-            return await act.metric(client, "rscore_activator_held_requests") == 1
-
-        await eventually(held)
+        await act.until_held(client)
         upstream.ready = True
         async with asyncio.timeout(20):
             response = await request
@@ -251,11 +255,8 @@ async def test_hundreds_of_held_requests_are_all_answered_each_with_its_own_answ
 
         requests = [asyncio.create_task(one(i)) for i in range(count)]
 
-        async def all_held() -> bool:
-            return await act.metric(client, "rscore_activator_held_requests") == count
-
         try:
-            await eventually(all_held, timeout_s=60)
+            await act.until_held(client, count, timeout_s=60)
             await upstream.start()
             async with asyncio.timeout(60):
                 answers = await asyncio.gather(*requests)
@@ -275,12 +276,9 @@ async def test_a_client_that_hangs_up_while_held_stops_counting_and_is_never_sen
     ):
         leaving = asyncio.create_task(client.post(f"{act.url}/score", data=b"gone"))
 
-        async def held(count: float) -> bool:
-            return await act.metric(client, "rscore_activator_held_requests") == count
-
-        await eventually(lambda: held(1))
+        await act.until_held(client, 1)
         leaving.cancel()  # the client closes its connection
-        await eventually(lambda: held(0))
+        await act.until_held(client, 0)
         try:
             await upstream.start()
             async with client.post(f"{act.url}/score", data=b"stays") as response:
@@ -537,10 +535,7 @@ async def test_sigterm_finishes_held_requests_then_exits(tmp_path: Path) -> None
     ):
         request = asyncio.create_task(client.post(f"{act.url}/score", data=b"held"))
 
-        async def held() -> bool:
-            return await act.metric(client, "rscore_activator_held_requests") == 1
-
-        await eventually(held)
+        await act.until_held(client)
         process.send_signal(signal.SIGTERM)
 
         async def refusing_new_connections() -> bool:
@@ -608,10 +603,7 @@ async def test_sigterm_answers_503_to_requests_still_held_at_the_drain_deadline(
     ):
         request = asyncio.create_task(client.post(f"{act.url}/score", data=b"held"))
 
-        async def held() -> bool:
-            return await act.metric(client, "rscore_activator_held_requests") == 1
-
-        await eventually(held)
+        await act.until_held(client)
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(20):
             response = await request

@@ -4,7 +4,9 @@ unknown held demand never scales anything down. Pure functions, tables of cases.
 from __future__ import annotations
 
 import pytest
+from prometheus_client import generate_latest
 
+from activator.metrics import ActivatorMetrics
 from autoscaler.policy import Recommendation
 from autoscaler.scrape import ScrapeError
 from autoscaler.unrouted import held_requests, hold_when_unknown
@@ -21,6 +23,16 @@ rscore_activator_requests_total{{code="200"}} 12.0
 @pytest.mark.parametrize(("held", "expected"), [("0.0", 0.0), ("3.0", 3.0), ("1000", 1000.0)])
 def test_held_requests_are_read_by_name(held: str, expected: float) -> None:
     assert held_requests(PAGE.format(held=held)) == expected
+
+
+def test_the_real_activator_page_is_what_the_controller_reads() -> None:
+    """The contract, end to end of the page: the activator's own registry, rendered by
+    prometheus_client, read back by name (the autoscaler never imports the activator)."""
+    metrics = ActivatorMetrics()
+    assert held_requests(generate_latest(metrics.registry).decode()) == 0.0
+    metrics.held.inc(3)
+    metrics.count(200)
+    assert held_requests(generate_latest(metrics.registry).decode()) == 3.0
 
 
 @pytest.mark.parametrize(
