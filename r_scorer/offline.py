@@ -19,5 +19,5 @@ def predict_offline(bundle: str | Path, body: bytes) -> list[Any]:
     from r_scorer.rmodel import load_model  # starts R
 
     model = load_model(read_bundle(bundle))
-    frame = coerce(parse_body(body, model.prototype.names or None), model.prototype)
+    frame = coerce(parse_body(body, model.prototype.known), model.prototype)
     return model.score(frame).predictions

@@ -129,6 +129,7 @@ def frame_from_records(
     """
     if not isinstance(records, list):
         raise BadRequest(f"'{field}' must be a list of objects (one per row)")
+    # Prototype.known is built once per model: frozenset() of a frozenset is that object.
     wanted = None if known is None else frozenset(known)
     names: dict[str, None] = {}
     for index, record in enumerate(records):

@@ -65,15 +65,17 @@ class Prototype:
 
     columns: tuple[Column, ...] = ()
     source: str = "none"  # "ptype.rds", "terms", or "none"
+    # The input columns' names, once per model (None when unchecked): what a records
+    # body builds columns for (payload.frame_from_records' `known`).
+    known: frozenset[str] | None = field(default=None, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.columns:
+            object.__setattr__(self, "known", frozenset(column.name for column in self.columns))
 
     @property
     def checked(self) -> bool:
         return bool(self.columns)
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """The input columns' names (empty when unchecked)."""
-        return tuple(column.name for column in self.columns)
 
     def to_json(self) -> dict[str, Any]:
         return {"source": self.source, "columns": [column.to_json() for column in self.columns]}

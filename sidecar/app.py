@@ -247,7 +247,7 @@ async def score(request: web.Request) -> web.Response:
     state = request.app[STATE]
     model = _model_or_unavailable(state)
     document = await read_json(request, state.config)
-    frame = frame_from_document(document, model.prototype.names or None)
+    frame = frame_from_document(document, model.prototype.known)
     predictions = await score_rows(request, model, frame, document)
     return json_response({"predictions": predictions})
 

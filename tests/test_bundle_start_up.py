@@ -7,6 +7,7 @@ files are written by Rscript.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -80,9 +81,7 @@ def test_score_r_functions_must_fit_the_contract(
 ) -> None:
     folder = bundle(tmp_path, score_r)
     r('saveRDS(lm(dist ~ speed, cars), "b/model.rds")', tmp_path)
-    with pytest.raises(
-        BundleError, match=f"score.R: {expected}".replace("(", r"\(").replace(")", r"\)")
-    ):
+    with pytest.raises(BundleError, match=re.escape(f"score.R: {expected}")):
         load_model(read_bundle(folder))
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from fake_pods import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -178,12 +178,6 @@ def run_shell(commands: list[str], cwd: Path) -> str:
     )  # fmt: skip
     assert result.returncode == 0, (commands, result.stdout, result.stderr)
     return result.stdout + result.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

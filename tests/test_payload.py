@@ -19,6 +19,18 @@ from r_scorer.payload import (
     parse_json,
 )
 
+
+def rejected(body) -> BadRequest:
+    """parse_body's BadRequest for `body`, checked for its code and its JSON form."""
+    with pytest.raises(BadRequest) as caught:
+        parse_body(body)
+    error = caught.value
+    assert error.code == "bad_request"
+    assert str(error) == error.message
+    assert error.to_json() == {"error": {"code": "bad_request", "message": error.message}}
+    return error
+
+
 RECORDS = [{"x1": 1.0, "f": "a"}, {"x1": 2.5, "f": "b"}]
 EXPECTED = Frame({"x1": [1.0, 2.5], "f": ["a", "b"]}, 2)
 
@@ -251,21 +263,15 @@ def test_records_field_name_defaults_to_dataframe_records():
     ],
 )
 def test_malformed_bodies_name_the_problem(body, fragments):
-    with pytest.raises(BadRequest) as caught:
-        parse_body(body)
-    error = caught.value
-    assert error.code == "bad_request"
+    error = rejected(body)
     for fragment in fragments:
         assert fragment in error.message
-    assert str(error) == error.message
-    assert error.to_json() == {"error": {"code": "bad_request", "message": error.message}}
 
 
 def test_not_json_error_does_not_chain_the_decoder_exception():
-    with pytest.raises(BadRequest) as caught:
-        parse_body(b"{")
-    assert caught.value.__cause__ is None
-    assert caught.value.__suppress_context__ is True
+    error = rejected(b"{")
+    assert error.__cause__ is None
+    assert error.__suppress_context__ is True
 
 
 @pytest.mark.parametrize(
@@ -348,12 +354,7 @@ def python_json(document: object, **kwargs: object) -> str:
     ],
 )
 def test_python_nan_and_infinity_are_named_with_their_position(body, expected):
-    with pytest.raises(BadRequest) as caught:
-        parse_body(body)
-    error = caught.value
-    assert error.code == "bad_request"
-    assert error.message == f"body is not valid JSON: {expected} — {HINT}"
-    assert error.to_json() == {"error": {"code": "bad_request", "message": error.message}}
+    assert rejected(body).message == f"body is not valid JSON: {expected} — {HINT}"
 
 
 @pytest.mark.parametrize(
@@ -377,9 +378,7 @@ def test_python_nan_and_infinity_are_named_with_their_position(body, expected):
     ],
 )
 def test_other_json_errors_keep_the_parsers_message(body, expected):
-    with pytest.raises(BadRequest) as caught:
-        parse_body(body)
-    message = caught.value.message
+    message = rejected(body).message
     assert message.startswith("body is not valid JSON: ")
     for fragment in expected:
         assert fragment in message

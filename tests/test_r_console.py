@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 
 from r_scorer.payload import parse_body
 from r_scorer.pool import SOCKET_NAME, WorkerPool
@@ -77,41 +78,26 @@ async def test_worker_logs_rs_console_as_json_lines(tmp_path: Path) -> None:
         assert from_r[message]["slot"] == 0
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-def test_console_lines_levels_and_partial_writes() -> None:
+def test_console_lines_levels_and_partial_writes(caplog: pytest.LogCaptureFixture) -> None:
     logger = logging.getLogger("test.rconsole")
-    logger.propagate = False
-    logger.setLevel(logging.INFO)
-    handler = _Records()
-    logger.addHandler(handler)
-    try:
-        console = LogConsole(logger, {"bundle": "b", "slot": 1})
-        console.write_warnerror("a message ")
-        console.write_warnerror("in parts\nWarning: beware\n")
-        console.write_warnerror("Error in f() : broken\n\n")
-        console.write_print("[1] 1 2")
-        assert [record.getMessage() for record in handler.records] == [
-            "a message in parts",
-            "Warning: beware",
-            "Error in f() : broken",
-        ]
-        console.flush()  # the print line, never ended by R
-        console.warning("In init(model_dir) : careful\nsecond line")
-    finally:
-        logger.removeHandler(handler)
-    assert [(r.getMessage(), r.levelname) for r in handler.records] == [
+    caplog.set_level(logging.INFO, logger=logger.name)
+    console = LogConsole(logger, {"bundle": "b", "slot": 1})
+    console.write_warnerror("a message ")
+    console.write_warnerror("in parts\nWarning: beware\n")
+    console.write_warnerror("Error in f() : broken\n\n")
+    console.write_print("[1] 1 2")
+    assert [record.getMessage() for record in caplog.records] == [
+        "a message in parts",
+        "Warning: beware",
+        "Error in f() : broken",
+    ]
+    console.flush()  # the print line, never ended by R
+    console.warning("In init(model_dir) : careful\nsecond line")
+    assert [(r.getMessage(), r.levelname) for r in caplog.records] == [
         ("a message in parts", "INFO"),
         ("Warning: beware", "WARNING"),
         ("Error in f() : broken", "ERROR"),
         ("[1] 1 2", "INFO"),
         ("In init(model_dir) : careful\nsecond line", "WARNING"),
     ]
-    assert all((r.bundle, r.slot) == ("b", 1) for r in handler.records)  # type: ignore[attr-defined]
+    assert all((r.bundle, r.slot) == ("b", 1) for r in caplog.records)  # type: ignore[attr-defined]
