@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import machine, write_section
+from sim.metrics import add_cost_vs_oracle
 from sim.run import run_scenario
 from sim.scenario import load_scenario
 
@@ -43,13 +44,14 @@ def _fmt_p99(summary: dict[str, Any]) -> str:
 
 
 def verdict(rows: dict[str, dict[str, Any]]) -> list[str]:
-    """The issue's goals for one scenario, each as a line that says met or not."""
+    """The issue's goals for one scenario, each as a line that says met or not (the
+    rows carry `cost_vs_oracle`: `add_cost_vs_oracle`)."""
     oracle, rscore = rows.get("oracle"), rows.get("rscore")
     if oracle is None or rscore is None:
         return []
     out = [f"oracle meets the SLO: {'yes' if oracle['slo_met'] else 'NO'}"]
     out.append(f"rscore meets the SLO: {'yes' if rscore['slo_met'] else 'NO'}")
-    ratio = rscore["cost_usd"] / oracle["cost_usd"] if oracle["cost_usd"] > 0 else None
+    ratio = rscore["cost_vs_oracle"]
     if ratio is not None:
         mark = "yes" if ratio <= GOAL_RATIO else "NO"
         out.append(f"rscore <= {GOAL_RATIO}x oracle: {mark} ({ratio:.2f}x)")
@@ -75,12 +77,11 @@ def table(
         "|---|---|---:|---:|---:|---|---:|---:|",
     ]
     for scenario, rows in results.items():
-        oracle = rows.get("oracle", {}).get("cost_usd")
         for policy in POLICIES:
             if policy not in rows:
                 continue
             s = rows[policy]
-            ratio = f"{s['cost_usd'] / oracle:.2f}x" if oracle else "-"
+            ratio = "-" if s["cost_vs_oracle"] is None else f"{s['cost_vs_oracle']:.2f}x"
             lines.append(
                 f"| {scenario} | {policy} | {s['cost_usd']:.3f} | {ratio} | {_fmt_p99(s)} | "
                 f"{'met' if s['slo_met'] else 'missed'} | {s['node_hours']:.2f} | "
@@ -107,6 +108,8 @@ def main() -> None:
                   f"p99 all {_fmt_p99(summary):>7s} "
                   f"{'met' if summary['slo_met'] else 'missed':6s} {wall:6.1f} s",
                   flush=True)  # fmt: skip
+    for rows in results.values():
+        add_cost_vs_oracle(rows)
     body = table(results, walls)
     checks = {name: verdict(rows) for name, rows in results.items()}
     print()

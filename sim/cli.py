@@ -191,16 +191,6 @@ def _table(summaries: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _add_cost_vs_oracle(summaries: dict[str, dict[str, Any]]) -> None:
-    """Every summary's cost over the oracle's (None when the oracle was not compared
-    or cost nothing). The oracle is not run unless asked: it replays its plan up to
-    MAX_REPLAYS times, often the longest job of a comparison."""
-    oracle = summaries.get("oracle")
-    base = oracle["cost_usd"] if oracle else None
-    for summary in summaries.values():
-        summary["cost_vs_oracle"] = summary["cost_usd"] / base if base else None
-
-
 @sim.command()
 @_SCENARIO
 @_OUT
@@ -219,8 +209,10 @@ def compare(
     duration_s: float | None,
 ) -> None:
     """Run SCENARIO.toml under several policies; write compare.json and compare.png."""
+    from sim.metrics import add_cost_vs_oracle
     from sim.output import write_json, write_timeseries
     from sim.plots import plot_compare
+    from sim.workload import describe
 
     names = [p.strip() for p in policies.split(",") if p.strip()]
     unknown = [p for p in names if p not in POLICY_KINDS]
@@ -238,7 +230,7 @@ def compare(
             finished = list(pool.map(_run_policy, work))
     done = sorted(finished, key=lambda item: names.index(item[0]))
     summaries = {policy: summary for policy, summary, _ in done}
-    _add_cost_vs_oracle(summaries)
+    add_cost_vs_oracle(summaries)
     write_json(out_dir / "compare.json", summaries)
     for policy, _, series in done:
         write_timeseries(
@@ -246,8 +238,6 @@ def compare(
         )
     plot_compare({policy: (summaries[policy], series) for policy, _, series in done},
                  out_dir / "compare.png")  # fmt: skip
-    from sim.workload import describe
-
     click.echo(describe(scenario.workload))  # the scale and scale_mode used
     click.echo(_table(summaries))
     click.echo(f"wrote {out_dir / 'compare.json'} and {out_dir / 'compare.png'}", err=True)

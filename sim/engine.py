@@ -631,10 +631,7 @@ class Engine:
         # Initial pods are ready at t = 0: bind them without a start delay.
         while self.pending:
             p = self.pending.popleft()
-            n = max(
-                (m for m in range(n_nodes) if self.n_pods[m] < self.per_node),
-                key=lambda m: (self.n_pods[m], -m),
-            )
+            n = self._fullest_with_room()
             self.p_node[p], self.p_state[p], self.p_ready_at[p] = n, READY, 0.0
             self.n_pods[n] += 1
             self._has_room(n)

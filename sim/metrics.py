@@ -16,7 +16,7 @@ import numpy as np
 
 from sim.engine import SAMPLE_S, RunResult
 
-__all__ = ["TIMESERIES_COLUMNS", "nearest_rank", "summarize", "timeseries"]
+__all__ = ["TIMESERIES_COLUMNS", "add_cost_vs_oracle", "nearest_rank", "summarize", "timeseries"]
 
 
 def nearest_rank(sorted_values: np.ndarray, fraction: float, total: int | None = None) -> float:
@@ -73,6 +73,16 @@ def summarize(result: RunResult, *, price_per_hour: float, slo_p99_s: float) -> 
         "events": result.events,
         "events_per_s": result.events / result.wall_s if result.wall_s > 0 else None,
     }
+
+
+def add_cost_vs_oracle(summaries: dict[str, dict[str, Any]]) -> None:
+    """Set every summary's `cost_vs_oracle`, its cost over the oracle's (None when the
+    oracle was not compared or cost nothing). The oracle is not run unless asked: it
+    replays its plan up to MAX_REPLAYS times, often the longest job of a comparison."""
+    oracle = summaries.get("oracle")
+    base = oracle["cost_usd"] if oracle else None
+    for summary in summaries.values():
+        summary["cost_vs_oracle"] = summary["cost_usd"] / base if base else None
 
 
 TIMESERIES_COLUMNS = (

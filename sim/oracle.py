@@ -50,7 +50,7 @@ import numpy as np
 
 from sim.distributions import Streams
 from sim.engine import RunResult, engine_for
-from sim.metrics import nearest_rank
+from sim.metrics import summarize
 from sim.policies import OracleController, StaticController
 from sim.scenario import Scenario, scaling_spec
 from sim.workload import WorkloadSpec, counts_per_bin
@@ -79,6 +79,7 @@ HEADROOM_STEP = 0.8  # a missed replay multiplies the capacity fraction by this
 _LEAD_DRAWS = 20_000
 _PROBE_REQUESTS = 30_000
 _PROBE_STEPS = 14
+_TRY_FIELDS = ("cost_usd", "latency_p99_all_s", "slo_met")  # each replay's, in the summary
 
 
 # ---- pod capacity -----------------------------------------------------------------------
@@ -272,10 +273,6 @@ class OracleRun:
     controller: Callable[[], OracleController]  # a fresh controller of the chosen plan
 
 
-def _p99_all(result: RunResult) -> float:
-    return nearest_rank(np.sort(result.latencies), 1.0 - ORACLE_TAIL, result.requests)
-
-
 def oracle_run(scenario: Scenario, progress: Callable[[float], None] | None = None) -> OracleRun:
     """Plan with foresight, replay the plan until it meets the SLO, return the replay.
 
@@ -302,9 +299,14 @@ def oracle_run(scenario: Scenario, progress: Callable[[float], None] | None = No
         "max_replicas": spec.max_replicas,
     }
 
+    plans: dict[float, np.ndarray] = {}
+
     def plan(headroom: float) -> np.ndarray:
-        needed = nodes_needed(need, headroom=headroom, **sizing)
-        return order_ahead(needed, lead_high, grid, nodes.min_nodes)
+        """The nodes held per step at `headroom` (each is asked for several times)."""
+        if headroom not in plans:
+            needed = nodes_needed(need, headroom=headroom, **sizing)
+            plans[headroom] = order_ahead(needed, lead_high, grid, nodes.min_nodes)
+        return plans[headroom]
 
     bound_held = order_ahead(
         nodes_needed(need, headroom=1.0, **sizing), lead_mean, grid, nodes.min_nodes
@@ -334,14 +336,12 @@ def oracle_run(scenario: Scenario, progress: Callable[[float], None] | None = No
 
     def replay(headroom: float) -> bool:
         result = engine_for(start(headroom), controller(headroom), progress=progress).run()
-        p99 = _p99_all(result)
-        met = bool(result.requests == 0 or p99 <= scenario.slo_p99_s)
         runs[headroom] = result
-        cost = result.node_seconds / 3600.0 * nodes.price_per_hour
-        tries.append({"headroom": headroom, "cost_usd": cost,
-                      "latency_p99_all_s": p99 if math.isfinite(p99) else None,
-                      "slo_met": met})  # fmt: skip
-        return met
+        summary = summarize(
+            result, price_per_hour=nodes.price_per_hour, slo_p99_s=scenario.slo_p99_s
+        )
+        tries.append({"headroom": headroom, **{k: summary[k] for k in _TRY_FIELDS}})
+        return bool(summary["slo_met"])
 
     headroom, missed = 1.0, None
     met = replay(headroom)

@@ -237,6 +237,13 @@ def load_trace(path: Path, fmt: str) -> tuple[str, np.ndarray]:
     return "counts", counts
 
 
+def _seconds_span(spec: WorkloadSpec, seconds: int, duration: float) -> tuple[int, float, int]:
+    """A count trace's seconds the run reads: (first, the part of it skipped, end)."""
+    first = int(spec.start_s)
+    shift = spec.start_s - first  # a fractional start skips part of its second too
+    return first, shift, min(seconds, first + math.ceil(duration + shift))
+
+
 def _windowed_rates(
     window_starts: np.ndarray, window_ends: np.ndarray, counts: np.ndarray, *, scale: float,
     duration: float, rng: np.random.Generator,
@@ -273,9 +280,7 @@ def _trace_rate(
     of the trace or of the run is averaged over the part that exists."""
     window = spec.rate_window_s
     if shape == "counts":
-        first = int(spec.start_s)
-        shift = spec.start_s - first  # a fractional start skips part of its second too
-        last = min(len(data), first + math.ceil(duration + shift))
+        first, shift, last = _seconds_span(spec, len(data), duration)
         if last <= first:
             return
         seconds = data[first:last]
@@ -309,9 +314,7 @@ def _trace(spec: WorkloadSpec, duration: float, rng: np.random.Generator) -> Ite
         yield from _trace_rate(spec, shape, data, duration, rng)
         return
     if shape == "counts":
-        first = int(spec.start_s)
-        shift = spec.start_s - first  # a fractional start skips part of its second too
-        last = min(len(data), first + math.ceil(duration + shift))
+        first, shift, last = _seconds_span(spec, len(data), duration)
         for lo in range(first, last, int(_CHUNK_S)):
             hi = min(last, lo + int(_CHUNK_S))
             scaled = data[lo:hi] * spec.scale

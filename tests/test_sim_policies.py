@@ -13,15 +13,22 @@ from sim.policies import HpaController, KpaController, RscoreController
 from sim.scenario import parse_scenario
 
 
-def view(now: float, pods: list[tuple[int, float, float, float]], **kw: int) -> ClusterView:
-    """pods: (id, concurrency seconds, cpu seconds, ready at); `inside` per pod: kw."""
-    inside = kw.pop("inside", 0)
+def view(
+    now: float,
+    pods: list[tuple[int, float, float, float]],
+    *,
+    inside: int = 0,
+    counters: tuple[int, int, int] = (0, 0, 0),
+    **kw: int,
+) -> ClusterView:
+    """pods: (id, concurrency seconds, cpu seconds, ready at); every pod has `inside`
+    requests in it and the same `counters` (arrivals, served, queued)."""
     defaults = {"replicas": len(pods), "pending": 0, "unrouted": 0, "nodes": 1, "workers": 2,
                 "per_node": 2}  # fmt: skip
     defaults.update(kw)
     return ClusterView(
         now=now,
-        pods=tuple(PodView(p, c, u, r, inside) for p, c, u, r in pods),
+        pods=tuple(PodView(p, c, u, r, inside, *counters) for p, c, u, r in pods),
         **defaults,
     )
 
@@ -31,21 +38,15 @@ def test_rscore_reads_the_pods_counters_as_the_controller_reads_pages() -> None:
     DemandTracker: a first scrape has only the gauges (3 inside each: concurrency
     stands in, 6 busy workers); the next gives arrivals x service time."""
     controller = RscoreController(ScalingSpec(max_replicas=10), interval_s=2.0)
-    first = ClusterView(
-        now=5.0,
-        pods=(PodView(0, 10.0, 0.0, 0.0, 3, 3, 1, 2), PodView(1, 2.0, 0.0, 0.0, 3, 3, 1, 2)),
-        replicas=2, pending=0, unrouted=1, nodes=1, workers=2, per_node=2,
-    )  # fmt: skip
+    first = view(5.0, [(0, 10.0, 0.0, 0.0), (1, 2.0, 0.0, 0.0)], inside=3, counters=(3, 1, 2),
+                 unrouted=1)  # fmt: skip
     controller.tick(first)
     assert controller.state.samples[-1] == (5.0, pytest.approx(6.0))
     # 2 s later: pod 0 took 40 more requests (43 routed, 1 inside: 42 finished; the
     # one inside is in flight) and started 42 calls with 0.84 s in R (20 ms each):
     # 20/s x 0.02 = 0.4 busy workers; pod 1 the same.
-    second = ClusterView(
-        now=7.0,
-        pods=(PodView(0, 11.0, 0.84, 0.0, 1, 43, 43, 0), PodView(1, 3.0, 0.84, 0.0, 1, 43, 43, 0)),
-        replicas=2, pending=0, unrouted=0, nodes=1, workers=2, per_node=2,
-    )  # fmt: skip
+    second = view(7.0, [(0, 11.0, 0.84, 0.0), (1, 3.0, 0.84, 0.0)], inside=1,
+                  counters=(43, 43, 0))  # fmt: skip
     controller.tick(second)
     assert controller.state.samples[-1] == (7.0, pytest.approx(0.8))
     assert controller.state.service_s == pytest.approx(0.02)
