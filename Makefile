@@ -17,7 +17,7 @@ DEBIAN_PACKAGES := r-base-core r-base-dev r-cran-jsonlite r-cran-randomforest r-
 	r-cran-gbm r-cran-glmnet prometheus
 
 .PHONY: help setup demo predict-examples dev-certs test lint format bench-worker bench \
-	bench-activator bench-sim bench-autoscale clean
+	bench-activator bench-sim bench-autoscale bench-parse clean
 
 help:
 	@echo "make demo          set up, serve the example lm bundle, send it one request"
@@ -28,6 +28,7 @@ help:
 	@echo "make bench-activator  latency and throughput rscore activator adds (wrk)"
 	@echo "make bench-sim     simulator: speed vs SimPy, M/M/4 vs Erlang C, a simulated day"
 	@echo "make bench-autoscale  every example scenario under every policy, cost vs the oracle"
+	@echo "make bench-parse   what a records body costs to parse as it grows (1k-100k records)"
 	@echo "make dev-certs     a test CA and a localhost/127.0.0.1 certificate in $(DEV_CERTS)/"
 	@echo "make lint, make format  ruff;  make clean  remove .venv and built bundles"
 	@echo
@@ -111,6 +112,9 @@ bench-sim: setup
 # run only those).
 bench-autoscale: setup
 	@$(BIN)/python -m bench.autoscale $(BENCH_ARGS)
+
+bench-parse: setup
+	@$(BIN)/python -m bench.parse $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(EXAMPLES) .pytest_cache .ruff_cache
