@@ -94,6 +94,7 @@ def build_observation(
     node_allocatable_cpu_millicores: float | None = None,
     wall_s: float | None = None,
     unrouted_concurrency: float = 0.0,
+    unrouted_unknown: str | None = None,
 ) -> Observation:
     """One tick's observation. A ready pod absent from `demand` (or None there) was not
     scraped."""
@@ -119,6 +120,7 @@ def build_observation(
         pod_cpu_request_millicores=max(requests) if requests else None,
         wall_s=wall_s,
         unrouted_concurrency=unrouted_concurrency,
+        unrouted_unknown=unrouted_unknown,
     )
 
 

@@ -23,7 +23,7 @@ within the pool's provisioning time, and the pods fill the nodes that are paid f
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from autoscaler import forecast
 from autoscaler.forecast import DemandProfile
@@ -39,6 +39,7 @@ __all__ = [
     "Recommendation",
     "ScalingSpec",
     "decide",
+    "hold_when_unknown",
 ]
 
 MODE_STABLE = "Stable"
@@ -190,7 +191,9 @@ class Observation:
     gateway while no pod is ready); it is what lets a deployment at zero scale up.
     `pods_per_node` comes from the node pool spec, else from allocatable CPU divided by
     one pod's CPU request. `wall_s` is the Unix time (the forecast learns time of day and
-    week from it); None leaves the forecast out.
+    week from it); None leaves the forecast out. `unrouted_unknown` says why the held
+    requests could not be counted (an activator unread): unknown demand never scales
+    pods or nodes down.
     """
 
     now: float
@@ -203,6 +206,7 @@ class Observation:
     node_allocatable_cpu_millicores: float | None = None
     pod_cpu_request_millicores: float | None = None
     wall_s: float | None = None
+    unrouted_unknown: str | None = None
 
     def __post_init__(self) -> None:
         _require(math.isfinite(self.now), f"now must be finite, got {self.now}")
@@ -526,6 +530,25 @@ def _size_nodes(
     return replicas, nodes, since
 
 
+def hold_when_unknown(
+    recommendation: Recommendation, current_replicas: int, current_nodes: int | None, why: str
+) -> Recommendation:
+    """The decision, never below what runs now: with the activator unread, the held
+    demand is unknown, and unknown demand never scales down (as a pod's missing scrape)."""
+    replicas = max(recommendation.desired_replicas, current_replicas)
+    nodes = recommendation.desired_nodes
+    if nodes is not None and current_nodes is not None:
+        nodes = max(nodes, current_nodes)
+    if (replicas, nodes) == (recommendation.desired_replicas, recommendation.desired_nodes):
+        return recommendation
+    return replace(
+        recommendation,
+        desired_replicas=replicas,
+        desired_nodes=nodes,
+        reason=f"{recommendation.reason}; held requests unknown ({why}), hold {replicas}",
+    )
+
+
 def decide(
     observation: Observation, state: PolicyState, spec: ScalingSpec
 ) -> tuple[Recommendation, PolicyState]:
@@ -599,6 +622,10 @@ def decide(
         observed_panic_concurrency=conc.panic_avg,
         forecast_demand=expected,
     )
+    if obs.unrouted_unknown is not None:
+        recommendation = hold_when_unknown(
+            recommendation, obs.current_replicas, obs.current_nodes, obs.unrouted_unknown
+        )
     new_state = PolicyState(
         samples=samples,
         panic_until=conc.panic_until,

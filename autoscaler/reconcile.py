@@ -43,7 +43,6 @@ from autoscaler.status import (
     profile_from_status,
     status_body,
 )
-from autoscaler.unrouted import hold_when_unknown
 
 __all__ = ["Memory", "TickContext", "reconcile"]
 
@@ -315,6 +314,7 @@ async def _observe(
         wall_s=time.time() if ctx.wall_s is None else ctx.wall_s,
         node_allocatable_cpu_millicores=allocatable,
         unrouted_concurrency=unrouted,
+        unrouted_unknown=memory.unrouted_unknown,
     )
     return observation, scale
 
@@ -397,10 +397,6 @@ async def reconcile(obj: dict[str, Any], memory: Memory, ctx: TickContext) -> No
         return
     observation, scale = observed
     recommendation, memory.policy_state = decide(observation, memory.policy_state, settings.scaling)
-    if memory.unrouted_unknown is not None:
-        recommendation = hold_when_unknown(
-            recommendation, scale.replicas, observation.current_nodes, memory.unrouted_unknown
-        )
     _record(ctx, settings, recommendation)
     current: dict[str, int | None] = {
         "pods": scale.replicas,

@@ -1,23 +1,21 @@
 """Demand that no scoring pod sees yet: requests held by `rscore activator`.
 
 `held_requests` reads an activator's `/metrics` page (prometheus_client's parser) and
-returns its `rscore_activator_held_requests`; `hold_when_unknown` keeps a decision from
-scaling anything down while that number could not be read. Pure: no HTTP here (the
+returns its `rscore_activator_held_requests` (while it cannot be read, the policy scales
+nothing down: `Observation.unrouted_unknown`). Pure: no HTTP here (the
 fetch lives in `autoscaler.kube_io`), no clock, no logging. It never imports the
 activator: the metric is read by its name, the contract in docs/autoscaler.md.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from autoscaler.policy import Recommendation
 from autoscaler.scrape import ScrapeError
 
-__all__ = ["HELD_REQUESTS", "held_requests", "hold_when_unknown"]
+__all__ = ["HELD_REQUESTS", "held_requests"]
 
 HELD_REQUESTS = "rscore_activator_held_requests"
 
@@ -37,22 +35,3 @@ def held_requests(text: str) -> float:
     if not math.isfinite(total) or total < 0:
         raise ScrapeError(f"{HELD_REQUESTS} is {total}")
     return total
-
-
-def hold_when_unknown(
-    recommendation: Recommendation, current_replicas: int, current_nodes: int | None, why: str
-) -> Recommendation:
-    """The decision, never below what runs now: with the activator unread, the held
-    demand is unknown, and unknown demand never scales down (as a pod's missing scrape)."""
-    replicas = max(recommendation.desired_replicas, current_replicas)
-    nodes = recommendation.desired_nodes
-    if nodes is not None and current_nodes is not None:
-        nodes = max(nodes, current_nodes)
-    if (replicas, nodes) == (recommendation.desired_replicas, recommendation.desired_nodes):
-        return recommendation
-    return dataclasses.replace(
-        recommendation,
-        desired_replicas=replicas,
-        desired_nodes=nodes,
-        reason=f"{recommendation.reason}; held requests unknown ({why}), hold {replicas}",
-    )

@@ -7,9 +7,9 @@ import pytest
 from prometheus_client import generate_latest
 
 from activator.metrics import ActivatorMetrics
-from autoscaler.policy import Recommendation
+from autoscaler.policy import Recommendation, hold_when_unknown
 from autoscaler.scrape import ScrapeError
-from autoscaler.unrouted import held_requests, hold_when_unknown
+from autoscaler.unrouted import held_requests
 
 PAGE = """# HELP rscore_activator_held_requests Requests held now, waiting for a ready pod
 # TYPE rscore_activator_held_requests gauge

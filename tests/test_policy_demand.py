@@ -234,3 +234,22 @@ def test_a_rise_only_the_panic_window_shows_gets_pods_but_no_node() -> None:
     for now in range(66, 130, 2):  # it lasts: the stable window follows, a node is ordered
         rec, state = decide(observe(float(now), bump, current_nodes=1), state, s)
     assert rec.desired_nodes == 2
+
+
+def test_an_unread_activator_holds_pods_and_nodes_in_decide() -> None:
+    """Held requests that could not be counted are unknown demand: decide itself scales
+    neither pods nor nodes down (the controller and the simulator alike)."""
+    pool = NodePoolSpec(max_nodes=10, pods_per_node=1, scale_down_delay_s=0)
+    s = spec(min_replicas=0, node_pool=pool)
+    idle = (pod(0, 0.0, 0.02), pod(1, 0.0, 0.02), pod(2, 0.0, 0.02))
+    known, _ = decide(observe(0.0, idle, current_nodes=3), PolicyState(), s)
+    assert known.desired_replicas == 1  # the rate limit: 3 -> floor(3 / 2)
+    assert known.desired_nodes is not None
+    assert known.desired_nodes < 3
+    unknown, _ = decide(
+        observe(0.0, idle, current_nodes=3, unrouted_unknown="activator x: timed out"),
+        PolicyState(),
+        s,
+    )
+    assert (unknown.desired_replicas, unknown.desired_nodes) == (3, 3)
+    assert "held requests unknown (activator x: timed out)" in unknown.reason
