@@ -446,12 +446,16 @@ def _nodes(
     replicas: int,
     *,
     ahead_replicas: int,
+    kept_replicas: int,
     per_node: int | None,
 ) -> tuple[int | None, float | None, str]:
     """(desired nodes, scale-down-pending-since, reason).
 
     The nodes for `replicas` now, or for `ahead_replicas` (the forecast's pods within
     the provisioning time) if more: those must be ordered now to be usable in time.
+    Nodes the `kept_replicas` (the pods the policy keeps, delays included) run on are
+    never released, though no new node is ordered for them: a node released under a
+    kept pod would only evict it, and the pool would order the node back.
     """
     current = obs.current_nodes
     if per_node is None:
@@ -461,6 +465,11 @@ def _nodes(
     reason = f"nodes: ceil({wanted}/{per_node}) clamped [{pool.min_nodes}, {pool.max_nodes}]"
     if ahead_replicas > replicas:
         reason += f" (forecast {ahead_replicas} pods within {pool.provision_s:g}s)"
+    if current is not None:
+        hosting = min(math.ceil(kept_replicas / per_node), current, pool.max_nodes)
+        if hosting > raw:
+            raw = hosting
+            reason += f", {hosting} hosting the {kept_replicas} pods kept"
     if current is None or raw >= current:
         return raw, None, f"{reason} -> {raw}"
     since = state.node_scale_down_since
@@ -517,6 +526,7 @@ def _size_nodes(
         spec.node_pool,
         for_nodes,
         ahead_replicas=min(ahead, spec.max_replicas),
+        kept_replicas=desired,
         per_node=per_node,
     )
     reasons.append(why)

@@ -253,3 +253,26 @@ def test_an_unread_activator_holds_pods_and_nodes_in_decide() -> None:
     )
     assert (unknown.desired_replicas, unknown.desired_nodes) == (3, 3)
     assert "held requests unknown (activator x: timed out)" in unknown.reason
+
+
+def test_nodes_are_never_released_under_pods_the_policy_keeps() -> None:
+    """Load falls from 5 pods' worth (on 3 nodes, filled to 6 pods) to 1: the scale-down
+    delay keeps the 5 pods for its 300 s, so their 3 nodes stay (with no node delay of
+    their own, releasing one would only evict kept pods); once the pods go, so do the
+    nodes."""
+    pool = NodePoolSpec(max_nodes=10, pods_per_node=2, scale_down_delay_s=0)
+    s = spec(node_pool=pool, stable_window_s=60, scale_down_delay_s=300)
+    busy = tuple(pod(i, rate=50.0, service=0.02) for i in range(6))  # 6 busy: 5 pods
+    state = PolicyState()
+    for now in range(0, 62, 2):
+        rec, state = decide(observe(float(now), busy, current_nodes=3), state, s)
+    assert (rec.desired_replicas, rec.desired_nodes) == (6, 3)
+    quiet = tuple(pod(i, rate=1.0, service=0.02) for i in range(6))  # 0.12 busy: 1 pod
+    for now in range(62, 360, 2):
+        rec, state = decide(observe(float(now), quiet, current_nodes=3), state, s)
+        assert (rec.desired_replicas, rec.desired_nodes) == (6, 3), rec.reason
+    assert "3 hosting the 5 pods kept" in rec.reason
+    for now in range(360, 430, 2):  # the stable average took a few ticks to fall
+        rec, state = decide(observe(float(now), quiet, current_nodes=3), state, s)
+    # the delay is over: the rate limit keeps 3 pods (6 / 2), on 2 nodes filled to 4
+    assert (rec.desired_replicas, rec.desired_nodes) == (4, 2), rec.reason
