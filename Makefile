@@ -13,11 +13,16 @@ BIN := $(VENV)/bin
 STAMPS := $(VENV)/.stamps
 EXAMPLES := examples/build
 DEV_CERTS := secrets/dev
+# The model families of examples/zoo/ (docs/bundles.md), each scored by its own package.
+ZOO_PACKAGES := r-cran-ranger r-cran-mass r-cran-nnet r-cran-e1071 r-cran-mgcv r-cran-kernlab \
+	r-cran-party r-cran-partykit r-cran-earth r-cran-caret r-cran-pls r-cran-quantreg \
+	r-cran-ordinal r-cran-mda r-cran-survival r-cran-lme4 r-cran-nlme r-cran-pscl
+ZOO := examples/zoo/build
 DEBIAN_PACKAGES := r-base-core r-base-dev r-cran-jsonlite r-cran-randomforest r-cran-rpart \
-	r-cran-gbm r-cran-glmnet prometheus
+	r-cran-gbm r-cran-glmnet prometheus $(ZOO_PACKAGES)
 
 .PHONY: help setup demo predict-examples dev-certs test lint format bench-worker bench \
-	bench-activator bench-sim bench-autoscale bench-parse clean
+	bench-activator bench-sim bench-autoscale bench-parse bench-bodies soak clean
 
 help:
 	@echo "make demo          set up, serve the example lm bundle, send it one request"
@@ -29,6 +34,8 @@ help:
 	@echo "make bench-sim     simulator: speed vs SimPy, M/M/4 vs Erlang C, a simulated day"
 	@echo "make bench-autoscale  every example scenario under every policy, cost vs the oracle"
 	@echo "make bench-parse   what a records body costs to parse as it grows (1k-100k records)"
+	@echo "make bench-bodies  sidecar memory and /healthz stalls under 9 MB bodies"
+	@echo "make soak          10 minutes of faults and hostile clients at 80% load: nothing lost"
 	@echo "make dev-certs     a test CA and a localhost/127.0.0.1 certificate in $(DEV_CERTS)/"
 	@echo "make lint, make format  ruff;  make clean  remove .venv and built bundles"
 	@echo
@@ -38,7 +45,7 @@ help:
 	@echo "  BENCH_ARGS=        make bench*: flags for the benchmark, e.g. \"--duration 5 --no-write\""
 	@echo "  PYTHON=python3     the interpreter that creates .venv (at set-up)"
 
-setup: $(STAMPS)/debian $(STAMPS)/python $(STAMPS)/examples
+setup: $(STAMPS)/debian $(STAMPS)/python $(STAMPS)/examples $(STAMPS)/zoo
 	@:
 
 # Debian packages: install only what is missing, so a second run is quiet and quick.
@@ -55,6 +62,12 @@ $(STAMPS)/python: pyproject.toml scripts/install-python $(STAMPS)/debian
 $(STAMPS)/examples: examples/build_examples.R $(STAMPS)/debian
 	@echo "building example bundles in $(EXAMPLES)/"
 	@Rscript examples/build_examples.R $(EXAMPLES) >/dev/null
+	@mkdir -p $(STAMPS) && touch $@
+
+# One plain bundle per model family and each package's own answers (tests/test_zoo.py).
+$(STAMPS)/zoo: examples/zoo/build_zoo.R $(STAMPS)/debian
+	@echo "building the model zoo in $(ZOO)/"
+	@TZ=UTC Rscript examples/zoo/build_zoo.R $(ZOO) >/dev/null
 	@mkdir -p $(STAMPS) && touch $@
 
 demo: setup
@@ -116,5 +129,13 @@ bench-autoscale: setup
 bench-parse: setup
 	@$(BIN)/python -m bench.parse $(BENCH_ARGS)
 
+# `make bench-bodies` (BENCH_ARGS="--no-write" to keep docs/ as is).
+bench-bodies: setup
+	@$(BIN)/python -m bench.bodies $(BENCH_ARGS)
+
+# `make soak` (BENCH_ARGS="--duration-s 120 --no-write" for a shorter look).
+soak: setup
+	@$(BIN)/python -m bench.soak $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) $(EXAMPLES) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(EXAMPLES) $(ZOO) .pytest_cache .ruff_cache

@@ -8,7 +8,7 @@ run only while something is held); `activator.hold` decides what happens to each
 
 What it must never do: read, log or change a credential (`Authorization` passes through
 untouched, the sidecar authenticates); log a header or a body; answer for the model
-(only for itself: 413, 502, 503, 504 with the contract's JSON error shape); hold a
+(only for itself: 408, 413, 502, 503, 504 with the contract's JSON error shape); hold a
 request beyond its hold timeout or the drain deadline.
 """
 
@@ -42,6 +42,8 @@ from activator.hold import (
     probe_delay,
 )
 from activator.metrics import ActivatorMetrics
+from sidecar.client_deadlines import RefusedBody
+from sidecar.http_hardening import name_the_server
 
 __all__ = ["ACTIVATOR", "Activator", "ProxyConfig", "create_app", "create_metrics_app"]
 
@@ -432,6 +434,11 @@ class Activator:
                 request_id,
                 Refusal(413, "too_large", f"body is over the size limit ({limit} bytes)"),
             )
+        except RefusedBody as refused:  # too slow a body, or shutdown (client deadlines)
+            error = refused.error
+            return self._answer(
+                request, request_id, Refusal(refused.status, error.code, error.message)
+            )
         headers = self._forward_headers(request, request_id)
         try:
             outcome = await self._until_answered(request, headers, body)
@@ -540,6 +547,7 @@ ACTIVATOR = web.AppKey("activator", Activator)
 def create_app(activator: Activator) -> web.Application:
     """The proxy: every method on every path goes to `activator.handle`."""
     app = web.Application(client_max_size=activator.config.max_body_bytes)
+    name_the_server(app)  # also over a proxied answer's own Server header
     app[ACTIVATOR] = activator
     app.router.add_route("*", "/{tail:.*}", activator.handle)
     return app
@@ -563,6 +571,7 @@ def create_metrics_app(activator: Activator) -> web.Application:
         return web.json_response({"ready": ready}, status=200 if ready else 503)
 
     app = web.Application()
+    name_the_server(app)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -2,7 +2,8 @@
 
 The only activator module that binds sockets or installs signal handlers. On a signal it
 stops being ready, answers new requests 503, gives held and in-flight requests until
-the drain timeout, and exits; it never waits longer than that.
+the drain timeout, and exits; it never waits longer than that. Its public site listens
+through the sidecar's client deadlines and connection cap (`sidecar.client_deadlines`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvloop
@@ -19,6 +20,14 @@ from aiohttp import web
 from activator.proxy import Activator, ProxyConfig, create_app, create_metrics_app, upstream_context
 from sidecar import access_log
 from sidecar.access_log import JsonAccessLogger
+from sidecar.client_deadlines import (
+    CUT_AFTER_DRAIN_S,
+    ClientGuard,
+    GuardedSite,
+    apply_fd_budget,
+    runner_options,
+)
+from sidecar.client_limits import ClientLimits
 from sidecar.http_hardening import harden_parser_errors
 from sidecar.tls import ReloadingTLS, TLSConfigError, plain_http_warning
 from sidecar.watch import FileWatcher, ReloadError
@@ -36,6 +45,8 @@ class Listen:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     access_log: bool = True
+    # It holds up to --max-held requests (1000), each on a connection of its own.
+    clients: ClientLimits = field(default_factory=lambda: ClientLimits(max_connections=2000))
 
 
 def run(config: ProxyConfig, listen: Listen) -> None:
@@ -73,6 +84,11 @@ async def serve(config: ProxyConfig, listen: Listen, stop: asyncio.Event | None 
     harden_parser_errors()
     tls = _tls(listen)
     activator = Activator(config)
+    # Two descriptors per connection: the client's, and the upstream one it may need.
+    limits = apply_fd_budget(listen.clients, per_connection=2)
+    guard = ClientGuard(
+        limits, registry=activator.metrics.registry, metric_prefix="rscore_activator"
+    )
     await activator.start()
     runner = web.AppRunner(
         create_app(activator),
@@ -80,10 +96,11 @@ async def serve(config: ProxyConfig, listen: Listen, stop: asyncio.Event | None 
         access_log_class=JsonAccessLogger,
         access_log=logging.getLogger("aiohttp.access") if listen.access_log else None,
         # after the drain below, what is still running is cut at once
-        shutdown_timeout=1.0,
+        shutdown_timeout=CUT_AFTER_DRAIN_S,
         # A client that hangs up cancels its request: a held one stops counting as demand
         # (and is never sent to a pod), a forwarded one closes its upstream connection.
         handler_cancellation=True,
+        **runner_options(limits),
     )
     metrics_runner = web.AppRunner(create_metrics_app(activator), access_log=None)
     watchers = [w for w in (tls.watcher() if tls else None, _ca_watcher(activator)) if w]
@@ -92,8 +109,12 @@ async def serve(config: ProxyConfig, listen: Listen, stop: asyncio.Event | None 
     try:
         for watcher in watchers:
             await watcher.start()
-        site = web.TCPSite(
-            runner, listen.host, listen.port, ssl_context=tls.context if tls else None
+        site = GuardedSite(
+            runner,
+            listen.host,
+            listen.port,
+            guard=guard,
+            ssl_context=tls.context if tls else None,
         )
         await site.start()
         await web.TCPSite(metrics_runner, listen.host, listen.metrics_port).start()
@@ -118,6 +139,7 @@ async def serve(config: ProxyConfig, listen: Listen, stop: asyncio.Event | None 
         if not await activator.drained():
             log.warning("drain timeout passed with %d request(s) unanswered", activator.inflight)
     finally:
+        guard.shut_down()  # bodies still arriving get 503: no slow client holds the exit
         for watcher in watchers:
             await watcher.stop()
         await runner.cleanup()

@@ -6,6 +6,10 @@ worker dies mid-request, that request fails with `WorkerCrashed` and the link is
 (the restarted worker connects as a new link). `acquire()` lends idle links to simple
 callers; the sidecar's admission and queue are `sidecar.admission`.
 
+The socket's folder is made private (0700) and refused if it is not (`r_scorer.peer`),
+and a connection from a process of another user (SO_PEERCRED) is refused before it may
+say hello. The pool remembers when a worker was last connected, for `/healthz`.
+
 Asyncio only; never imports rpy2 and never starts R.
 """
 
@@ -16,6 +20,7 @@ import contextlib
 import itertools
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -24,6 +29,7 @@ from typing import Any
 
 from r_scorer import protocol
 from r_scorer.errors import ProtocolError, WorkerCrashed, error_from_json
+from r_scorer.peer import ensure_socket_dir, peer_credentials, peer_problem
 from r_scorer.prototype import Prototype, TypedFrame
 
 log = logging.getLogger("rscore.pool")
@@ -128,7 +134,11 @@ class WorkerLink:
         if self._pending is not None:
             raise RuntimeError(f"{self!r} already has a request in flight")
         if not self.usable:
-            raise WorkerCrashed(f"R worker pid {self.pid} is gone")
+            # The pid is for logs, not for clients: the message reaches the 502's body.
+            log.warning(
+                "R worker slot %d pid %d is gone; a request was refused", self.slot, self.pid
+            )
+            raise WorkerCrashed("the R worker is gone; it is being restarted")
         request_id = next(self._ids)
         reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending, self._pending_id, self._on_answer = reply, request_id, on_answer
@@ -200,10 +210,12 @@ class WorkerLink:
         if not self._closed.done():
             self._closed.set_result(cause)
         why = "broke the worker protocol" if isinstance(cause, ProtocolError) else "died"
-        self._resolve(
-            WorkerCrashed(
-                f"R worker pid {self.pid} {why} while scoring this request; it is being restarted"
+        if self._pending is not None:  # the pid goes to the log only, never to the client
+            log.warning(
+                "R worker slot %d pid %d %s while scoring a request", self.slot, self.pid, why
             )
+        self._resolve(
+            WorkerCrashed(f"the R worker {why} while scoring this request; it is being restarted")
         )
 
     def close(self) -> None:
@@ -219,8 +231,12 @@ class WorkerPool:
         *,
         on_worker_up: Callable[[WorkerLink], None] | None = None,
         on_worker_down: Callable[[WorkerLink, bool], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.socket_path = Path(socket_path)
+        self.clock = clock
+        self.refused_peers = 0  # connections from another user's processes
+        self._worker_seen_at: float | None = None
         self.model: ModelInfo | None = None
         self.expected_workers = 0  # as many as the supervisor says it runs
         self._links: dict[int, WorkerLink] = {}
@@ -244,8 +260,15 @@ class WorkerPool:
         """Live, usable worker links, by slot."""
         return [link for _, link in sorted(self._links.items()) if link.usable]
 
+    @property
+    def worker_seen_at(self) -> float | None:
+        """The last moment (`clock`) a worker was connected: now while one is; None
+        before the first."""
+        return self.clock() if self._links else self._worker_seen_at
+
     async def start(self) -> None:
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        """Listen. Raises ConfigurationError if the socket's folder is not private."""
+        ensure_socket_dir(self.socket_path.parent)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()  # a stale socket from a previous run
         self._server = await asyncio.start_unix_server(self._greet, path=str(self.socket_path))
@@ -315,10 +338,25 @@ class WorkerPool:
             task.add_done_callback(self._tasks.discard)
         self._writers.add(writer)
         try:
-            await self._serve_worker(reader, writer)
+            if self._trusted(writer):
+                await self._serve_worker(reader, writer)
         finally:
             self._writers.discard(writer)
             writer.close()
+
+    def _trusted(self, writer: asyncio.StreamWriter) -> bool:
+        """Whether the connecting process runs as our user (the kernel's SO_PEERCRED)."""
+        try:
+            peer = peer_credentials(writer.get_extra_info("socket"))
+        except OSError as exc:
+            problem = f"its credentials cannot be read ({exc})"
+        else:
+            problem = peer_problem(peer, os.geteuid(), peer_role="worker")
+        if problem is None:
+            return True
+        self.refused_peers += 1
+        log.error("refused a connection on %s: %s", self.socket_path, problem)
+        return False
 
     async def _serve_worker(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -348,6 +386,7 @@ class WorkerPool:
             model=model,
         )
         self._links[link.slot] = link
+        self._worker_seen_at = self.clock()
         self.expected_workers = link.of
         log.info(
             "worker slot %d pid %d generation %d connected", link.slot, link.pid, link.generation
@@ -357,6 +396,8 @@ class WorkerPool:
         await link.read_answers()
         if self._links.get(link.slot) is link:
             del self._links[link.slot]
+        if not self._links:
+            self._worker_seen_at = self.clock()  # the last one just left
         self._lent.discard(link)
         crashed = not link.retiring and not self._closing
         if crashed:

@@ -6,6 +6,10 @@ data, so the sidecar can validate a request before it ever reaches R. Coercion t
 JSON values into typed column values ready to become R vectors column-wise: numbers to
 float, integers to int, factor labels to 1-based codes, null to None (R's NA).
 
+Strings become R strings here, and an R string ends at a NUL character (U+0000): a
+string with one is refused, naming the column and row, instead of reaching the model cut
+short. The check costs string columns only, and an unknown factor label nothing.
+
 A frame of zero rows (`{"data": []}`, an empty `dataframe_split`, zero-length V2 tensors)
 coerces to the prototype's columns, empty, in every format alike: it is never a
 missing-column error.
@@ -17,10 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from typing import Any
 
-from r_scorer.errors import SchemaMismatch
-from r_scorer.payload import Frame, json_type
+from r_scorer.errors import SchemaMismatch, quoted
+from r_scorer.payload import NUL, Frame, json_type
 
 # Kinds of column: the R vector each becomes.
 NUMERIC = "numeric"
@@ -29,8 +34,10 @@ LOGICAL = "logical"
 CHARACTER = "character"
 FACTOR = "factor"
 ORDERED = "ordered"
+DATE = "date"  # an ISO 8601 date string -> R Date (days since 1970-01-01)
+DATETIME = "datetime"  # an ISO 8601 date-time string -> R POSIXct (seconds, UTC)
 ANY = "any"  # no prototype for this column: the JSON values decide
-KINDS = (NUMERIC, INTEGER, LOGICAL, CHARACTER, FACTOR, ORDERED, ANY)
+KINDS = (NUMERIC, INTEGER, LOGICAL, CHARACTER, FACTOR, ORDERED, DATE, DATETIME, ANY)
 
 R_INT_MAX = 2**31 - 1  # R integers are 32-bit and -2^31 is NA_integer_
 _MAX_LEVELS_SHOWN = 10
@@ -176,7 +183,7 @@ def _to_logical(value: Any, _: Column) -> Any:
 
 
 def _to_character(value: Any, _: Column) -> Any:
-    return value if type(value) is str else _REJECT
+    return value if type(value) is str and NUL not in value else _REJECT
 
 
 def _to_factor_code(value: Any, column: Column) -> Any:
@@ -188,14 +195,42 @@ def _to_factor_code(value: Any, column: Column) -> Any:
         return _REJECT
     code = column.level_codes.get(label)
     if code is None:
+        if NUL in label:  # not a level R could hold either: say why
+            return _REJECT
         shown = list(column.levels[:_MAX_LEVELS_SHOWN])
         more = len(column.levels) - len(shown)
         suffix = f" and {more} more" if more > 0 else ""
         raise SchemaMismatch(
-            f"column '{column.name}': unknown level {label!r}; "
+            f"column '{column.name}': unknown level {quoted(label)}; "
             f"the model knows {_quoted(shown)}{suffix}"
         )
     return code
+
+
+_EPOCH = date(1970, 1, 1)
+
+
+def _to_date(value: Any, _: Column) -> Any:
+    """An ISO 8601 date ("2024-05-31") as R holds a Date: days since 1970-01-01."""
+    if type(value) is not str:
+        return _REJECT
+    try:
+        return float((date.fromisoformat(value) - _EPOCH).days)
+    except ValueError:
+        return _REJECT
+
+
+def _to_datetime(value: Any, _: Column) -> Any:
+    """An ISO 8601 date and time ("2024-05-31T12:30:00+02:00") as R holds a POSIXct:
+    seconds since the epoch. Without an offset it is UTC (the server's zone must not
+    change a prediction)."""
+    if type(value) is not str:
+        return _REJECT
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return _REJECT
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 _CONVERTERS = {
@@ -205,6 +240,8 @@ _CONVERTERS = {
     CHARACTER: _to_character,
     FACTOR: _to_factor_code,
     ORDERED: _to_factor_code,
+    DATE: _to_date,
+    DATETIME: _to_datetime,
 }
 
 _EXPECTED = {
@@ -214,11 +251,16 @@ _EXPECTED = {
     CHARACTER: "a string",
     FACTOR: "a factor level (a string, or a whole number)",
     ORDERED: "a factor level (a string, or a whole number)",
+    DATE: "an ISO 8601 date string, YYYY-MM-DD",
+    DATETIME: "an ISO 8601 date-time string, YYYY-MM-DDTHH:MM:SS with an optional offset "
+    "(none: UTC)",
 }
 
 
 def _type_error(column: Column, row: int, value: Any) -> SchemaMismatch:
-    shown = f" {value!r}" if isinstance(value, str | int | float) else ""
+    if isinstance(value, str) and NUL in value:
+        return _nul_error(column.name, row)
+    shown = f" {quoted(value)}" if isinstance(value, str | int | float) else ""
     return SchemaMismatch(
         f"column '{column.name}' must be {_EXPECTED[column.kind]} (or null); "
         f"row {row} has {json_type(value)}{shown}"
@@ -229,15 +271,26 @@ def _infer(name: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
     """Kind and values of a column with no prototype, from its JSON values."""
     seen = {json_type(value) for value in values if value is not None}
     if len(seen) > 1:
-        raise SchemaMismatch(f"column '{name}' mixes {_quoted(sorted(seen))} values")
+        raise SchemaMismatch(f"column {quoted(name)} mixes {_quoted(sorted(seen))} values")
     kind_of_json = {"number": NUMERIC, "boolean": LOGICAL, "string": CHARACTER}
     seen_type = seen.pop() if seen else "boolean"  # all null: R's NA is logical
     if seen_type not in kind_of_json:
-        raise SchemaMismatch(f"column '{name}' holds {seen_type} values; expected scalars")
+        raise SchemaMismatch(f"column {quoted(name)} holds {seen_type} values; expected scalars")
     kind = kind_of_json[seen_type]
     if kind == NUMERIC:
         return kind, [None if value is None else float(value) for value in values]
+    if kind == CHARACTER:
+        for row, value in enumerate(values):
+            if value is not None and NUL in value:
+                raise _nul_error(name, row)
     return kind, list(values)
+
+
+def _nul_error(name: str, row: int) -> SchemaMismatch:
+    return SchemaMismatch(
+        f"column {quoted(name)}: row {row} has a string with a NUL character (U+0000); R strings "
+        "cannot hold one (R would cut the string there)"
+    )
 
 
 def _quoted(names: Iterable[str]) -> str:

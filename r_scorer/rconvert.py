@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from array import array
-from functools import lru_cache
 from typing import Any
 
 import rpy2.rinterface as ri
@@ -20,15 +19,19 @@ from rpy2.rinterface_lib import openrlib
 
 from r_scorer import prototype as kinds
 from r_scorer.errors import ModelError
+from r_scorer.name_cache import DEFAULT_NAME_CACHE_BYTES, NameCache
 from r_scorer.prototype import TypedFrame
 
 _NA_INT = -(2**31)  # NA_integer_ and logical NA, as stored in R's memory
 
 
-@lru_cache(maxsize=1024)  # bounded: pass-through column names come from clients
+# Bounded in bytes: pass-through column names come from clients (see name_cache).
+_names: NameCache[ri.StrSexpVector] = NameCache(DEFAULT_NAME_CACHE_BYTES, ri.StrSexpVector)
+
+
 def _strings(values: tuple[str, ...]) -> ri.StrSexpVector:
     """An R character vector, built once per distinct tuple (names, levels, classes)."""
-    return ri.StrSexpVector(values)
+    return _names.get(values)
 
 
 def _set_class(obj: Any, classes: tuple[str, ...]) -> None:
@@ -55,6 +58,8 @@ def r_vector(kind: str, values: list[Any], levels: tuple[str, ...] = ()) -> Any:
         return ri.BoolSexpVector(_with_na(values, ri.NA_Logical))
     if kind == kinds.CHARACTER:
         return ri.StrSexpVector(_with_na(values, ri.NA_Character))
+    if kind in (kinds.DATE, kinds.DATETIME):
+        return _r_moments(kind, values)
     if kind in (kinds.FACTOR, kinds.ORDERED):
         codes = ri.IntSexpVector(_with_na(values, ri.NA_Integer))
         codes.do_slot_assign("levels", _strings(levels))
@@ -62,6 +67,18 @@ def r_vector(kind: str, values: list[Any], levels: tuple[str, ...] = ()) -> Any:
         _set_class(codes, classes)
         return codes
     raise ValueError(f"no R vector for kind {kind!r}")  # coerce() never yields "any"
+
+
+def _r_moments(kind: str, values: list[Any]) -> Any:
+    """Dates (days since 1970-01-01) as an R Date, date-times (seconds) as a POSIXct in
+    UTC: doubles with R's class, as as.Date() and as.POSIXct() make them."""
+    moments = ri.FloatSexpVector(_with_na(values, ri.NA_Real))
+    if kind == kinds.DATE:
+        _set_class(moments, ("Date",))
+    else:
+        moments.do_slot_assign("tzone", _strings(("UTC",)))
+        _set_class(moments, ("POSIXct", "POSIXt"))
+    return moments
 
 
 def r_data_frame(frame: TypedFrame, levels: dict[str, tuple[str, ...]]) -> ri.ListSexpVector:
@@ -116,7 +133,9 @@ def python_predictions(answer: Any) -> list[Any]:
     if status == _VECTOR:
         return python_values(answer[1])
     if status == _FAILED:
-        raise ModelError(f"R error in score(): {answer[1][0]}")
+        # R's message already names what failed: "score() failed: ..." or
+        # "predict() for class 'x' failed: ..." (R/rscore.R's .score).
+        raise ModelError(str(answer[1][0]))
     names = list(answer[1])
     columns = [python_values(column) for column in answer[2]]
     return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]

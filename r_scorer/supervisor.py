@@ -5,7 +5,11 @@ r_scorer.worker`), waits until each has loaded the bundle, and raises BundleErro
 R's message if one cannot: a bad bundle stops start-up instead of crash-looping. A
 monitor thread then restarts any worker that exits: at once after a recycle or a long
 life, with growing back-off (up to 30 s) when a worker keeps dying young. Every restart
-is logged with the exit status and counted.
+is logged with the exit status and counted; a restarted worker reports its load on a
+status pipe like the first ones, so a bundle that no longer loads is logged with R's
+message. The monitor survives its own errors (EMFILE...) and tries again, and beats: it
+records the last moment a worker was up (loaded and running), and, with a
+`liveness_file`, writes both for the r-scorer's livenessProbe (`r_scorer.liveness`).
 
 Never talks to the workers' socket and never starts R in its own process.
 """
@@ -27,6 +31,13 @@ from typing import Any
 import orjson
 
 from r_scorer.errors import BundleError
+from r_scorer.liveness import (
+    LIVENESS_NAME,
+    WRITE_EVERY_S,
+    LivenessBounds,
+    write_liveness_file,
+)
+from r_scorer.peer import ensure_socket_dir
 from r_scorer.worker import EXIT_CLEAN, EXIT_LOAD_FAILED
 
 log = logging.getLogger("rscore.supervisor")
@@ -66,6 +77,9 @@ class _Slot:
     quick_deaths: int = 0
     restart_at: float = 0.0
     spawn_failures: int = 0  # in a row: the monitor backs off, and keeps trying
+    status_fd: int | None = None  # a restarted worker's status pipe, until it reports
+    status: bytes = b""
+    loaded: bool = False  # the running process reported that it loaded the bundle
 
 
 @dataclass
@@ -87,6 +101,8 @@ class Supervisor:
         max_requests: int = 0,
         load_timeout_s: float = 600.0,
         python: str = sys.executable,
+        liveness_file: Path | None = None,
+        liveness: LivenessBounds | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
@@ -105,6 +121,12 @@ class Supervisor:
         # that ended at begin_stop() killed restarted workers in the middle of a drain.
         self._shut_down = threading.Event()
         self._monitor: threading.Thread | None = None
+        self.liveness_file = liveness_file
+        self.liveness = liveness or LivenessBounds()
+        self.heartbeat_at: float | None = None  # the monitor's last tick
+        self.worker_seen_at: float | None = None  # the last tick a worker was up
+        self._written_at = float("-inf")
+        self._write_failing = False
 
     @property
     def pids(self) -> list[int]:
@@ -117,12 +139,23 @@ class Supervisor:
 
     def start(self) -> dict[str, Any]:
         """Spawn every worker and wait until all have loaded the bundle."""
-        pipes = {slot.index: self._spawn(slot, report=True) for slot in self._slots}
+        if self.liveness_file is not None:  # a previous container's, in a kept emptyDir
+            self.liveness_file.unlink(missing_ok=True)
+        pipes: dict[int, int] = {}
         try:
+            for slot in self._slots:
+                pipes[slot.index] = self._spawn(slot)
             self.model = self._await_ready(pipes)
         except BaseException:
             self.stop()
             raise
+        finally:
+            for fd in pipes.values():
+                os.close(fd)
+        now = time.monotonic()
+        for slot in self._slots:
+            slot.loaded = True
+        self._beat(now)
         self._monitor = threading.Thread(target=self._watch, name="rscore-supervisor", daemon=True)
         self._monitor.start()
         return self.model
@@ -153,8 +186,10 @@ class Supervisor:
         self._shut_down.set()
         if self._monitor is not None and self._monitor is not threading.current_thread():
             self._monitor.join()
+        for slot in self._slots:
+            self._close_status(slot)
 
-    def _spawn(self, slot: _Slot, *, report: bool) -> int | None:
+    def _spawn(self, slot: _Slot) -> int:
         """Start the slot's next generation; returns the read end of its status pipe. A
         generation counts once its process exists (a failed spawn is tried again)."""
         generation = slot.generation + 1
@@ -167,49 +202,47 @@ class Supervisor:
             "--generation", str(generation),
             "--max-requests", str(self.max_requests),
         ]  # fmt: skip
-        status_read = status_write = None
-        if report:
-            status_read, status_write = os.pipe()
-            command += ["--status-fd", str(status_write)]
-        slot.process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else subprocess.DEVNULL,
-            pass_fds=(status_write,) if status_write is not None else (),
-        )
+        status_read, status_write = os.pipe()
+        command += ["--status-fd", str(status_write)]
+        try:
+            slot.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else subprocess.DEVNULL,
+                pass_fds=(status_write,),
+            )
+        except BaseException:
+            os.close(status_read)  # a failed spawn (EMFILE) must not leak what it had
+            raise
+        finally:
+            os.close(status_write)
         slot.generation = generation
         slot.started_at = time.monotonic()
-        if status_write is not None:
-            os.close(status_write)
+        slot.loaded = False
         log.info("worker slot %d started: pid %d", slot.index, slot.process.pid)
         return status_read
 
-    def _await_ready(self, pipes: dict[int, int | None]) -> dict[str, Any]:
+    def _await_ready(self, pipes: dict[int, int]) -> dict[str, Any]:
         deadline = time.monotonic() + self.load_timeout_s
-        buffers = {fd: b"" for fd in pipes.values() if fd is not None}
+        buffers = dict.fromkeys(pipes.values(), b"")
         model: dict[str, Any] = {}
-        try:
-            while buffers:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise BundleError(
-                        f"workers did not load the bundle within {self.load_timeout_s:.0f} s"
-                    )
-                readable, _, _ = select.select(list(buffers), [], [], remaining)
-                for fd in readable:
-                    chunk = os.read(fd, 65536)
-                    if chunk:
-                        buffers[fd] += chunk
-                        continue
-                    status = _parse_status(buffers.pop(fd))
-                    if not status.get("ready"):
-                        error = status.get("error", {})
-                        raise BundleError(str(error.get("message", "worker failed to start")))
-                    model = status["model"]
-        finally:
-            for fd in pipes.values():
-                if fd is not None:
-                    os.close(fd)
+        while buffers:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BundleError(
+                    f"workers did not load the bundle within {self.load_timeout_s:.0f} s"
+                )
+            readable, _, _ = select.select(list(buffers), [], [], remaining)
+            for fd in readable:
+                chunk = os.read(fd, 65536)
+                if chunk:
+                    buffers[fd] += chunk
+                    continue
+                status = _parse_status(buffers.pop(fd))
+                if not status.get("ready"):
+                    error = status.get("error", {})
+                    raise BundleError(str(error.get("message", "worker failed to start")))
+                model = status["model"]
         return model
 
     def _watch(self) -> None:
@@ -230,14 +263,45 @@ class Supervisor:
                             "worker slot %d: could not tend it (failure %d); trying again "
                             "in %.1f s", slot.index, slot.spawn_failures, delay,
                         )  # fmt: skip
+                self._beat(now)
+
+    def _beat(self, now: float) -> None:
+        """Record this tick (and whether a worker is up), and write the liveness file at
+        most once a second. A file that cannot be written is logged once; the probe then
+        sees the heartbeat go stale, as it should for a process in that state."""
+        self.heartbeat_at = now
+        if any(slot.process is not None and slot.loaded for slot in self._slots):
+            self.worker_seen_at = now
+        if self.liveness_file is None or now - self._written_at < WRITE_EVERY_S:
+            return
+        try:
+            write_liveness_file(
+                self.liveness_file,
+                heartbeat_at=now,
+                worker_seen_at=self.worker_seen_at,
+                bounds=self.liveness,
+            )
+        except OSError as exc:
+            if not self._write_failing:
+                log.error("cannot write the liveness file %s: %s", self.liveness_file, exc)
+            self._write_failing = True
+            return
+        if self._write_failing:
+            log.info("the liveness file %s is written again", self.liveness_file)
+        self._write_failing = False
+        self._written_at = now
 
     def _tend(self, slot: _Slot, now: float) -> None:
         process = slot.process
         if process is not None:
+            self._read_status(slot)
             returncode = process.poll()
             if returncode is None:
                 return
+            self._read_status(slot)  # what it wrote before it went
+            self._close_status(slot)
             slot.process = None
+            slot.loaded = False
             lived = now - slot.started_at
             if returncode == EXIT_CLEAN:
                 self.stats.recycles += 1
@@ -257,9 +321,41 @@ class Supervisor:
                 slot.index, process.pid, describe_exit(returncode), lived, after,
             )  # fmt: skip
         if now >= slot.restart_at and not self._stopping.is_set():
-            self._spawn(slot, report=False)
+            slot.status_fd = self._spawn(slot)
+            os.set_blocking(slot.status_fd, False)
             self.stats.restarts += 1
             slot.spawn_failures = 0
+
+    def _read_status(self, slot: _Slot) -> None:
+        """Read a restarted worker's status pipe as far as it goes, without blocking;
+        at its end, note the load (or log R's reason it failed)."""
+        while slot.status_fd is not None:
+            try:
+                chunk = os.read(slot.status_fd, 65536)
+            except BlockingIOError:
+                return
+            if chunk:
+                slot.status += chunk
+                continue
+            status = _parse_status(slot.status)
+            self._close_status(slot)
+            pid = slot.process.pid if slot.process is not None else "?"
+            if status.get("ready"):
+                slot.loaded = True
+                log.info("worker slot %d pid %s loaded the bundle", slot.index, pid)
+            else:
+                error = status.get("error", {})
+                log.error(
+                    "worker slot %d pid %s could not load the bundle: %s",
+                    slot.index, pid, error.get("message", "no reason given"),
+                )  # fmt: skip
+
+    @staticmethod
+    def _close_status(slot: _Slot) -> None:
+        if slot.status_fd is not None:
+            os.close(slot.status_fd)
+            slot.status_fd = None
+        slot.status = b""
 
 
 def serve_workers(
@@ -269,13 +365,24 @@ def serve_workers(
     workers: int,
     max_requests: int = 0,
     drain_timeout_s: float = 30.0,
+    liveness: LivenessBounds | None = None,
 ) -> None:
     """Run the workers for a sidecar on `socket_path` until SIGTERM or SIGINT (the pod's
-    r-scorer container). Raises BundleError if the bundle does not load.
+    r-scorer container). Raises BundleError if the bundle does not load, and
+    ConfigurationError if the socket's folder is not private to this user. The monitor
+    writes the liveness file beside the socket (`rscore scorer-live` reads it).
 
     Kubernetes signals both containers at once: after the signal the workers go on
     serving until the sidecar has drained and hung up, or `drain_timeout_s` passes."""
-    supervisor = Supervisor(bundle, socket_path, workers=workers, max_requests=max_requests)
+    ensure_socket_dir(socket_path.parent)  # either container may start first: both check
+    supervisor = Supervisor(
+        bundle,
+        socket_path,
+        workers=workers,
+        max_requests=max_requests,
+        liveness_file=socket_path.parent / LIVENESS_NAME,
+        liveness=liveness,
+    )
     stop = threading.Event()
     # SIGTERM is caught before the workers start: a worker may connect and serve before
     # start() has seen them all ready, and a SIGTERM then (the default action) would end

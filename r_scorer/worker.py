@@ -3,9 +3,11 @@
 Run by the supervisor as `python -m r_scorer.worker ...` (a fresh interpreter, never a
 fork: rpy2 and R must start clean in each process). The worker reports "ready" or its
 load error on a status pipe, connects to the sidecar's socket (retrying until the
-sidecar is there, and again if it goes away), says hello, and answers one request at a
-time per `r_scorer.protocol`. R's console output (print(), message(), warnings) is
-logged as JSON lines carrying the bundle's name and the worker slot (`r_scorer.rconsole`).
+sidecar is there, and again if it goes away), checks with SO_PEERCRED that the listener
+runs as its own user (`r_scorer.peer`: never serves another user's socket), says hello,
+and answers one request at a time per `r_scorer.protocol`. R's console output (print(),
+message(), warnings) is logged as JSON lines carrying the bundle's name and the worker
+slot (`r_scorer.rconsole`).
 
 Never raises out of the request loop for a bad request: every request gets an answer.
 Exits 0 when recycled, 3 when the bundle fails to load; a request stuck in R past its
@@ -31,6 +33,7 @@ from r_scorer import protocol
 from r_scorer.bundle import read_bundle
 from r_scorer.errors import ProtocolError, ScoringError
 from r_scorer.logs import configure_json_logging
+from r_scorer.peer import peer_credentials, peer_problem
 from r_scorer.rconsole import LogConsole
 
 EXIT_CLEAN = 0  # recycled, or drained after SIGTERM
@@ -160,9 +163,11 @@ def _receive(connection: socket.socket, size: int) -> bytes:
 
 
 def _connect(path: str) -> socket.socket | None:
-    """Connect to the sidecar's socket, waiting (with backoff) until it listens; None if
-    the worker is draining meanwhile."""
+    """Connect to the sidecar's socket, waiting (with backoff) until a listener of our
+    own user is there; None if the worker is draining meanwhile. A listener of another
+    user is refused before a byte is sent (logged once per listener process)."""
     delay = 0.02
+    refused: int | None = None  # the pid of the last listener refused, logged once
     while not _draining:
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -172,7 +177,16 @@ def _connect(path: str) -> socket.socket | None:
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
             continue
-        return connection
+        peer = peer_credentials(connection)
+        problem = peer_problem(peer, os.geteuid(), peer_role="sidecar")
+        if problem is None:
+            return connection
+        connection.close()
+        if peer.pid != refused:
+            log.error("not serving the socket %s: %s", path, problem)
+            refused = peer.pid
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
     return None
 
 

@@ -11,7 +11,13 @@ from typing import Any
 import click
 
 from r_scorer.logs import configure_json_logging
-from rscore_cli.options import TLS_CERT, TLS_KEY, file_option
+from rscore_cli.options import (
+    TLS_CERT,
+    TLS_KEY,
+    client_limit_options,
+    client_limits,
+    file_option,
+)
 
 
 @click.command("activator")
@@ -99,6 +105,7 @@ from rscore_cli.options import TLS_CERT, TLS_KEY, file_option
     type=click.FloatRange(min=0),
     help="After SIGTERM, how long held and in-flight requests may still take.",
 )
+@client_limit_options(max_connections=2000)  # up to --max-held (1000) held, and more
 @click.option("--access-log/--no-access-log", default=True, show_default=True)
 def activator(**options: Any) -> None:
     """Hold requests while the model has no ready pod (scale from zero), then forward them.
@@ -137,6 +144,7 @@ def activator(**options: Any) -> None:
         tls_cert=options["tls_cert"],
         tls_key=options["tls_key"],
         access_log=options["access_log"],
+        clients=client_limits(options),
     )
     try:
         run(config, listen)

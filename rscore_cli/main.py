@@ -11,10 +11,17 @@ import click
 import orjson
 
 from r_scorer.errors import ScoringError
+from r_scorer.liveness import DEFAULT_NO_WORKER_GRACE_S
 from r_scorer.logs import configure_json_logging
 from rscore_cli.activator_cmd import activator
 from rscore_cli.autoscaler_cmd import autoscaler
-from rscore_cli.options import TLS_CERT, TLS_KEY, file_option
+from rscore_cli.options import (
+    TLS_CERT,
+    TLS_KEY,
+    client_limit_options,
+    client_limits,
+    file_option,
+)
 from sim.cli import sim
 
 if TYPE_CHECKING:
@@ -49,7 +56,8 @@ def predict(bundle: Path, input_file: click.utils.LazyFile) -> None:
 _SOCKET_DIR = click.option(
     "--socket-dir", default="/run/rscore", show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Folder of the workers' socket, shared by the scorer and the sidecar.",
+    help="Folder of the workers' socket, shared by the scorer and the sidecar: made 0700 "
+    "if missing, refused if another user owns it or may write it.",
 )  # fmt: skip
 _WORKERS = click.option(
     "--workers", type=click.IntRange(min=1), default=None,
@@ -63,11 +71,20 @@ _MAX_REQUESTS = click.option(
     "--max-requests-per-worker", type=click.IntRange(min=0), default=0, show_default=True,
     help="Recycle a worker after this many requests (0: never).",
 )  # fmt: skip
+_NO_WORKER_GRACE = click.option(
+    "--no-worker-grace-s", default=DEFAULT_NO_WORKER_GRACE_S, show_default=True,
+    type=click.FloatRange(min=0),
+    help="Liveness fails (/healthz 503, `rscore scorer-live` exit 1) once no R worker has "
+    "been up for this long: longer than a model load plus the 30 s restart back-off. "
+    "0: never.",
+)  # fmt: skip
 
 
 def _scorer_options(command: Callable[..., None]) -> Callable[..., None]:
     """The flags `rscore scorer` and `python -m r_scorer` share."""
-    for option in reversed([_SOCKET_DIR, _WORKERS, _MAX_REQUESTS, _DRAIN_TIMEOUT]):
+    for option in reversed(
+        [_SOCKET_DIR, _WORKERS, _MAX_REQUESTS, _DRAIN_TIMEOUT, _NO_WORKER_GRACE]
+    ):
         command = option(command)
     return command
 
@@ -97,8 +114,10 @@ def run_scorer(
     workers: int | None,
     max_requests_per_worker: int,
     drain_timeout_s: float,
+    no_worker_grace_s: float,
 ) -> None:
     from r_scorer.cores import detect_usable_cores
+    from r_scorer.liveness import LivenessBounds
     from r_scorer.pool import SOCKET_NAME
     from r_scorer.supervisor import serve_workers
 
@@ -110,9 +129,27 @@ def run_scorer(
             workers=workers or detect_usable_cores(),
             max_requests=max_requests_per_worker,
             drain_timeout_s=drain_timeout_s,
+            liveness=LivenessBounds(no_worker_grace_s=no_worker_grace_s),
         )
     except ScoringError as exc:
         _fail(exc)
+
+
+@cli.command("scorer-live")
+@_SOCKET_DIR
+def scorer_live(socket_dir: Path) -> None:
+    """Exit 0 if the `rscore scorer` on --socket-dir is live, else say why and exit 1.
+
+    The r-scorer container's exec livenessProbe: its monitor thread must have beaten
+    within 30 s, and an R worker must have been up within its --no-worker-grace-s.
+    """
+    from r_scorer.liveness import LIVENESS_NAME, probe_file
+
+    problem = probe_file(socket_dir / LIVENESS_NAME)
+    if problem is not None:
+        click.echo(f"not live: {problem}", err=True)
+        sys.exit(1)
+    click.echo("live")
 
 
 def _sidecar_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -137,6 +174,20 @@ def _sidecar_options(command: Callable[..., None]) -> Callable[..., None]:
             type=click.IntRange(min=1), help="Larger bodies get 413.",
         ),
         click.option(
+            "--max-body-bytes-in-flight", default=16 * 1024 * 1024, show_default=True,
+            type=click.IntRange(min=1),
+            help="Bytes of bodies read, parsed, queued or scored at once; a body that does "
+            "not fit gets 429 before it is read. At least --max-body-bytes.",
+        ),
+        click.option(
+            "--max-rows", default=1_000_000, show_default=True, type=click.IntRange(min=1),
+            help="Rows per request; more get 413.",
+        ),
+        click.option(
+            "--max-columns", default=10_000, show_default=True, type=click.IntRange(min=1),
+            help="Columns per request; more get 413.",
+        ),
+        click.option(
             "--collect-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
             help="Write sampled inputs and outputs as JSON lines here.",
         ),
@@ -144,7 +195,18 @@ def _sidecar_options(command: Callable[..., None]) -> Callable[..., None]:
             "--collect-sample-rate", default=0.1, show_default=True,
             type=click.FloatRange(0.0, 1.0), help="Share of requests collected.",
         ),
+        click.option(
+            "--collect-max-bytes", default=1 << 30, show_default=True,
+            type=click.IntRange(min=1),
+            help="Cap on all collected files together; the oldest hours are deleted first.",
+        ),
+        click.option(
+            "--collect-max-record-bytes", default=1 << 20, show_default=True,
+            type=click.IntRange(min=1),
+            help="A bigger record is written as a marker line (its size, no data).",
+        ),
         _DRAIN_TIMEOUT,
+        _NO_WORKER_GRACE,
         click.option(
             "--max-batch-rows", default=256, show_default=True, type=click.IntRange(min=1),
             help="Rows of waiting requests merged into one R call (batchable bundles).",
@@ -168,28 +230,42 @@ def _sidecar_options(command: Callable[..., None]) -> Callable[..., None]:
             "--token-leeway-s", default=30.0, show_default=True, type=click.FloatRange(min=0),
             help="Clock skew allowed for exp/nbf/iat.",
         ),
+        click.option(
+            "--token-max-lifetime-s", default=86400, show_default=True,
+            type=click.IntRange(min=1),
+            help="Longest token accepted: exp - iat (exp - now without iat); longer is 401.",
+        ),
         TLS_CERT,
         TLS_KEY,
         file_option("--tls-client-ca", "PEM CA: require client certificates it signed (mTLS)."),
     ]  # fmt: skip
     for option in reversed(options):
         command = option(command)
-    return command
+    return client_limit_options(max_connections=1000)(command)
 
 
 def _sidecar_config(options: dict[str, Any]) -> SidecarConfig:
     from sidecar.app import SidecarConfig
 
-    return SidecarConfig(
-        max_queue=options["max_queue"],
-        request_timeout_ms=options["request_timeout_ms"],
-        max_body_bytes=options["max_body_bytes"],
-        collect_dir=options["collect_dir"],
-        collect_sample_rate=options["collect_sample_rate"],
-        drain_timeout_s=options["drain_timeout_s"],
-        max_batch_rows=options["max_batch_rows"],
-        max_batch_delay_ms=options["max_batch_delay_ms"],
-    )
+    try:
+        return SidecarConfig(
+            max_queue=options["max_queue"],
+            request_timeout_ms=options["request_timeout_ms"],
+            max_body_bytes=options["max_body_bytes"],
+            max_body_bytes_in_flight=options["max_body_bytes_in_flight"],
+            max_rows=options["max_rows"],
+            max_columns=options["max_columns"],
+            collect_dir=options["collect_dir"],
+            collect_sample_rate=options["collect_sample_rate"],
+            collect_max_bytes=options["collect_max_bytes"],
+            collect_max_record_bytes=options["collect_max_record_bytes"],
+            drain_timeout_s=options["drain_timeout_s"],
+            no_worker_grace_s=options["no_worker_grace_s"],
+            max_batch_rows=options["max_batch_rows"],
+            max_batch_delay_ms=options["max_batch_delay_ms"],
+        )
+    except ValueError as exc:  # flags that contradict each other
+        raise click.UsageError(str(exc)) from None
 
 
 def _listen(options: dict[str, Any], socket_path: Path | None) -> Listen:
@@ -203,6 +279,7 @@ def _listen(options: dict[str, Any], socket_path: Path | None) -> Listen:
         tls_cert=options["tls_cert"],
         tls_key=options["tls_key"],
         tls_client_ca=options["tls_client_ca"],
+        clients=client_limits(options),
     )
 
 
@@ -236,6 +313,7 @@ def _auth_config(options: dict[str, Any], *, may_generate_key: bool) -> AuthConf
                 issuer=options["token_issuer"],
                 audience=options["token_audience"],
                 leeway_s=options["token_leeway_s"],
+                max_lifetime_s=options["token_max_lifetime_s"],
             ),
         )
     except ValueError as exc:
@@ -305,7 +383,7 @@ def sidecar(socket_dir: Path, **options: Any) -> None:
     auth = _auth_config(options, may_generate_key=False)
     try:
         run(_sidecar_config(options), _listen(options, socket_dir / SOCKET_NAME), None, auth)
-    except (ValueError, OSError) as exc:
+    except (ScoringError, ValueError, OSError) as exc:  # an unsafe --socket-dir, a bad file
         _fail(exc)
 
 

@@ -1,9 +1,15 @@
 """Who may score: the `Authorization: Bearer` credential, a key or a JWT.
 
 `authenticate()` is the decision, a plain function over the header, the mode and the
-current credentials; `Authenticator` holds the credentials (re-read from their files
-when they change, as a Kubernetes Secret volume updates them) and `auth_middleware`
-is the HTTP shell that turns a refusal into a 401 with `WWW-Authenticate`.
+current credentials; `reread()` is the decision of a reload, per file; `Authenticator`
+holds the credentials (re-read from their files when they change, as a Kubernetes
+Secret volume updates them) and `auth_middleware` is the HTTP shell that turns a
+refusal into a 401 with `WWW-Authenticate`.
+
+A reload never fails open: a file that parses replaces what it held completely (one
+with no key in it means no key is accepted); a file that does not parse keeps what is
+in effect, and a missing one (past the watcher's grace) takes its credentials away;
+both are reported (`problem`, for /readyz, and `rscore_credential_reload_failures_total`).
 
 Never logs, returns or counts a credential: refusals carry a reason and a fixed
 description only.
@@ -16,12 +22,15 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
 from r_scorer.errors import ScoringError
 from sidecar.credentials import (
+    CredentialError,
+    CredentialFileMissing,
     TokenPolicy,
     TokenRejected,
     VerificationKeys,
@@ -30,9 +39,12 @@ from sidecar.credentials import (
     load_keys,
     load_secret,
     looks_like_jwt,
+    read_jwks,
+    read_keys,
+    read_secret,
     verify_token,
 )
-from sidecar.watch import FileWatcher
+from sidecar.watch import MISSING_GRACE_S, FileWatcher, ReloadError
 
 log = logging.getLogger("rscore.auth")
 
@@ -77,6 +89,14 @@ def authenticate(
             reason="missing",
             www_authenticate=REALM,
         )
+    if not header.isascii():
+        # A key or token is ASCII (RFC 6750's b64token); other bytes reach us as
+        # surrogate escapes that no comparison could encode.
+        raise Unauthorized(
+            "the Authorization header must be ASCII: 'Bearer <key or token>'",
+            reason="malformed_header",
+            www_authenticate=f'{REALM}, error="invalid_request"',
+        )
     scheme, _, credential = header.strip().partition(" ")
     credential = credential.strip()
     if scheme.lower() != "bearer" or not credential:
@@ -87,7 +107,17 @@ def authenticate(
         )
     if mode in ("keys", "keys+tokens") and key_matches(credential.encode(), credentials.keys):
         return
-    token_keys = credentials.token_keys if mode in ("tokens", "keys+tokens") else None
+    uses_tokens = mode in ("tokens", "keys+tokens")
+    token_keys = credentials.token_keys if uses_tokens else None
+    if uses_tokens and token_keys is None and (mode == "tokens" or looks_like_jwt(credential)):
+        # The JWKS or secret file was emptied or is missing: no token is accepted.
+        raise Unauthorized(
+            "invalid token: no token verification key is configured",
+            reason="token_unknown_key",
+            www_authenticate=(
+                f'{REALM}, error="invalid_token", error_description="no verification key"'
+            ),
+        )
     if token_keys is not None and (mode == "tokens" or looks_like_jwt(credential)):
         try:
             verify_token(credential, token_keys, policy, now)
@@ -142,6 +172,25 @@ class AuthConfig:
         ]
 
 
+Held = TypeVar("Held")
+
+
+def reread(read: Callable[[], Held], held: Held, nothing: Held) -> tuple[Held, str | None]:
+    """What a credential file holds after a reload, and the problem to report (or None).
+
+    `read()` reads the file (raising CredentialError); `held` is what is in effect;
+    `nothing` what an empty file holds. A file that reads replaces `held` completely,
+    whatever it holds; a missing one holds `nothing`; one that does not read keeps
+    `held`. CredentialError messages name the file and line, never a credential.
+    """
+    try:
+        return read(), None
+    except CredentialFileMissing as missing:
+        return nothing, f"{missing}; nothing in it is accepted until it is back"
+    except CredentialError as unusable:
+        return held, f"{unusable}; the credentials read from it before stay in effect"
+
+
 class Authenticator:
     """The live credentials of one sidecar, re-read when their files change."""
 
@@ -160,11 +209,48 @@ class Authenticator:
             ["reason"],
             registry=registry,
         )
+        self.reload_failures = Counter(
+            "rscore_credential_reload_failures",
+            "Reloads of a credential file that failed (unparseable or missing), by file.",
+            ["file"],
+            registry=registry,
+        )
+        for path in config.files:  # exported from zero, so increase() sees the first one
+            self.reload_failures.labels(str(path))
+        self._problems: dict[Path, str] = {}
         self.credentials = self._load()  # a bad file at start-up is an error, at once
 
+    @property
+    def problem(self) -> str | None:
+        """Why the last reload of some credential file failed (for /readyz), or None."""
+        return "; ".join(self._problems.values()) or None
+
     def reload(self) -> None:
-        """Load the files afresh; on error keep the current credentials (the watcher logs)."""
-        self.credentials = self._load()
+        """Re-read every file: each one that parses replaces what it held, one that does
+        not keeps it, a missing one holds nothing. Raises ReloadError (its message is
+        safe to log) if any failed, so that the watcher logs and retries."""
+        config = self.config
+        keys, token_keys = self.credentials.keys, self.credentials.token_keys
+        problems: dict[Path, str | None] = {}
+        if config.mode in ("keys", "keys+tokens") and config.keys_file is not None:
+            path = config.keys_file
+            keys, problems[path] = reread(lambda: read_keys(path), keys, frozenset())
+            if not keys and problems[path] is None:
+                log.warning("keys file %s has no key: every key is refused", path)
+        source = config.token_source
+        if config.mode in ("tokens", "keys+tokens") and source is not None:
+            read = read_jwks if source == config.token_jwks else read_secret
+            token_keys, problems[source] = reread(lambda: read(source), token_keys, None)
+            if token_keys is None and problems[source] is None:
+                log.warning("%s holds no verification key: every token is refused", source)
+        self.credentials = Credentials(keys, token_keys)
+        failed = {path: problem for path, problem in problems.items() if problem is not None}
+        for path, problem in failed.items():
+            if self._problems.get(path) != problem:  # once per failure, not per retry
+                self.reload_failures.labels(str(path)).inc()
+        self._problems = failed
+        if failed:
+            raise ReloadError("; ".join(failed.values()))
         log.info("credentials reloaded")
 
     def _load(self) -> Credentials:
@@ -193,9 +279,15 @@ class Authenticator:
             self.failures.labels(refusal.reason).inc()
             raise
 
-    def watcher(self, interval_s: float = 1.0) -> FileWatcher | None:
+    def watcher(
+        self, interval_s: float = 1.0, missing_grace_s: float = MISSING_GRACE_S
+    ) -> FileWatcher | None:
         files = self.config.files
-        return FileWatcher(files, self.reload, interval_s=interval_s) if files else None
+        if not files:
+            return None
+        return FileWatcher(
+            files, self.reload, interval_s=interval_s, missing_grace_s=missing_grace_s
+        )
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -13,6 +13,15 @@ to a bounded queue, nothing more; a full queue drops the record. One background 
 serialises and writes. Every failure (unserialisable data, a full disk, a vanished or
 unwritable directory) drops records, counts them in `rscore_collect_records_total` and
 logs at most one warning a minute; the thread lives on and writes again once it can.
+
+What it writes is what clients sent, so it must never be readable by others or grow
+without bound: files are 0600 and the folders it makes 0700, whatever the umask; a
+record over `max_record_bytes` is written as a small marker line instead (`"dropped":
+"too_large"` and its size, no inputs or outputs); and the files under the model's folder
+stay under `max_bytes` together: when the next write would pass it, the oldest files
+(by hour folder, then modification time) are deleted down to nine tenths of it
+(`files_to_delete`, a pure decision), so the folder is scanned about once per tenth of
+the cap written.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import os
 import queue
 import random
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -37,10 +47,65 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 log = logging.getLogger("rscore.collector")
 
-OUTCOMES = ("written", "dropped_queue_full", "dropped_write_error", "dropped_unserialisable")
+OUTCOMES = (
+    "written",
+    "dropped_queue_full",
+    "dropped_write_error",
+    "dropped_unserialisable",
+    "dropped_too_large",  # over max_record_bytes: a marker line is written instead
+    "dropped_over_cap",  # no room under max_bytes even after deleting every older file
+)
 WARNING_INTERVAL_S = 60.0
+FILE_MODE: Final = 0o600
+FOLDER_MODE: Final = 0o700
+LOW_WATER: Final = 0.9  # retention deletes down to this share of max_bytes
+_HOUR_FOLDER = re.compile(r"\d{4}/\d{2}/\d{2}/\d{2}")
 _IDLE_WAIT_S = 0.5  # how long the writer sleeps on an empty queue before re-checking close()
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # a bundle name: one safe path part
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class CollectedFile:
+    """One data file on disk; the field order is the age order (oldest first)."""
+
+    hour: str  # its hour folder, "YYYY/MM/DD/HH"
+    mtime_ns: int
+    name: str
+    size: int
+
+    @property
+    def relative(self) -> str:
+        return f"{self.hour}/{self.name}"
+
+
+def files_to_delete(
+    files: Iterable[CollectedFile],
+    *,
+    max_bytes: int,
+    incoming: int,
+    keep: str | None = None,
+) -> list[CollectedFile]:
+    """Which files to delete, oldest first, before writing `incoming` more bytes.
+
+    None while everything fits under `max_bytes`. Otherwise the oldest files (hour
+    folder, then modification time) go until the rest plus `incoming` are at most
+    LOW_WATER of `max_bytes` (so the next deletion is a tenth of the cap away), or until
+    only `keep` (the file being written, by its relative path) is left.
+    """
+    ordered = sorted(files)
+    total = sum(f.size for f in ordered)
+    if total + incoming <= max_bytes:
+        return []
+    target = int(max_bytes * LOW_WATER)
+    doomed: list[CollectedFile] = []
+    for candidate in ordered:
+        if total + incoming <= target:
+            break
+        if candidate.relative == keep:
+            continue
+        doomed.append(candidate)
+        total -= candidate.size
+    return doomed
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,19 +135,32 @@ class DataCollector:
         model_name: str,
         sample_rate: float,
         registry: CollectorRegistry,
+        max_bytes: int = 1 << 30,
+        max_record_bytes: int = 1 << 20,
         max_file_bytes: int = 100 * 1024 * 1024,
         queue_size: int = 10_000,
         clock: Callable[[], float] = time.time,
         sample: Callable[[], float] = random.random,
     ) -> None:
-        _check_arguments(model_name, sample_rate, max_file_bytes, queue_size)
+        _check_arguments(
+            model_name,
+            sample_rate,
+            max_bytes=max_bytes,
+            max_record_bytes=max_record_bytes,
+            max_file_bytes=max_file_bytes,
+            queue_size=queue_size,
+        )
         self.directory = Path(directory)
         self.model_name = model_name
         self.sample_rate = float(sample_rate)
+        self.max_record_bytes = max_record_bytes
         self._clock = clock
         self._sample = sample
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
-        self._files = _HourlyFiles(self.directory / model_name, max_file_bytes)
+        # Files of at most a tenth of the cap: deleting the oldest frees a small part.
+        file_bytes = min(max_file_bytes, max(1, max_bytes // 10))
+        self._files = _HourlyFiles(self.directory / model_name, file_bytes)
+        self._retention = _Retention(self.directory / model_name, max_bytes, registry)
         self._records = Counter(
             "rscore_collect_records",
             "Collected scoring records by outcome (written or why dropped).",
@@ -196,8 +274,9 @@ class DataCollector:
         for hour, hour_lines in _runs_by_hour(lines):
             self._write_hour(hour, hour_lines)
 
-    def _serialise(self, batch: list[_Record]) -> Iterator[tuple[str, bytes]]:
-        """(hour path, JSON line) per record; unserialisable records are counted and skipped."""
+    def _serialise(self, batch: list[_Record]) -> Iterator[tuple[str, _Line]]:
+        """(hour path, line) per record; unserialisable records are counted and skipped,
+        one over max_record_bytes is counted and replaced by a marker line."""
         for record in batch:
             try:
                 stamp = datetime.fromtimestamp(record.time_s, UTC)
@@ -207,7 +286,12 @@ class DataCollector:
                 self._count("dropped_unserialisable", 1)
                 self._warn("record %r dropped, not serialisable: %s", record.request_id, error)
                 continue
-            yield stamp.strftime("%Y/%m/%d/%H"), line
+            if len(line) > self.max_record_bytes:
+                self._count("dropped_too_large", 1)
+                marker = self._marker(record, stamp, len(line))
+                yield stamp.strftime("%Y/%m/%d/%H"), _Line(marker, is_record=False)
+                continue
+            yield stamp.strftime("%Y/%m/%d/%H"), _Line(line, is_record=True)
 
     def _document(self, record: _Record, stamp: datetime) -> dict[str, Any]:
         return {
@@ -218,24 +302,45 @@ class DataCollector:
             "outputs": record.outputs,
         }
 
-    def _write_hour(self, hour: str, lines: list[bytes]) -> None:
+    def _marker(self, record: _Record, stamp: datetime, size: int) -> bytes:
+        """What is written in place of a record over the size cap: that it was, and how big."""
+        document = {
+            "time": rfc3339_utc(stamp),
+            "request_id": record.request_id,
+            "model": self.model_name,
+            "dropped": "too_large",
+            "record_bytes": size,
+            "max_record_bytes": self.max_record_bytes,
+        }
+        return orjson.dumps(document, option=orjson.OPT_APPEND_NEWLINE)
+
+    def _write_hour(self, hour: str, lines: list[_Line]) -> None:
         """Write one hour's lines, a file's worth at a time; failures drop that chunk only."""
+        data = [line.data for line in lines]
         start = 0
         while start < len(lines):
             try:
-                self._files.prepare(hour, len(lines[start]))
+                self._files.prepare(hour, len(data[start]))
             except OSError as error:
                 # No file to write to (mkdir or open failed): the rest would fail alike.
-                self._drop_on_write_error(len(lines) - start, error)
+                self._drop_on_write_error(_records_in(lines[start:]), error)
                 return
-            count = self._files.fitting(lines, start)
-            chunk = lines[start : start + count]
+            count = self._files.fitting(data, start)
+            chunk = data[start : start + count]
+            records = _records_in(lines[start : start + count])
+            size = sum(len(line) for line in chunk)
+            if not self._retention.make_room(size, keep=self._files.relative_path):
+                self._count("dropped_over_cap", records)
+                self._warn("no room under the collection cap; %d records dropped", records)
+                start += count
+                continue
             try:
                 self._files.append(chunk)
             except OSError as error:
-                self._drop_on_write_error(count, error)
+                self._drop_on_write_error(records, error)
             else:
-                self._count("written", count)
+                self._retention.added(size)
+                self._count("written", records)
             start += count
 
     def _drop_on_write_error(self, count: int, error: OSError) -> None:
@@ -252,7 +357,141 @@ class DataCollector:
         log.warning("data collection: " + message + note, *args, exc_info=exc_info)
 
     def _count(self, outcome: str, count: int) -> None:
-        self._outcomes[outcome].inc(count)
+        if count:
+            self._outcomes[outcome].inc(count)
+
+
+@dataclass(frozen=True, slots=True)
+class _Line:
+    """A serialised line and whether it is a record (not a too-large marker), for counting."""
+
+    data: bytes
+    is_record: bool
+
+
+def _records_in(lines: list[_Line]) -> int:
+    return sum(line.is_record for line in lines)
+
+
+class _Retention:
+    """Keeps the files under `root` within `max_bytes` (the writer thread only).
+
+    The total is scanned from disk when unknown or when the next write would pass the
+    cap (files written or deleted by others count then); in between, the writer's own
+    appends are added up. Deleting down to LOW_WATER keeps the scans rare.
+    """
+
+    def __init__(self, root: Path, max_bytes: int, registry: CollectorRegistry) -> None:
+        self._root = root
+        self._max_bytes = max_bytes
+        self.total: int | None = None
+        self._deleted_files = Counter(
+            "rscore_collect_deleted_files",
+            "Collected files deleted to stay under the collection cap.",
+            registry=registry,
+        )
+        self._deleted_bytes = Counter(
+            "rscore_collect_deleted_bytes",
+            "Bytes of collected files deleted to stay under the collection cap.",
+            registry=registry,
+        )
+        size = Gauge(
+            "rscore_collect_bytes",
+            "Bytes of collected files on disk, as the writer last knew.",
+            registry=registry,
+        )
+        size.set_function(lambda: self.total or 0)
+
+    def added(self, size: int) -> None:
+        if self.total is not None:
+            self.total += size
+
+    def make_room(self, incoming: int, *, keep: str | None) -> bool:
+        """Delete old files so that `incoming` bytes fit; False if they cannot."""
+        if self.total is not None and self.total + incoming <= self._max_bytes:
+            return True
+        files = scan_collected(self._root)
+        self.total = sum(f.size for f in files)
+        for doomed in files_to_delete(
+            files, max_bytes=self._max_bytes, incoming=incoming, keep=keep
+        ):
+            if self._delete(doomed):
+                self.total -= doomed.size
+        return self.total + incoming <= self._max_bytes
+
+    def _delete(self, doomed: CollectedFile) -> bool:
+        path = self._root / doomed.relative
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return True  # someone else deleted it: gone all the same
+        except OSError:
+            return False
+        self._deleted_files.inc()
+        self._deleted_bytes.inc(doomed.size)
+        # Empty hour, day, month and year folders go too; the model's folder stays.
+        folder = path.parent
+        while folder != self._root:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or gone): stop here
+                break
+            folder = folder.parent
+        return True
+
+
+def scan_collected(root: Path) -> list[CollectedFile]:
+    """The data files under `root`'s hour folders (YYYY/MM/DD/HH/*.jsonl)."""
+    found: list[CollectedFile] = []
+    for hour_folder in _hour_folders(root):
+        hour = hour_folder.relative_to(root).as_posix()
+        try:
+            entries = list(os.scandir(hour_folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if not entry.name.endswith(".jsonl"):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:  # deleted since the listing
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found.append(CollectedFile(hour, st.st_mtime_ns, entry.name, st.st_size))
+    return found
+
+
+def _hour_folders(root: Path) -> Iterator[Path]:
+    folders = [root]
+    for _ in range(4):  # year, month, day, hour
+        folders = [child for folder in folders for child in _subfolders(folder)]
+    for folder in folders:
+        if _HOUR_FOLDER.fullmatch(folder.relative_to(root).as_posix()):
+            yield folder
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        with os.scandir(folder) as entries:
+            return [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+    except OSError:  # missing, not a folder, or unreadable: nothing in it counts
+        return []
+
+
+def make_private_folders(folder: Path) -> None:
+    """`mkdir -p folder`, each folder it makes mode 0700 whatever the umask (Path.mkdir
+    would give the parents it makes the umask's default mode)."""
+    missing: list[Path] = []
+    current = folder
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, FOLDER_MODE)
+        except FileExistsError:  # made meanwhile by another writer: use it as it is
+            continue
+        os.chmod(path, FOLDER_MODE)  # the umask may have taken bits away
 
 
 class _HourlyFiles:
@@ -287,6 +526,11 @@ class _HourlyFiles:
             if hour != self._hour:
                 self._hour, self._seq = hour, 0
             self._open()
+
+    @property
+    def relative_path(self) -> str | None:
+        """The open file's path under the root (as `CollectedFile.relative`), if any."""
+        return None if self._path is None else f"{self._hour}/{self._path.name}"
 
     def fitting(self, lines: list[bytes], start: int) -> int:
         """How many lines from `start` fit in the open file; at least one (a record bigger
@@ -328,16 +572,21 @@ class _HourlyFiles:
 
     def _open(self) -> None:
         folder = self._root / self._hour
-        folder.mkdir(parents=True, exist_ok=True)
+        make_private_folders(folder)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
         while True:
             path = folder / f"data-{self._pid}-{self._seq}.jsonl"
             try:
-                self._fd = os.open(path, flags, 0o644)
+                fd = os.open(path, flags, FILE_MODE)
             except FileExistsError:
                 self._seq += 1
                 continue
-            self._path, self._size = path, 0
+            try:
+                os.fchmod(fd, FILE_MODE)  # exactly 0600: the umask only ever takes bits away
+            except OSError:
+                os.close(fd)
+                raise
+            self._fd, self._path, self._size = fd, path, 0
             return
 
     def _unlinked(self) -> bool:
@@ -381,9 +630,10 @@ def rfc3339_utc(stamp: datetime) -> str:
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
 
 
-def _runs_by_hour(lines: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, list[bytes]]]:
+def _runs_by_hour(lines: Iterable[tuple[str, _Line]]) -> Iterator[tuple[str, list[_Line]]]:
     """Consecutive lines of the same hour, in order (records arrive in time order)."""
-    hour, run = "", []
+    hour: str = ""
+    run: list[_Line] = []
     for line_hour, line in lines:
         if run and line_hour != hour:
             yield hour, run
@@ -394,9 +644,7 @@ def _runs_by_hour(lines: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, lis
         yield hour, run
 
 
-def _check_arguments(
-    model_name: str, sample_rate: float, max_file_bytes: int, queue_size: int
-) -> None:
+def _check_arguments(model_name: str, sample_rate: float, **sizes: int) -> None:
     if not isinstance(model_name, str) or not _MODEL_NAME.fullmatch(model_name):
         raise ValueError(
             f"model_name {model_name!r} must be a bundle name (letters, digits, '.', '_', '-'; "
@@ -409,6 +657,6 @@ def _check_arguments(
         or not 0.0 <= sample_rate <= 1.0
     ):
         raise ValueError(f"sample_rate must be a number from 0 to 1, got {sample_rate!r}")
-    for name, value in (("max_file_bytes", max_file_bytes), ("queue_size", queue_size)):
+    for name, value in sizes.items():
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")

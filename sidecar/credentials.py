@@ -7,6 +7,10 @@ calls in here. This module holds the decisions:
 * JWTs: load verification keys (JWKS file or HMAC secret file), verify a token against a
   `TokenPolicy` at a caller-given time, mint a token (for `rscore token` and tests).
 
+Each credential file has a `read_*` function (what a reload uses: a file that parses is
+the whole truth, and one with nothing in it means nothing is accepted) and a `load_*`
+function (start-up: a file with nothing in it is a configuration error).
+
 What it must never do:
 
 * log, print or put a credential (key, secret, token, private JWK) in any message or
@@ -45,6 +49,7 @@ __all__ = [
     "Algorithm",
     "Claims",
     "CredentialError",
+    "CredentialFileMissing",
     "Reason",
     "TokenPolicy",
     "TokenRejected",
@@ -60,6 +65,10 @@ __all__ = [
     "mint_token",
     "parse_jwks",
     "parse_keys",
+    "parse_keys_file",
+    "read_jwks",
+    "read_keys",
+    "read_secret",
     "verify_token",
     "write_keys_file",
 ]
@@ -71,6 +80,8 @@ MIN_RSA_BITS: Final = 2048
 # eat memory. An HTTP header is limited to 8 KiB by aiohttp anyway.
 MAX_FILE_BYTES: Final = 1 << 20
 MAX_TOKEN_CHARS: Final = 16 * 1024
+# A stolen token is good until it expires: a day bounds that whatever the issuer set.
+DEFAULT_MAX_LIFETIME_S: Final = 86_400
 
 Algorithm: TypeAlias = Literal["RS256", "ES256", "HS256"]
 Reason: TypeAlias = Literal[
@@ -83,6 +94,7 @@ Reason: TypeAlias = Literal[
     "unknown_key",
     "disallowed_algorithm",
     "malformed",
+    "lifetime_too_long",
 ]
 REASONS: Final[frozenset[str]] = frozenset(get_args(Reason))
 Claims: TypeAlias = dict[str, Any]
@@ -91,7 +103,18 @@ PrivateKey: TypeAlias = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
 class CredentialError(ValueError):
-    """A credential file or argument is unusable. The message never holds a credential."""
+    """A credential file or argument is unusable. The message never holds a credential.
+
+    `line` is the 1-based line of a keys file at fault, when one is.
+    """
+
+    def __init__(self, message: str, *, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+class CredentialFileMissing(CredentialError):
+    """The credential file is not there (deleted, or a dangling symlink)."""
 
 
 class TokenRejected(Exception):
@@ -161,15 +184,29 @@ def parse_keys(text: str) -> frozenset[bytes]:
             line = line[: comment.start()].rstrip()
         problem = _key_problem(line)
         if problem is not None:
-            raise CredentialError(f"line {number}: {problem}")
+            raise CredentialError(f"line {number}: {problem}", line=number)
         keys.add(line.encode("ascii"))
     return frozenset(keys)
+
+
+def parse_keys_file(data: bytes) -> frozenset[bytes]:
+    """The keys in a keys file's bytes (possibly none); an unusable file raises a
+    CredentialError whose `line` is the first line at fault, text or encoding."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        # The decode error's own message quotes a byte of the file: only its position.
+        line = data.count(b"\n", 0, e.start) + 1
+        raise CredentialError(f"line {line}: not UTF-8 text", line=line) from None
+    return parse_keys(text)
 
 
 def _read_bytes(path: Path, what: str, limit: int = MAX_FILE_BYTES) -> bytes:
     try:
         with open(path, "rb") as f:
             data = f.read(limit + 1)
+    except FileNotFoundError as e:  # deleted, or a Secret volume's dangling symlink
+        raise CredentialFileMissing(f"{what} {path}: {e.strerror}") from None
     except OSError as e:
         # e.strerror only ("No such file or directory"), never the file's contents.
         raise CredentialError(f"{what} {path}: {e.strerror or type(e).__name__}") from None
@@ -187,14 +224,19 @@ def _read_text(path: Path, what: str) -> str:
         raise CredentialError(f"{what} {path}: not UTF-8 text") from None
 
 
-def load_keys(path: Path | str) -> frozenset[bytes]:
-    """The keys in the keys file at `path`; a file with no key is an error."""
+def read_keys(path: Path | str) -> frozenset[bytes]:
+    """The keys in the keys file at `path`, possibly none (a reload: no key, no access)."""
     path = Path(path)
-    text = _read_text(path, "keys file")
+    data = _read_bytes(path, "keys file")
     try:
-        keys = parse_keys(text)
+        return parse_keys_file(data)
     except CredentialError as e:
-        raise CredentialError(f"keys file {path}: {e}") from None
+        raise CredentialError(f"keys file {path}: {e}", line=e.line) from None
+
+
+def load_keys(path: Path | str) -> frozenset[bytes]:
+    """The keys in the keys file at `path`; at start-up a file with no key is an error."""
+    keys = read_keys(path)
     if not keys:
         raise CredentialError(f"keys file {path}: no key in it")
     return keys
@@ -270,15 +312,20 @@ class TokenPolicy:
     does not identify itself with the `aud` value must reject the token; a token meant
     for another service must not work here just because no audience is configured).
     `leeway_s`: clock skew allowed on `exp`, `nbf` and `iat`.
+    `max_lifetime_s`: the longest a token may be valid: `exp - iat`, or `exp - now`
+    (with the leeway) for a token without `iat`.
     """
 
     issuer: str | None = None
     audience: str | None = None
     leeway_s: float = 30
+    max_lifetime_s: float = DEFAULT_MAX_LIFETIME_S
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.leeway_s) and self.leeway_s >= 0):
             raise ValueError("leeway_s must be a finite number >= 0")
+        if not (math.isfinite(self.max_lifetime_s) and self.max_lifetime_s > 0):
+            raise ValueError("max_lifetime_s must be a finite number > 0")
         if self.issuer == "" or self.audience == "":
             raise ValueError("issuer and audience must be None or non-empty")
 
@@ -332,6 +379,11 @@ def _read_json_object(path: Path, what: str) -> dict[str, Any]:
     text = _read_text(path, what)
     try:
         document = json.loads(text)
+    except json.JSONDecodeError as e:
+        # Its position only: e.msg is fixed text, but the document is key material.
+        raise CredentialError(
+            f"{what} {path}: not valid JSON at line {e.lineno} column {e.colno}", line=e.lineno
+        ) from None
     except (ValueError, RecursionError):
         raise CredentialError(f"{what} {path}: not valid JSON") from None
     if not isinstance(document, dict):
@@ -398,20 +450,33 @@ def parse_jwks(document: Mapping[str, Any]) -> VerificationKeys:
     return VerificationKeys(tuple(keys))
 
 
-def load_jwks(path: Path | str) -> VerificationKeys:
-    """The verification keys of the JWKS file at `path` (RSA -> RS256, EC P-256 -> ES256)."""
+def read_jwks(path: Path | str) -> VerificationKeys | None:
+    """The verification keys of the JWKS file at `path` (RSA -> RS256, EC P-256 -> ES256);
+    None for a JWKS with an empty `keys` list (a reload: no key, no token accepted)."""
     path = Path(path)
     document = _read_json_object(path, "JWKS file")
+    if document.get("keys") == []:
+        return None
     try:
         return parse_jwks(document)
     except CredentialError as e:
         raise CredentialError(f"JWKS file {path}: {e}") from None
 
 
-def _read_secret(path: Path) -> bytes:
+def load_jwks(path: Path | str) -> VerificationKeys:
+    """`read_jwks`, where at start-up an empty `keys` list is an error."""
+    keys = read_jwks(path)
+    if keys is None:
+        raise CredentialError(f'JWKS file {path}: a JWKS needs a non-empty "keys" list')
+    return keys
+
+
+def _read_secret(path: Path, *, allow_empty: bool = False) -> bytes:
     secret = _read_bytes(path, "secret file")
     # One trailing newline is what `echo` and editors add; anything else is the secret.
     secret = secret.removesuffix(b"\n").removesuffix(b"\r")
+    if allow_empty and not secret:
+        return secret
     if len(secret) < MIN_SECRET_BYTES:
         raise CredentialError(
             f"secret file {path}: the secret must be at least {MIN_SECRET_BYTES} bytes"
@@ -419,8 +484,15 @@ def _read_secret(path: Path) -> bytes:
     return secret
 
 
+def read_secret(path: Path | str) -> VerificationKeys | None:
+    """The HMAC secret in the file at `path` as a key that verifies HS256 only; None for
+    an empty file (a reload: no secret, no token accepted)."""
+    secret = _read_secret(Path(path), allow_empty=True)
+    return VerificationKeys((VerificationKey(None, "HS256", secret),)) if secret else None
+
+
 def load_secret(path: Path | str) -> VerificationKeys:
-    """The HMAC secret in the file at `path` as a key that verifies HS256 only."""
+    """`read_secret`, where at start-up an empty file is an error."""
     return VerificationKeys((VerificationKey(None, "HS256", _read_secret(Path(path))),))
 
 
@@ -447,9 +519,10 @@ def _numeric_date(claims: Mapping[str, Any], name: str) -> int | float | None:
     return value
 
 
-def _check_times(claims: Mapping[str, Any], leeway: float, now: float) -> None:
+def _check_times(claims: Mapping[str, Any], policy: TokenPolicy, now: float) -> None:
     # Written as "date vs now +/- leeway" (not "date + leeway vs now") so that a huge
     # integer date compares exactly instead of overflowing a float.
+    leeway = policy.leeway_s
     exp = _numeric_date(claims, "exp")
     if exp is None:  # PyJWT's `require` already refuses this; kept as a second lock
         raise TokenRejected("missing_claim", "token lacks required claim exp")
@@ -461,6 +534,14 @@ def _check_times(claims: Mapping[str, Any], leeway: float, now: float) -> None:
         raise TokenRejected("not_yet_valid", "token not yet valid")
     if iat is not None and iat > now + leeway:
         raise TokenRejected("not_yet_valid", "token issued in the future")
+    # exp - iat is the issuer's own arithmetic (no skew); exp - now mixes two clocks.
+    start = iat if iat is not None else now + leeway
+    try:
+        too_long = exp - start > policy.max_lifetime_s
+    except OverflowError:  # a date beyond a float's range: exp > now > start, so huge
+        too_long = True
+    if too_long:
+        raise TokenRejected("lifetime_too_long", "token lifetime exceeds the maximum")
 
 
 _KNOWN_CLAIMS: Final = frozenset({"exp", "iss", "aud"})
@@ -491,7 +572,8 @@ def verify_token(token: str, keys: VerificationKeys, policy: TokenPolicy, now: f
 
     Order: shape, header (`alg` and `kid`), the key for the `kid`, the token's `alg`
     against that key's one algorithm, signature (PyJWT), required claims, `iss`/`aud`
-    (PyJWT), then `exp`/`nbf`/`iat` against `now` with `policy.leeway_s`.
+    (PyJWT), then `exp`/`nbf`/`iat` against `now` with `policy.leeway_s`, then the
+    lifetime against `policy.max_lifetime_s`.
     Raises `TokenRejected`; `ValueError` for a `now` that is not a finite number (a NaN
     would make every time comparison false, so every token would look current).
     """
@@ -542,7 +624,7 @@ def verify_token(token: str, keys: VerificationKeys, policy: TokenPolicy, now: f
         )
     except jwt.PyJWTError as e:
         raise _rejection(e, policy) from None
-    _check_times(claims, policy.leeway_s, now)
+    _check_times(claims, policy, now)
     return claims
 
 

@@ -27,8 +27,10 @@ class TimedOut(ScoringError):
     code = "timeout"
 
 
-class TooLarge(ScoringError):
-    code = "too_large"
+class RequestTimedOut(ScoringError):
+    """The client did not send its request (header or body) within its deadline."""
+
+    code = "request_timeout"
 
 
 class UnsupportedMediaType(ScoringError):
@@ -49,6 +51,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "unauthorized": 401,
     "not_found": 404,
     "method_not_allowed": 405,
+    "request_timeout": 408,
     "too_large": 413,
     "unsupported_media_type": 415,
     "overloaded": 429,

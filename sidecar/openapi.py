@@ -18,6 +18,8 @@ from r_scorer.pool import ModelInfo
 from r_scorer.prototype import (
     ANY,
     CHARACTER,
+    DATE,
+    DATETIME,
     FACTOR,
     INTEGER,
     LOGICAL,
@@ -68,6 +70,8 @@ _COLUMN_TYPES: dict[str, dict[str, Any]] = {
     INTEGER: {"type": "integer", "minimum": -R_INT_MAX, "maximum": R_INT_MAX},
     LOGICAL: {"type": "boolean"},
     CHARACTER: {"type": "string"},
+    DATE: {"type": "string", "format": "date"},  # ISO 8601
+    DATETIME: {"type": "string", "format": "date-time"},  # ISO 8601; no offset: UTC
     ANY: {},  # no prototype for this column: any JSON value
 }
 
@@ -105,14 +109,16 @@ def _paths(model: ModelInfo) -> dict[str, Any]:
         f"{name}/infer": {"post": _infer_operation(model)},
         name: {"get": _metadata_operation(model)},
         f"{name}/ready": {"get": _model_ready_operation()},
-        "/v2/health/live": {"get": _health("v2ServerLive", "v2", "the server is live")},
-        "/v2/health/ready": {
-            "get": _health("v2ServerReady", "v2", "every worker is loaded", may_refuse=True)
+        "/v2/health/live": {
+            "get": _health("v2ServerLive", "v2", "the server is live", refused=_NOT_LIVE)
         },
-        "/healthz": {"get": _health("healthz", "health", "the process serves")},
+        "/v2/health/ready": {
+            "get": _health("v2ServerReady", "v2", "every worker is loaded", refused=_NOT_READY)
+        },
+        "/healthz": {"get": _health("healthz", "health", "the process serves", refused=_NOT_LIVE)},
         "/readyz": {
             "get": _health(
-                "readyz", "health", "every worker is loaded and not draining", may_refuse=True
+                "readyz", "health", "every worker is loaded and not draining", refused=_NOT_READY
             )
         },
         "/swagger.json": {"get": _swagger_operation()},
@@ -199,18 +205,32 @@ def _v2_error_responses() -> dict[str, Any]:
 
 def _model_ready_operation() -> dict[str, Any]:
     operation = _health(
-        "v2ModelReady", "v2", "the model is loaded on every worker", may_refuse=True
+        "v2ModelReady", "v2", "the model is loaded on every worker", refused=_NOT_READY
     )
     operation["parameters"] = [_ref_parameter("ModelName")]
     operation["responses"]["404"] = _response("No model of that name is served here.")
     return operation
 
 
-def _health(operation_id: str, tag: str, ready: str, *, may_refuse: bool = False) -> dict[str, Any]:
-    """A health or readiness probe: no credential, the status code is the answer."""
+_NOT_READY = "No: still loading, or draining after SIGTERM."
+_NOT_LIVE = (
+    "No: no R worker has been connected for longer than --no-worker-grace-s (restarts "
+    "are not bringing one back); the body says how long."
+)
+
+
+def _health(
+    operation_id: str,
+    tag: str,
+    ready: str,
+    *,
+    refused: str | None = None,
+) -> dict[str, Any]:
+    """A health or readiness probe: no credential, the status code is the answer; with
+    `refused`, a 503 that it describes."""
     responses = {"200": _response(f"Yes: {ready}.")}
-    if may_refuse:
-        responses["503"] = _response("No: still loading, or draining after SIGTERM.")
+    if refused is not None:
+        responses["503"] = _response(refused)
     return {"operationId": operation_id, "tags": [tag], "responses": responses}
 
 
@@ -512,6 +532,8 @@ _EXAMPLE_VALUES: dict[str, tuple[Any, Any]] = {
     INTEGER: (1, 2),
     LOGICAL: (True, False),
     CHARACTER: ("text", "more text"),
+    DATE: ("2024-05-31", "2024-06-01"),
+    DATETIME: ("2024-05-31T12:30:00Z", "2024-06-01T08:00:00+02:00"),
     ANY: ("a", "b"),
 }
 

@@ -2,7 +2,9 @@
 R workers' supervisor in the same process, until SIGTERM or SIGINT.
 
 The only place that binds sockets and installs signal handlers; the app itself is
-built by `sidecar.app.create_app` and knows nothing of either.
+built by `sidecar.app.create_app` and knows nothing of either. The public site listens
+through `sidecar.client_deadlines` (deadlines for slow clients, a connection cap), and
+a shutdown never outlasts --drain-timeout-s by more than a fixed margin.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import signal
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvloop
@@ -21,10 +23,18 @@ from prometheus_client import CollectorRegistry
 
 from r_scorer.pool import SOCKET_NAME, WorkerPool
 from r_scorer.supervisor import Supervisor
-from sidecar import access_log
+from sidecar import access_log, heap
 from sidecar.access_log import JsonAccessLogger
 from sidecar.app import STATE, SidecarConfig, create_app, create_metrics_app
 from sidecar.auth import AuthConfig, Authenticator
+from sidecar.client_deadlines import (
+    CUT_AFTER_DRAIN_S,
+    ClientGuard,
+    GuardedSite,
+    apply_fd_budget,
+    runner_options,
+)
+from sidecar.client_limits import ClientLimits
 from sidecar.tls import ReloadingTLS, TLSConfigError, plain_http_warning
 
 log = logging.getLogger("rscore.serve")
@@ -43,6 +53,7 @@ class Listen:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # mutual TLS
+    clients: ClientLimits = field(default_factory=ClientLimits)  # slow clients, the cap
 
 
 def run(
@@ -61,6 +72,7 @@ async def _serve(
     supervisor_factory: SupervisorFactory | None,
     auth: AuthConfig,
 ) -> None:
+    heap.return_large_blocks_at_once()  # the memory of large bodies comes back
     own_folder = None
     if listen.socket_path is None:  # rscore serve: a private folder, removed on exit
         own_folder = tempfile.TemporaryDirectory(prefix="rscore-")
@@ -70,10 +82,18 @@ async def _serve(
     registry = CollectorRegistry()
     authenticator = Authenticator(auth, registry=registry)  # bad files fail here, at once
     tls = _tls(listen)
+    guard = ClientGuard(apply_fd_budget(listen.clients, per_connection=1), registry=registry)
     app = create_app(
         config, pool=WorkerPool(socket_path), registry=registry, authenticator=authenticator
     )
-    runner = web.AppRunner(app, handle_signals=False, access_log_class=JsonAccessLogger)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log_class=JsonAccessLogger,
+        # after the drain below, what is still running is cut at once
+        shutdown_timeout=CUT_AFTER_DRAIN_S,
+        **runner_options(guard.limits),
+    )
     metrics_runner = web.AppRunner(create_metrics_app(registry), access_log=None)
     watchers = [
         watcher
@@ -83,6 +103,7 @@ async def _serve(
     await runner.setup()  # starts the worker pool: workers can connect from here on
     await metrics_runner.setup()
     supervisor: Supervisor | None = None
+    site: GuardedSite | None = None
     try:
         for watcher in watchers:
             await watcher.start()
@@ -91,7 +112,9 @@ async def _serve(
             model = await asyncio.to_thread(supervisor.start)
             log.info("model %r loaded by %d R worker(s)", model["name"], len(supervisor.pids))
         context = tls.context if tls else None
-        await web.TCPSite(runner, listen.host, listen.port, ssl_context=context).start()
+        public = GuardedSite(runner, listen.host, listen.port, guard=guard, ssl_context=context)
+        await public.start()
+        site = public
         await web.TCPSite(metrics_runner, listen.host, listen.metrics_port).start()
         warning = None if tls else plain_http_warning(listen.host)
         if warning:
@@ -102,16 +125,11 @@ async def _serve(
             listen.metrics_port, socket_path,
         )  # fmt: skip
         await _until_signalled()
-        if supervisor is not None:
-            supervisor.begin_stop()  # drained workers must not be restarted
-        dispatcher = app[STATE].dispatcher
-        log.info("draining: not ready, new requests get 503, accepted ones are answered")
-        if not await dispatcher.drain(config.drain_timeout_s):
-            log.warning(
-                "drain timeout of %.0f s passed with %d request(s) unanswered",
-                config.drain_timeout_s, dispatcher.queue_depth + dispatcher.inflight,
-            )  # fmt: skip
+        await _drain(app, config, supervisor)
     finally:
+        if site is not None:
+            await site.stop()  # no new connections
+        guard.shut_down()  # bodies still arriving get 503: no slow client holds the exit
         for watcher in watchers:
             await watcher.stop()
         await runner.cleanup()
@@ -121,6 +139,20 @@ async def _serve(
             await asyncio.to_thread(supervisor.stop)
         if own_folder is not None:
             own_folder.cleanup()
+
+
+async def _drain(
+    app: web.Application, config: SidecarConfig, supervisor: Supervisor | None
+) -> None:
+    if supervisor is not None:
+        supervisor.begin_stop()  # drained workers must not be restarted
+    dispatcher = app[STATE].dispatcher
+    log.info("draining: not ready, new requests get 503, accepted ones are answered")
+    if not await dispatcher.drain(config.drain_timeout_s):
+        log.warning(
+            "drain timeout of %.0f s passed with %d request(s) unanswered",
+            config.drain_timeout_s, dispatcher.queue_depth + dispatcher.inflight,
+        )  # fmt: skip
 
 
 def _tls(listen: Listen) -> ReloadingTLS | None:

@@ -18,12 +18,14 @@ from typing import Any
 
 import orjson
 
-from r_scorer.errors import BadRequest, ModelError
-from r_scorer.payload import Frame, json_type
+from r_scorer.errors import BadRequest, ModelError, quoted
+from r_scorer.payload import NO_LIMITS, Frame, RequestLimits, json_type
 from r_scorer.pool import ModelInfo
 from r_scorer.prototype import (
     ANY,
     CHARACTER,
+    DATE,
+    DATETIME,
     FACTOR,
     INTEGER,
     LOGICAL,
@@ -64,6 +66,8 @@ DATATYPE_OF_KIND: dict[str, str] = {
     CHARACTER: "BYTES",
     FACTOR: "BYTES",  # factors travel as their labels
     ORDERED: "BYTES",
+    DATE: "BYTES",  # ISO 8601 strings
+    DATETIME: "BYTES",
     ANY: "BYTES",
 }
 
@@ -73,10 +77,11 @@ _MAX_SHOWN_CHARS = 40  # long strings are cut in error messages
 # --- requests --------------------------------------------------------------------------
 
 
-def frame_from_infer(document: Any) -> tuple[Frame, str | None]:
+def frame_from_infer(document: Any, limits: RequestLimits = NO_LIMITS) -> tuple[Frame, str | None]:
     """An infer request body (parsed JSON) as a Frame, one column per input tensor, and its id.
 
-    Raises BadRequest naming the input tensor (and element) at fault.
+    Raises BadRequest naming the input tensor (and element) at fault, TooLarge over
+    `limits` (inputs are columns; a shape's first size is rows), before any is read.
     """
     if not isinstance(document, dict):
         raise BadRequest(
@@ -87,9 +92,10 @@ def frame_from_infer(document: Any) -> tuple[Frame, str | None]:
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise BadRequest("infer request must have 'inputs': a non-empty array of input tensors")
+    limits.check_columns(len(inputs), "'inputs'")
     columns: dict[str, list[Any]] = {}
     for index, tensor in enumerate(inputs):
-        name, values = _read_input(index, tensor, columns)
+        name, values = _read_input(index, tensor, columns, limits)
         columns[name] = values
     return Frame(columns, _common_rows(columns)), request_id
 
@@ -100,7 +106,8 @@ def _common_rows(columns: dict[str, list[Any]]) -> int:
     for name in others:
         if len(columns[name]) != nrows:
             raise BadRequest(
-                f"input '{name}' has {len(columns[name])} rows but input '{first}' has {nrows}; "
+                f"input {quoted(name)} has {len(columns[name])} rows but input {quoted(first)} "
+                f"has {nrows}; "
                 "every input tensor is one column of the same rows"
             )
     return nrows
@@ -136,7 +143,9 @@ def _parameters(holder: dict[str, Any], where: str) -> dict[str, Any]:
     return parameters
 
 
-def _read_input(index: int, tensor: Any, seen: dict[str, list[Any]]) -> tuple[str, list[Any]]:
+def _read_input(
+    index: int, tensor: Any, seen: dict[str, list[Any]], limits: RequestLimits
+) -> tuple[str, list[Any]]:
     """One input tensor: its name and its elements as column values."""
     if not isinstance(tensor, dict):
         raise BadRequest(f"inputs[{index}] must be an object, got {json_type(tensor)}")
@@ -144,8 +153,8 @@ def _read_input(index: int, tensor: Any, seen: dict[str, list[Any]]) -> tuple[st
     if not isinstance(name, str) or not name:
         raise BadRequest(f"inputs[{index}] must have a 'name': a non-empty string")
     if name in seen:
-        raise BadRequest(f"input '{name}' is given twice; each input tensor is one column")
-    where = f"input '{name}'"
+        raise BadRequest(f"input {quoted(name)} is given twice; each input tensor is one column")
+    where = f"input {quoted(name)}"
     datatype = tensor.get("datatype")
     if datatype not in DATATYPES:
         raise BadRequest(
@@ -155,6 +164,7 @@ def _read_input(index: int, tensor: Any, seen: dict[str, list[Any]]) -> tuple[st
     if "binary_data_size" in parameters or parameters.get("binary_data") is True:
         raise BadRequest(f"{where}: its data is binary: {BINARY_UNSUPPORTED}")
     nrows = _rows_of_shape(where, tensor.get("shape"))
+    limits.check_rows(nrows, where)
     elements = _elements(where, tensor, nrows)
     return name, _column_values(where, datatype, elements)
 

@@ -7,7 +7,9 @@ update swaps `..data` atomically and then deletes the old generation). Each tick
 compares the identity of every path's fully resolved target (device, inode, size,
 mtime_ns); when any differs it calls `on_change()`, which loads and validates the new
 content and raises if it is bad. Plain in-place writes and rename-over writes show up
-the same way.
+the same way. A path missing for longer than a grace period (a delete, not the gap of a
+delete-then-create) is a change too: `on_change()` is called and decides what a missing
+file means (the credentials drop what it held; TLS keeps its certificate).
 
 It must never log file contents (they are keys and certificates): a failed reload is
 logged with the file names and the exception's type only, unless the exception is a
@@ -35,9 +37,10 @@ Identity = tuple[int, int, int, int]
 # old key, a truncated file whose rewrite landed within the same mtime tick).
 RETRIES_AFTER_FAILURE = 2
 
-# A path missing for this long is worth a warning; shorter gaps are the normal window
-# between a delete and a create.
-MISSING_WARNING_AFTER_S = 1.0
+# A path missing for this long is a change (on_change is called); shorter gaps are the
+# normal window between a delete and a create. A Secret volume's swap is atomic: it never
+# shows a missing file.
+MISSING_GRACE_S = 2.0
 
 
 class ReloadError(ValueError):
@@ -65,9 +68,11 @@ class FileWatcher:
     """Calls `on_change()` (on the event loop) when any of `paths` changes on disk.
 
     `start()` records the current state as the baseline, so start the watcher right
-    after loading the files. If `on_change` raises, the old state is kept, a warning
-    names the changed files, and the call is retried on the next change (and on the
-    next few ticks, in case the files were caught half-written).
+    after loading the files. If `on_change` raises, a warning names the changed files,
+    and the call is retried on the next change (and on the next few ticks, in case the
+    files were caught half-written); what a failed call leaves in effect is the
+    callback's business, so a return to the last applied state is reloaded too.
+    A path missing for `missing_grace_s` counts as a change.
     """
 
     def __init__(
@@ -76,20 +81,23 @@ class FileWatcher:
         on_change: Callable[[], None],
         *,
         interval_s: float = 1.0,
+        missing_grace_s: float = MISSING_GRACE_S,
     ) -> None:
         if not paths:
             raise ValueError("FileWatcher needs at least one path")
         if interval_s <= 0:
             raise ValueError(f"interval_s must be positive, not {interval_s}")
+        if missing_grace_s < 0:
+            raise ValueError(f"missing_grace_s must be >= 0, not {missing_grace_s}")
         self._paths = tuple(Path(p) for p in paths)
         self._on_change = on_change
         self._interval_s = interval_s
+        self._missing_grace_s = missing_grace_s
         self._task: asyncio.Task[None] | None = None
         self._applied: tuple[Identity | None, ...] = ()
         self._failed: tuple[Identity | None, ...] | None = None
         self._retries_left = 0
         self._missing_since: float | None = None
-        self._missing_warned = False
 
     @property
     def paths(self) -> tuple[Path, ...]:
@@ -130,11 +138,11 @@ class FileWatcher:
     def _tick(self) -> None:
         current = self._snapshot()
         if None in current:
-            self._note_missing(current)
-            return
-        self._missing_since, self._missing_warned = None, False
-        if current == self._applied:
-            self._failed = None  # e.g. a bad file was put back as it was
+            if not self._missing_long_enough(current):
+                return
+        else:
+            self._missing_since = None
+        if current == self._applied and self._failed is None:
             return
         if current == self._failed:
             if self._retries_left <= 0:
@@ -179,14 +187,14 @@ class FileWatcher:
         ]
         return ", ".join(changed or [str(p) for p in self._paths])
 
-    def _note_missing(self, current: tuple[Identity | None, ...]) -> None:
-        # Between a delete and a create, or mid-swap: keep the current state, look again.
+    def _missing_long_enough(self, current: tuple[Identity | None, ...]) -> bool:
+        """Whether a path has been missing for the grace period (then it is a change);
+        a shorter gap may be a delete-then-create: look again next tick."""
         now = time.monotonic()
         if self._missing_since is None:
             self._missing_since = now
+        if now - self._missing_since >= self._missing_grace_s:
+            return True
         missing = ", ".join(str(p) for p, i in zip(self._paths, current, strict=True) if i is None)
-        if not self._missing_warned and now - self._missing_since >= MISSING_WARNING_AFTER_S:
-            self._missing_warned = True
-            log.warning("%s missing; keeping the current state until it is back", missing)
-        else:
-            log.debug("%s missing; looking again next tick", missing)
+        log.debug("%s missing; looking again next tick", missing)
+        return False

@@ -51,7 +51,7 @@ from sidecar.credentials import (
     mint_token,
     write_keys_file,
 )
-from sidecar.watch import RETRIES_AFTER_FAILURE, FileWatcher
+from sidecar.watch import MISSING_GRACE_S, RETRIES_AFTER_FAILURE, FileWatcher
 
 NOW = 1_900_000_000  # March 2030: not the real time
 AUD = "rscore-test"
@@ -250,6 +250,8 @@ HEADERS: dict[str, Callable[[Material], str | None]] = {
     "key-unknown": lambda m: f"Bearer {KEY_UNKNOWN}",
     "key-unknown-dotted": lambda m: f"Bearer {KEY_UNKNOWN_DOTTED}",
     "key-too-short": lambda m: "Bearer abcde",
+    # Latin-1 bytes after a valid key, as aiohttp hands them on: surrogate escapes.
+    "key-then-latin-1": lambda m: f"Bearer {KEY_PRIMARY}\udce9\udcff",
     **{name: (lambda m, name=name: f"Bearer {m.tokens[name]}") for name in TOKEN_CASES},
 }
 
@@ -271,6 +273,7 @@ TABLE: dict[str, tuple[Outcome, ...]] = {
     "key-unknown":           (OK, BAD_KEY,    MALFORMED,   MALFORMED,    BAD_KEY,     BAD_KEY),
     "key-unknown-dotted":    (OK, BAD_KEY,    MALFORMED,   MALFORMED,    MALFORMED,   MALFORMED),
     "key-too-short":         (OK, BAD_KEY,    MALFORMED,   MALFORMED,    BAD_KEY,     BAD_KEY),
+    "key-then-latin-1":      (OK, BAD_HEADER, BAD_HEADER,  BAD_HEADER,   BAD_HEADER,  BAD_HEADER),
     "rs256":                 (OK, BAD_KEY,    OK,          ALG,          OK,          ALG),
     "es256":                 (OK, BAD_KEY,    OK,          ALG,          OK,          ALG),
     "hs256":                 (OK, BAD_KEY,    ALG,         OK,           ALG,         OK),
@@ -390,7 +393,9 @@ async def serve(aiohttp_client, tmp_path: Path, bundle: Path) -> AsyncIterator[S
     pools: list[WorkerPool] = []
     watchers: list[FileWatcher] = []
 
-    async def start(auth: AuthConfig, *, watch: bool = False) -> Served:
+    async def start(
+        auth: AuthConfig, *, watch: bool = False, missing_grace_s: float = MISSING_GRACE_S
+    ) -> Served:
         registry = CollectorRegistry()
         authenticator = Authenticator(auth, registry=registry)
         pool = WorkerPool(tmp_path / f"sock{len(pools)}" / "workers.sock")
@@ -404,7 +409,7 @@ async def serve(aiohttp_client, tmp_path: Path, bundle: Path) -> AsyncIterator[S
         await asyncio.to_thread(supervisor.start)
         await asyncio.wait_for(pool.wait_for_workers(1), 60)
         if watch:
-            watcher = authenticator.watcher(interval_s=TICK_S)
+            watcher = authenticator.watcher(interval_s=TICK_S, missing_grace_s=missing_grace_s)
             assert watcher is not None
             watchers.append(watcher)
             await watcher.start()
@@ -729,6 +734,36 @@ async def test_unparseable_authorization_header_is_neither_echoed_nor_logged(
     assert not leaks(key, logs), "the key is in the logs"
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(b"Bearer caf\xe9-0123456789abcdef", id="latin-1-key"),
+        pytest.param(b"Bearer \x80\x81\xfe\xff", id="high-bytes-only"),
+        pytest.param(b"Basic \xe9t\xe9", id="latin-1-basic"),
+        pytest.param(b"Bearer <valid key>\xe9", id="valid-key-then-latin-1"),
+    ],
+)
+async def test_a_non_utf8_authorization_header_is_a_counted_401(
+    serve: ServeFactory, http_auth: HttpAuth, value: bytes
+) -> None:
+    served = await serve(http_auth.config)
+    value = value.replace(b"<valid key>", http_auth.key_a.encode())
+    head = b"POST /score HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+    head += b"Authorization: " + value + b"\r\nConnection: close\r\n"
+    answer = await raw_request(served, head, b'{"data": [{"x": 1}]}')
+    headers, _, body = answer.partition(b"\r\n\r\n")
+    assert headers.split(b"\r\n", 1)[0] == b"HTTP/1.1 401 Unauthorized", answer[:200]
+    assert b'WWW-Authenticate: Bearer realm="rscore", error="invalid_request"' in headers
+    error = json.loads(body)["error"]
+    assert error["code"] == "unauthorized"
+    assert "ASCII" in error["message"]
+    assert served.failures("malformed_header") == 1
+    assert served.requests(401) == 1
+    assert served.scored() == 0
+    # The connection-level answer was no accident: the next request is served as usual.
+    assert await served.accepts(http_auth.key_a)
+
+
 # ------------------------------------------------------------- 3. key rotation, no restart
 
 
@@ -857,12 +892,16 @@ def watch_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "bad_file",
-    [b"", b"# only a comment, no key\n", b"Zq7xW\n"],
-    ids=["empty", "comments-only", "five-char-key"],
+    ("bad_file", "line"),
+    [(b"Zq7xW\n", 1), (b"# latin-1, not UTF-8:\nk\xe9y-Zq7xW-0123456789\n", 2)],
+    ids=["five-char-key", "not-utf8"],
 )
 async def test_invalid_keys_file_keeps_the_previous_keys(
-    serve: ServeFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture, bad_file: bytes
+    serve: ServeFactory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    bad_file: bytes,
+    line: int,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     keys = {name: generate_key() for name in "ABE"}
@@ -879,7 +918,7 @@ async def test_invalid_keys_file_keeps_the_previous_keys(
             return len(watch_warnings(caplog)) > 0
 
         await eventually(warned, "a warning about the unusable keys file")
-        assert str(vol.path("keys")) in watch_warnings(caplog)[0]
+        assert f"keys file {vol.path('keys')}: line {line}: " in watch_warnings(caplog)[0]
 
         async def retried() -> bool:  # the watcher re-reads a failed file a few times
             again = [r for r in caplog.records if "failed again" in r.getMessage()]

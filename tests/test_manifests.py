@@ -268,21 +268,34 @@ def test_the_controller_deployment_args_parse_as_rscore_autoscaler() -> None:
 # --- the scoring pod ---------------------------------------------------------------------
 
 
+def mount_of(ctr: Obj, path: str) -> tuple[str, str]:
+    """(mount path, volume name) of the mount `path` lies in: the longest that holds it."""
+    holding = [
+        (m["mountPath"], m["name"])
+        for m in ctr["volumeMounts"]
+        if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")
+    ]
+    assert holding, f"{ctr['name']}: {path} is on no volume"
+    return max(holding, key=lambda mount: len(mount[0]))
+
+
 @pytest.mark.parametrize("target", OVERLAYS)
 def test_two_containers_share_the_socket_folder(target: str) -> None:
     spec = pod(render(target))
     assert [c["name"] for c in spec["containers"]] == ["r-scorer", "sidecar"]
     volumes = {v["name"]: v for v in spec["volumes"]}
-    mounts = {
-        c["name"]: {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
-        for c in spec["containers"]
-    }
     objs = render(target)
-    for name in ("r-scorer", "sidecar"):
-        socket_dir = flag(expanded_args(objs, container(spec, name)), "--socket-dir")
-        volume = mounts[name][socket_dir]
-        assert "emptyDir" in volumes[volume], f"{name}: {socket_dir} is not an emptyDir"
-    assert mounts["r-scorer"]["/run/rscore"] == mounts["sidecar"]["/run/rscore"]
+    socket_dirs = {
+        name: flag(expanded_args(objs, container(spec, name)), "--socket-dir")
+        for name in ("r-scorer", "sidecar")
+    }
+    assert socket_dirs["r-scorer"] == socket_dirs["sidecar"]
+    shared = {mount_of(container(spec, name), socket_dirs[name]) for name in socket_dirs}
+    ((mount_path, volume),) = shared  # the same volume, mounted at the same path
+    assert "emptyDir" in volumes[volume], f"{mount_path} is not an emptyDir"
+    # kubelet makes an emptyDir world-writable and rscore refuses such a socket folder:
+    # the socket must live in a subfolder, which rscore makes with mode 0700.
+    assert socket_dirs["sidecar"] != mount_path
 
 
 @pytest.mark.parametrize("target", OVERLAYS)
@@ -347,6 +360,31 @@ def test_probes(target: str) -> None:
     assert startup["httpGet"]["port"] == https_port  # the sidecar's port, by number
     assert _probe_budget_s(startup) >= 300
     assert startup["timeoutSeconds"] == 2
+
+
+@pytest.mark.parametrize("target", OVERLAYS)
+def test_liveness_outwaits_a_model_reload(target: str, tmp_path: Path) -> None:
+    """Both containers fail liveness only after --no-worker-grace-s without a worker, and
+    that bound outlasts a reload as slow as the startupProbe allows plus the supervisor's
+    longest restart back-off. The r-scorer's probe is `rscore scorer-live` on the same
+    socket folder (an exec probe: no health port on the pod's network)."""
+    from r_scorer.supervisor import MAX_BACKOFF_S
+
+    objs = render(target)
+    spec = pod(objs)
+    scorer_ctr, sidecar_ctr = container(spec, "r-scorer"), container(spec, "sidecar")
+    scorer = parse_with_rscore(expanded_args(objs, scorer_ctr), tmp_path)
+    sidecar = parse_with_rscore(expanded_args(objs, sidecar_ctr))
+    assert scorer["no_worker_grace_s"] == sidecar["no_worker_grace_s"]
+    reload_s = _probe_budget_s(scorer_ctr["startupProbe"]) - 10  # less its initial delay
+    assert scorer["no_worker_grace_s"] >= reload_s + MAX_BACKOFF_S
+    probe = scorer_ctr["livenessProbe"]
+    command = probe["exec"]["command"]
+    assert command[0] == RSCORE
+    live = parse_with_rscore(command[1:])
+    assert live["socket_dir"] == scorer["socket_dir"]
+    assert probe["timeoutSeconds"] >= 5  # a Python start-up beside busy R workers
+    assert "initialDelaySeconds" not in probe  # the startupProbe holds it off
 
 
 @pytest.mark.parametrize("target", OVERLAYS)

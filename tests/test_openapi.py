@@ -174,8 +174,8 @@ def test_every_response_carries_x_request_id(path, method):
     ("path", "method", "statuses"),
     [
         ("/readyz", "get", {"200", "503"}),
-        ("/healthz", "get", {"200"}),
-        ("/v2/health/live", "get", {"200"}),
+        ("/healthz", "get", {"200", "503"}),
+        ("/v2/health/live", "get", {"200", "503"}),
         ("/v2/health/ready", "get", {"200", "503"}),
         ("/v2/models/{name}/ready", "get", {"200", "404", "503"}),
     ],

@@ -34,7 +34,10 @@ def one_column(kind, values, levels=()):
 
 
 def test_kinds_are_the_r_vector_kinds():
-    assert KINDS == ("numeric", "integer", "logical", "character", "factor", "ordered", "any")
+    assert KINDS == (
+        "numeric", "integer", "logical", "character", "factor", "ordered", "date", "datetime",
+        "any",
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(

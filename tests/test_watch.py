@@ -301,3 +301,62 @@ def test_file_identity_tracks_changes(tmp_path: Path) -> None:
     before = file_identity(vol.path("k"))
     vol.rotate({"k": b"same"})  # same bytes, new generation: a change all the same
     assert file_identity(vol.path("k")) != before
+
+
+# --- missing files past the grace, and a return to the applied state -----------------
+
+
+async def test_a_file_missing_past_the_grace_is_a_change(tmp_path: Path) -> None:
+    """on_change decides what a missing file means (the credentials drop what it held)."""
+    path = tmp_path / "keys.txt"
+    path.write_text("one\n")
+    seen: list[bool] = []
+    watcher = FileWatcher(
+        [path], lambda: seen.append(path.exists()), interval_s=TICK_S, missing_grace_s=0.2
+    )
+    await watcher.start()
+    try:
+        path.unlink()
+        await wait_until(lambda: seen == [False])
+        await ticks(4)
+        assert seen == [False]  # once: a missing file that stays missing is no new change
+        path.write_text("two\n")
+        await wait_until(lambda: seen == [False, True])
+    finally:
+        await watcher.stop()
+
+
+async def test_a_gap_shorter_than_the_grace_is_no_change(tmp_path: Path) -> None:
+    path = tmp_path / "keys.txt"
+    path.write_text("one\n")
+    calls: list[str] = []
+    watcher = FileWatcher(
+        [path], lambda: calls.append(path.read_text()), interval_s=TICK_S, missing_grace_s=60
+    )
+    await watcher.start()
+    try:
+        path.unlink()
+        await ticks(6)
+        assert calls == []
+    finally:
+        await watcher.stop()
+
+
+async def test_a_return_to_the_applied_state_after_a_failure_is_reloaded(
+    tmp_path: Path, watch: Callable[..., FileWatcher]
+) -> None:
+    """What a failed on_change left in effect is the callback's business (the
+    credentials report a failure until a reload succeeds), so putting the very file
+    back (same inode, same mtime) is reloaded too."""
+    path = tmp_path / "keys.txt"
+    path.write_text("good\n")
+    loader = Loader(path)
+    await watch([path], loader)
+    aside = tmp_path / "keys.txt.orig"
+    os.rename(path, aside)
+    path.write_text("bad edit\n")
+    await wait_until(lambda: loader.calls >= 1)
+    calls = loader.calls
+    os.replace(aside, path)  # the original file, as it was
+    await wait_until(lambda: loader.calls > calls)
+    assert loader.state == ("good\n",)
