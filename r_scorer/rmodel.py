@@ -1,9 +1,10 @@
 """A bundle loaded into embedded R, ready to score typed frames.
 
 `start_r()` starts R once per process (rpy2 is not thread-safe: one R per process, and
-only the thread that started it may call it) and sources `R/rscore.R`. `load_model()`
-loads a bundle: its packages, score.R, init(), the predict() package for the model's
-class, and the input prototype. `LoadedModel.score()` is the hot path.
+only the thread that started it may call it) and sources `R/rscore.R` and
+`R/adapters.R`. `load_model()` loads a bundle: its packages, score.R, init(), the
+predict() method for the model's classes (found as R dispatches), the adapter of its
+family if it has one, and the input prototype. `LoadedModel.score()` is the hot path.
 
 Never prints to stdout (R's console goes to stderr, or to the log through
 `route_console()`, so `rscore predict` output stays clean JSON), and never lets an R
@@ -63,9 +64,13 @@ def start_r() -> Any:
 
     ri.initr_simple()
     env = ri.baseenv["new.env"]()
-    source = resources.files("r_scorer").joinpath("R/rscore.R").read_text(encoding="utf-8")
-    ri.baseenv["eval"](ri.parse(source), env)
+    for name in _R_SOURCES:
+        source = resources.files("r_scorer").joinpath(name).read_text(encoding="utf-8")
+        ri.baseenv["eval"](ri.parse(source), env)
     return env
+
+
+_R_SOURCES = ("R/rscore.R", "R/adapters.R")  # in this order: adapters use rscore.R's helpers
 
 
 @dataclass(frozen=True)
@@ -86,12 +91,17 @@ class LoadedModel:
         packages: tuple[str, ...],
         state: Any,
         score_function: Any,
+        *,
+        label: str = "score()",
+        adapter: str = "",
     ) -> None:
         self.spec = spec
         self.prototype = prototype
         self.packages = packages
+        self.adapter = adapter  # the family adapter that scores it ("" for none)
         self._state = state
         self._score_function = score_function
+        self.label = label  # what a request runs, as its errors name it
         self._levels = {
             column.name: column.levels
             for column in prototype.columns
@@ -100,6 +110,9 @@ class LoadedModel:
         env = start_r()
         self._score_in_r = env[".score"]
         env[".serving_options"]()
+        import rpy2.rinterface as ri
+
+        self._label = ri.StrSexpVector([label])  # built once, not per request
 
     def score(self, frame: TypedFrame) -> ScoreResult:
         """Score a coerced frame; raises ModelError with R's message on failure."""
@@ -109,7 +122,7 @@ class LoadedModel:
             return ScoreResult([], 0.0)
         data = rconvert.r_data_frame(frame, self._levels)
         started = time.perf_counter()
-        answer = self._score_in_r(self._score_function, self._state, data)
+        answer = self._score_in_r(self._score_function, self._state, data, self._label)
         r_seconds = time.perf_counter() - started
         return ScoreResult(rconvert.python_predictions(answer), r_seconds)
 
@@ -159,6 +172,8 @@ def load_model(spec: BundleSpec) -> LoadedModel:
         tuple(str(package) for package in loaded["packages"]),
         loaded["state"],
         loaded["score"],
+        label=str(loaded["label"][0]),
+        adapter=str(loaded["adapter"][0]),
     )
 
 

@@ -79,6 +79,50 @@ def test_one_row_matrix_stays_a_row(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("score_body", "expected"),
+    [
+        # A single unnamed column is the plain vector it stands for, not {"V1": x}.
+        ("cbind(data$x * 2)", [2.0, 4.0, 6.0]),
+        ("array(data$x, dim = c(3, 1, 1))", [1.0, 2.0, 3.0]),
+        # A 1-d array (mgcv's predict.gam) is a vector.
+        ("array(data$x * 3, dim = 3, dimnames = list(c('a', 'b', 'c')))", [3.0, 6.0, 9.0]),
+        # Per-row components of a list, a matrix's columns as <name>.<column> (MASS::lda).
+        ("list(class = factor(c('u', 'v', 'u')), posterior = cbind(u = data$x, v = -data$x))", [
+            {"class": "u", "posterior.u": 1.0, "posterior.v": -1.0},
+            {"class": "v", "posterior.u": 2.0, "posterior.v": -2.0},
+            {"class": "u", "posterior.u": 3.0, "posterior.v": -3.0},
+        ]),
+        ("data.frame(a = data$x, m = I(cbind(p = data$x, q = 0)))", [
+            {"a": 1.0, "m.p": 1.0, "m.q": 0.0}, {"a": 2.0, "m.p": 2.0, "m.q": 0.0},
+            {"a": 3.0, "m.p": 3.0, "m.q": 0.0},
+        ]),
+    ],
+    ids=["one-unnamed-column", "n-1-1-array", "1d-array", "list-components", "frame-matrix"],
+)  # fmt: skip
+def test_the_shape_rule(tmp_path: Path, score_body: str, expected: list) -> None:
+    model = bundle_with_score(tmp_path, score_body)
+    assert score_rows(model, [{"x": 1}, {"x": 2}, {"x": 3}]) == expected
+
+
+@pytest.mark.parametrize(
+    "score_body",
+    [
+        # R's drop = TRUE: a 1-row probability matrix becomes a named vector
+        # (nnet::multinom, MASS::polr); it is still that one row.
+        "{ p <- cbind(a = data$x, b = 1 - data$x); if (nrow(p) == 1) p[1, ] else p }",
+        "cbind(a = data$x, b = 1 - data$x)",
+    ],
+    ids=["dropped-to-named-vector", "matrix"],
+)
+def test_one_row_answers_as_in_a_batch(tmp_path: Path, score_body: str) -> None:
+    model = bundle_with_score(tmp_path, score_body)
+    assert score_rows(model, [{"x": 0.25}]) == [{"a": 0.25, "b": 0.75}]
+    assert score_rows(model, [{"x": 0.25}, {"x": 0.5}]) == [
+        {"a": 0.25, "b": 0.75}, {"a": 0.5, "b": 0.5}
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
     ("score_body", "fragments"),
     [
         ("data$x[1]", ["returned 1 values for 3 rows"]),
@@ -86,7 +130,7 @@ def test_one_row_matrix_stays_a_row(tmp_path: Path) -> None:
         ("list(1, 2)", ["class 'list'"]),
         ("data.frame(a = 1:2)", ["column 'a' with 2 values for 3 rows"]),
         ("complex(real = data$x, imaginary = 1)", ["CPLXSXP"]),
-        ('stop("no scores today")', ["R error in score()", "no scores today"]),
+        ('stop("no scores today")', ["score() failed: no scores today", "no scores today"]),
     ],
     ids=["short-vector", "function", "unnamed-list", "short-column", "complex", "stop"],
 )

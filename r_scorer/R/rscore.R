@@ -4,7 +4,7 @@
 # bundle's own names cannot clash with these). Errors that reach Python are messages
 # that name the file or class at fault; nothing here prints to stdout.
 
-# --- packages -------------------------------------------------------------------
+# --- packages and dispatch -------------------------------------------------------
 
 .attach_package <- function(pkg, why) {
   if (!requireNamespace(pkg, quietly = TRUE)) {
@@ -14,73 +14,133 @@
   pkg
 }
 
-# The namespace that provides predict() for the first of `classes` that has one
-# (readRDS of some models, e.g. rpart, already loads it); NULL when none does.
-.predict_method_home <- function(classes) {
-  for (cl in classes) {
+# The classes predict() dispatches on, in R's order: an S4 object's class and its
+# superclasses (is()), an S3 object's class vector.
+.dispatch_classes <- function(state) {
+  if (isS4(state)) methods::is(state) else class(state)
+}
+
+# Which installed packages register S3method(predict, <class>), by class (libraries in
+# .libPaths() order), read from each package's parsed NAMESPACE (Meta/nsInfo.rds, what
+# loadNamespace() uses), and what was searched, for the error when nothing is found.
+# Built once per worker, and only when a class has no predict() method loaded already.
+.predict_registry <- local({
+  cached <- NULL
+  function() {
+    if (!is.null(cached)) return(cached)
+    by_class <- list()
+    searched <- 0L
+    for (lib in .libPaths()) {
+      for (pkg in list.files(lib)) {
+        info <- file.path(lib, pkg, "Meta", "nsInfo.rds")
+        if (!file.exists(info)) next
+        searched <- searched + 1L
+        s3 <- tryCatch(readRDS(info)$S3methods, error = function(e) NULL)
+        if (is.null(s3) || !NROW(s3)) next
+        for (cl in s3[s3[, 1] == "predict", 2]) by_class[[cl]] <- unique(c(by_class[[cl]], pkg))
+      }
+    }
+    cached <<- list(by_class = by_class, packages = searched, libraries = .libPaths())
+    cached
+  }
+})
+
+# An S4 predict method for `cl`, or NULL. (readRDS() of an S4 object loads the
+# namespace of its class, which is where its methods live.)
+.s4_predict <- function(cl) {
+  tryCatch(methods::getMethod("predict", cl, optional = TRUE), error = function(e) NULL)
+}
+
+# The predict() method R would call for `state`, found as R dispatches: for each class
+# in order, an S4 method (S4 objects), an S3 method already loaded, or an installed
+# package whose NAMESPACE registers one; the first class with any wins (so mgcv's
+# predict.gam beats stats' predict.glm for c("gam", "glm", "lm")). Returns
+# list(class, package, kind, method) with `package` loaded and attached, or NULL.
+.find_predict <- function(state) {
+  if (isS4(state)) {
+    owner <- attr(class(state), "package")
+    if (!is.null(owner) && nzchar(owner) && !owner %in% c(".GlobalEnv", "methods")) {
+      .attach_package(owner, sprintf("defines the S4 class '%s' of the model", class(state)[1]))
+    }
+  }
+  found <- NULL
+  for (cl in .dispatch_classes(state)) {
+    method <- if (isS4(state)) .s4_predict(cl) else NULL
+    if (!is.null(method)) {
+      found <- list(class = cl, kind = "S4", method = method,
+                    package = environmentName(environment(method)))
+      break
+    }
     method <- utils::getS3method("predict", cl, optional = TRUE)
-    if (!is.null(method)) return(environmentName(environment(method)))
-  }
-  NULL
-}
-
-# The installed package whose NAMESPACE registers S3method(predict, <class>) for the
-# first of `classes` that any package registers; NA when none does. Reads each
-# package's parsed NAMESPACE (Meta/nsInfo.rds), which is what loadNamespace() uses.
-.predict_package <- function(classes) {
-  registry <- list()
-  for (lib in .libPaths()) {
-    for (pkg in list.files(lib)) {
-      info <- file.path(lib, pkg, "Meta", "nsInfo.rds")
-      if (!file.exists(info)) next
-      s3 <- tryCatch(readRDS(info)$S3methods, error = function(e) NULL)
-      if (is.null(s3) || !NROW(s3)) next
-      registered <- s3[s3[, 1] == "predict", 2]
-      for (cl in registered) if (is.null(registry[[cl]])) registry[[cl]] <- pkg
+    if (!is.null(method)) {
+      found <- list(class = cl, kind = "S3", method = method,
+                    package = environmentName(environment(method)))
+      break
+    }
+    owners <- .predict_registry()$by_class[[cl]]
+    if (length(owners)) {
+      .attach_package(owners[1], sprintf("registers predict() for class '%s'", cl))
+      found <- list(class = cl, kind = "S3", package = owners[1],
+                    method = utils::getS3method("predict", cl, optional = TRUE))
+      break
     }
   }
-  for (cl in classes) if (!is.null(registry[[cl]])) return(registry[[cl]])
-  NA_character_
-}
-
-# Classes worth finding a predict method for: the state's own, and those of the
-# elements of a list state (a score.R may keep list(model = fit, ...)).
-.state_classes <- function(state) {
-  classes <- if (is.object(state)) class(state) else character()
-  if (is.list(state) && !is.object(state)) {
-    for (item in state) if (is.object(item)) classes <- c(classes, class(item))
+  if (is.null(found)) return(NULL)
+  # Loaded but maybe not attached: attach it, as the user's training session had it.
+  if (found$package %in% loadedNamespaces() && !paste0("package:", found$package) %in% search()) {
+    .attach_package(found$package, sprintf("provides predict() for class '%s'", found$class))
   }
-  unique(classes)
+  found
 }
 
-.load_predict_packages <- function(state, required, fix = "") {
+.SCORE_R_DOC <- "docs/bundles.md#writing-a-scorer"
+
+# The start-up error for a model no predict() method can score: every class tried, the
+# packages looked in, and how to write the score.R.
+.no_predict_message <- function(state, fix) {
+  registry <- .predict_registry()
+  sprintf(paste0(
+    "no predict() method for class %s: none is loaded, and none of the %d packages ",
+    "installed in %d R librar%s (%s) registers S3method(predict, <class>) for them. ",
+    "Install the package that fitted the model (or list it in rscore.toml 'packages')%s; ",
+    "see %s"),
+    paste0("'", .dispatch_classes(state), "'", collapse = ", "), registry$packages,
+    length(registry$libraries), if (length(registry$libraries) == 1) "y" else "ies",
+    paste(registry$libraries, collapse = ", "), fix, .SCORE_R_DOC)
+}
+
+# Classes worth finding a predict method for in a state that score.R made: the state,
+# or the elements of a list state (a score.R may keep list(model = fit, ...)).
+.state_objects <- function(state) {
+  if (is.object(state) || isS4(state)) return(list(state))
+  if (is.list(state)) return(Filter(function(item) is.object(item) || isS4(item), state))
+  list()
+}
+
+# Attach what a score.R's state needs; never an error (score() decides how to score).
+.load_packages_for <- function(state) {
   loaded <- character()
-  classes <- .state_classes(state)
-  if (!length(classes)) return(loaded)
-  home <- .predict_method_home(classes)
-  if (!is.null(home)) {
-    # Loaded but maybe not attached: attach it, as the user's training session had it.
-    if (nzchar(home) && !(paste0("package:", home) %in% search())) {
-      loaded <- .attach_package(home, sprintf("provides predict() for class '%s'", classes[1]))
-    }
-    return(loaded)
+  for (item in .state_objects(state)) {
+    found <- tryCatch(.find_predict(item), error = function(e) NULL)
+    if (!is.null(found)) loaded <- c(loaded, found$package)
   }
-  pkg <- .predict_package(classes)
-  if (!is.na(pkg)) {
-    loaded <- .attach_package(pkg, sprintf("registers predict() for class '%s'", classes[1]))
-  } else if (required) {
-    stop(sprintf(
-      "no installed R package registers a predict() method for class %s; install the package that fitted the model, or list it in rscore.toml 'packages'%s",
-      paste0("'", classes, "'", collapse = ", "), fix
-    ), call. = FALSE)
-  }
-  loaded
+  .model_packages(loaded)
+}
+
+# Packages every R session attaches: never reported as a model's packages.
+.BASE_PACKAGES <- c("base", "stats", "utils", "methods", "graphics", "grDevices", "datasets")
+
+# The packages a model needs, as reported by describe(): installed ones, not R's own.
+.model_packages <- function(packages) {
+  packages[packages %in% loadedNamespaces() & !packages %in% .BASE_PACKAGES]
 }
 
 # --- input prototype ------------------------------------------------------------
 
 .kind_of <- function(x) {
-  if (is.ordered(x)) "ordered"
+  if (inherits(x, "Date")) "date"
+  else if (inherits(x, "POSIXct")) "datetime"
+  else if (is.ordered(x)) "ordered"
   else if (is.factor(x)) "factor"
   else if (is.logical(x)) "logical"
   else if (is.integer(x)) "integer"
@@ -93,14 +153,19 @@
   list(name = name, kind = kind, levels = as.character(levels))
 }
 
+# The columns of a data.frame (zero rows is enough) as prototype columns.
+.frame_columns <- function(frame) {
+  lapply(names(frame), function(name) {
+    x <- frame[[name]]
+    .column(name, .kind_of(x), if (is.factor(x)) levels(x) else character())
+  })
+}
+
 .ptype_prototype <- function(ptype) {
   if (!is.data.frame(ptype)) {
     stop("ptype.rds must hold a data.frame of the inputs (zero rows is enough)", call. = FALSE)
   }
-  lapply(names(ptype), function(name) {
-    x <- ptype[[name]]
-    .column(name, .kind_of(x), if (is.factor(x)) levels(x) else character())
-  })
+  .frame_columns(ptype)
 }
 
 .model_terms <- function(model) {
@@ -111,6 +176,7 @@
 
 # Training levels of a factor input, wherever the fitting package keeps them.
 .training_levels <- function(model, name) {
+  if (isS4(model)) return(NULL)
   candidates <- list(
     if (is.list(model)) model$xlevels[[name]],
     attr(model, "xlevels")[[name]],                                   # rpart
@@ -124,15 +190,22 @@
   NULL
 }
 
-.terms_prototype <- function(model) {
-  tt <- .model_terms(model)
-  if (is.null(tt)) return(NULL)
+# Prototype columns from a terms object: its inputs, with the classes R recorded when
+# the model was fitted (dataClasses) and the training levels of factors.
+.terms_columns <- function(tt, model) {
   classes <- attr(tt, "dataClasses")
   inputs <- all.vars(stats::delete.response(tt))
   if (!length(inputs) || is.null(classes)) return(NULL)
   kinds <- c(numeric = "numeric", factor = "factor", ordered = "ordered",
              logical = "logical", character = "character")
+  frame <- .kept_frame(model)
   lapply(inputs, function(name) {
+    if (!is.null(frame) && name %in% names(frame) && !is.matrix(frame[[name]])) {
+      # Held as is in the model frame: its exact R type (integer, Date, POSIXct...).
+      x <- frame[[name]]
+      kind <- .kind_of(x)
+      if (kind != "any") return(.column(name, kind, if (is.factor(x)) levels(x) else character()))
+    }
     class <- if (name %in% names(classes)) classes[[name]] else "other"
     kind <- if (class %in% names(kinds)) kinds[[class]] else "any"  # used inside an expression
     levels <- character()
@@ -144,13 +217,30 @@
   })
 }
 
-.prototype <- function(model_dir, state) {
+# The model frame a model keeps (lm's and glm's $model), or NULL: never rebuilt from
+# the training data (that may be gone, or costly).
+.kept_frame <- function(model) {
+  if (!isS4(model) && is.list(model) && is.data.frame(model$model)) model$model else NULL
+}
+
+.terms_prototype <- function(model) {
+  tt <- .model_terms(model)
+  if (is.null(tt)) NULL else .terms_columns(tt, model)
+}
+
+# The inputs: ptype.rds always wins; then what the family's adapter recovers from the
+# model; then the model's terms; else none (inputs pass through unchecked).
+.prototype <- function(model_dir, state, adapter = NULL) {
   ptype_file <- file.path(model_dir, "ptype.rds")
   if (file.exists(ptype_file)) {
     ptype <- tryCatch(readRDS(ptype_file), error = function(e) {
       stop(.rds_error("ptype.rds", ptype_file, e), call. = FALSE)
     })
     return(list(source = "ptype.rds", columns = .ptype_prototype(ptype)))
+  }
+  if (!is.null(adapter)) {
+    columns <- tryCatch(adapter$prototype(state), error = function(e) NULL)
+    if (length(columns)) return(list(source = "model", columns = columns))
   }
   columns <- tryCatch(.terms_prototype(state), error = function(e) NULL)
   if (is.null(columns)) return(list(source = "none", columns = list()))
@@ -191,14 +281,80 @@
   "..." %in% arguments || length(arguments) >= n
 }
 
-# TRUE when predict(state, ...) dispatches to a method (S3 on the state's class, or a
-# default method some attached package provides).
-.predict_dispatches <- function(state) {
-  if (isS4(state)) return(TRUE)  # S4 predict methods: left to predict() itself
-  for (cl in c(.class2(state), "default")) {
-    if (!is.null(utils::getS3method("predict", cl, optional = TRUE))) return(TRUE)
+# --- predict() arguments -----------------------------------------------------------
+
+# The argument names of a predict method: its formals or, for an S4 method whose
+# setMethod() added arguments (R wraps them in a .local function), .local's.
+.method_arguments <- function(method) {
+  if (is.null(method) || is.primitive(method)) return("...")
+  code <- body(method)
+  if (is.call(code) && identical(code[[1]], as.name("{")) && length(code) >= 2) {
+    first <- code[[2]]
+    if (is.call(first) && identical(first[[1]], as.name("<-")) &&
+        identical(first[[2]], as.name(".local"))) {
+      return(names(formals(eval(first[[3]]))))
+    }
   }
-  FALSE
+  names(formals(method))
+}
+
+# Every argument a predict method for any of `classes` names: where the chosen method
+# passes `...` on (predict.glm to predict.lm), the methods further down the chain are
+# the ones that can take a key.
+.chain_arguments <- function(state, classes) {
+  unique(unlist(lapply(classes, function(cl) {
+    method <- if (isS4(state)) .s4_predict(cl) else NULL
+    if (is.null(method)) method <- utils::getS3method("predict", cl, optional = TRUE)
+    if (is.null(method)) character() else .method_arguments(method)
+  })))
+}
+
+# How a found method reads in a message: "stats::predict.glm()".
+.method_label <- function(found) {
+  if (identical(found$kind, "S4")) {
+    sprintf("%s's S4 predict() method for class '%s'", found$package, found$class)
+  } else {
+    sprintf("%s::predict.%s()", found$package, found$class)
+  }
+}
+
+# Check rscore.toml's [predict] keys against what the method takes, at start-up: a
+# key the method does not name is an error when it has no `...`; with `...`, a key
+# that looks like a misspelt argument (R would partially match a prefix such as `typ`
+# for `type`, or it is two edits away) is an error, any other a warning (it goes on
+# through `...` unchecked). `fills`: the arguments rscore passes itself.
+.check_predict_args <- function(keys, what, accepted, open, fills) {
+  accepted <- setdiff(accepted, c("...", fills))
+  for (key in intersect(keys, fills)) {
+    stop(sprintf("rscore.toml [predict] must not set '%s': rscore passes it to %s", key, what),
+         call. = FALSE)
+  }
+  shown <- if (length(accepted)) paste0("'", accepted, "'", collapse = ", ") else "no other"
+  for (key in setdiff(keys, accepted)) {
+    near <- accepted[startsWith(accepted, key) |
+                       (nchar(key) >= 4 & utils::adist(key, accepted)[1, ] <= 2)]
+    if (!open || length(near)) {
+      hint <- if (length(near)) sprintf(" (did you mean '%s'?)", near[1]) else ""
+      stop(sprintf("rscore.toml [predict] key '%s' is not an argument of %s%s; it takes %s",
+                   key, what, hint, shown), call. = FALSE)
+    }
+    warning(sprintf(
+      "rscore.toml [predict] key '%s' is not a named argument of %s: it is passed on through '...' unchecked",
+      key, what), call. = FALSE)
+  }
+}
+
+# The predict() arguments of every request: the adapter's defaults, then rscore.toml's
+# [predict] (which win), checked against the method they go to.
+.predict_arguments <- function(state, found, adapter, predict_args) {
+  defaults <- if (is.null(adapter)) list() else adapter$defaults(state)
+  fills <- c("object", if (is.null(adapter)) "newdata" else adapter$fills)
+  classes <- .dispatch_classes(state)
+  if (!is.null(adapter)) classes <- c(classes, adapter$also)
+  accepted <- c(.chain_arguments(state, classes), if (!is.null(adapter)) adapter$accepts)
+  open <- "..." %in% .method_arguments(found$method)
+  .check_predict_args(names(predict_args), .method_label(found), accepted, open, fills)
+  utils::modifyList(defaults, predict_args)
 }
 
 .default_score <- function(predict_args) {
@@ -206,8 +362,25 @@
   function(state, data) eval(call)
 }
 
-# Load a bundle. Returns list(state, score, prototype, packages) or stops with a
-# message that names the file or class at fault.
+.adapter_score <- function(adapter, predict_args) {
+  predict_with <- adapter$predict
+  function(state, data) predict_with(state, data, predict_args)
+}
+
+# --- loading --------------------------------------------------------------------
+
+# What a state with no predict() method is, for the error.
+.describe_state <- function(state) {
+  if (is.object(state) || isS4(state)) {
+    sprintf("an object of class %s", paste0("'", .dispatch_classes(state), "'", collapse = ", "))
+  } else {
+    sprintf("a %s with no class", paste(.class2(state), collapse = "/"))
+  }
+}
+
+# Load a bundle. Returns list(state, score, label, adapter, prototype, packages) or
+# stops with a message that names the file or class at fault. `label` names, in
+# errors, what a request runs: "score()" or the predict() method.
 .load_bundle <- function(model_dir, packages, predict_args) {
   loaded <- vapply(packages, .attach_package, character(1), why = "listed in rscore.toml")
   script <- file.path(model_dir, "score.R")
@@ -242,38 +415,52 @@
   } else {
     stop("bundle has neither model.rds nor an init() in score.R", call. = FALSE)
   }
-  custom_score <- has("score")
-  # Without score(), every request calls predict(state, newdata = data): a state that
-  # predict() cannot dispatch on would make every request a 500, so fail now instead.
-  fix <- if (custom_score) "" else if (has("init")) {
+  if (has("score")) {
+    return(list(
+      state = state, score = env$score, label = "score()", adapter = "",
+      prototype = .prototype(model_dir, state),
+      packages = unique(unname(c(loaded, .load_packages_for(state))))
+    ))
+  }
+  # No score(): every request calls predict() on the state, through the adapter of its
+  # family if it has one. A state that predict() cannot dispatch on would make every
+  # request a 500, so fail now instead, saying how to write the score.R.
+  fix <- if (has("init")) {
     "; or define score(state, data) in score.R (it defines init() but no score())"
   } else {
-    "; or add a score.R that defines score(state, data)"
+    ", or add a score.R that defines score(state, data)"
   }
-  loaded <- c(loaded, .load_predict_packages(state, required = !custom_score, fix = fix))
-  if (!custom_score && !.predict_dispatches(state)) {
-    what <- if (is.object(state)) {
-      sprintf("an object of class %s", paste0("'", class(state), "'", collapse = ", "))
-    } else {
-      sprintf("a %s with no class", paste(.class2(state), collapse = "/"))
-    }
+  if (!is.object(state) && !isS4(state)) {
     if (has("init")) {
-      stop(sprintf(
-        "score.R defines init() but no score(), and the default score, predict(state, newdata = data), cannot score what init() returns (%s): define score(state, data) in score.R, or remove init() to score model.rds with predict()",
-        what
-      ), call. = FALSE)
+      stop(sprintf(paste0(
+        "score.R defines init() but no score(), and the default score, predict(state, ",
+        "newdata = data), cannot score what init() returns (%s): define score(state, data) ",
+        "in score.R, or remove init() to score model.rds with predict(); see %s"),
+        .describe_state(state), .SCORE_R_DOC), call. = FALSE)
     }
     stop(sprintf(
-      "model.rds holds %s, which predict() cannot score: add a score.R that defines score(state, data)",
-      what
-    ), call. = FALSE)
+      "model.rds holds %s, which predict() cannot score: add a score.R that defines score(state, data); see %s",
+      .describe_state(state), .SCORE_R_DOC), call. = FALSE)
   }
-  score <- if (custom_score) env$score else .default_score(predict_args)
+  found <- .find_predict(state)
+  if (is.null(found)) stop(.no_predict_message(state, fix), call. = FALSE)
+  adapter <- .adapter_for(state)
+  if (is.null(adapter) && !"newdata" %in% .chain_arguments(state, .dispatch_classes(state))) {
+    # predict.Arima(object, n.ahead, ...): `newdata` would vanish into `...`, and every
+    # request would get an answer that is not about its rows.
+    how <- if (has("init")) "define score(state, data) in score.R" else
+      "add a score.R that defines score(state, data)"
+    stop(sprintf("%s takes no 'newdata' argument, so it cannot score the rows of a request: %s; see %s",
+                 .method_label(found), how, .SCORE_R_DOC), call. = FALSE)
+  }
+  args <- .predict_arguments(state, found, adapter, predict_args)
   list(
     state = state,
-    score = score,
-    prototype = .prototype(model_dir, state),
-    packages = unique(unname(loaded))
+    score = if (is.null(adapter)) .default_score(args) else .adapter_score(adapter, args),
+    label = sprintf("predict() for class '%s'", found$class),
+    adapter = if (is.null(adapter)) "" else adapter$name,
+    prototype = .prototype(model_dir, state, adapter),
+    packages = unique(unname(c(loaded, .model_packages(found$package))))
   )
 }
 
@@ -285,58 +472,103 @@
 .COLUMNS <- 1L  # list(1L, names, list of columns): one object per row
 .FAILED <- 2L   # list(2L, message)
 
-# Shape a score() result: a vector (factors as labels) or named columns, each with one
-# value per row. Stops with a message otherwise.
-.shape_result <- function(x, nrows) {
-  if (is.atomic(x) && is.null(dim(x))) {  # the common case first: a plain vector
-    if (length(x) != nrows) {
-      stop(sprintf("score() returned %d values for %d rows", length(x), nrows), call. = FALSE)
+# The output shape rule (docs/bundles.md#outputs), one for every model:
+#   vector -> one value per row; factor -> its labels; 1-d array -> a vector;
+#   matrix -> its columns by name (several unnamed: V1, V2, ...; one unnamed: a plain
+#   vector); array n x k x 1 -> the n x k matrix; data.frame -> its columns;
+#   named list of per-row components (lda's class and posterior) -> their columns, a
+#   matrix component's as <name>.<column>.
+# A 1-row answer that R dropped to a named vector (a probability matrix's one row,
+# e.g. nnet::multinom's or MASS::polr's) is that row: the same columns as in a batch.
+# `label` names what produced `x` in errors: "score()" or "predict() for class 'x'".
+.shape_result <- function(x, nrows, label = "score()") {
+  if (is.atomic(x) && length(dim(x)) < 2L) {  # the common case first: a plain vector
+    if (length(x) == nrows) return(list(.VECTOR, .plain(x, label)))
+    if (nrows != 1L || length(x) < 2L || is.null(names(x))) {
+      .shape_stop("%s returned %d values for %d rows", label, length(x), nrows)
     }
-    return(list(.VECTOR, .plain(x)))
+    x <- matrix(x, nrow = 1L, dimnames = list(NULL, names(x)))
   }
   d <- dim(x)
-  if (length(d) > 2 && all(d[-(1:2)] == 1)) x <- array(x, dim = d[1:2], dimnames = dimnames(x)[1:2])
-  if (is.matrix(x)) {
-    names <- colnames(x)
-    if (is.null(names)) names <- paste0("V", seq_len(ncol(x)))
-    x <- lapply(seq_len(ncol(x)), function(j) x[, j])
-  } else if (is.data.frame(x)) {
-    names <- names(x)
-    x <- as.list(x)
-  } else if (is.list(x) && !is.null(names(x)) && all(vapply(x, is.atomic, logical(1)))) {
-    names <- names(x)
+  if (length(d) > 2L && all(d[-(1:2)] == 1L)) {
+    x <- array(x, dim = d[1:2], dimnames = dimnames(x)[1:2])
+  }
+  if (is.matrix(x) && ncol(x) == 1L && is.null(colnames(x))) {
+    if (nrow(x) != nrows) .shape_stop("%s returned %d values for %d rows", label, nrow(x), nrows)
+    return(list(.VECTOR, .plain(x[, 1L], label)))
+  }
+  columns <- if (is.matrix(x)) {
+    .matrix_columns(x, "")
+  } else if (is.data.frame(x) ||
+             (is.list(x) && !is.object(x) && !is.null(names(x)) && all(nzchar(names(x))))) {
+    .component_columns(x, label)
   } else {
-    stop(sprintf(
-      "score() returned an object of class '%s'; expected a vector, factor, matrix, data.frame or named list of columns",
-      paste(class(x), collapse = "/")
-    ), call. = FALSE)
+    .shape_stop(paste0("%s returned an object of class '%s'; expected a vector, factor, ",
+                       "matrix, data.frame or named list of columns"),
+                label, paste(class(x), collapse = "/"))
   }
-  if (!length(x)) stop("score() returned no columns", call. = FALSE)
-  for (i in seq_along(x)) {
-    if (length(x[[i]]) != nrows) {
-      stop(sprintf("score() returned column '%s' with %d values for %d rows",
-                   names[i], length(x[[i]]), nrows), call. = FALSE)
+  if (!length(columns)) .shape_stop("%s returned no columns", label)
+  for (i in seq_along(columns)) {
+    if (length(columns[[i]]) != nrows) {
+      .shape_stop("%s returned column '%s' with %d values for %d rows",
+                  label, names(columns)[i], length(columns[[i]]), nrows)
     }
-    x[[i]] <- .plain(x[[i]])
+    columns[[i]] <- .plain(columns[[i]], label)
   }
-  list(.COLUMNS, as.character(names), unname(x))
+  list(.COLUMNS, names(columns), unname(columns))
+}
+
+# A matrix's columns, named by its column names (V1, V2, ... when it has none), each
+# prefixed "<prefix>." when it is a component of a list.
+.matrix_columns <- function(x, prefix) {
+  names <- colnames(x)
+  if (is.null(names)) names <- paste0("V", seq_len(ncol(x)))
+  if (nzchar(prefix)) names <- paste(prefix, names, sep = ".")
+  stats::setNames(lapply(seq_len(ncol(x)), function(j) x[, j]), names)
+}
+
+# The columns of a data.frame or of a named list of per-row components.
+.component_columns <- function(x, label) {
+  columns <- list()
+  for (name in names(x)) {
+    item <- x[[name]]
+    d <- dim(item)
+    if (length(d) > 2L && all(d[-(1:2)] == 1L)) {
+      item <- array(item, dim = d[1:2], dimnames = dimnames(item)[1:2])
+    }
+    if (is.data.frame(item)) item <- as.matrix(item)
+    columns <- c(columns, if (is.matrix(item)) {
+      .matrix_columns(item, name)
+    } else {
+      stats::setNames(list(item), name)
+    })
+  }
+  columns
+}
+
+# An error of the result's shape: the message names what produced it, as is.
+.shape_stop <- function(format, ...) {
+  stop(structure(class = c("rscore_shape", "error", "condition"),
+                 list(message = sprintf(format, ...), call = NULL)))
 }
 
 # An atomic vector as Python reads it: factors as labels. Other attributes (names,
 # dim) are ignored there, so they are not stripped here (that would copy).
-.plain <- function(x) {
+.plain <- function(x, label = "score()") {
   if (is.factor(x)) return(as.character(x))
-  if (!is.atomic(x)) stop("score() returned a column that is not atomic", call. = FALSE)
+  if (!is.atomic(x)) .shape_stop("%s returned a column that is not atomic", label)
   x
 }
 
 # Call score(state, data) and shape its result; errors come back as data, not as R
-# conditions, so rpy2 never formats a deparsed model into a message. (Warnings are
-# off while serving: see LoadedModel.)
-.score <- function(score, state, data) {
+# conditions, so rpy2 never formats a deparsed model into a message. An error names
+# what failed: "score() failed: ..." for a score.R's, "predict() for class 'x' failed:
+# ..." for the default path's. (Warnings are off while serving: see LoadedModel.)
+.score <- function(score, state, data, label = "score()") {
   tryCatch(
-    .shape_result(score(state, data), nrow(data)),
-    error = function(e) list(.FAILED, conditionMessage(e))
+    .shape_result(score(state, data), nrow(data), label),
+    rscore_shape = function(e) list(.FAILED, conditionMessage(e)),
+    error = function(e) list(.FAILED, sprintf("%s failed: %s", label, conditionMessage(e)))
   )
 }
 
