@@ -135,4 +135,5 @@ def _sample(pod: PodFacts, demand: PodDemand | None, usage: PodUsage | None) -> 
         arrival_rate=None if demand is None else demand.arrival_rate,
         service_s=None if demand is None else demand.service_s,
         queue_depth=None if demand is None else demand.queue_depth,
+        calls=None if demand is None else demand.calls,
     )

@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from autoscaler import forecast
+from autoscaler.batch_cost import BatchCostFit, CallCounts, CostCurve, request_cost
 from autoscaler.forecast import DemandProfile
 
 __all__ = [
@@ -167,6 +168,7 @@ class PodSample:
     arrival_rate: float | None = None
     service_s: float | None = None
     queue_depth: float | None = None
+    calls: CallCounts | None = None  # its R calls over the interval (the batch cost fit)
 
     def __post_init__(self) -> None:
         for name in (
@@ -231,6 +233,8 @@ class PolicyState:
       when no pod answered anything.
     - `profile`: the demand profile the forecast learns (kept across restarts in the
       ScoringAutoscaler's status).
+    - `batch_fit`: the cost of an R call against its rows, fitted over the pods'
+      intervals (`autoscaler.batch_cost`).
     """
 
     samples: tuple[tuple[float, float], ...] = ()
@@ -240,6 +244,7 @@ class PolicyState:
     node_scale_down_since: float | None = None
     service_s: float | None = None
     profile: DemandProfile = field(default_factory=DemandProfile.empty)
+    batch_fit: BatchCostFit = field(default_factory=BatchCostFit)
 
 
 @dataclass(frozen=True)
@@ -299,14 +304,27 @@ def _fleet_service_s(pods: list[PodSample], last: float | None) -> float | None:
     return sum(s for s, _ in known) / len(known)
 
 
-def _demand(obs: Observation, last_service_s: float | None) -> _Demand | None:
+def _batched_service_s(pod: PodSample, curve: CostCurve | None) -> float | None:
+    """Seconds in R per request of a batchable pod once fewer pods let its calls merge
+    requests (`batch_cost.request_cost`); None when unknown or not batchable."""
+    counts = pod.calls
+    if curve is None or counts is None or counts.max_batch_rows < 2 or counts.answered <= 0:
+        return None
+    return request_cost(curve, counts.rows / counts.answered, counts.max_batch_rows)
+
+
+def _demand(
+    obs: Observation, last_service_s: float | None, curve: CostCurve | None = None
+) -> _Demand | None:
     """The load this tick, or None when it cannot be observed.
 
     A pod's busy workers are its arrival rate times the service time (its own, else the
-    fleet's); a pod whose counters say nothing yet (a first scrape) counts its average
-    concurrency instead. Pods whose scrape failed are extrapolated from the mean of the
-    others (as the KPA scales its sample by the ready pod count); with every pod ready
-    and reporting it is the plain sum.
+    fleet's; for a batchable model, no more than a request costs in the batches fewer
+    pods would form, once the call cost curve is known); a pod whose counters say
+    nothing yet (a first scrape) counts its average concurrency instead. Pods whose
+    scrape failed are extrapolated from the mean of the others (as the KPA scales its
+    sample by the ready pod count); with every pod ready and reporting it is the plain
+    sum.
     """
     scraped = [p for p in obs.ready_pods if p.concurrency is not None]
     unrouted = obs.unrouted_concurrency
@@ -319,6 +337,9 @@ def _demand(obs: Observation, last_service_s: float | None) -> _Demand | None:
     for pod in scraped:
         assert pod.concurrency is not None
         own = pod.service_s if pod.service_s is not None else service
+        batched = _batched_service_s(pod, curve)
+        if own is not None and batched is not None:
+            own = min(own, batched)
         if pod.arrival_rate is not None and own is not None:
             busy += pod.arrival_rate * own
             backlog += pod.queue_depth or 0.0
@@ -564,12 +585,20 @@ def decide(
 ) -> tuple[Recommendation, PolicyState]:
     """One tick of the policy. Pure: returns the recommendation and a new state."""
     obs, now = observation, observation.now
-    demand = _demand(obs, state.service_s)
+    batch_fit = state.batch_fit.observe(
+        now, [p.calls for p in obs.ready_pods if p.calls is not None]
+    )
+    curve = batch_fit.curve()
+    demand = _demand(obs, state.service_s, curve)
     samples = tuple((t, v) for t, v in state.samples if now - spec.stable_window_s < t <= now)
     if demand is not None:
         samples = (*samples, (now, demand.busy))
     conc = _concurrency_signal(obs, state, spec, samples, demand)
     reasons = [conc.reason]
+    if curve is not None:
+        reasons.append(
+            f"R call {curve.per_call_s * 1e3:.2f} ms + {curve.per_row_s * 1e3:.3f} ms per row"
+        )
 
     # The demand signal, then the max over the other signals.
     desired = obs.current_replicas if conc.desired is None else conc.desired
@@ -644,5 +673,6 @@ def decide(
         node_scale_down_since=since,
         service_s=state.service_s if demand is None else demand.service_s,
         profile=profile,
+        batch_fit=batch_fit,
     )
     return recommendation, new_state

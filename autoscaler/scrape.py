@@ -10,7 +10,10 @@ a pod, `pod_demand` reads what the policy sizes pods for:
 - the service time: seconds inside R (`rscore_scoring_duration_seconds_sum`) per answered
   request (2xx) — with batching, the cost a request really adds;
 - the exact average concurrency (the rate of `rscore_concurrency_seconds_total`) and the
-  queue depth now.
+  queue depth now;
+- the interval's R calls, their rows and seconds, and the rows a call may merge
+  (`rscore_batch_rows`, `rscore_batch_max_rows`): what `autoscaler.batch_cost` fits the
+  cost of a call to.
 
 The controller and the simulator both call it: the simulator renders its pods' counters as
 `PodScrape`s. Pure: no HTTP here (the fetch lives in `autoscaler.kube_io`), no clock reads.
@@ -23,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from autoscaler.batch_cost import CallCounts
 
 __all__ = [
     "DemandTracker",
@@ -41,6 +46,9 @@ INFLIGHT = "rscore_inflight_requests"
 WORKERS = "rscore_workers"
 REQUESTS = "rscore_requests_total"
 SCORING_SECONDS = "rscore_scoring_duration_seconds_sum"
+BATCH_CALLS = "rscore_batch_rows_count"
+BATCH_ROWS = "rscore_batch_rows_sum"
+BATCH_MAX_ROWS = "rscore_batch_max_rows"
 
 
 def wants_a_worker(code: int) -> bool:
@@ -67,6 +75,9 @@ class PodScrape:
     demand_requests_total: float | None = None  # finished requests that wanted a worker
     answered_total: float | None = None  # finished 2xx
     scoring_seconds_total: float | None = None  # seconds inside R of the answered calls
+    calls_total: float | None = None  # R calls that answered
+    rows_total: float | None = None  # rows in them
+    max_batch_rows: int | None = None  # rows a call may merge; 0: the model is not batchable
 
     @property
     def instantaneous_concurrency(self) -> float:
@@ -88,6 +99,9 @@ def parse_pod_metrics(text: str, at: float) -> PodScrape:
                     QUEUE_DEPTH,
                     INFLIGHT,
                     WORKERS,
+                    BATCH_CALLS,
+                    BATCH_ROWS,
+                    BATCH_MAX_ROWS,
                 ):
                     values[sample.name] = values.get(sample.name, 0.0) + sample.value
     except ValueError as error:  # the parser's own complaint about the text
@@ -119,6 +133,9 @@ def parse_pod_metrics(text: str, at: float) -> PodScrape:
         demand_requests_total=demand,
         answered_total=answered,
         scoring_seconds_total=values.get(SCORING_SECONDS, 0.0 if demand is not None else None),
+        calls_total=values.get(BATCH_CALLS),
+        rows_total=values.get(BATCH_ROWS),
+        max_batch_rows=int(values[BATCH_MAX_ROWS]) if BATCH_MAX_ROWS in values else None,
     )
 
 
@@ -152,6 +169,7 @@ class PodDemand:
     arrival_rate: float | None
     service_s: float | None
     queue_depth: float
+    calls: CallCounts | None = None  # None on a page without the batch counters
 
 
 def pod_demand(
@@ -165,7 +183,7 @@ def pod_demand(
     `last_service_s` (the pod's previous estimate) when nothing was answered in it.
     """
     concurrency = average_concurrency(previous, current)
-    arrival_rate = service_s = None
+    arrival_rate = service_s = calls = None
     if previous is not None and current.at > previous.at:
         # Each increase is None on a page without the names or after a counter reset.
         elapsed = current.at - previous.at
@@ -176,12 +194,24 @@ def pod_demand(
             inside = current.instantaneous_concurrency - previous.instantaneous_concurrency
             arrival_rate = max(0.0, finished + inside) / elapsed
             service_s = r_seconds / answered if answered > 0 else last_service_s
+            calls = _call_counts(previous, current, answered, r_seconds)
     return PodDemand(
         concurrency=concurrency,
         arrival_rate=arrival_rate,
         service_s=service_s,
         queue_depth=current.queue_depth,
+        calls=calls,
     )
+
+
+def _call_counts(
+    previous: PodScrape, current: PodScrape, answered: float, r_seconds: float
+) -> CallCounts | None:
+    calls = _increase(previous.calls_total, current.calls_total)
+    rows = _increase(previous.rows_total, current.rows_total)
+    if calls is None or rows is None or current.max_batch_rows is None:
+        return None
+    return CallCounts(calls, rows, r_seconds, answered, current.max_batch_rows)
 
 
 class DemandTracker:

@@ -174,6 +174,15 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(
             "rscore_workers", "R worker slots ready.", value=len(self._pool.workers)
         )
+        model = self._pool.model
+        batchable = model is not None and model.batchable
+        yield GaugeMetricFamily(
+            "rscore_batch_max_rows",
+            "Rows one R call may merge from waiting requests (0: the model is not batchable "
+            "or not loaded yet); the autoscaler sizes batchable models for the batches it "
+            "allows.",
+            value=dispatcher.max_batch_rows if batchable else 0,
+        )
 
     def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         return iter(())  # values are read at scrape time only

@@ -79,6 +79,7 @@ class PodView:
     arrivals: int = 0  # requests routed to it, 429s included
     served: int = 0  # requests whose call started (the answered ones, rscore_requests 2xx)
     queued: int = 0  # rscore_queue_depth now
+    merged: int = 0  # of the served, those that joined another's call (R calls = the rest)
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ class ClusterView:
     nodes: int  # nodes billed (provisioning or up)
     workers: int
     per_node: int
+    rows_per_request: int = 1
+    max_batch_rows: int = 0  # rows one call may merge; 0: no batching
 
 
 class Controller(Protocol):
@@ -170,6 +173,7 @@ class Engine:
         self.p_cpu: list[float] = []
         self.p_arr: list[int] = []  # requests routed to the pod (its metrics' arrivals)
         self.p_srv: list[int] = []  # requests whose call started on it
+        self.p_merged: list[int] = []  # of those, requests that joined another's call
         self.p_ready_at: list[float] = []
         self.ready: list[int] = []  # ready pods, in the order they became ready
         self.pending: deque[int] = deque()  # pods waiting for a node slot
@@ -258,6 +262,7 @@ class Engine:
             members.append(q.popleft())
         self.extra_served += len(members)
         self.p_srv[p] += len(members)
+        self.p_merged[p] += len(members) - 1
         self.extra_wait += sum(t - a for a in members)
         s = self.call_time(self.draw_service(), len(members))
         if t + s > members[0] + self.pods.request_timeout_s + WATCHDOG_GRACE_S:
@@ -436,6 +441,7 @@ class Engine:
         self.p_cpu.append(0.0)
         self.p_arr.append(0)
         self.p_srv.append(0)
+        self.p_merged.append(0)
         self.p_ready_at.append(math.inf)
         return p
 
@@ -577,6 +583,7 @@ class Engine:
                     self.p_arr[p],
                     self.p_srv[p],
                     len(self.p_q[p]),
+                    self.p_merged[p],
                 )
             )
         self.expire_gateway(t)
@@ -590,6 +597,8 @@ class Engine:
             nodes=self.nodes_alive,
             workers=self.pods.workers,
             per_node=self.per_node,
+            rows_per_request=self.rows,
+            max_batch_rows=self.pods.max_batch_rows if self.batch_k > 1 else 0,
         )
 
     def tick(self, t: float) -> None:

@@ -84,9 +84,12 @@ class StaticController:
         return self.replicas, None
 
 
-def pod_page(pod: PodView, now: float, workers: int) -> PodScrape:
+def pod_page(
+    pod: PodView, now: float, workers: int, rows_per_request: int = 1, max_batch_rows: int = 0
+) -> PodScrape:
     """What the pod's `/metrics` page would parse to at `now`: the sidecar's counters
-    (requests finished = routed - still inside; answered = calls started; seconds in R)."""
+    (requests finished = routed - still inside; answered = calls started; seconds in R;
+    R calls = answered requests that did not join another's call)."""
     return PodScrape(
         at=now,
         concurrency_seconds_total=pod.concurrency_seconds,
@@ -96,6 +99,9 @@ def pod_page(pod: PodView, now: float, workers: int) -> PodScrape:
         demand_requests_total=float(pod.arrivals - pod.inside),
         answered_total=float(pod.served),
         scoring_seconds_total=pod.cpu_seconds,
+        calls_total=float(pod.served - pod.merged),
+        rows_total=float(pod.served * rows_per_request),
+        max_batch_rows=max_batch_rows,
     )
 
 
@@ -116,7 +122,12 @@ class RscoreController:
 
     def tick(self, view: ClusterView) -> tuple[int, int | None]:
         request = view.workers * 1000.0  # one core per R worker
-        pages = {f"pod-{pod.pod}": pod_page(pod, view.now, view.workers) for pod in view.pods}
+        pages = {
+            f"pod-{pod.pod}": pod_page(
+                pod, view.now, view.workers, view.rows_per_request, view.max_batch_rows
+            )
+            for pod in view.pods
+        }
         facts = [PodFacts(name, True, False, False, None, None, request, 0.0) for name in pages]
         facts += [
             PodFacts(f"pending-{i}", False, True, False, None, None, request, 0.0)

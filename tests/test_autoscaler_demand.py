@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from autoscaler.batch_cost import CallCounts
 from autoscaler.scrape import DemandTracker, PodScrape, parse_pod_metrics, pod_demand
-from r_scorer.pool import WorkerPool
+from r_scorer.pool import ModelInfo, WorkerPool
+from r_scorer.prototype import Prototype
 from sidecar.admission import Dispatcher
 from sidecar.metrics import SidecarMetrics
 
@@ -54,6 +56,8 @@ async def test_the_real_sidecar_page_gives_arrivals_and_service_time(tmp_path: P
     assert demand.service_s == pytest.approx(0.78 / 40)
     assert demand.queue_depth == 4
     assert demand.concurrency == pytest.approx(4.0)  # queued since t = 100
+    # 39 R calls of 40 rows for 40 answers; no model loaded yet: not batchable (0)
+    assert demand.calls == CallCounts(39.0, 40.0, pytest.approx(0.78), 40.0, 0)
     for job in queued:
         job.future.cancel()
 
@@ -96,6 +100,34 @@ def test_pod_demand(previous, current, last, rate, service) -> None:
     demand = pod_demand(previous, current, last)
     assert demand.arrival_rate == (None if rate is None else pytest.approx(rate))
     assert demand.service_s == (None if service is None else pytest.approx(service))
+    assert demand.calls is None  # pages without the batch counters
+
+
+def test_a_batchable_pods_page_gives_its_calls_and_rows(tmp_path: Path) -> None:
+    """A loaded batchable model: the page says how many rows a call may merge, and the
+    interval's calls, rows and seconds in R are what the batch cost fit takes."""
+    clock = Clock(0.0)
+    registry = CollectorRegistry()
+    metrics = SidecarMetrics(registry)
+    dispatcher = Dispatcher(max_queue_per_worker=8, max_batch_rows=64, clock=clock)
+    pool = WorkerPool(tmp_path / "workers.sock")
+    metrics.watch(dispatcher, pool, clock)
+    pool.model = _model(batchable=True)
+    first = parse_pod_metrics(generate_latest(registry).decode(), at=0.0)
+    assert first.max_batch_rows == 64
+    for rows, seconds in ((1, 0.084), (5, 0.1), (10, 0.12)):
+        metrics.r_call(rows, seconds)
+        for _ in range(rows):
+            metrics.count_request(200, 0.2)
+    second = parse_pod_metrics(generate_latest(registry).decode(), at=10.0)
+    calls = pod_demand(first, second).calls
+    assert calls == CallCounts(3.0, 16.0, pytest.approx(0.304), 16.0, 64)
+    pool.model = _model(batchable=False)
+    assert parse_pod_metrics(generate_latest(registry).decode(), at=11.0).max_batch_rows == 0
+
+
+def _model(*, batchable: bool) -> ModelInfo:
+    return ModelInfo(name="m", version="1", batchable=batchable, packages=(), prototype=Prototype())
 
 
 def test_the_tracker_keeps_a_failed_pods_last_page_and_forgets_pods_that_left() -> None:

@@ -99,6 +99,9 @@ async def test_parses_the_real_sidecar_page_and_its_concurrency_integral(
         demand_requests_total=1.0,  # the 200 above
         answered_total=1.0,
         scoring_seconds_total=0.0,  # no R call observed
+        calls_total=1.0,  # the batch of 3 rows
+        rows_total=3.0,
+        max_batch_rows=0,  # no model loaded yet
     )
 
     jobs = [dispatcher.submit(None, deadline=1e9) for _ in range(3)]  # no worker: queued
@@ -125,7 +128,8 @@ async def test_parses_the_real_sidecar_page_and_its_concurrency_integral(
 def test_real_sidecar_page_reports_the_worker_count(workers: int) -> None:
     registry = CollectorRegistry()
     clock = Clock(5.0)
-    pool = SimpleNamespace(workers=[object()] * workers)  # the collector reads len(workers)
+    # the collector reads len(workers), and the model (None: not loaded yet)
+    pool = SimpleNamespace(workers=[object()] * workers, model=None)
     SidecarMetrics(registry).watch(Dispatcher(max_queue_per_worker=1, clock=clock), pool, clock)
     parsed = parse_pod_metrics(generate_latest(registry).decode(), at=7.0)
     assert parsed.workers == workers

@@ -9,9 +9,11 @@ workers.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
+from autoscaler.batch_cost import BatchCostFit, CallCounts
 from autoscaler.policy import (
     MODE_PANIC,
     MODE_STABLE,
@@ -276,3 +278,33 @@ def test_nodes_are_never_released_under_pods_the_policy_keeps() -> None:
         rec, state = decide(observe(float(now), quiet, current_nodes=3), state, s)
     # the delay is over: the rate limit keeps 3 pods (6 / 2), on 2 nodes filled to 4
     assert (rec.desired_replicas, rec.desired_nodes) == (4, 2), rec.reason
+
+
+def test_a_batchable_model_is_sized_for_the_batches_fewer_pods_form() -> None:
+    """Calls cost 80 ms + 4 ms a row (the fit knows it). Four pods take 50 requests/s
+    each, alone in their calls: 84 ms each, 16.8 busy workers -> 12 pods. Batchable up to
+    32 rows, a call may double to 22 rows: 7.64 ms a request, 1.53 busy workers -> 2
+    pods. The same pods of a model that is not batchable still ask for 12."""
+    known = BatchCostFit().observe(
+        0.0,
+        [CallCounts(c, r, 0.08 * c + 0.004 * r, r, 32) for c, r in [(100, 100), (50, 150)] * 20],
+    )
+    assert known.curve() is not None
+
+    def pods(max_batch_rows: int) -> tuple[PodSample, ...]:
+        return tuple(
+            replace(
+                pod(i, rate=50.0, service=0.084),
+                calls=CallCounts(100, 100, 8.4, 100, max_batch_rows),
+            )
+            for i in range(4)
+        )
+
+    s = spec(max_scale_down_rate=100.0)
+    batched, _ = decide(observe(10.0, pods(32)), PolicyState(batch_fit=known), s)
+    assert batched.desired_replicas == math.ceil(200 * (0.08 / 22 + 0.004) / 1.4)  # 2
+    assert "R call 80.00 ms + 4.000 ms per row" in batched.reason
+    unbatched, _ = decide(observe(10.0, pods(0)), PolicyState(batch_fit=known), s)
+    assert unbatched.desired_replicas == 12  # 16.8 / 1.4
+    unknown, _ = decide(observe(10.0, pods(32)), PolicyState(), s)
+    assert unknown.desired_replicas == 12  # no curve yet: today's cost
