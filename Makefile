@@ -21,13 +21,15 @@ ZOO := examples/zoo/build
 DEBIAN_PACKAGES := r-base-core r-base-dev r-cran-jsonlite r-cran-randomforest r-cran-rpart \
 	r-cran-gbm r-cran-glmnet prometheus $(ZOO_PACKAGES)
 
-.PHONY: help setup demo predict-examples dev-certs test lint format bench-worker bench \
-	bench-activator bench-sim bench-autoscale bench-parse bench-bodies soak clean
+.PHONY: help setup demo predict-examples dev-certs test test-fast lint format bench-worker bench \
+	bench-activator bench-sim bench-autoscale bench-parse bench-bodies bench-fidelity bench-big soak \
+	images pod-test clean
 
 help:
 	@echo "make demo          set up, serve the example lm bundle, send it one request"
 	@echo "make predict-examples  score each example bundle offline (rscore predict)"
 	@echo "make test          set up, then lint and run the test suite"
+	@echo "make test-fast     the tests that start no R and no rscore process, and are quick (<1 min)"
 	@echo "make bench-worker  measure the worker protocol's round-trip overhead"
 	@echo "make bench         HTTP benchmark: rscore vs plumber vs an echo ceiling (wrk)"
 	@echo "make bench-activator  latency and throughput rscore activator adds (wrk)"
@@ -35,9 +37,13 @@ help:
 	@echo "make bench-autoscale  every example scenario under every policy, cost vs the oracle"
 	@echo "make bench-parse   what a records body costs to parse as it grows (1k-100k records)"
 	@echo "make bench-bodies  sidecar memory and /healthz stalls under 9 MB bodies"
+	@echo "make bench-big     100k and 1M-row requests vs R's own predict(); fan-out"
+	@echo "make bench-fidelity  simulator vs a real pod: lm and rf, Poisson and trace, 30-90% load"
 	@echo "make soak          10 minutes of faults and hostile clients at 80% load: nothing lost"
 	@echo "make dev-certs     a test CA and a localhost/127.0.0.1 certificate in $(DEV_CERTS)/"
-	@echo "make lint, make format  ruff;  make clean  remove .venv and built bundles"
+	@echo "make images        build the scorer, sidecar, autoscaler, activator images (podman)"
+	@echo "make pod-test      run the scoring pod in podman: HTTPS, rotation, SIGTERM, kill -9"
+	@echo "make lint, make format  ruff, import contracts, mypy;  make clean  remove .venv, bundles"
 	@echo
 	@echo "Variables (make demo PORT=8001 METRICS_PORT=9091):"
 	@echo "  PORT=8000          make demo: the API's port on 127.0.0.1"
@@ -89,6 +95,7 @@ lint: setup
 	@$(BIN)/ruff check .
 	@$(BIN)/ruff format --check .
 	@$(BIN)/lint-imports --no-cache
+	@$(BIN)/mypy
 
 format: setup
 	@$(BIN)/ruff format .
@@ -96,6 +103,10 @@ format: setup
 
 test: setup lint
 	@$(BIN)/pytest
+
+# The markers are in pyproject.toml; tests/conftest.py adds real_r by fixture.
+test-fast: setup
+	@$(BIN)/pytest -m "not slow and not real_r and not e2e"
 
 bench-worker: setup
 	@$(BIN)/python -m bench.worker_roundtrip --bundle $(EXAMPLES)/mtcars-lm
@@ -132,6 +143,30 @@ bench-parse: setup
 # `make bench-bodies` (BENCH_ARGS="--no-write" to keep docs/ as is).
 bench-bodies: setup
 	@$(BIN)/python -m bench.bodies $(BENCH_ARGS)
+
+# `make bench-fidelity` (BENCH_ARGS="--duration-s 5 --no-write" for a shorter look): about
+# 8 minutes; the traces come from ../shared/traces.
+bench-fidelity: setup
+	@$(BIN)/python -m bench.fidelity $(BENCH_ARGS)
+
+# `make bench-big` (BENCH_ARGS="--no-write" to keep docs/ as is): a few minutes.
+bench-big: setup
+	@$(BIN)/python -m bench.big $(BENCH_ARGS)
+
+# `make images`: podman here (docker elsewhere, same docker/*.Dockerfile); the base is made
+# with debootstrap when no registry answers. Not part of `make test` (minutes, not CI).
+images: setup $(STAMPS)/images-debian
+	@PIP=$(BIN)/pip scripts/build-images
+
+# `make pod-test`: the two-container pod as manifests/base/deployment.yaml runs it, in
+# podman (docs/deploy.md, "The pod in podman"); builds the images first.
+pod-test: images
+	@$(BIN)/python -m scripts.pod_test
+
+# The container tools, for the two targets above only.
+$(STAMPS)/images-debian: Makefile $(STAMPS)/debian
+	@scripts/install-debian-packages podman runc debootstrap
+	@mkdir -p $(STAMPS) && touch $@
 
 # `make soak` (BENCH_ARGS="--duration-s 120 --no-write" for a shorter look).
 soak: setup

@@ -16,9 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio.client.exceptions import ApiException
 
-from autoscaler.kube_io import ApiError, KubeApi
+from autoscaler.kube_io import ApiError, KubeApi, MayWrite
 from autoscaler.metrics import ControllerMetrics
 from autoscaler.reconcile import Memory, TickContext, reconcile
 
@@ -35,6 +34,10 @@ def _key(obj: dict[str, Any]) -> Key:
 
 def _uid(obj: dict[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("uid", ""))
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def _iso(wall_s: float) -> str:
@@ -57,7 +60,7 @@ class Controller:
         dry_run: bool = False,
         scrape_timeout_s: float = 1.0,
         watch_timeout_s: int = 300,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.api = api
@@ -67,7 +70,9 @@ class Controller:
         self.dry_run = dry_run
         self.scrape_timeout_s = scrape_timeout_s
         self.watch_timeout_s = watch_timeout_s
-        self.clock = clock
+        # The policy's clock: by default the event loop's (monotonic, and the one its
+        # sleeps and timeouts run on, so the tick schedule and the policy's delays agree).
+        self.clock = clock or _loop_time
         self.wall_clock = wall_clock  # Unix seconds: status and event times, the forecast
         self.objects: dict[Key, dict[str, Any]] = {}
         self.memory: dict[Key, Memory] = {}
@@ -136,21 +141,21 @@ class Controller:
                         self._apply(kind, obj)
                 failures = 0  # the server ended the watch (its timeout): all is well
                 self.metrics.watch_restarts.labels("timeout").inc()
-            except ApiException as error:
+            except ApiError as error:
                 if error.status == 410:  # history compacted: list again
                     log.info("watch: resourceVersion %s expired, re-listing", resource_version)
                     self.metrics.watch_restarts.labels("expired").inc()
                     resource_version = None
                     if fresh_list:
                         failures += 1
+                elif error.status is None:  # no answer: a timeout or a dropped stream
+                    failures += 1
+                    self.metrics.watch_restarts.labels("dropped").inc()
+                    log.warning("watch dropped (%s), reconnecting", error)
                 else:
                     failures += 1
                     self.metrics.watch_restarts.labels(f"http_{error.status}").inc()
-                    log.warning("watch failed (%s %s), retrying", error.status, error.reason)
-            except (ApiError, aiohttp.ClientError, TimeoutError) as error:
-                failures += 1
-                self.metrics.watch_restarts.labels("dropped").inc()
-                log.warning("watch dropped (%s), reconnecting", error)
+                    log.warning("watch failed (%s), retrying", error)
             except Exception:  # e.g. a malformed line: never let the watch task die
                 failures += 1
                 self.metrics.watch_restarts.labels("error").inc()
@@ -159,7 +164,7 @@ class Controller:
 
     # --- the ticks -----------------------------------------------------------------------
 
-    async def tick(self, session: aiohttp.ClientSession, may_write: Callable[[], bool]) -> None:
+    async def tick(self, session: aiohttp.ClientSession, may_write: MayWrite) -> None:
         """Start a reconcile for every object whose last one has finished, and wait for
         them at most one interval: an object whose API calls hang (say, a node pool
         served by an unreachable aggregated API) is skipped while it hangs, and never
@@ -200,7 +205,7 @@ class Controller:
         self.metrics.ticks.inc()
         self.metrics.tick_duration.observe(time.perf_counter() - started)
 
-    async def lead(self, may_write: Callable[[], bool]) -> None:
+    async def lead(self, may_write: MayWrite) -> None:
         """Tick every interval until cancelled (leadership lost, or shutdown)."""
         self.memory.clear()
         await self.synced.wait()

@@ -1,12 +1,16 @@
 """Every Kubernetes API call the controller makes, and the scrape of pods' /metrics.
 
-The only module that talks to the network. Calls go through the real kubernetes_asyncio
-client: custom objects (ScoringAutoscalers, `/scale` of any group, PodMetrics) through
-`CustomObjectsApi`, core resources and discovery through its `ApiClient`. Patches name
-their content type (merge patch): the client would send a dict as a JSON patch, which
-a real API server rejects. Transient failures (409, 429, 5xx, timeouts, dropped
-connections) are retried here with capped exponential backoff; what still fails is
-raised as `ApiError` for the caller to report. Nothing here decides anything.
+The only module that talks to the network, and the only one of the autoscaler that
+imports kubernetes_asyncio (an import-linter contract holds it): the rest of the package
+sees plain dicts, `Scale`, `LeaseRecord` and our own `ApiError`, never the library's
+types or exceptions. Calls go through the real kubernetes_asyncio client: custom objects
+(ScoringAutoscalers, `/scale` of any group, PodMetrics) through `CustomObjectsApi`; core
+resources, Leases and discovery through its `ApiClient`. Patches name their content type
+(merge patch): the client would send a dict as a JSON patch, which a real API server
+rejects. Transient failures (409, 429, 5xx, timeouts, dropped connections) are retried
+here with capped exponential backoff, except the Lease calls, whose cadence is the
+election's (autoscaler.leader); what still fails is raised as `ApiError` for the caller
+to report. Nothing here decides anything.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
-from kubernetes_asyncio import client
+from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.config import ConfigException
 from kubernetes_asyncio.watch import Watch
 
 from autoscaler.metrics import ControllerMetrics
@@ -36,7 +42,11 @@ __all__ = [
     "CRD_PLURAL",
     "CRD_VERSION",
     "ApiError",
+    "Guard",
     "KubeApi",
+    "KubeConfigError",
+    "LeaseRecord",
+    "MayWrite",
     "NotLeading",
     "Scale",
     "retry_delay",
@@ -63,12 +73,19 @@ T = TypeVar("T")
 
 
 class ApiError(Exception):
-    """An API call failed for good (after retries, or at once when not retryable)."""
+    """An API call failed for good (after retries, or at once when not retryable).
 
-    def __init__(self, operation: str, status: int | None, message: str) -> None:
+    `status` is the HTTP status the API server answered (410 for an expired watch), or
+    None when no answer came (a timeout, a dropped connection); `reason` its reason.
+    """
+
+    def __init__(
+        self, operation: str, status: int | None, message: str, reason: str | None = None
+    ) -> None:
         super().__init__(f"{operation}: {message}")
         self.operation = operation
         self.status = status
+        self.reason = reason
 
 
 class NotLeading(ApiError):
@@ -78,7 +95,58 @@ class NotLeading(ApiError):
         super().__init__(operation, None, "not sent: no longer the leader")
 
 
-Guard = Callable[[], bool] | None
+class KubeConfigError(Exception):
+    """No client could be configured: no kubeconfig and not in a pod, or a bad file."""
+
+
+MayWrite = Callable[[], bool]  # "still the leader?": asked before every write attempt
+Guard = MayWrite | None  # None: always (no election)
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """A coordination.k8s.io/v1 Lease's spec, and the resourceVersion it was read at.
+
+    Times are the API's MicroTime strings; holder None is a released (or new) Lease.
+    """
+
+    holder: str | None
+    lease_duration_s: int | None
+    acquire_time: str | None = None
+    renew_time: str | None = None
+    transitions: int = 0
+    resource_version: str | None = None  # sent back on replace: a 409 if it moved
+
+    @staticmethod
+    def from_object(lease: dict[str, Any]) -> LeaseRecord:
+        spec, metadata = lease.get("spec") or {}, lease.get("metadata") or {}
+        duration = spec.get("leaseDurationSeconds")
+        return LeaseRecord(
+            holder=spec.get("holderIdentity") or None,
+            lease_duration_s=None if duration is None else int(duration),
+            acquire_time=spec.get("acquireTime"),
+            renew_time=spec.get("renewTime"),
+            transitions=int(spec.get("leaseTransitions") or 0),
+            resource_version=metadata.get("resourceVersion"),
+        )
+
+    def to_object(self, namespace: str, name: str) -> dict[str, Any]:
+        fields = {
+            "holderIdentity": self.holder,
+            "leaseDurationSeconds": self.lease_duration_s,
+            "acquireTime": self.acquire_time,
+            "renewTime": self.renew_time,
+            "leaseTransitions": self.transitions,
+        }
+        metadata = {"name": name, "namespace": namespace}
+        if self.resource_version is not None:
+            metadata["resourceVersion"] = self.resource_version
+        return {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": metadata,
+            "spec": {key: value for key, value in fields.items() if value is not None},
+        }
 
 
 @dataclass(frozen=True)
@@ -94,7 +162,7 @@ def retry_delay(
     """Delay before retry `attempt` (1-based): exponential times `jitter`, or Retry-After."""
     if retry_after_s is not None and not math.isnan(retry_after_s):
         return min(max(retry_after_s, 0.0), cap_s)
-    return min(cap_s, base_s * 2 ** (attempt - 1)) * jitter
+    return min(cap_s, base_s * 2.0 ** (attempt - 1)) * jitter
 
 
 def _status_of(error: BaseException) -> int | None:
@@ -109,6 +177,17 @@ def _message_of(error: BaseException) -> str:
     if isinstance(error, TimeoutError):
         return "timed out"
     return f"{type(error).__name__}: {error}"
+
+
+def _reason_of(error: BaseException) -> str | None:
+    if isinstance(error, ApiException):
+        return error.reason or None
+    return type(error).__name__
+
+
+def _translated(operation: str, error: BaseException) -> ApiError:
+    """The library's or aiohttp's failure as our own: callers never see their types."""
+    return ApiError(operation, _status_of(error), _message_of(error), _reason_of(error))
 
 
 def _retry_after(error: BaseException) -> float | None:
@@ -144,6 +223,25 @@ class KubeApi:
         self._rng = rng or random.Random()
         self._resources: dict[tuple[str, str, str], str] = {}
 
+    @classmethod
+    async def connect(
+        cls, kubeconfig: Path | None, metrics: ControllerMetrics, **settings: Any
+    ) -> KubeApi:
+        """A client from the kubeconfig file, or the pod's service account without one;
+        KubeConfigError when neither can be used. `close()` it when done."""
+        try:
+            if kubeconfig is not None:
+                api_client = await config.new_client_from_config(config_file=str(kubeconfig))
+            else:
+                config.load_incluster_config()
+                api_client = ApiClient()
+        except ConfigException as error:
+            raise KubeConfigError(str(error)) from error
+        return cls(api_client, metrics, **settings)
+
+    async def close(self) -> None:
+        await self.api_client.close()
+
     async def _retrying(
         self, operation: str, call: Callable[[], Awaitable[T]], guard: Guard = None
     ) -> T:
@@ -155,12 +253,10 @@ class KubeApi:
             try:
                 return await call()
             except (ApiException, TimeoutError, aiohttp.ClientError) as error:
-                status = _status_of(error)
-                code = str(status) if status else type(error).__name__
-                self.metrics.api_errors.labels(operation, code).inc()
+                status = self._count(operation, error)
                 retryable = status is None or status in RETRYABLE_STATUS
                 if not retryable or attempt == self.attempts:
-                    raise ApiError(operation, status, _message_of(error)) from error
+                    raise _translated(operation, error) from error
                 delay = retry_delay(
                     attempt,
                     self.backoff_base_s,
@@ -170,6 +266,22 @@ class KubeApi:
                 )
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _count(self, operation: str, error: BaseException) -> int | None:
+        """Count a failed call by its status (or the exception's name); its status."""
+        status = _status_of(error)
+        code = str(status) if status else type(error).__name__
+        self.metrics.api_errors.labels(operation, code).inc()
+        return status
+
+    async def _once(self, operation: str, call: Callable[[], Awaitable[T]], timeout_s: float) -> T:
+        """`call()` once, bounded by `timeout_s`; any failure raised as `ApiError`."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await call()
+        except (ApiException, TimeoutError, aiohttp.ClientError) as error:
+            self._count(operation, error)
+            raise _translated(operation, error) from error
 
     async def _core(
         self,
@@ -217,26 +329,14 @@ class KubeApi:
 
     # --- /scale --------------------------------------------------------------------------
 
-    async def _scale_path(self, namespace: str, target: TargetRef) -> tuple[str, str]:
+    async def _scale_path(self, namespace: str, target: TargetRef) -> str:
         plural = await self.resource_for(target)
-        return plural, f"/api/v1/namespaces/{namespace}/{plural}/{target.name}/scale"
+        group = f"/apis/{target.api_version}" if target.group else f"/api/{target.version}"
+        return f"{group}/namespaces/{namespace}/{plural}/{target.name}/scale"
 
     async def get_scale(self, namespace: str, target: TargetRef) -> Scale:
-        plural, core_path = await self._scale_path(namespace, target)
-        if target.group:
-            scale = await self._retrying(
-                "get_scale",
-                lambda: self.custom.get_namespaced_custom_object_scale(
-                    target.group,
-                    target.version,
-                    namespace,
-                    plural,
-                    target.name,
-                    _request_timeout=self.request_timeout_s,
-                ),
-            )
-        else:
-            scale = await self._retrying("get_scale", lambda: self._core("GET", core_path))
+        path = await self._scale_path(namespace, target)
+        scale = await self._retrying("get_scale", lambda: self._core("GET", path))
         spec, status = scale.get("spec") or {}, scale.get("status") or {}
         return Scale(
             replicas=int(spec.get("replicas") or 0),
@@ -247,29 +347,13 @@ class KubeApi:
     async def patch_scale(
         self, namespace: str, target: TargetRef, replicas: int, *, guard: Guard = None
     ) -> None:
-        plural, core_path = await self._scale_path(namespace, target)
+        path = await self._scale_path(namespace, target)
         body = {"spec": {"replicas": replicas}}
-        if target.group:
-            await self._retrying(
-                "patch_scale",
-                lambda: self.custom.patch_namespaced_custom_object_scale(
-                    target.group,
-                    target.version,
-                    namespace,
-                    plural,
-                    target.name,
-                    body,
-                    _content_type=MERGE_PATCH,
-                    _request_timeout=self.request_timeout_s,
-                ),
-                guard,
-            )
-        else:
-            await self._retrying(
-                "patch_scale",
-                lambda: self._core("PATCH", core_path, body=body, content_type=MERGE_PATCH),
-                guard,
-            )
+        await self._retrying(
+            "patch_scale",
+            lambda: self._core("PATCH", path, body=body, content_type=MERGE_PATCH),
+            guard,
+        )
 
     # --- pods, their metrics, nodes --------------------------------------------------------
 
@@ -318,7 +402,7 @@ class KubeApi:
 
     # --- the ScoringAutoscaler itself ------------------------------------------------------
 
-    async def list_autoscalers(self, namespace: str | None) -> tuple[list[dict], str]:
+    async def list_autoscalers(self, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
         if namespace:
             listing = await self._retrying(
                 "list_autoscalers",
@@ -343,7 +427,8 @@ class KubeApi:
     async def watch_autoscalers(
         self, namespace: str | None, resource_version: str, timeout_s: int
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """(event type, object) until the server ends the watch; raises ApiException (410)."""
+        """(event type, object) until the server ends the watch; ApiError on a failure
+        (status 410 when the resourceVersion has expired, None when the stream dropped)."""
         args: dict[str, Any] = {
             "resource_version": resource_version,
             "timeout_seconds": timeout_s,
@@ -359,25 +444,20 @@ class KubeApi:
         else:
             function = self.custom.list_cluster_custom_object
             positional = (CRD_GROUP, CRD_VERSION, CRD_PLURAL)
-        async with Watch() as watch:
-            async for event in watch.stream(function, *positional, **args):
-                yield event["type"], event["raw_object"]
+        try:
+            async with Watch() as watch:
+                async for event in watch.stream(function, *positional, **args):
+                    yield event["type"], event["raw_object"]
+        except (ApiException, TimeoutError, aiohttp.ClientError) as error:
+            raise _translated("watch_autoscalers", error) from error
 
     async def patch_status(
         self, namespace: str, name: str, body: dict[str, Any], *, guard: Guard = None
     ) -> None:
+        path = f"/apis/{CRD_GROUP}/{CRD_VERSION}/namespaces/{namespace}/{CRD_PLURAL}/{name}/status"
         await self._retrying(
             "patch_status",
-            lambda: self.custom.patch_namespaced_custom_object_status(
-                CRD_GROUP,
-                CRD_VERSION,
-                namespace,
-                CRD_PLURAL,
-                name,
-                body,
-                _content_type=MERGE_PATCH,
-                _request_timeout=self.request_timeout_s,
-            ),
+            lambda: self._core("PATCH", path, body=body, content_type=MERGE_PATCH),
             guard,
         )
 
@@ -394,6 +474,59 @@ class KubeApi:
             ),
             guard,
         )
+
+    # --- the Lease of the leader election (autoscaler.leader) ----------------------------
+    # One attempt each, bounded by the caller's timeout: the election retries on its own
+    # cadence and must know at once that a renewal failed.
+
+    @staticmethod
+    def _lease_path(namespace: str, name: str | None = None) -> str:
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+        return path if name is None else f"{path}/{name}"
+
+    async def read_lease(
+        self, namespace: str, name: str, *, timeout_s: float
+    ) -> LeaseRecord | None:
+        """The Lease, or None if there is none yet."""
+        try:
+            lease = await self._once(
+                "read_lease",
+                lambda: self._core("GET", self._lease_path(namespace, name)),
+                timeout_s,
+            )
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+        return LeaseRecord.from_object(lease)
+
+    async def create_lease(
+        self, namespace: str, name: str, record: LeaseRecord, *, timeout_s: float
+    ) -> LeaseRecord:
+        """Create the Lease (a 409 if another candidate created it first); as stored."""
+        body = record.to_object(namespace, name)
+        lease = await self._once(
+            "create_lease",
+            lambda: self._core(
+                "POST", self._lease_path(namespace), body=body, content_type="application/json"
+            ),
+            timeout_s,
+        )
+        return LeaseRecord.from_object(lease)
+
+    async def replace_lease(
+        self, namespace: str, name: str, record: LeaseRecord, *, timeout_s: float
+    ) -> LeaseRecord:
+        """Replace the Lease at `record.resource_version` (a 409 if it moved); as stored."""
+        body = record.to_object(namespace, name)
+        lease = await self._once(
+            "replace_lease",
+            lambda: self._core(
+                "PUT", self._lease_path(namespace, name), body=body, content_type="application/json"
+            ),
+            timeout_s,
+        )
+        return LeaseRecord.from_object(lease)
 
 
 async def scrape_pod(

@@ -39,6 +39,13 @@ class ControllerMetrics:
             ["namespace", "name"],
             registry=r,
         )
+        # The spec's bound, so an alert can tell "at max replicas" from the desired count.
+        self.max_replicas = Gauge(
+            "rscore_autoscaler_max_replicas",
+            "The ScoringAutoscaler's maxReplicas",
+            ["namespace", "name"],
+            registry=r,
+        )
         self.desired_nodes = Gauge(
             "rscore_autoscaler_desired_nodes",
             "The policy's desired nodes in the pool",
@@ -102,6 +109,7 @@ class ControllerMetrics:
         """Drop a deleted ScoringAutoscaler's series."""
         for gauge in (
             self.desired_replicas,
+            self.max_replicas,
             self.desired_nodes,
             self.observed_concurrency,
             self.panic,

@@ -643,9 +643,9 @@ def decide(
         reasons.append(f"clamp [{spec.min_replicas}, {spec.max_replicas}] -> {clamped}")
     desired = clamped
 
-    profile, expected, why = _forecast(obs, state, spec, demand)
-    if why is not None:
-        reasons.append(why)
+    profile, expected, forecast_note = _forecast(obs, state, spec, demand)
+    if forecast_note is not None:
+        reasons.append(forecast_note)
     for_nodes = desired if conc.sustained is None else min(desired, conc.sustained)
     for_nodes = max(for_nodes, spec.min_replicas)
     replicas, nodes, since = _size_nodes(

@@ -24,6 +24,7 @@ import aiohttp
 from autoscaler.forecast import DemandProfile
 from autoscaler.kube_io import (
     ApiError,
+    Guard,
     KubeApi,
     NotLeading,
     Scale,
@@ -74,7 +75,7 @@ class TickContext:
     now_iso: str  # wall time for status and events
     dry_run: bool = False
     scrape_timeout_s: float = 1.0
-    may_write: Any = None  # () -> bool: still the leader? None means always
+    may_write: Guard = None  # still the leader? None means always (no election)
     clock: Callable[[], float] = time.monotonic  # stamps each scrape when its answer is in
     wall_s: float | None = None  # Unix seconds for the forecast; None: time.time()
 
@@ -84,7 +85,7 @@ def _writable(ctx: TickContext) -> bool:
 
 
 async def _event(
-    ctx: TickContext, obj: dict, reason: str, message: str, *, warning: bool = False
+    ctx: TickContext, obj: dict[str, Any], reason: str, message: str, *, warning: bool = False
 ) -> None:
     log.info("%s/%s %s: %s", _ns(obj), _name(obj), reason, message)
     if not _writable(ctx):
@@ -103,15 +104,17 @@ async def _event(
         log.warning("event %s for %s/%s not recorded: %s", reason, _ns(obj), _name(obj), error)
 
 
-def _ns(obj: dict) -> str:
+def _ns(obj: dict[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("namespace", ""))
 
 
-def _name(obj: dict) -> str:
+def _name(obj: dict[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("name", ""))
 
 
-async def _warn_once(ctx: TickContext, obj: dict, memory: Memory, reason: str, msg: str) -> None:
+async def _warn_once(
+    ctx: TickContext, obj: dict[str, Any], memory: Memory, reason: str, msg: str
+) -> None:
     """A Warning event when a failure starts, not on every tick it lasts."""
     if reason not in memory.failing:
         memory.failing.add(reason)
@@ -120,7 +123,7 @@ async def _warn_once(ctx: TickContext, obj: dict, memory: Memory, reason: str, m
 
 async def _write_status(
     ctx: TickContext,
-    obj: dict,
+    obj: dict[str, Any],
     memory: Memory,
     conditions: list[Condition],
     *,
@@ -174,7 +177,7 @@ def _profile_saved(memory: Memory, profile: DemandProfile | None) -> None:
         memory.profile_saved, memory.profile_saved_slot = True, _slot_of(profile)
 
 
-async def _restore_profile(ctx: TickContext, obj: dict, memory: Memory) -> None:
+async def _restore_profile(ctx: TickContext, obj: dict[str, Any], memory: Memory) -> None:
     """A new controller, or a new leader, continues the demand profile the status keeps;
     one that does not read back is announced once and the forecast starts empty."""
     memory.restored = True
@@ -186,7 +189,9 @@ async def _restore_profile(ctx: TickContext, obj: dict, memory: Memory) -> None:
         _profile_saved(memory, profile)
 
 
-async def _fail(ctx: TickContext, obj: dict, memory: Memory, condition: Condition) -> None:
+async def _fail(
+    ctx: TickContext, obj: dict[str, Any], memory: Memory, condition: Condition
+) -> None:
     """Report a failure that stops this tick: a Warning event once, and the condition."""
     await _warn_once(ctx, obj, memory, condition.reason, condition.message)
     await _write_status(ctx, obj, memory, [condition])
@@ -216,7 +221,7 @@ async def _scrape_all(
 
 
 async def _unrouted(
-    ctx: TickContext, obj: dict, settings: AutoscalerSettings, memory: Memory
+    ctx: TickContext, obj: dict[str, Any], settings: AutoscalerSettings, memory: Memory
 ) -> float:
     """Requests held by the ready activator pods (`spec.activator`), summed; 0 without
     an activator. A failure is reported (metric, a Warning once) and leaves
@@ -326,6 +331,7 @@ def _labels(settings: AutoscalerSettings) -> tuple[str, str]:
 def _record(ctx: TickContext, settings: AutoscalerSettings, rec: Recommendation) -> None:
     labels = _labels(settings)
     ctx.metrics.desired_replicas.labels(*labels).set(rec.desired_replicas)
+    ctx.metrics.max_replicas.labels(*labels).set(settings.scaling.max_replicas)
     ctx.metrics.panic.labels(*labels).set(1 if rec.mode == MODE_PANIC else 0)
     if rec.observed_concurrency is not None:
         ctx.metrics.observed_concurrency.labels(*labels).set(rec.observed_concurrency)

@@ -1,7 +1,8 @@
 """`rscore autoscaler`: load the API configuration, start the watch, the elected control
 loop and the metrics endpoint, and stop cleanly on SIGTERM or SIGINT.
 
-Wiring only; the loop is `autoscaler.controller`, the decisions `autoscaler.policy`.
+Wiring only; the loop is `autoscaler.controller`, the decisions `autoscaler.policy`, the
+API client `autoscaler.kube_io` (never kubernetes_asyncio here).
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
-from kubernetes_asyncio import config
-from kubernetes_asyncio.client import ApiClient
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from autoscaler.controller import Controller
@@ -47,14 +46,6 @@ class Options:
     request_timeout_s: float = 5.0
 
 
-async def api_client_for(kubeconfig: Path | None) -> ApiClient:
-    """A client from the kubeconfig file, or the pod's service account without one."""
-    if kubeconfig is not None:
-        return await config.new_client_from_config(config_file=str(kubeconfig))
-    config.load_incluster_config()
-    return ApiClient()
-
-
 def metrics_app(metrics: ControllerMetrics, healthy: Callable[[], bool]) -> web.Application:
     async def scrape(_request: web.Request) -> web.Response:
         return web.Response(
@@ -79,9 +70,10 @@ async def run(options: Options, stop: asyncio.Event | None = None) -> None:
             loop.add_signal_handler(signum, stop.set)
 
     metrics = ControllerMetrics()
-    api_client = await api_client_for(options.kubeconfig)
+    api = await KubeApi.connect(
+        options.kubeconfig, metrics, request_timeout_s=options.request_timeout_s
+    )
     try:
-        api = KubeApi(api_client, metrics, request_timeout_s=options.request_timeout_s)
         controller = Controller(
             api,
             metrics,
@@ -100,7 +92,7 @@ async def run(options: Options, stop: asyncio.Event | None = None) -> None:
                 options.lease_name,
             )
             leadership = Leadership(
-                api_client,
+                api,
                 metrics,
                 lease_name=options.lease_name,
                 lease_namespace=options.lease_namespace,
@@ -141,5 +133,5 @@ async def run(options: Options, stop: asyncio.Event | None = None) -> None:
             await asyncio.gather(*tasks, return_exceptions=True)
             await runner.cleanup()
     finally:
-        await api_client.close()
+        await api.close()
     log.info("autoscaler stopped")

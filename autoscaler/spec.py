@@ -113,7 +113,9 @@ def _number(value: Any, kind: type, field: str) -> int | float:
     return float(value)
 
 
-def _fields(section: dict[str, Any], table: dict[str, tuple[str, type]], prefix: str) -> dict:
+def _fields(
+    section: dict[str, Any], table: dict[str, tuple[str, type]], prefix: str
+) -> dict[str, Any]:  # by name: each field's type is its table entry's
     out: dict[str, int | float] = {}
     for crd_name, (py_name, kind) in table.items():
         if section.get(crd_name) is not None:

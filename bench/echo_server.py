@@ -2,49 +2,16 @@
 
     python -m bench.echo_server --port 8002
 
-It reads the request body (as any server must) and answers a fixed small JSON, with no
-parsing, no access log and no R: what the same HTTP stack costs before any work, so
-bench/http.py can say how close rscore's sidecar comes to it.
-
-A benchmark fixture only: it listens on 127.0.0.1 and nowhere else, and must never do
-any work per request beyond reading the body.
+The server is rscore_cli/echo_server.py (`rscore sim validate` measures its client's
+floor against it too); see there. Listens on 127.0.0.1 only and does no work per
+request beyond reading the body.
 """
 
 from __future__ import annotations
 
-import argparse
+from rscore_cli.echo_server import ANSWER, HOST, create_app, main
 
-import uvloop
-from aiohttp import web
-
-HOST = "127.0.0.1"  # never anything else: the benchmark only loads the loopback
-ANSWER = b'{"predictions":[22.638350924442673]}'
-
-
-async def score(request: web.Request) -> web.Response:
-    await request.read()
-    return web.Response(body=ANSWER, content_type="application/json")
-
-
-def create_app() -> web.Application:
-    app = web.Application()
-    app.router.add_post("/score", score)
-    return app
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    web.run_app(
-        create_app(),
-        host=HOST,
-        port=args.port,
-        access_log=None,
-        print=None,
-        loop=uvloop.new_event_loop(),
-    )
-
+__all__ = ["ANSWER", "HOST", "create_app", "main"]
 
 if __name__ == "__main__":
     main()

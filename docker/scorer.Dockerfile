@@ -2,20 +2,22 @@
 # The r-scorer container: Debian's R, the model packages, rscore in /opt/rscore, and one
 # model bundle at /models/model (copied in here, or mounted over it at run time).
 #
-#   make setup    # builds examples/build/mtcars-lm
+#   make images   # podman, a locally made base; or by hand, with docker:
 #   docker build -f docker/scorer.Dockerfile --build-arg BUNDLE=examples/build/mtcars-lm \
 #     -t registry.example.com/rscore/scorer-mtcars-lm:0.1.0 .
 #
-# The base is pinned by digest: replace the zeros with the digest of debian:bookworm-slim
-# (`docker buildx imagetools inspect debian:bookworm-slim`) and renew it with each rebuild.
-ARG DEBIAN_IMAGE=debian:bookworm-slim@sha256:0000000000000000000000000000000000000000000000000000000000000000
+# The base is pinned by digest; `scripts/pin-base-images` prints the current one (run it
+# where a registry is reachable and paste it here with each rebuild). Where none is,
+# `make images` makes Debian 12 with debootstrap and passes
+# --build-arg DEBIAN_IMAGE=localhost/debian:bookworm-slim (docs/deploy.md, "Images").
+ARG DEBIAN_IMAGE=docker.io/library/debian:bookworm-slim@sha256:3783cc01769c7b2b1b83a5c5ad96c815348e28ed7da68e2e3687004faa906251
 # The model packages from Debian: the Makefile's list without its test tools. Add what
 # your bundle needs (--build-arg R_PACKAGES="... r-cran-xgboost").
 ARG R_PACKAGES="r-cran-jsonlite r-cran-randomforest r-cran-rpart r-cran-gbm r-cran-glmnet"
 
 FROM ${DEBIAN_IMAGE} AS build
 WORKDIR /src
-COPY scripts/install-debian-packages scripts/install-python scripts/
+COPY scripts/install-debian-packages scripts/install-python scripts/image-requirements scripts/
 # r-base-dev and python3-dev: rpy2 compiles against R's and Python's headers here.
 RUN scripts/install-debian-packages python3 python3-venv python3-dev r-base-core r-base-dev
 COPY pyproject.toml README.md ./
@@ -25,7 +27,16 @@ COPY autoscaler autoscaler
 COPY activator activator
 COPY sim sim
 COPY rscore_cli rscore_cli
-RUN PIP_NO_CACHE_DIR=1 scripts/install-python /opt/rscore .
+# The project's dependencies without the autoscaler's and the simulator's
+# (scripts/image-requirements says why), then the project itself; pip goes at the end.
+# The package index comes as build secrets (make images passes the host's pip settings;
+# without them pip uses PyPI), so no index URL or certificate is left in a layer.
+RUN --mount=type=secret,id=pipconf,target=/etc/pip.conf \
+    --mount=type=secret,id=pipca,target=/etc/pip-ca.crt \
+    scripts/image-requirements scorer > /tmp/requirements.txt \
+    && PIP_NO_CACHE_DIR=1 scripts/install-python /opt/rscore -r /tmp/requirements.txt \
+    && PIP_NO_CACHE_DIR=1 scripts/install-python /opt/rscore --no-deps . \
+    && /opt/rscore/bin/python -m pip uninstall --quiet --yes pip
 
 FROM ${DEBIAN_IMAGE}
 ARG R_PACKAGES
@@ -33,7 +44,7 @@ ARG R_PACKAGES
 # compilers. The script comes in through a bind mount, so it stays out of the image.
 RUN --mount=type=bind,source=scripts,target=/mnt/scripts \
     /mnt/scripts/install-debian-packages python3 r-base-core ${R_PACKAGES} \
-    && rm -rf /var/lib/apt/lists/*
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 COPY --from=build /opt/rscore /opt/rscore
 ARG BUNDLE=examples/build/mtcars-lm
 COPY ${BUNDLE} /models/model

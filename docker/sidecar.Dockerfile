@@ -1,16 +1,19 @@
 # syntax=docker/dockerfile:1
-# The sidecar container (and the autoscaler controller and the activator): slim Python
-# with rscore in /opt/rscore. No R: the sidecar only speaks the worker protocol.
+# The Python-only image: the sidecar, and (same image, another command in the manifests)
+# the autoscaler controller and the activator. No R and no rpy2: these processes only
+# speak the worker protocol, Kubernetes' API and HTTP.
 #
+#   make images   # podman, a locally made base; or by hand, with docker:
 #   docker build -f docker/sidecar.Dockerfile -t registry.example.com/rscore/sidecar:0.1.0 .
 #
-# The base is pinned by digest: replace the zeros with the digest of
-# python:3.11-slim-bookworm (`docker buildx imagetools inspect python:3.11-slim-bookworm`).
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:0000000000000000000000000000000000000000000000000000000000000000
+# Debian's python3 (3.11, as the scorer's) on the same pinned base as docker/scorer.Dockerfile;
+# `scripts/pin-base-images` prints the current digest.
+ARG DEBIAN_IMAGE=docker.io/library/debian:bookworm-slim@sha256:3783cc01769c7b2b1b83a5c5ad96c815348e28ed7da68e2e3687004faa906251
 
-FROM ${PYTHON_IMAGE} AS build
+FROM ${DEBIAN_IMAGE} AS build
 WORKDIR /src
-COPY scripts/install-python scripts/
+COPY scripts/install-debian-packages scripts/install-python scripts/image-requirements scripts/
+RUN scripts/install-debian-packages python3 python3-venv
 COPY pyproject.toml README.md ./
 COPY r_scorer r_scorer
 COPY sidecar sidecar
@@ -18,13 +21,23 @@ COPY autoscaler autoscaler
 COPY activator activator
 COPY sim sim
 COPY rscore_cli rscore_cli
-# rpy2 is a dependency of the project, but this image never starts R: its ABI mode builds
-# as pure Python, with no R and no compiler present.
-RUN RPY2_CFFI_MODE=ABI PIP_NO_CACHE_DIR=1 scripts/install-python /opt/rscore .
+# The project's dependencies without those only R workers and the simulator's plots use
+# (scripts/image-requirements says why each is left out), then the project itself.
+# The package index comes as build secrets, as in docker/scorer.Dockerfile.
+RUN --mount=type=secret,id=pipconf,target=/etc/pip.conf \
+    --mount=type=secret,id=pipca,target=/etc/pip-ca.crt \
+    scripts/image-requirements python > /tmp/requirements.txt \
+    && PIP_NO_CACHE_DIR=1 scripts/install-python /opt/rscore -r /tmp/requirements.txt \
+    && PIP_NO_CACHE_DIR=1 scripts/install-python /opt/rscore --no-deps . \
+    && /opt/rscore/bin/python -m pip uninstall --quiet --yes pip
 
-FROM ${PYTHON_IMAGE}
+FROM ${DEBIAN_IMAGE}
+RUN --mount=type=bind,source=scripts,target=/mnt/scripts \
+    /mnt/scripts/install-debian-packages python3 \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 COPY --from=build /opt/rscore /opt/rscore
 ENV PATH=/opt/rscore/bin:$PATH \
+    HOME=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 # Numeric, so Kubernetes' runAsNonRoot can check it without a passwd entry.

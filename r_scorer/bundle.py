@@ -1,7 +1,8 @@
 """What a model bundle folder declares: its files and `rscore.toml`, as plain data.
 
 A bundle is `model.rds` and/or `score.R`, optionally `ptype.rds` and `rscore.toml`
-(`name`, `version`, `packages`, `[predict]` arguments, `[serving] batchable`). This
+(`name`, `version`, `packages`, `[predict]` arguments, `[serving] batchable` and
+`splittable`). This
 module reads the folder and the TOML only; loading into R is `rmodel`'s job.
 
 Pure apart from reading the folder; never starts R. Errors name the file at fault.
@@ -24,7 +25,7 @@ CONFIG_FILE = "rscore.toml"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # safe in a URL path and a k8s label
 _TOP_KEYS = {"name", "version", "packages", "predict", "serving"}
-_SERVING_KEYS = {"batchable"}
+_SERVING_KEYS = {"batchable", "splittable"}
 
 PredictArgument = str | int | float | bool | list[Any]
 
@@ -39,6 +40,8 @@ class BundleSpec:
     packages: tuple[str, ...] = ()
     predict_args: dict[str, PredictArgument] = field(default_factory=dict)
     batchable: bool = True
+    # Rows may be scored in separate calls and joined (a large request over idle workers).
+    splittable: bool = True
 
 
 def read_bundle(path: str | Path) -> BundleSpec:
@@ -97,6 +100,11 @@ def spec_from_config(folder: Path, config: dict[str, Any]) -> BundleSpec:
     batchable = serving.get("batchable", True)
     if not isinstance(batchable, bool):
         raise BundleError(f"{CONFIG_FILE}: [serving] batchable must be true or false")
+    # Splitting a request is batching undone: the same promise that rows are scored
+    # independently, so by default exactly when batchable.
+    splittable = serving.get("splittable", batchable)
+    if not isinstance(splittable, bool):
+        raise BundleError(f"{CONFIG_FILE}: [serving] splittable must be true or false")
     return BundleSpec(
         path=folder,
         name=name,
@@ -104,6 +112,7 @@ def spec_from_config(folder: Path, config: dict[str, Any]) -> BundleSpec:
         packages=tuple(packages),
         predict_args=dict(predict_args),
         batchable=batchable,
+        splittable=splittable,
     )
 
 

@@ -46,6 +46,9 @@ class ModelInfo:
     batchable: bool
     packages: tuple[str, ...]
     prototype: Prototype
+    # May a large request be cut into chunks over idle workers (sidecar.fanout)? A
+    # worker that does not say is never split.
+    splittable: bool = False
 
     @classmethod
     def from_hello(cls, model: dict[str, Any]) -> ModelInfo:
@@ -55,6 +58,7 @@ class ModelInfo:
             batchable=bool(model.get("batchable", True)),
             packages=tuple(model.get("packages", ())),
             prototype=Prototype.from_json(model.get("prototype", {})),
+            splittable=bool(model.get("splittable", False)),
         )
 
 
@@ -346,6 +350,7 @@ class WorkerPool:
 
     def _trusted(self, writer: asyncio.StreamWriter) -> bool:
         """Whether the connecting process runs as our user (the kernel's SO_PEERCRED)."""
+        problem: str | None
         try:
             peer = peer_credentials(writer.get_extra_info("socket"))
         except OSError as exc:

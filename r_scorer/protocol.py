@@ -8,13 +8,22 @@ restarted worker simply connects again); neither side needs to start first.
 Framing. Each message is a 4-byte big-endian unsigned length, then that many bytes of
 one JSON object (orjson). Frames over `MAX_FRAME_BYTES` are a protocol error.
 
+Binary column frame. A score request whose numeric columns are numpy arrays (long
+columns are: `prototype.COLUMNAR_ROWS`) carries them as raw bytes after its JSON, never
+as JSON numbers: the body is a 0x00 byte (JSON never starts so), the JSON's 4-byte
+big-endian length, the JSON, then each such column's values as little-endian float64
+in column order (NaN is NA); in the JSON such a column's values are `{"float64": n}`.
+Encoding 100,000 rows x 4 columns this way takes ~1 ms where JSON took 11 ms, and the
+worker reads the numbers without parsing them.
+
 Conversation. On connecting, the worker sends `hello` (with its slot and the number of
 slots its supervisor runs, so the sidecar knows when all are there); then it answers one request at
 a time, strictly in turn (the sidecar never sends a second request before the answer):
 
     worker -> sidecar  {"op": "hello", "protocol": 1,
                         "worker": {"slot": 0, "of": 2, "pid": 4242, "generation": 1},
-                        "model": {"name", "version", "batchable", "packages", "prototype"}}
+                        "model": {"name", "version", "batchable", "splittable", "packages",
+                                  "prototype"}}
     sidecar -> worker  {"op": "score", "id": 7, "nrows": 2, "timeout_s": 4.9,
                         "columns": [["wt", "numeric", [2.5, 3.1]], ["f", "factor", [1, 2]]]}
     worker -> sidecar  {"id": 7, "ok": true, "predictions": [...], "r_seconds": 0.00046}
@@ -35,6 +44,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import numpy as np
 import orjson
 
 from r_scorer.errors import ProtocolError
@@ -44,14 +54,36 @@ PROTOCOL_VERSION = 1
 HEADER = struct.Struct(">I")
 MAX_FRAME_BYTES = 256 * 1024 * 1024
 WATCHDOG_GRACE_S = 0.5
+BINARY = b"\x00"  # the first byte of a body with raw column blocks after its JSON
+_FLOAT64 = np.dtype("<f8")
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    """One framed message."""
+    """One framed message; a score request's numpy columns go as raw bytes (see above)."""
+    columns = message.get("columns")
+    if columns and any(isinstance(column[2], np.ndarray) for column in columns):
+        return _encode_with_blocks(message, columns)
     body = orjson.dumps(message)
     if len(body) > MAX_FRAME_BYTES:
         raise ProtocolError(f"message of {len(body)} bytes exceeds {MAX_FRAME_BYTES}")
     return HEADER.pack(len(body)) + body
+
+
+def _encode_with_blocks(message: dict[str, Any], columns: list[list[Any]]) -> bytes:
+    blocks: list[np.ndarray] = []
+    described = []
+    for name, kind, values in columns:
+        if isinstance(values, np.ndarray):
+            blocks.append(np.ascontiguousarray(values, dtype=_FLOAT64))
+            described.append([name, kind, {"float64": len(values)}])
+        else:
+            described.append([name, kind, values])
+    head = orjson.dumps({**message, "columns": described})
+    size = 1 + HEADER.size + len(head) + sum(block.nbytes for block in blocks)
+    if size > MAX_FRAME_BYTES:
+        raise ProtocolError(f"message of {size} bytes exceeds {MAX_FRAME_BYTES}")
+    parts = [HEADER.pack(size), BINARY, HEADER.pack(len(head)), head]
+    return b"".join([*parts, *(block.data.cast("B") for block in blocks)])
 
 
 def frame_length(header: bytes) -> int:
@@ -62,14 +94,40 @@ def frame_length(header: bytes) -> int:
     return length
 
 
-def decode(body: bytes) -> dict[str, Any]:
-    """A message body; raises ProtocolError if it is not a JSON object."""
+def decode(body: bytes | memoryview) -> dict[str, Any]:
+    """A message body; raises ProtocolError if it is not a JSON object (or a binary
+    column frame whose blocks do not add up)."""
+    if body[:1] == BINARY:
+        return _decode_with_blocks(body)
     try:
         message = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ProtocolError(f"frame is not JSON: {exc}") from None
     if not isinstance(message, dict):
         raise ProtocolError("frame is not a JSON object")
+    return message
+
+
+def _decode_with_blocks(body: bytes | memoryview) -> dict[str, Any]:
+    if len(body) < 1 + HEADER.size:
+        raise ProtocolError("binary frame too short for its JSON length")
+    (head_length,) = HEADER.unpack_from(body, 1)
+    offset = 1 + HEADER.size + head_length
+    message = decode(memoryview(body)[1 + HEADER.size : offset])
+    columns = message.get("columns")
+    if not isinstance(columns, list):
+        raise ProtocolError("binary frame without columns")
+    for column in columns:
+        values = column[2] if isinstance(column, list) and len(column) == 3 else None
+        if not isinstance(values, dict):
+            continue
+        count = values.get("float64")
+        if type(count) is not int or count < 0 or offset + 8 * count > len(body):
+            raise ProtocolError("binary frame: a column's block is not within the frame")
+        column[2] = np.frombuffer(body, dtype=_FLOAT64, count=count, offset=offset)
+        offset += 8 * count
+    if offset != len(body):
+        raise ProtocolError(f"binary frame has {len(body) - offset} bytes after its blocks")
     return message
 
 
@@ -100,7 +158,7 @@ def frame_of_request(message: dict[str, Any]) -> TypedFrame:
             and len(column) == 3
             and isinstance(column[0], str)
             and column[1] in KINDS
-            and isinstance(column[2], list)
+            and isinstance(column[2], list | np.ndarray)
             and len(column[2]) == nrows
         ):
             raise ProtocolError(

@@ -4,7 +4,10 @@ A prototype is what the model was trained on: column names, R types and factor l
 read from `ptype.rds` or from the model's terms (see `R/rscore.R`) and carried as plain
 data, so the sidecar can validate a request before it ever reaches R. Coercion turns
 JSON values into typed column values ready to become R vectors column-wise: numbers to
-float, integers to int, factor labels to 1-based codes, null to None (R's NA).
+float, integers to int, factor labels to 1-based codes, null to None (R's NA). A numeric
+column of `COLUMNAR_ROWS` values or more becomes one numpy float64 array (NaN for null:
+JSON has no NaN of its own), checked by the types present rather than value by value;
+any value not a number sends it down the per-value path, for the error naming its row.
 
 Strings become R strings here, and an R string ends at a NUL character (U+0000): a
 string with one is refused, naming the column and row, instead of reaching the model cut
@@ -24,6 +27,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+import numpy as np
+
 from r_scorer.errors import SchemaMismatch, quoted
 from r_scorer.payload import NUL, Frame, json_type
 
@@ -40,6 +45,10 @@ ANY = "any"  # no prototype for this column: the JSON values decide
 KINDS = (NUMERIC, INTEGER, LOGICAL, CHARACTER, FACTOR, ORDERED, DATE, DATETIME, ANY)
 
 R_INT_MAX = 2**31 - 1  # R integers are 32-bit and -2^31 is NA_integer_
+# A numeric column this long is coerced as one numpy array (and travels to the worker as
+# one block of bytes); below it the per-value loop is faster than numpy's fixed cost.
+COLUMNAR_ROWS = 64
+_NUMBER_TYPES = frozenset({float, int, type(None)})
 _MAX_LEVELS_SHOWN = 10
 
 
@@ -98,11 +107,12 @@ class Prototype:
 
 @dataclass(frozen=True, slots=True)
 class TypedColumn:
-    """A coerced column: values are float/int/bool/str/None, or 1-based codes for factors."""
+    """A coerced column: values are float/int/bool/str/None, or 1-based codes for factors;
+    a long numeric column is a numpy float64 array, NaN for NA."""
 
     name: str
     kind: str
-    values: list[Any]
+    values: list[Any] | np.ndarray
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +155,10 @@ def _coerce_column(column: Column, values: list[Any]) -> TypedColumn:
     kind = column.kind
     if kind == ANY:
         return TypedColumn(column.name, *_infer(column.name, values))
+    if kind == NUMERIC and len(values) >= COLUMNAR_ROWS:
+        numbers = _numeric_block(values)
+        if numbers is not None:
+            return TypedColumn(column.name, kind, numbers)
     convert = _CONVERTERS[kind]
     out: list[Any] = []
     append = out.append
@@ -160,6 +174,18 @@ def _coerce_column(column: Column, values: list[Any]) -> TypedColumn:
 
 
 _REJECT = object()
+
+
+def _numeric_block(values: list[Any]) -> np.ndarray | None:
+    """A column of numbers and nulls as float64 (null: NaN), or None if it holds anything
+    else (the per-value path then names the row). `bool` is its own type here, so
+    true/false are refused as before, never read as 1/0."""
+    if not set(map(type, values)) <= _NUMBER_TYPES:
+        return None
+    try:
+        return np.array(values, dtype=np.float64)
+    except OverflowError:  # an integer beyond any double: the per-value path says so
+        return None
 
 
 def _to_numeric(value: Any, _: Column) -> Any:

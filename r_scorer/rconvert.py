@@ -4,16 +4,25 @@ Vectors are built column-wise with rpy2's low-level interface (one allocation pe
 column; R's own JSON parsing measured 2.5x slower). A data.frame is a named list with
 compact row names, exactly what `data.frame()` would make, without calling R.
 
+Columnar for large frames: a column of `COLUMNAR_ROWS` values or more (or a numpy
+array, as the worker protocol's binary frame carries numbers) is copied into R as one
+block of memory (numpy, `from_memoryview`: 0.1 ms for 100,000 doubles where a list
+took 25 ms), NA written as R's own NA bits; answers come back the same way, and a
+character answer as R's codes into its distinct values (3 ms for 100,000 labels where
+one string at a time took 250 ms). Below that size the per-value path is the faster.
+
 Runs only inside an R worker (or `rscore predict`), after `rmodel.start_r()`.
 Never validates: `prototype.coerce` has done that before anything gets here.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from array import array
 from typing import Any
 
+import numpy as np
 import rpy2.rinterface as ri
 from rpy2.rinterface_lib import openrlib
 
@@ -23,6 +32,10 @@ from r_scorer.name_cache import DEFAULT_NAME_CACHE_BYTES, NameCache
 from r_scorer.prototype import TypedFrame
 
 _NA_INT = -(2**31)  # NA_integer_ and logical NA, as stored in R's memory
+_NA_REAL_BITS = np.uint64(0x7FF00000000007A2)  # NA_real_: a NaN with R's payload 1954
+# From this many values a column goes to and from R as one block of memory (numpy);
+# below it, value by value is faster (numpy's fixed cost).
+COLUMNAR_ROWS = 64
 
 
 # Bounded in bytes: pass-through column names come from clients (see name_cache).
@@ -48,20 +61,50 @@ def _with_na(values: list[Any], na: Any) -> list[Any]:
     return [na if value is None else value for value in values] if None in values else values
 
 
-def r_vector(kind: str, values: list[Any], levels: tuple[str, ...] = ()) -> Any:
-    """One typed column as an R vector of its kind."""
+def _doubles(values: Any) -> Any:
+    """Numbers (None or NaN: NA) as an R double vector, copied as one block."""
+    numbers = np.array(values, dtype=np.float64)  # a copy: None -> NaN
+    missing = np.isnan(numbers)
+    if missing.any():  # JSON has no NaN: every one is a null, R's NA (not R's NaN)
+        numbers.view(np.uint64)[missing] = _NA_REAL_BITS
+    return ri.FloatSexpVector.from_memoryview(numbers.data)
+
+
+def _integers(values: Any) -> Any:
+    """Whole numbers (None or NaN: NA) as R integers; the caller sets the type."""
+    numbers = np.array(values, dtype=np.float64)  # None -> NaN; within R's range already
+    codes = np.where(np.isnan(numbers), _NA_INT, numbers).astype(np.int32)
+    return ri.IntSexpVector.from_memoryview(codes.data)
+
+
+def _columnar(values: Any) -> bool:
+    return isinstance(values, np.ndarray) or len(values) >= COLUMNAR_ROWS
+
+
+def r_vector(kind: str, values: Any, levels: tuple[str, ...] = ()) -> Any:
+    """One typed column as an R vector of its kind (values: a list, or for numbers a
+    numpy array with NaN for NA)."""
     if kind == kinds.NUMERIC:
+        if _columnar(values):
+            return _doubles(values)
         return ri.FloatSexpVector(_with_na(values, ri.NA_Real))
     if kind == kinds.INTEGER:
+        if _columnar(values):
+            return _integers(values)
         return ri.IntSexpVector(_with_na(values, ri.NA_Integer))
     if kind == kinds.LOGICAL:
+        if _columnar(values):
+            return _r_function("as.logical")(_integers(values))
         return ri.BoolSexpVector(_with_na(values, ri.NA_Logical))
     if kind == kinds.CHARACTER:
         return ri.StrSexpVector(_with_na(values, ri.NA_Character))
     if kind in (kinds.DATE, kinds.DATETIME):
         return _r_moments(kind, values)
     if kind in (kinds.FACTOR, kinds.ORDERED):
-        codes = ri.IntSexpVector(_with_na(values, ri.NA_Integer))
+        if _columnar(values):
+            codes = _integers(values)
+        else:
+            codes = ri.IntSexpVector(_with_na(values, ri.NA_Integer))
         codes.do_slot_assign("levels", _strings(levels))
         classes = ("ordered", "factor") if kind == kinds.ORDERED else ("factor",)
         _set_class(codes, classes)
@@ -72,7 +115,10 @@ def r_vector(kind: str, values: list[Any], levels: tuple[str, ...] = ()) -> Any:
 def _r_moments(kind: str, values: list[Any]) -> Any:
     """Dates (days since 1970-01-01) as an R Date, date-times (seconds) as a POSIXct in
     UTC: doubles with R's class, as as.Date() and as.POSIXct() make them."""
-    moments = ri.FloatSexpVector(_with_na(values, ri.NA_Real))
+    if _columnar(values):
+        moments = _doubles(values)
+    else:
+        moments = ri.FloatSexpVector(_with_na(values, ri.NA_Real))
     if kind == kinds.DATE:
         _set_class(moments, ("Date",))
     else:
@@ -104,11 +150,52 @@ def _raw_numbers(vector: Any, typecode: str, accessor: str) -> list[Any]:
     return numbers.tolist()
 
 
+def _numbers(vector: Any, dtype: Any, accessor: str) -> Any:
+    """An R vector's numbers as a numpy array, copied out of R's memory in one block."""
+    pointer = getattr(openrlib.rlib, accessor)(vector.__sexp__._cdata)
+    size = np.dtype(dtype).itemsize * len(vector)
+    return np.frombuffer(openrlib.ffi.buffer(pointer, size), dtype=dtype).copy()
+
+
+def _with_none(values: list[Any], missing: Any) -> list[Any]:
+    for index in np.flatnonzero(missing).tolist():
+        values[index] = None
+    return values
+
+
+@functools.cache
+def _r_function(name: str) -> Any:
+    """A base R function, looked up once (R has started by the time one is needed)."""
+    return ri.baseenv[name]
+
+
+def _columnar_values(vector: Any, rtype: Any) -> list[Any]:
+    """python_values for a long vector: one block copy and numpy, no R call per value."""
+    if rtype == ri.RTYPES.REALSXP:
+        numbers = _numbers(vector, np.float64, "REAL")
+        return _with_none(numbers.tolist(), ~np.isfinite(numbers))
+    if rtype in (ri.RTYPES.INTSXP, ri.RTYPES.LGLSXP):
+        accessor = "INTEGER" if rtype == ri.RTYPES.INTSXP else "LOGICAL"
+        codes = _numbers(vector, np.int32, accessor)
+        values = codes.tolist() if rtype == ri.RTYPES.INTSXP else (codes != 0).tolist()
+        return _with_none(values, codes == _NA_INT)
+    # Strings: R's codes into the distinct values (a hash in R), each distinct one
+    # converted once.
+    distinct = _r_function("unique")(vector)
+    labels = np.array(
+        [None if value is ri.NA_Character else str(value) for value in distinct], dtype=object
+    )
+    codes = _numbers(_r_function("match")(vector, distinct), np.int32, "INTEGER")
+    return labels[codes - 1].tolist()
+
+
 def python_values(vector: Any) -> list[Any]:
     """An atomic R vector (no attributes) as JSON-ready values; NA, NaN, Inf -> None."""
     if len(vector) == 0:
         return []
     rtype = vector.typeof
+    if len(vector) >= COLUMNAR_ROWS and rtype in _COLUMNAR_TYPES:
+        return _columnar_values(vector, rtype)
     if rtype == ri.RTYPES.REALSXP:
         values = _raw_numbers(vector, "d", "REAL")
         return [value if math.isfinite(value) else None for value in values]
@@ -121,6 +208,9 @@ def python_values(vector: Any) -> list[Any]:
     if rtype == ri.RTYPES.STRSXP:
         return [None if value is ri.NA_Character else str(value) for value in vector]
     raise ModelError(f"score() returned values of R type {rtype.name}, which JSON cannot carry")
+
+
+_COLUMNAR_TYPES = (ri.RTYPES.REALSXP, ri.RTYPES.INTSXP, ri.RTYPES.LGLSXP, ri.RTYPES.STRSXP)
 
 
 # Status codes of R's `.score()` answer (see R/rscore.R).

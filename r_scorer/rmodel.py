@@ -132,6 +132,7 @@ class LoadedModel:
             "name": self.spec.name,
             "version": self.spec.version,
             "batchable": self.spec.batchable,
+            "splittable": self.spec.splittable,
             "packages": list(self.packages),
             "prototype": self.prototype.to_json(),
         }

@@ -113,6 +113,10 @@ class Supervisor:
         self.python = python
         self.stats = SupervisorStats()
         self.model: dict[str, Any] = {}
+        # Each worker's start-up by phase, and the slowest of each with the time until all
+        # were ready (seconds; logged once by start()).
+        self.start_ups: list[dict[str, float]] = []
+        self.cold_start: dict[str, float] = {}
         self._slots = [_Slot(index) for index in range(workers)]
         self._lock = threading.Lock()
         self._stopping = threading.Event()  # no more restarts
@@ -142,6 +146,7 @@ class Supervisor:
         if self.liveness_file is not None:  # a previous container's, in a kept emptyDir
             self.liveness_file.unlink(missing_ok=True)
         pipes: dict[int, int] = {}
+        began = time.monotonic()
         try:
             for slot in self._slots:
                 pipes[slot.index] = self._spawn(slot)
@@ -153,6 +158,7 @@ class Supervisor:
             for fd in pipes.values():
                 os.close(fd)
         now = time.monotonic()
+        self._log_cold_start(now - began)
         for slot in self._slots:
             slot.loaded = True
         self._beat(now)
@@ -201,6 +207,7 @@ class Supervisor:
             "--of", str(len(self._slots)),
             "--generation", str(generation),
             "--max-requests", str(self.max_requests),
+            "--supervisor-pid", str(os.getpid()),
         ]  # fmt: skip
         status_read, status_write = os.pipe()
         command += ["--status-fd", str(status_write)]
@@ -226,6 +233,7 @@ class Supervisor:
         deadline = time.monotonic() + self.load_timeout_s
         buffers = dict.fromkeys(pipes.values(), b"")
         model: dict[str, Any] = {}
+        self.start_ups = []
         while buffers:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -243,7 +251,25 @@ class Supervisor:
                     error = status.get("error", {})
                     raise BundleError(str(error.get("message", "worker failed to start")))
                 model = status["model"]
+                self.start_ups.append(status.get("start_up", {}))
         return model
+
+    def _log_cold_start(self, ready_s: float) -> None:
+        """Once, at start: the slowest worker's time in each phase, and until all are ready
+        (what the simulator's pod start-up model needs from a real deployment)."""
+        phases = {"r_start_s": "R start-up", "packages_s": "packages", "model_s": "model"}
+        slowest = {
+            key: max((start_up.get(key, 0.0) for start_up in self.start_ups), default=0.0)
+            for key in phases
+        }
+        self.cold_start = {**slowest, "ready_s": ready_s}
+        log.info(
+            "cold start: %s; all %d worker(s) ready after %.2f s",
+            ", ".join(f"{name} {slowest[key]:.2f} s" for key, name in phases.items()),
+            len(self._slots),
+            ready_s,
+            extra={"cold_start": self.cold_start},
+        )
 
     def _watch(self) -> None:
         while not self._shut_down.wait(0.05):

@@ -52,26 +52,49 @@ class PeerGone(Exception):
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     configure_json_logging()
-    _die_with_parent()
-    from r_scorer.rmodel import load_model, route_console  # starts R: only in a worker
+    _die_with_parent(args.supervisor_pid)
+    began = time.perf_counter()  # R start-up counts rpy2's import: it loads libR
+    from r_scorer.rmodel import load_model, route_console, start_r  # R: only in a worker
 
     console = LogConsole(_r_log, {"bundle": Path(args.bundle).name, "slot": args.slot})
     try:
         spec = read_bundle(args.bundle)
         console = LogConsole(_r_log, {"bundle": spec.name, "slot": args.slot})
         route_console(console)  # before R starts: its own start-up output is logged too
+        # Cold start by phase (the supervisor logs it once): R itself, the bundle's
+        # declared packages, then the model (load_model finds R and the packages loaded).
+        start_r()
+        r_started = time.perf_counter()
+        _load_packages(spec.packages)
+        packages_loaded = time.perf_counter()
         model = load_model(spec)
+        start_up = {
+            "r_start_s": r_started - began,
+            "packages_s": packages_loaded - r_started,
+            "model_s": time.perf_counter() - packages_loaded,
+        }
     except ScoringError as exc:
         console.flush()
         _report_status(args.status_fd, {"ready": False, "error": exc.to_json()["error"]})
         return EXIT_LOAD_FAILED
     try:
-        return _run(args, model)
+        return _run(args, model, start_up)
     finally:
         console.flush()  # a last line R left without its newline
 
 
-def _run(args: argparse.Namespace, model: Any) -> int:
+def _load_packages(packages: tuple[str, ...]) -> None:
+    """Load the declared packages' namespaces; one that fails is left to load_model, which
+    names it in the bundle's error."""
+    import rpy2.rinterface as ri
+
+    for package in packages:
+        ri.baseenv["requireNamespace"](
+            ri.StrSexpVector([package]), quietly=ri.BoolSexpVector([True])
+        )
+
+
+def _run(args: argparse.Namespace, model: Any, start_up: dict[str, float]) -> int:
     # Ctrl-C reaches the whole process group: the supervisor decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The watchdog relies on SIGALRM's default action (end the process): make sure no
@@ -81,7 +104,10 @@ def _run(args: argparse.Namespace, model: Any) -> int:
     # sidecar has drained and hangs up, then exit instead of reconnecting.
     signal.signal(signal.SIGTERM, _begin_drain)
     described = model.describe()
-    _report_status(args.status_fd, {"ready": True, "pid": os.getpid(), "model": described})
+    _report_status(
+        args.status_fd,
+        {"ready": True, "pid": os.getpid(), "model": described, "start_up": start_up},
+    )
     greeting = protocol.encode(
         protocol.hello(args.slot, os.getpid(), args.generation, described, of=args.of)
     )
@@ -199,14 +225,17 @@ def _report_status(status_fd: int | None, status: dict[str, Any]) -> None:
         pipe.write(orjson.dumps(status) + b"\n")
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(supervisor_pid: int | None) -> None:
     """Ask Linux to end this worker when its supervisor dies, so no R is orphaned."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the parent died before prctl took effect
+    # Re-parented: the supervisor died before prctl took effect. Compared with the pid the
+    # supervisor gave, not with 1: in a container the supervisor *is* pid 1.
+    parent = os.getppid()
+    if (parent != supervisor_pid) if supervisor_pid is not None else (parent == 1):
         sys.exit(1)
 
 
@@ -219,6 +248,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--of", type=int, default=1, help="how many workers the supervisor runs")
     parser.add_argument("--generation", type=int, default=1)
     parser.add_argument("--status-fd", type=int, default=None)
+    parser.add_argument("--supervisor-pid", type=int, default=None)
     parser.add_argument("--max-requests", type=int, default=0)
     return parser.parse_args(argv)
 

@@ -72,14 +72,14 @@ def autoscaler(**options: object) -> None:
     """Scale scoring Deployments (and their node pools) from ScoringAutoscaler objects."""
     import uvloop
     import yaml
-    from kubernetes_asyncio.config import ConfigException  # heavy: only for this command
 
+    from autoscaler.kube_io import KubeConfigError  # heavy: only for this command
     from autoscaler.serve import Options, run
 
     configure_json_logging()
     try:
         settings = Options(**options)  # type: ignore[arg-type]
-        # the library's checks, reported as a flag error instead of a traceback
+        # client-go's checks of an election's timing, reported as a flag error
         if settings.leader_elect and not (
             settings.lease_duration_s > settings.renew_deadline_s > 1.2 * settings.retry_period_s
         ):
@@ -89,7 +89,7 @@ def autoscaler(**options: object) -> None:
         uvloop.run(run(settings))
     except KeyboardInterrupt:
         pass
-    except (ConfigException, yaml.YAMLError, OSError) as error:
+    except (KubeConfigError, yaml.YAMLError, OSError) as error:
         # No kubeconfig and not in a pod, or an unreadable file: say so, no traceback.
         where = settings.kubeconfig or "the in-cluster service account"
         raise click.ClickException(

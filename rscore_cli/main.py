@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 import click
 import orjson
@@ -22,6 +22,7 @@ from rscore_cli.options import (
     client_limits,
     file_option,
 )
+from rscore_cli.validate_cmd import validate
 from sim.cli import sim
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ def cli() -> None:
 @cli.command()
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("input_file", metavar="[INPUT.json|-]", default="-", type=click.File("rb"))
-def predict(bundle: Path, input_file: click.utils.LazyFile) -> None:
+def predict(bundle: Path, input_file: BinaryIO) -> None:
     """Score INPUT (a POST /score body; default stdin) with BUNDLE and print predictions.
 
     On error, exits 1 and prints {"error": {"code", "message"}} on stderr.
@@ -216,6 +217,10 @@ def _sidecar_options(command: Callable[..., None]) -> Callable[..., None]:
             type=click.FloatRange(min=0), help="Wait this long for a batch to gather.",
         ),
         click.option(
+            "--min-chunk-rows", default=10_000, show_default=True, type=click.IntRange(min=1),
+            help="Fan-out: a request of twice this many rows may be split over idle workers.",
+        ),
+        click.option(
             "--auth", type=click.Choice(["keys", "tokens", "keys+tokens", "none"]),
             default=None,
             help="Who may score [default: what the credential flags configure; with none, "
@@ -263,6 +268,7 @@ def _sidecar_config(options: dict[str, Any]) -> SidecarConfig:
             no_worker_grace_s=options["no_worker_grace_s"],
             max_batch_rows=options["max_batch_rows"],
             max_batch_delay_ms=options["max_batch_delay_ms"],
+            min_chunk_rows=options["min_chunk_rows"],
         )
     except ValueError as exc:  # flags that contradict each other
         raise click.UsageError(str(exc)) from None
@@ -478,4 +484,5 @@ def token(
 
 cli.add_command(activator)
 cli.add_command(autoscaler)
+sim.add_command(validate)  # drives a real pod: lives outside sim/
 cli.add_command(sim)

@@ -12,7 +12,10 @@ every request, and an answer went through three more loop iterations (a shield, 
 task, then the handler) to reach its handler. A job whose caller gave up (its future
 cancelled on timeout) is skipped if still queued; one in flight is left to the
 worker's watchdog. A job is never handed to a worker that has gone: it waits for the
-next one. The decisions (room in the queue, how concurrency integrates over time) are
+next one. A large request of a splittable model that finds other workers idle and
+nobody waiting is cut into contiguous chunks, one per idle worker (`fanout`), scored at
+once and joined in order; while it runs it counts once per chunk (it occupies that many
+workers). The decisions (room in the queue, how concurrency integrates over time) are
 plain functions and a small class, tested with tables.
 
 Asyncio only; never touches HTTP (statuses are chosen by the handlers) or R.
@@ -28,15 +31,39 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from r_scorer.errors import ModelError, ScoringError
-from r_scorer.pool import ScoreReply, WorkerLink
+from r_scorer.pool import ModelInfo, ScoreReply
 from r_scorer.prototype import TypedFrame
 from sidecar.batching import can_join, merge_frames, signature, split_predictions
 from sidecar.errors import Overloaded, Unavailable
+from sidecar.fanout import DEFAULT_MIN_CHUNK_ROWS, chunk_bounds, join_predictions, slice_frame
 
 log = logging.getLogger("rscore.admission")
+
+
+class ScoringLink(Protocol):
+    """What the dispatcher uses of a worker's link (r_scorer.pool.WorkerLink is one; a
+    test's fake worker is one too, without inheriting anything)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def model(self) -> ModelInfo: ...
+
+    @property
+    def usable(self) -> bool: ...
+
+    def send(
+        self,
+        frame: TypedFrame,
+        timeout_s: float | None = None,
+        on_answer: Callable[[asyncio.Future[dict[str, Any]]], None] | None = None,
+    ) -> asyncio.Future[dict[str, Any]]: ...
+
+    def reply_of(self, answer: dict[str, Any]) -> ScoreReply: ...
 
 
 def queue_has_room(queued: int, max_queue_per_worker: int, workers: int) -> bool:
@@ -91,7 +118,7 @@ class Turn:
     """One worker's turn: the jobs started on it together, scored in one R call, or
     (after R failed on a merged batch) in one call per member, one after another."""
 
-    link: WorkerLink
+    link: ScoringLink
     batch: list[Job]  # every job of the turn: in flight until the turn ends
     todo: deque[list[Job]]  # the R calls still to make, in order
     sent: list[Job] = field(default_factory=list)  # the members of the call in flight
@@ -107,11 +134,15 @@ class Dispatcher:
         max_queue_per_worker: int,
         max_batch_rows: int = 256,
         max_batch_delay_s: float = 0.0,
+        min_chunk_rows: int = DEFAULT_MIN_CHUNK_ROWS,
         on_r_call: Callable[[int, float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_queue_per_worker < 0:
             raise ValueError("max_queue_per_worker must be >= 0")
+        if min_chunk_rows < 1:
+            raise ValueError("min_chunk_rows must be >= 1")
+        self.min_chunk_rows = min_chunk_rows  # fan-out: the fewest rows a chunk may have
         if max_batch_rows < 1 or max_batch_delay_s < 0:
             raise ValueError("max_batch_rows must be >= 1 and max_batch_delay_s >= 0")
         self.max_queue_per_worker = max_queue_per_worker
@@ -121,10 +152,10 @@ class Dispatcher:
         self.draining = False
         self._clock = clock
         self._jobs: deque[Job] = deque()
-        self._links: set[WorkerLink] = set()  # connected and fed by this dispatcher
-        self._idle: dict[WorkerLink, None] = {}  # connected, nothing to do; last in first
-        self._gathering: dict[WorkerLink, tuple[asyncio.TimerHandle, list[Job]]] = {}
-        self._assigned: list[tuple[WorkerLink, list[Job]]] = []  # given, not yet written
+        self._links: set[ScoringLink] = set()  # connected and fed by this dispatcher
+        self._idle: dict[ScoringLink, None] = {}  # connected, nothing to do; last in first
+        self._gathering: dict[ScoringLink, tuple[asyncio.TimerHandle, list[Job]]] = {}
+        self._assigned: list[tuple[ScoringLink, list[Job]]] = []  # given, not yet written
         self._send_scheduled = False
         self._queued = 0
         self._inflight = 0
@@ -179,13 +210,13 @@ class Dispatcher:
             await asyncio.sleep(0.01)  # shutdown only: polling keeps the hot path free
         return not self.busy
 
-    def add_worker(self, link: WorkerLink) -> None:
+    def add_worker(self, link: ScoringLink) -> None:
         """Start feeding a newly connected worker: the oldest waiting job is its."""
         self._links.add(link)
         self._idle[link] = None
         self._pump()
 
-    def remove_worker(self, link: WorkerLink) -> None:
+    def remove_worker(self, link: ScoringLink) -> None:
         """A worker went away: feed it no more. Its call in flight, if any, has already
         been answered with WorkerCrashed by its link."""
         self._links.discard(link)
@@ -218,6 +249,8 @@ class Dispatcher:
                 self._jobs.appendleft(job)
                 return
             self._start(job)
+            if self._fan_out(job, link):
+                continue
             if link.model.batchable and self.max_batch_delay_s > 0:
                 # Let a batch gather (Triton's delay); the joiners go at its end.
                 timer = asyncio.get_running_loop().call_later(
@@ -253,14 +286,81 @@ class Dispatcher:
         if self._jobs:
             self._pump()
 
-    def _idle_link(self) -> WorkerLink | None:
+    def _fan_out(self, job: Job, link: ScoringLink) -> bool:
+        """Split `job` over `link` and the other idle workers if `fanout` says so: each
+        chunk is a job of its own, alone in its worker's turn, written now; the answers
+        settle `job` (see `_chunk_done`). False, touching nothing, if it is not split."""
+        if job.frame.nrows < 2 * self.min_chunk_rows or not self._idle or not link.model.splittable:
+            return False  # the common case, decided without counting anything
+        waiting = sum(1 for other in self._jobs if other.state is JobState.QUEUED)
+        links = [link]
+        while (other := self._idle_link()) is not None:
+            links.append(other)
+        bounds = chunk_bounds(
+            job.frame.nrows,
+            idle_workers=len(links),
+            waiting=waiting,
+            splittable=link.model.splittable,
+            min_chunk_rows=self.min_chunk_rows,
+        )
+        for spare in reversed(links[len(bounds) :]):  # idle again, in their order
+            self._idle[spare] = None
+        if len(bounds) < 2:
+            return False
+        loop = asyncio.get_running_loop()
+        chunks = [
+            Job(slice_frame(job.frame, start, stop), job.deadline, loop.create_future())
+            for start, stop in bounds
+        ]
+        # The request occupies one worker per chunk: count it so until each chunk's turn
+        # ends (`_end` takes one off per chunk; the job itself never has a turn).
+        extra = len(chunks) - 1
+        self._inflight += extra
+        self.concurrency.change(self._clock(), +extra)
+        for chunk in chunks:
+            chunk.state = JobState.RUNNING
+            chunk.future.add_done_callback(functools.partial(self._chunk_done, job, chunks))
+        job.future.add_done_callback(functools.partial(self._split_done, chunks))
+        for chunk_link, chunk in zip(links, chunks, strict=False):
+            self._begin(chunk_link, [chunk])
+        return True
+
+    @staticmethod
+    def _chunk_done(job: Job, chunks: list[Job], _: asyncio.Future[ScoreReply]) -> None:
+        """A chunk is answered: a failure fails the request with that chunk's error at
+        once; the last success answers it with every chunk's predictions, in order."""
+        if job.future.done():
+            return
+        outcomes = [chunk.future for chunk in chunks]
+        for outcome in outcomes:
+            if outcome.done() and not outcome.cancelled() and outcome.exception() is not None:
+                job.future.set_exception(outcome.exception())  # type: ignore[arg-type]
+                return
+        if all(outcome.done() for outcome in outcomes):
+            replies = [outcome.result() for outcome in outcomes]
+            job.future.set_result(
+                ScoreReply(
+                    join_predictions([reply.predictions for reply in replies]),
+                    sum(reply.r_seconds for reply in replies),
+                )
+            )
+
+    @staticmethod
+    def _split_done(chunks: list[Job], _: asyncio.Future[ScoreReply]) -> None:
+        """The request is settled (answered, failed, or its caller gave up): chunks not
+        yet answered are of no use to anyone (their workers finish them regardless)."""
+        for chunk in chunks:
+            if not chunk.future.done():
+                chunk.future.cancel()
+
+    def _idle_link(self) -> ScoringLink | None:
         while self._idle:
             link, _ = self._idle.popitem()  # the most recently idle: its caches are warm
             if link.usable:
                 return link
         return None
 
-    def _gathered(self, link: WorkerLink) -> None:
+    def _gathered(self, link: ScoringLink) -> None:
         """The batch delay is over: the queued jobs that may join go along."""
         _, batch = self._gathering.pop(link)
         if not link.usable:  # died meanwhile: the jobs go to another worker
@@ -305,7 +405,7 @@ class Dispatcher:
             rows += candidate.frame.nrows
         return joiners
 
-    def _begin(self, link: WorkerLink, batch: list[Job]) -> None:
+    def _begin(self, link: ScoringLink, batch: list[Job]) -> None:
         self._next_call(Turn(link, batch, deque([batch])))
 
     def _next_call(self, turn: Turn) -> None:

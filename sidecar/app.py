@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from r_scorer.errors import BadRequest, ScoringError, TooLarge, quoted
@@ -59,6 +60,7 @@ from sidecar.errors import (
     UnsupportedMediaType,
     status_of,
 )
+from sidecar.fanout import DEFAULT_MIN_CHUNK_ROWS
 from sidecar.heap import HeapTrimmer, malloc_trim
 from sidecar.http_hardening import harden_parser_errors, name_the_server
 from sidecar.metrics import SidecarMetrics
@@ -91,6 +93,7 @@ class SidecarConfig:
     drain_timeout_s: float = 30.0  # after SIGTERM, how long accepted requests may take
     max_batch_rows: int = 256  # rows of waiting requests merged into one R call
     max_batch_delay_ms: float = 0.0  # wait this long for a batch to gather (Triton: 0)
+    min_chunk_rows: int = DEFAULT_MIN_CHUNK_ROWS  # fan-out over idle workers: rows a chunk
     no_worker_grace_s: float = DEFAULT_NO_WORKER_GRACE_S  # /healthz 503 past this (0: never)
     # Bytes of bodies read, parsed, queued or scored at once (docs/security.md: why 16 MiB).
     max_body_bytes_in_flight: int = 16 * 1024 * 1024
@@ -160,12 +163,13 @@ def create_app(
         max_queue_per_worker=config.max_queue,
         max_batch_rows=config.max_batch_rows,
         max_batch_delay_s=config.max_batch_delay_ms / 1000,
+        min_chunk_rows=config.min_chunk_rows,
         on_r_call=metrics.r_call,
         clock=clock,
     )
     metrics.watch(dispatcher, pool, clock)
     state = SidecarState(config, pool, dispatcher, metrics, clock, authenticator=authenticator)
-    middlewares = [request_context]
+    middlewares: list[Middleware] = [request_context]
     if authenticator is not None and authenticator.config.mode != "none":
         middlewares.append(auth_middleware(authenticator, PROTECTED_ROUTES))
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Counter
 
 from r_scorer.errors import ScoringError
@@ -293,9 +294,7 @@ class Authenticator:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def auth_middleware(
-    authenticator: Authenticator, protected_routes: frozenset[str]
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def auth_middleware(authenticator: Authenticator, protected_routes: frozenset[str]) -> Middleware:
     """Check the credential on the protected routes; probes and metadata stay open."""
 
     @web.middleware

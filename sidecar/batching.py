@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from r_scorer.prototype import TypedColumn, TypedFrame
 
 Signature = tuple[tuple[str, str], ...]
@@ -34,14 +36,18 @@ def merge_frames(frames: Sequence[TypedFrame]) -> TypedFrame:
     if len(frames) == 1:
         return frames[0]
     columns = tuple(
-        TypedColumn(
-            first.name,
-            first.kind,
-            [value for frame in frames for value in frame.columns[index].values],
-        )
+        TypedColumn(first.name, first.kind, _joined([frame.columns[index] for frame in frames]))
         for index, first in enumerate(frames[0].columns)
     )
     return TypedFrame(columns, sum(frame.nrows for frame in frames))
+
+
+def _joined(parts: Sequence[TypedColumn]) -> Any:
+    """One column's values over every frame: a numpy array if any part is one (long
+    numeric columns are), NaN standing for None as it does there."""
+    if any(isinstance(part.values, np.ndarray) for part in parts):
+        return np.concatenate([np.asarray(part.values, dtype=np.float64) for part in parts])
+    return [value for part in parts for value in part.values]
 
 
 def split_predictions(predictions: Sequence[Any], sizes: Sequence[int]) -> list[list[Any]]:

@@ -38,10 +38,11 @@ import dataclasses
 import functools
 import logging
 import resource
+import socket
 import ssl
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 import uvloop
@@ -456,6 +457,14 @@ class ClientGuard:
         self._timeouts.labels(phase.value).inc()
 
 
+@runtime_checkable
+class _Listening(Protocol):
+    """A server that tells its sockets: asyncio's Server and uvloop's (no subclass of it)."""
+
+    @property
+    def sockets(self) -> Sequence[socket.socket]: ...
+
+
 class GuardedSite(web.BaseSite):
     """A TCP site (optionally TLS) whose connections go through a `ClientGuard`."""
 
@@ -478,8 +487,9 @@ class GuardedSite(web.BaseSite):
     @property
     def port(self) -> int:
         """The bound port (the one asked for until started; useful with port 0)."""
-        if self._server is not None and self._server.sockets:
-            return int(self._server.sockets[0].getsockname()[1])
+        server = self._server  # what start()'s create_server made: asyncio's or uvloop's
+        if isinstance(server, _Listening) and server.sockets:
+            return int(server.sockets[0].getsockname()[1])
         return self._port
 
     @property

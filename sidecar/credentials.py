@@ -34,7 +34,7 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, TypeAlias, get_args
@@ -395,6 +395,7 @@ def _jwk_key(jwk: Mapping[str, Any], *, private: bool) -> tuple[Algorithm, Any]:
     """The algorithm and `cryptography` key of one JWK. Raises CredentialError with a
     message fit to follow the key's location (it never quotes key material)."""
     kty = jwk.get("kty")
+    parse: Callable[[str | dict[str, Any]], Any]  # the key types differ by kty
     if kty == "RSA":
         algorithm: Algorithm = "RS256"
         parse = RSAAlgorithm.from_jwk
@@ -688,16 +689,24 @@ def generate_jwk_pair(
     """
     if not kid:
         raise CredentialError("kid must be a non-empty string")
-    private_key: PrivateKey
+    # Each family's to_jwk takes only its own keys: one branch each.
     if kind == "RSA":
-        private_key = rsa.generate_private_key(public_exponent=65537, key_size=MIN_RSA_BITS)
-        to_jwk, algorithm = RSAAlgorithm.to_jwk, "RS256"
+        rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=MIN_RSA_BITS)
+        algorithm = "RS256"
+        jwks = (
+            RSAAlgorithm.to_jwk(rsa_key, as_dict=True),
+            RSAAlgorithm.to_jwk(rsa_key.public_key(), as_dict=True),
+        )
     elif kind == "EC":
-        private_key = ec.generate_private_key(ec.SECP256R1())
-        to_jwk, algorithm = ECAlgorithm.to_jwk, "ES256"
+        ec_key = ec.generate_private_key(ec.SECP256R1())
+        algorithm = "ES256"
+        jwks = (
+            ECAlgorithm.to_jwk(ec_key, as_dict=True),
+            ECAlgorithm.to_jwk(ec_key.public_key(), as_dict=True),
+        )
     else:
         raise CredentialError('kind must be "RSA" or "EC"')
     extra = {"kid": kid, "alg": algorithm, "use": "sig"}
-    private_jwk = {**to_jwk(private_key, as_dict=True), **extra}
-    public_jwk = {**to_jwk(private_key.public_key(), as_dict=True), **extra}
+    private_jwk = {**jwks[0], **extra}
+    public_jwk = {**jwks[1], **extra}
     return private_jwk, {"keys": [public_jwk]}

@@ -97,6 +97,7 @@ class FileWatcher:
         self._applied: tuple[Identity | None, ...] = ()
         self._failed: tuple[Identity | None, ...] | None = None
         self._retries_left = 0
+        self.ticks = 0  # looks at the files done (tests wait for a few to have passed)
         self._missing_since: float | None = None
 
     @property
@@ -134,6 +135,7 @@ class FileWatcher:
                 self._tick()
             except Exception:  # a bug here must not end the watching for good
                 log.exception("file watcher tick failed; will try again")
+            self.ticks += 1
 
     def _tick(self) -> None:
         current = self._snapshot()

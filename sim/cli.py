@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
@@ -72,7 +72,7 @@ def _progress(total_s: float, label: str, quiet: bool) -> Iterator[Callable[[flo
                leave=False, file=sys.stderr)  # fmt: skip
 
     def update(now: float) -> None:
-        bar.update(max(0, min(round(now), bar.total) - bar.n))
+        bar.update(max(0, min(round(now), round(total_s)) - bar.n))
 
     try:
         yield update
@@ -251,7 +251,7 @@ class _LineTracker:
     """A text stream wrapper that remembers whether the last character written ended
     a line, so that a progress bar can be ended cleanly on any stream."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.mid_line = False
 
@@ -281,8 +281,12 @@ def _trial_bar(trials: int) -> Iterator[Callable[[], None]]:
     stream = _LineTracker(sys.stderr)
     bar = tqdm(total=trials, unit="trial", delay=_TRIAL_BAR_DELAY_S, leave=False,
                file=stream)  # fmt: skip
+
+    def advance() -> None:
+        bar.update(1)
+
     try:
-        yield lambda: bar.update(1)
+        yield advance
     finally:
         bar.close()
         if stream.mid_line and not stream.isatty():
@@ -414,13 +418,17 @@ def measure(
     try:
         with tqdm(total=total, unit="call", desc="measure", delay=2.0, leave=False,
                   file=sys.stderr) as bar:  # fmt: skip
+
+            def advance(calls: int) -> None:
+                bar.update(calls)
+
             measurement = measure_bundle(
                 bundle,
                 requests=requests,
                 batch_sizes=batch_sizes,
                 rows_from=rows_from,
                 worker_log=out_dir / "worker.log",
-                progress=bar.update,
+                progress=advance,
             )
     except MeasureError as exc:  # one line, even when R's own message has several
         raise click.ClickException(" ".join(str(exc).split())) from None

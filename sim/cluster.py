@@ -34,16 +34,39 @@ class PodSpec:
     image_pull_s: Delay = field(default_factory=lambda: Delay("lognormal", 30.0, 0.3))
     model_load_s: Delay = field(default_factory=lambda: Delay("lognormal", 5.0, 0.3))
     gateway_max_queue: int = 10_000  # held while no pod is ready (as Knative's activator)
+    # The sidecar's own cost (measured by `rscore sim validate`): its event loop's CPU
+    # seconds per request (one loop per pod, a FIFO server: half before admission, half
+    # on the answer), a fixed latency outside the pod's CPU (the HTTP path to and from
+    # the client), and the cores the loop and the R workers share (None: R calls never
+    # wait for a core). All zero/None: the pod is its workers alone, as before.
+    sidecar_s: float = 0.0
+    sidecar_wake_s: float = 0.0  # more CPU for a turn that finds the loop idle (it wakes)
+    http_s: float = 0.0
+    cores: float | None = None
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.initial < 0 or self.max_queue < 0:
             raise ValueError("pods: workers >= 1, initial >= 0, max_queue >= 0")
+        if self.sidecar_s < 0 or self.sidecar_wake_s < 0 or self.http_s < 0:
+            raise ValueError("pods: sidecar_s >= 0, sidecar_wake_s >= 0, http_s >= 0")
+        if self.cores is not None and not self.cores > 0:
+            raise ValueError("pods: cores > 0")
         if not self.request_timeout_s > 0 or self.max_batch_rows < 1:
             raise ValueError("pods: request_timeout_s > 0, max_batch_rows >= 1")
         if self.routing not in ROUTING:
             raise ValueError(f"pods routing must be one of {ROUTING}, got {self.routing!r}")
         if self.gateway_max_queue < 0:
             raise ValueError("pods: gateway_max_queue >= 0")
+
+    @property
+    def models_sidecar(self) -> bool:
+        """Whether requests pass the sidecar's loop and share the pod's cores."""
+        return (
+            self.sidecar_s > 0
+            or self.sidecar_wake_s > 0
+            or self.http_s > 0
+            or self.cores is not None
+        )
 
     @property
     def start_mean_s(self) -> float:
@@ -108,7 +131,10 @@ def node_preset(kind: str) -> dict[str, object]:
 @dataclass(frozen=True)
 class ControllerSpec:
     interval_s: float = 2.0  # controller tick (Knative's autoscaler ticks every 2 s)
-    scrape_delay_s: float = 1.0  # scrape + decide + API call: the decision lands this late
+    # Scrape + decide + API call: the decision lands this late. The real controller
+    # writes /scale ~3 ms after its scrape (API emulator, docs/simulator.md "Controller
+    # timing"); 50 ms allows for a real API server's round trip.
+    scrape_delay_s: float = 0.05
     # Unix time at t = 0: the forecast learns time of day and week from it. The default,
     # a Monday 00:00 UTC, suits any trace whose first second is a midnight.
     wall_start_s: float = 1_700_438_400.0

@@ -78,7 +78,7 @@ def parse_delay(value: Any, where: str) -> Delay:
     if unknown:
         raise ValueError(f"unknown key(s) in {where}: {', '.join(unknown)}")
     kind = value.get("kind", "constant")
-    mean = value.get("value_s", value.get("mean_s", 0.0))
+    mean: Any = value.get("value_s", value.get("mean_s", 0.0))  # TOML: float() checks it
     try:
         return Delay(
             kind=kind,

@@ -20,6 +20,12 @@ restarts (`model_load_s`) before it takes the next request.
 With batching, a worker that takes the head of the queue takes the waiting requests
 behind it too, up to `max_batch_rows` rows; the call costs `a + c * rows`.
 
+When the pods' spec asks (`PodSpec.models_sidecar`: `rscore sim validate` measures it),
+requests also pass the sidecar's event loop (sim.sidecar): admission waits for the
+loop's first turn (an ADMIT event), an answer leaves after its second turn and the HTTP
+path, and calls and turns share the pod's cores. Those requests take the methods below
+(`through_loop`, `loop_admit`, `answer_calls`), never the inline hot path.
+
 Concurrency per pod is kept as the exact integral of (queued + in flight), which is what
 `rscore_concurrency_seconds_total` exports: sum of finished sojourns plus, for requests
 still inside, `now - arrival`.
@@ -46,6 +52,7 @@ import numpy as np
 from sim.cluster import ControllerSpec, NodeAutoscaler, NodeSpec, PodSpec
 from sim.distributions import BLOCK, Streams
 from sim.service import ServiceSpec
+from sim.sidecar import core_share, loop_turn
 
 if TYPE_CHECKING:
     from sim.scenario import Scenario
@@ -55,7 +62,7 @@ __all__ = ["ClusterView", "Controller", "Engine", "PodView", "RunResult"]
 # Event kinds. Ties at one instant are resolved by kind, then by the payload (pod ids,
 # arrival times): never two events of one kind with equal payloads at one instant, so
 # the order is total and deterministic without a sequence number.
-DONE1, DONEB, TICK, APPLY, POD_READY, NODE_READY, SAMPLE, END, KILLED, BACK = range(10)
+DONE1, DONEB, TICK, APPLY, POD_READY, NODE_READY, SAMPLE, END, KILLED, BACK, ADMIT = range(11)
 # Pod states.
 PENDING, STARTING, READY, DRAINING, GONE = range(5)
 # Node states.
@@ -161,7 +168,7 @@ class Engine:
         self.sample_s = sample_s  # SAMPLE_S for the time series; longer when none is wanted
         self.per_node = nodes.per_node(pods.workers)
         self.node_scaler = NodeAutoscaler(nodes, self.per_node)
-        self.heap: list[tuple] = []
+        self.heap: list[tuple[Any, ...]] = []  # (time, event kind, payload...)
         # Per-pod state, indexed by pod id.
         self.p_state: list[int] = []
         self.p_node: list[int] = []
@@ -175,6 +182,12 @@ class Engine:
         self.p_srv: list[int] = []  # requests whose call started on it
         self.p_merged: list[int] = []  # of those, requests that joined another's call
         self.p_ready_at: list[float] = []
+        # The sidecar model (PodSpec.models_sidecar, sim.sidecar): when each pod's event
+        # loop is next free, and the latest answer it gave (answers leave the loops out of
+        # time order across pods).
+        self.sidecar = pods.models_sidecar
+        self.p_loop: list[float] = []
+        self.latest_answer = 0.0
         self.ready: list[int] = []  # ready pods, in the order they became ready
         self.pending: deque[int] = deque()  # pods waiting for a node slot
         # Pods not gone (pending, starting, ready, draining), in creation order: whatever
@@ -265,6 +278,8 @@ class Engine:
         self.p_merged[p] += len(members) - 1
         self.extra_wait += sum(t - a for a in members)
         s = self.call_time(self.draw_service(), len(members))
+        if self.sidecar:  # R shares the pod's cores with the other calls and the loop
+            s /= core_share(self.pods.cores, self.p_busy[p] + (self.p_loop[p] > t))
         if t + s > members[0] + self.pods.request_timeout_s + WATCHDOG_GRACE_S:
             self.doom(p, t, members)
         elif len(members) == 1:
@@ -324,6 +339,9 @@ class Engine:
         else:
             p = ready[int(self.streams["routing"].random() * len(ready))]
         self.p_arr[p] += 1
+        if self.sidecar:
+            self.through_loop(p, t, a)
+            return
         self.expire(p, t)
         q = self.p_q[p]
         held = t - a  # time spent at the gateway: the pod's own counter starts at t
@@ -355,6 +373,74 @@ class Engine:
         self.p_asum[p] += a
         self.p_sdone[p] -= held
         self.gone_sojourn += held
+
+    # ---- the sidecar (PodSpec.models_sidecar; see sim.sidecar) -------------------------
+
+    def through_loop(self, p: int, t: float, a: float) -> None:
+        """A request (arrived at `a`) reaches pod p at t: it is inside the pod from now
+        on, and its admission waits for the pod's event loop to parse it (ADMIT)."""
+        self._enter(p, a, t - a)
+        pods = self.pods
+        share = core_share(pods.cores, self.p_busy[p] + 1)
+        self.p_loop[p] = loop_turn(
+            t, self.p_loop[p], pods.sidecar_s / 2, share, pods.sidecar_wake_s
+        )
+        self.push(self.p_loop[p], ADMIT, p, a)
+
+    def loop_admit(self, p: int, t: float, a: float) -> None:
+        """The loop has parsed the request: the sidecar's admission (sidecar/admission.py):
+        an idle worker, else the bounded queue, else 429."""
+        self.expire(p, t)
+        q = self.p_q[p]
+        timeout = self.pods.request_timeout_s
+        if a <= t - timeout:  # its deadline passed while the loop was busy: 504
+            self._leave(p, t, a)
+            self.timeout_times.append(a + timeout)
+        elif self.p_busy[p] < self.pods.workers and not q:
+            self.p_busy[p] += 1
+            q.append(a)
+            self.start_calls(p, t)
+        elif len(q) < self.pods.max_queue * self.pods.workers:
+            q.append(a)
+        else:
+            self._leave(p, t, a)
+            self.reject_times.append(t)
+
+    def _leave(self, p: int, t: float, a: float) -> None:
+        """A request leaves pod p at t unanswered by R (429, or 504 before a worker)."""
+        self.p_n[p] -= 1
+        self.p_asum[p] -= a
+        self.p_sdone[p] += t - a
+        if self.p_state[p] == DRAINING and self.p_n[p] == 0:
+            self.release(p, t)
+
+    def answer_calls(self, p: int, t: float, members: tuple[float, ...] | list[float]) -> None:
+        """A call on pod p ended at t: each member's answer waits for the loop to write
+        it, then travels the HTTP path (`http_s`); the worker takes the next call."""
+        timeout = self.pods.request_timeout_s
+        half, wake = self.pods.sidecar_s / 2, self.pods.sidecar_wake_s
+        loop = self.p_loop[p]
+        for a in members:
+            if t - a <= timeout:
+                share = core_share(self.pods.cores, self.p_busy[p] + 1)
+                loop = loop_turn(t, loop, half, share, wake)  # a batch's answers: one wake
+                done = loop + self.pods.http_s
+                self.done_times.append(done)
+                self.latencies.append(done - a)
+                self.latest_answer = max(self.latest_answer, done)
+            else:
+                self.timeout_times.append(a + timeout)
+            self.p_n[p] -= 1
+            self.p_asum[p] -= a
+            self.p_sdone[p] += t - a
+        self.p_loop[p] = loop
+        self.expire(p, t)
+        if self.p_q[p]:
+            self.start_calls(p, t)
+        else:
+            self.p_busy[p] -= 1
+            if self.p_state[p] == DRAINING and self.p_n[p] == 0:
+                self.release(p, t)
 
     # ---- nodes --------------------------------------------------------------------------
 
@@ -443,6 +529,7 @@ class Engine:
         self.p_srv.append(0)
         self.p_merged.append(0)
         self.p_ready_at.append(math.inf)
+        self.p_loop.append(0.0)
         return p
 
     def bind_pending(self, t: float) -> None:
@@ -554,7 +641,8 @@ class Engine:
     def last_answer(self) -> float:
         """When the last request was answered (completed, or 504 at its deadline)."""
         done = self.done_times[-1] if self.done_times else 0.0  # appended in time order
-        return max(done, max(self.timeout_times, default=0.0))
+        # ... except the sidecar's answers, which leave each pod's loop later
+        return max(done, self.latest_answer, max(self.timeout_times, default=0.0))
 
     def in_system(self) -> int:
         """Requests inside pods and at the gateway (a gone pod holds none)."""
@@ -625,7 +713,8 @@ class Engine:
                     self.arrivals_hist.size - 1,
                 )
                 self.arrivals_hist += np.bincount(index, minlength=self.arrivals_hist.size)
-                return block.tolist()
+                times: list[float] = block.tolist()
+                return times
         return []
 
     def setup(self) -> None:
@@ -686,6 +775,7 @@ class Engine:
         qcap = self.pods.max_queue * workers
         least_loaded = self.pods.routing == "least_loaded"
         batching = self.batch_k > 1
+        sidecar = self.sidecar
         svc_rng, route_rng = self.streams["service"], self.streams["routing"]
         unit_block, c1 = self.service.unit_block, self.call_mean_1
         sbuf: list[float] = []
@@ -726,6 +816,9 @@ class Engine:
                         p = ready[int(rbuf[ri] * nready)]
                         ri += 1
                     p_arr[p] += 1
+                    if sidecar:
+                        self.through_loop(p, t, t)
+                        continue
                     q = p_q[p]
                     if q:
                         if q[0] <= t - timeout:
@@ -763,6 +856,12 @@ class Engine:
                 continue
             t, kind, p, a = heappop(heap)
             events += 1
+            if sidecar and kind <= DONEB:  # DONE1 (one arrival time) or DONEB (a list)
+                self.answer_calls(p, t, (a,) if kind == DONE1 else a)
+                if ending and next_a == inf and self.in_system() == 0:
+                    end_t = max(end_t, t)
+                    break
+                continue
             if kind == DONE1:
                 lat = t - a
                 if lat <= timeout:
@@ -830,6 +929,11 @@ class Engine:
                     break
             elif kind == BACK:
                 self.worker_back(p, t)
+            elif kind == ADMIT:
+                self.loop_admit(p, t, a)
+                if ending and next_a == inf and self.in_system() == 0:
+                    end_t = max(end_t, t)
+                    break
             elif kind == TICK:
                 if not ending or self.in_system():
                     self.tick(t)
@@ -862,6 +966,7 @@ class Engine:
             nready = len(ready)
         if kind != SAMPLE:
             end_t = max(end_t, t)
+        end_t = max(end_t, self.latest_answer)  # the sidecar's last answer left after it
         # A decision may have landed after the last answer: never bill backwards.
         self._bill(max(end_t, self.node_since), 0)
         return RunResult(

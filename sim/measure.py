@@ -83,6 +83,9 @@ class Measurement:
     single_r_s: list[float] = field(default_factory=list)  # of which inside R
     batch_s: dict[int, list[float]] = field(default_factory=dict)  # rows -> round trips
     batch_r_s: dict[int, list[float]] = field(default_factory=dict)
+    # The rows scored, column by column as a request body gives them (`rscore sim
+    # validate` sends them over HTTP too).
+    rows: dict[str, list[Any]] = field(default_factory=dict)
 
 
 def calls_per_size(requests: int) -> int:
@@ -224,7 +227,7 @@ async def _measure(
                 typed = coerce(frame, model.prototype)
             except ScoringError as exc:
                 raise MeasureError(f"the rows ({source}) do not fit the model: {exc}") from None
-            result = Measurement(bundle, model.name, model.batchable, source)
+            result = Measurement(bundle, model.name, model.batchable, source, rows=frame.columns)
             (link,) = pool.workers
             await _sweep(
                 link, typed, result, requests=requests, batch_sizes=batch_sizes, progress=progress

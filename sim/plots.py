@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator
 
 from sim.engine import SAMPLE_S
 
-__all__ = ["plot_compare", "plot_pareto", "plot_run"]
+__all__ = ["plot_compare", "plot_pareto", "plot_run", "plot_validate"]
 
 
 def _hours(series: Mapping[str, np.ndarray]) -> tuple[np.ndarray, str]:
@@ -159,6 +159,33 @@ def plot_pareto(
     ax.set_yscale("log")
     ax.legend(loc="upper right")
     ax.set_title("tuning: cost vs SLO")
+    return _save(fig, out)
+
+
+def plot_validate(
+    levels: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], title: str, out: Path
+) -> Path:
+    """`rscore sim validate`: per level, the CDF of the real pod's latencies (answered
+    requests) against the simulator's, with and without the sidecar model."""
+    fig, axes = plt.subplots(1, max(1, len(levels)), figsize=(5 * max(1, len(levels)), 4),
+                             sharey=True, squeeze=False)  # fmt: skip
+    for ax, (label, real, sim, bare) in zip(axes[0], levels, strict=False):
+        for values, name, style in (
+            (real, "real pod", {"color": "black", "lw": 1.6}),
+            (sim, "simulated", {"color": "tab:blue", "lw": 1.2}),
+            (bare, "simulated, no sidecar model", {"color": "tab:gray", "lw": 1.0, "ls": ":"}),
+        ):
+            if values.size:
+                ordered = np.sort(values) * 1e3
+                ax.plot(ordered, np.arange(1, ordered.size + 1) / ordered.size, label=name,
+                        **style)  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel("latency (ms)")
+        ax.set_title(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("share of answered requests")
+    axes[0][0].legend(loc="lower right", fontsize="small")
+    fig.suptitle(title, fontsize="medium")
     return _save(fig, out)
 
 

@@ -83,7 +83,7 @@ def peak_pods(scenario: Scenario) -> int:
         scenario.workload, scenario.duration_s, Streams(scenario.seed)["arrivals"], 60.0
     )
     busy = counts.max(initial=0) / 60.0 * scenario.service.call_mean(scenario.workload.rows)
-    return math.ceil(busy / scenario.pods.workers)
+    return math.ceil(float(busy) / scenario.pods.workers)
 
 
 def propose(scenario: Scenario, trials: int, seed: int) -> list[dict[str, float]]:

@@ -153,7 +153,7 @@ def _piecewise(
         return np.empty(0)
     lows = np.repeat(starts, counts)
     widths = np.repeat(ends - starts, counts)
-    times = lows + rng.random(total) * widths
+    times: np.ndarray = lows + rng.random(total) * widths
     times.sort()
     return times
 
@@ -201,7 +201,9 @@ def _mmpp(spec: WorkloadSpec, duration: float, rng: np.random.Generator) -> Iter
     state, t = 0, 0.0
     n = len(spec.rates)
     while t < duration:
-        starts, ends, rates = [], [], []
+        starts: list[float] = []
+        ends: list[float] = []
+        rates: list[float] = []
         while t < duration and len(starts) < 4096:
             dwell = float(rng.exponential(spec.mean_dwell_s[state]))
             starts.append(t)
@@ -301,9 +303,14 @@ def _trace_rate(
     n = math.ceil(end / window)
     starts = np.arange(n) * window
     ends = np.minimum(starts + window, end)
-    counts = np.bincount((times // window).astype(np.int64), minlength=n)[:n]
+    per_window = np.bincount((times // window).astype(np.int64), minlength=n)[:n]
     yield from _windowed_rates(
-        starts, ends, counts.astype(np.float64), scale=spec.scale, duration=duration, rng=rng
+        starts,
+        ends,
+        per_window.astype(np.float64),
+        scale=spec.scale,
+        duration=duration,
+        rng=rng,
     )
 
 

@@ -8,8 +8,6 @@ metrics servers) to the Deployment's replicas, so scaling has visible consequenc
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,15 +129,3 @@ class Scene:
         for pod in self.pods.values():
             await pod.stop()
         self.pods.clear()
-
-
-async def eventually(
-    check: Callable[[], bool], timeout_s: float = 20.0, every_s: float = 0.05
-) -> None:
-    """Wait until `check()` holds; fail with the timeout otherwise (a bound, not a speed)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(every_s)

@@ -1,4 +1,5 @@
-"""Shared fixtures: bundles built by real R, once per test session."""
+"""Shared fixtures (bundles built by real R, once per test session) and the markers
+that follow from them."""
 
 from __future__ import annotations
 
@@ -14,6 +15,19 @@ ROOT = Path(__file__).resolve().parent.parent
 def _build(script: Path, out: Path) -> Path:
     subprocess.run(["Rscript", str(script), str(out)], check=True, capture_output=True)
     return out
+
+
+# Fixtures that run R: the bundles built with Rscript, and the modules' `serve` (the
+# sidecar app with a supervisor of R workers behind it). A test that uses one is `real_r`
+# without saying so; modules whose every test runs R say `pytestmark` themselves
+# (markers: pyproject.toml; `make test-fast` deselects them).
+R_FIXTURES = frozenset({"test_bundles", "example_bundles", "serve"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if R_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real_r)
 
 
 @pytest.fixture(scope="session")

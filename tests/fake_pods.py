@@ -8,8 +8,8 @@ rate between scrapes. Only for tests; nothing here scores anything.
 
 from __future__ import annotations
 
+import asyncio
 import socket
-import time
 from collections.abc import Iterator
 
 from aiohttp import web
@@ -38,6 +38,12 @@ def shared_free_port(hosts: list[str]) -> int:
     raise RuntimeError(f"no port free on all of {hosts}")
 
 
+def _now() -> float:
+    """The event loop's clock, as the sidecar's (and the controller's) is: a test on fake
+    time (looptime) moves both together."""
+    return asyncio.get_running_loop().time()
+
+
 class FakePod(Collector):
     def __init__(self, ip: str, port: int, *, workers: int = 2, concurrency: float = 0.0) -> None:
         self.ip = ip
@@ -47,19 +53,19 @@ class FakePod(Collector):
         self.scrapes = 0
         self._concurrency = concurrency
         self._integral = 0.0
-        self._since = time.monotonic()
+        self._since = _now()
         self._registry = CollectorRegistry()
         self._registry.register(self)
         self._runner: web.AppRunner | None = None
 
     def set_concurrency(self, value: float) -> None:
-        now = time.monotonic()
+        now = _now()
         self._integral += self._concurrency * (now - self._since)
         self._since = now
         self._concurrency = value
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        now = time.monotonic()
+        now = _now()
         total = self._integral + self._concurrency * (now - self._since)
         inflight = min(self._concurrency, self.workers)
         yield GaugeMetricFamily("rscore_queue_depth", "waiting", value=self._concurrency - inflight)

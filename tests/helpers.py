@@ -1,8 +1,14 @@
-"""Comparisons for tests: rscore's answers against R's own."""
+"""Helpers for tests: rscore's answers against R's own, and waiting for a state.
+
+Tests never sleep to let something happen: they poll the real state (`eventually`)
+with a bound, so a slow machine takes longer but never fails for it.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections.abc import Callable
 from typing import Any
 
 RELATIVE_TOLERANCE = 1e-9
@@ -31,3 +37,18 @@ def _assert_same(got: Any, want: Any, where: str) -> None:
             got,
             want,
         )
+
+
+async def eventually(
+    check: Callable[[], bool], timeout_s: float = 20.0, every_s: float = 0.05
+) -> None:
+    """Wait until `check()` holds; fail with the timeout otherwise (a bound, not a speed).
+
+    Counted on the event loop's clock, so a test on fake time (looptime) waits in it.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        await asyncio.sleep(every_s)

@@ -359,6 +359,7 @@ class RecordedRequest:
     status: int = 0
     watch: bool = False
     user: str | None = None  # the bearer token, to tell clients apart
+    at: float = 0.0  # when it came in, on the event loop's clock (fake time in some tests)
 
 
 @dataclass
@@ -788,7 +789,15 @@ class KubeEmulator:
             authorization.removeprefix("Bearer ") if authorization.startswith("Bearer ") else None
         )
         record = RecordedRequest(
-            request.method, request.path, query, content_type, body, 0, watch, user
+            request.method,
+            request.path,
+            query,
+            content_type,
+            body,
+            0,
+            watch,
+            user,
+            at=asyncio.get_running_loop().time(),
         )
         self.requests.append(record)
         try:
@@ -1213,15 +1222,17 @@ class KubeEmulator:
                 return resp
             for kind, obj in backlog:
                 await self._send(resp, kind, obj)
-            deadline = time.monotonic() + timeout
-            next_bookmark = time.monotonic() + self.bookmark_interval
-            while (left := deadline - time.monotonic()) > 0:
-                wait = min(left, next_bookmark - time.monotonic()) if bookmarks else left
+            # the loop's clock, on which its timeouts run (a test may run it on fake time)
+            clock = asyncio.get_running_loop().time
+            deadline = clock() + timeout
+            next_bookmark = clock() + self.bookmark_interval
+            while (left := deadline - clock()) > 0:
+                wait = min(left, next_bookmark - clock()) if bookmarks else left
                 try:
                     item = await asyncio.wait_for(watcher.queue.get(), max(wait, 0))
                 except TimeoutError:
-                    if bookmarks and time.monotonic() >= next_bookmark:
-                        next_bookmark = time.monotonic() + self.bookmark_interval
+                    if bookmarks and clock() >= next_bookmark:
+                        next_bookmark = clock() + self.bookmark_interval
                         await self._send(
                             resp,
                             "BOOKMARK",

@@ -241,6 +241,7 @@ async def test_a_pod_that_answers_503_until_ready_is_waited_for() -> None:
         assert await act.metric(client, "rscore_activator_requests_total", code="503") == 0
 
 
+@pytest.mark.slow
 async def test_hundreds_of_held_requests_are_all_answered_each_with_its_own_answer() -> None:
     upstream = Upstream()
     count = 300
@@ -527,6 +528,7 @@ async def rscore_activator(
             await process.wait()
 
 
+@pytest.mark.e2e
 async def test_sigterm_finishes_held_requests_then_exits(tmp_path: Path) -> None:
     upstream = Upstream()
     async with (
@@ -560,6 +562,7 @@ async def test_sigterm_finishes_held_requests_then_exits(tmp_path: Path) -> None
     assert "draining" in (tmp_path / "activator.log").read_text()
 
 
+@pytest.mark.e2e
 async def test_sigterm_lets_a_forwarded_request_finish(tmp_path: Path) -> None:
     release = asyncio.Event()
 
@@ -591,6 +594,7 @@ async def _true(value: bool) -> bool:
     return value
 
 
+@pytest.mark.e2e
 async def test_sigterm_answers_503_to_requests_still_held_at_the_drain_deadline(
     tmp_path: Path,
 ) -> None:
@@ -614,6 +618,7 @@ async def test_sigterm_answers_503_to_requests_still_held_at_the_drain_deadline(
             assert await process.wait() == 0
 
 
+@pytest.mark.e2e
 def test_configuration_errors_are_named_without_a_traceback() -> None:
     import subprocess
 

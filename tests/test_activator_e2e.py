@@ -29,12 +29,14 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from autoscaler_scene import Scene, eventually
+from autoscaler_scene import Scene
 from fake_pods import free_port
-from helpers import assert_same_predictions
+from helpers import assert_same_predictions, eventually
 from kube_emulator import KubeEmulator
 from test_autoscaler_e2e import rscore_autoscaler
 from test_serve_acceptance import mtcars  # noqa: F401  (a fixture: R's own predictions)
+
+pytestmark = [pytest.mark.real_r, pytest.mark.e2e]  # markers: pyproject.toml
 
 RSCORE = Path(sys.executable).with_name("rscore")
 NS = "models"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from sidecar.admission import ConcurrencyIntegral, queue_has_room
@@ -51,13 +54,41 @@ def test_average_concurrency_is_the_rate_of_the_integral() -> None:
     assert (second - first) / 5.0 == pytest.approx(1.4)
 
 
-@pytest.mark.parametrize(
-    ("code", "status"),
-    [
-        ("bad_request", 400), ("schema_mismatch", 400), ("unauthorized", 401),
-        ("too_large", 413), ("unsupported_media_type", 415), ("overloaded", 429),
-        ("model_error", 500), ("worker_crashed", 502), ("unavailable", 503), ("timeout", 504),
-    ],
-)  # fmt: skip
-def test_contract_status_codes(code: str, status: int) -> None:
-    assert STATUS_BY_CODE[code] == status
+# The contract's table of error statuses (ARCHITECTURE.md, beside the repository), and
+# the README's restatement of it: the code is checked against the documents, not
+# against a copy of itself.
+ARCHITECTURE = Path(__file__).resolve().parents[2] / "shared" / "ARCHITECTURE.md"
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def architecture_table(text: str) -> dict[str, int]:
+    """`| 400 | `bad_request` / `schema_mismatch` | ... |` rows: code -> status."""
+    table = {}
+    for status, codes in re.findall(r"^\| (\d{3}) \| ((?:`\w+`(?: / )?)+) \|", text, re.M):
+        for code in re.findall(r"`(\w+)`", codes):
+            table[code] = int(status)
+    return table
+
+
+def readme_statuses(text: str) -> dict[str, int]:
+    """ "... with the status of ARCHITECTURE.md's table (400 `bad_request`/..., ...)"."""
+    paragraph = text[text.index("with the status of ARCHITECTURE.md's table") :]
+    paragraph = paragraph[: paragraph.index("V2 routes")]
+    table = {}
+    for status, codes in re.findall(r"(\d{3})\s+((?:`\w+`/?)+)", paragraph):
+        for code in re.findall(r"`(\w+)`", codes):
+            table[code] = int(status)
+    return table
+
+
+@pytest.mark.skipif(not ARCHITECTURE.is_file(), reason=f"{ARCHITECTURE} is absent (a clone alone)")
+def test_statuses_are_the_contracts_table() -> None:
+    table = architecture_table(ARCHITECTURE.read_text())
+    assert len(table) == 10, table  # every row read: 9 rows, one with two codes
+    assert {code: STATUS_BY_CODE[code] for code in table} == table
+
+
+def test_statuses_are_the_ones_the_readme_tells() -> None:
+    table = readme_statuses(README.read_text())
+    assert len(table) == 10, table  # each code it names, 401 aside
+    assert {code: STATUS_BY_CODE.get(code) for code in table} == table

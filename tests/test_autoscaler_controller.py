@@ -1,20 +1,29 @@
 """The controller in this process (autoscaler.serve.run) against the emulated API server
-through the real kubernetes_asyncio client, with real /metrics servers as pods."""
+through the real kubernetes_asyncio client, with real /metrics servers as pods.
+
+Real time, on the event loop's clock (the controller's and the pods' clock too): waits
+for a state poll it (`eventually`, `_ticks_after`) with a bound; a check of time only
+asserts what holds however late things run (a sleep never ends early).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from autoscaler_scene import APP, NS, Scene, autoscaler_object, eventually
+from autoscaler_scene import APP, NS, Scene, autoscaler_object
 from fake_pods import free_port
+from helpers import eventually
 from kube_emulator import KubeEmulator
 
 from autoscaler.serve import Options, run
+
+pytestmark = pytest.mark.slow  # real timers and deadlines, seconds each
 
 
 @asynccontextmanager
@@ -79,7 +88,7 @@ async def _deployment_controller(scene: Scene) -> None:
     while True:
         await scene.sync_pods()
         scene.set_total_concurrency(scene.per_pod_concurrency * len(scene.pods))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # its resync period: the actor's pace, not a wait
 
 
 async def test_nodes_go_after_the_pool_delay_and_their_pods_with_them(cluster) -> None:
@@ -191,14 +200,14 @@ async def test_a_lasting_scale_failure_is_reported_and_recovers(cluster) -> None
     scene.add_autoscaler()
     scene.set_total_concurrency(8)
     emu.fail("PATCH", r"/deployments/scorer/scale$", 403, times=None, reason="Forbidden")
-    async with controller(kubeconfig):
+    async with controller(kubeconfig) as port:
         await eventually(
             lambda: any(
                 c["type"] == "AbleToScale" and c["status"] == "False"
                 for c in scene.status().get("conditions", [])
             )
         )
-        await asyncio.sleep(1.0)  # several ticks of the same failure
+        await _ticks_after(port, 5)  # several ticks of the same failure
         warnings = [r.body for r in emu.writes(r"/events$") if r.body["type"] == "Warning"]
         assert [w["reason"] for w in warnings] == ["FailedRescale-pods"]  # once, not per tick
         assert "403" in warnings[0]["message"]
@@ -279,15 +288,17 @@ async def test_dry_run_decides_but_writes_nothing(cluster) -> None:
     desired = metrics["rscore_autoscaler_desired_replicas"].samples[0]
     assert (desired.labels, desired.value) == ({"namespace": NS, "name": APP}, 6)
     assert metrics["rscore_autoscaler_desired_nodes"].samples[0].value == 3
+    # The spec's bound beside the decision: the "at max replicas" alert compares the two.
+    assert metrics["rscore_autoscaler_max_replicas"].samples[0].value == 10
 
 
 async def test_an_invalid_spec_is_reported_and_nothing_scales(cluster) -> None:
     emu, scene, kubeconfig = cluster
     scene.add_autoscaler(minReplicas=5, maxReplicas=3)
     scene.set_total_concurrency(8)
-    async with controller(kubeconfig):
+    async with controller(kubeconfig) as port:
         await eventually(lambda: "conditions" in scene.status())
-        await asyncio.sleep(0.6)
+        await _ticks_after(port, 3)  # more ticks of the same spec: still one warning
     condition = scene.status()["conditions"][0]
     assert (condition["type"], condition["status"], condition["reason"]) == (
         "ScalingActive",
@@ -396,10 +407,14 @@ async def test_a_watch_that_keeps_answering_410_is_retried_with_backoff(cluster)
     scene.set_total_concurrency(8)
     emu.fail("GET", r"/scoringautoscalers$", 410, times=None, watch=True)
     async with controller(kubeconfig):
-        await eventually(lambda: len(_watch_requests(emu)) >= 2)
-        await asyncio.sleep(2.0)
-        # without backoff this is a list and a watch per round trip: hundreds
-        assert len(_list_requests(emu)) <= 5, len(_list_requests(emu))
+        await eventually(lambda: len(_list_requests(emu)) >= 3)
+        # without backoff this is a list and a watch per round trip, back to back; with
+        # it, each re-list waits twice as long as the one before: 1 s, 2 s, 4 s, ...
+        # (the loop's clock: a sleep never ends early, so a slow machine only adds)
+        lists = [r.at for r in _list_requests(emu)]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(lists)]
+        for k, gap in enumerate(gaps[:2]):
+            assert gap >= 2.0**k - 0.01, gaps
         # the objects from the lists are still reconciled
         await eventually(lambda: scene.replicas == 6)
 

@@ -20,9 +20,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from autoscaler_scene import NS, Scene, eventually
+from autoscaler_scene import NS, Scene
 from fake_pods import free_port
+from helpers import eventually
 from kube_emulator import KubeEmulator, RecordedRequest
+
+pytestmark = pytest.mark.e2e  # markers: pyproject.toml
 
 RSCORE = Path(sys.executable).with_name("rscore")
 
@@ -243,8 +246,19 @@ async def test_two_controllers_with_leader_election_never_both_write(
                     processes[leader].send_signal(signal.SIGSTOP)
                 await eventually(lambda: other in _writes_by_token(emu, mark), timeout_s=20)
                 if how == "frozen":
+                    resumed = len(emu.requests)
                     processes[leader].send_signal(signal.SIGCONT)
-                    await asyncio.sleep(4)  # several of its ticks, had it kept acting
+
+                    def lease_calls_of_the_resumed() -> int:
+                        return sum(
+                            1
+                            for r in emu.requests[resumed:]
+                            if r.user == leader and "/leases" in r.path
+                        )
+
+                    # it runs again (its election reads the Lease each retry period):
+                    # several of its ticks would have written by now, had it kept acting
+                    await eventually(lambda: lease_calls_of_the_resumed() >= 3, timeout_s=30)
                 writers = _writes_by_token(emu)
                 assert set(writers) == {leader, other}
                 # Only the Lease holder of the moment ever writes (the order of takeovers

@@ -24,7 +24,8 @@ from autoscaler.controller import Controller
 from autoscaler.forecast import DemandProfile, forecast
 from autoscaler.kube_io import KubeApi
 from autoscaler.metrics import ControllerMetrics
-from autoscaler.serve import api_client_for
+
+pytestmark = pytest.mark.slow  # simulated mornings of real ticks against the emulator
 
 MONDAY = datetime(2026, 11, 30, tzinfo=UTC).timestamp()
 KEY = (NS, APP)
@@ -50,9 +51,8 @@ class Wall:
 @asynccontextmanager
 async def running(kubeconfig: Path, wall: Wall) -> AsyncIterator[Ticker]:
     """A controller process stand-in: its own client, watch and memory; ticked by hand."""
-    api_client = await api_client_for(kubeconfig)
     metrics = ControllerMetrics()
-    api = KubeApi(api_client, metrics, request_timeout_s=2.0, backoff_base_s=0.01)
+    api = await KubeApi.connect(kubeconfig, metrics, request_timeout_s=2.0, backoff_base_s=0.01)
     # A tick waits for its reconciles up to the interval: a generous bound, not a speed.
     controller = Controller(api, metrics, interval_s=10.0, scrape_timeout_s=1.0, wall_clock=wall)
     watch = asyncio.create_task(controller.watch_forever())
@@ -63,7 +63,7 @@ async def running(kubeconfig: Path, wall: Wall) -> AsyncIterator[Ticker]:
     finally:
         watch.cancel()
         await asyncio.gather(watch, return_exceptions=True)
-        await api_client.close()
+        await api.close()
 
 
 class Ticker:

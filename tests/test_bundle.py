@@ -114,7 +114,29 @@ batchable = false
             "flags": [True, False],
         },
         batchable=False,
+        splittable=False,  # follows batchable unless set
     )
+
+
+@pytest.mark.parametrize(
+    ("serving", "batchable", "splittable"),
+    [
+        ("", True, True),
+        ("batchable = false", False, False),
+        ("splittable = false", True, False),
+        ("batchable = false\nsplittable = true", False, True),
+    ],
+    ids=["defaults", "not-batchable-not-split", "batchable-not-split", "split-not-batched"],
+)
+def test_splittable_defaults_to_batchable(tmp_path, serving, batchable, splittable):
+    spec = read_bundle(make_bundle(tmp_path, "m", toml=f"[serving]\n{serving}"))
+    assert (spec.batchable, spec.splittable) == (batchable, splittable)
+
+
+def test_splittable_must_be_a_boolean(tmp_path):
+    folder = make_bundle(tmp_path, "m", toml='[serving]\nsplittable = "no"')
+    with pytest.raises(BundleError, match=r"\[serving\] splittable must be true or false"):
+        read_bundle(folder)
 
 
 @pytest.mark.parametrize(

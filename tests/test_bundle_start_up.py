@@ -19,6 +19,8 @@ from r_scorer.payload import parse_body
 from r_scorer.prototype import coerce
 from r_scorer.rmodel import load_model
 
+pytestmark = pytest.mark.real_r  # markers: pyproject.toml
+
 
 def r(code: str, where: Path) -> None:
     subprocess.run(["Rscript", "-e", code], cwd=where, check=True, capture_output=True)

@@ -21,6 +21,8 @@ from r_scorer.payload import parse_body
 from r_scorer.prototype import coerce
 from r_scorer.rmodel import LoadedModel, load_model, start_r
 
+pytestmark = pytest.mark.real_r  # markers: pyproject.toml
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

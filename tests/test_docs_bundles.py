@@ -23,6 +23,8 @@ from r_scorer.payload import parse_body
 from r_scorer.prototype import coerce
 from r_scorer.rmodel import load_model
 
+pytestmark = pytest.mark.real_r  # markers: pyproject.toml
+
 DOC = Path(__file__).resolve().parent.parent / "docs" / "bundles.md"
 BLOCK = re.compile(
     r"^<!-- example: (\w+)/([\w.]+) -->\n```\w*\n(.*?)^```$", re.MULTILINE | re.DOTALL

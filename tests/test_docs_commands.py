@@ -30,6 +30,8 @@ from pathlib import Path
 import pytest
 from fake_pods import free_port
 
+pytestmark = [pytest.mark.real_r, pytest.mark.e2e]  # markers: pyproject.toml
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # What the blocks use from the repository, linked into each scratch folder.

@@ -12,10 +12,13 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
+
+pytestmark = [pytest.mark.real_r, pytest.mark.e2e]  # markers: pyproject.toml
 
 SLOW_SCORE_R = """
 init <- function(model_dir) list()
@@ -74,20 +77,44 @@ async def score(session: aiohttp.ClientSession, base: str, x: int) -> tuple[int,
         return -1, repr(exc)
 
 
+async def until(check: Callable[[], Awaitable[bool]], timeout_s: float = 30) -> None:
+    """Poll `check()` until it holds (a bound, not a speed)."""
+
+    async def poll() -> None:
+        while not await check():
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(poll(), timeout_s)
+
+
 async def load_then_sigterm(
-    base: str, groups: list[int], *, requests: int = 10
+    base: str, metrics: str, groups: list[int], *, requests: int = 10
 ) -> tuple[list[tuple[int, object]], int, list[tuple[int, object]]]:
     """Send `requests` slow requests (2 workers: most wait in the queue), SIGTERM every
-    process group once they are all accepted, then probe readiness and send more."""
+    process group once the sidecar has accepted them all, then probe readiness once the
+    signal is handled and send more."""
     async with aiohttp.ClientSession() as session:
         await wait_ready(session, base)
         accepted = [asyncio.create_task(score(session, base, x)) for x in range(requests)]
-        await asyncio.sleep(0.6)  # all are in the sidecar by now, two of them in R
+
+        async def all_accepted() -> bool:
+            queued = await metric(session, metrics, "rscore_queue_depth")
+            running = await metric(session, metrics, "rscore_inflight_requests")
+            answered = sum(task.done() for task in accepted)  # on a slow machine, some
+            return queued + running + answered == requests
+
+        await until(all_accepted)
         for group in groups:
             os.killpg(group, signal.SIGTERM)
-        await asyncio.sleep(0.1)
-        async with session.get(f"{base}/readyz") as response:
-            ready_status = response.status
+        ready_status = 200
+
+        async def signal_handled() -> bool:
+            nonlocal ready_status
+            async with session.get(f"{base}/readyz") as response:
+                ready_status = response.status
+            return ready_status != 200
+
+        await until(signal_handled)  # 503 expected: not ready, though still answering
         late = [await score(session, base, 100)]
         return await asyncio.gather(*accepted), ready_status, late
 
@@ -103,7 +130,7 @@ async def test_sigterm_to_rscore_serves_process_group_loses_nothing(
     )  # fmt: skip
     try:
         answers, ready_status, late = await load_then_sigterm(
-            f"http://127.0.0.1:{port}", [server.pid]
+            f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}", [server.pid]
         )
         assert answers == [(200, {"predictions": [2.0 * x]}) for x in range(10)]
         assert ready_status == 503  # not ready from the moment of the signal
@@ -130,7 +157,9 @@ async def test_sigterm_to_both_pod_containers_at_once_loses_nothing(
     )  # fmt: skip
     try:
         answers, ready_status, _ = await load_then_sigterm(
-            f"http://127.0.0.1:{port}", [scorer.pid, sidecar.pid]
+            f"http://127.0.0.1:{port}",
+            f"http://127.0.0.1:{metrics_port}",
+            [scorer.pid, sidecar.pid],
         )
         assert answers == [(200, {"predictions": [2.0 * x]}) for x in range(10)]
         assert ready_status == 503
@@ -199,7 +228,7 @@ async def test_a_restarted_worker_drains_like_the_first_ones(
 
             await asyncio.wait_for(restarted(), 60)
             await wait_ready(session, base)
-        answers, ready_status, _ = await load_then_sigterm(base, [server.pid])
+        answers, ready_status, _ = await load_then_sigterm(base, metrics, [server.pid])
         assert answers == [(200, {"predictions": [2.0 * x]}) for x in range(10)]
         assert ready_status == 503
         assert await asyncio.wait_for(server.wait(), 30) == 0

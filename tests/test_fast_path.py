@@ -78,7 +78,7 @@ class FakeLink:
 def dispatcher(*links: FakeLink, max_queue: int = 8, **options: Any) -> Dispatcher:
     dispatcher = Dispatcher(max_queue_per_worker=max_queue, **options)
     for link in links:
-        dispatcher.add_worker(link)  # type: ignore[arg-type]
+        dispatcher.add_worker(link)
     return dispatcher
 
 
@@ -206,7 +206,7 @@ async def test_a_worker_that_connects_takes_the_oldest_waiting_request() -> None
     first, second = submit(jobs, 1.0), submit(jobs, 2.0)  # no worker yet: both queued
     assert jobs.queue_depth == 2
     link = FakeLink(batchable=False)
-    jobs.add_worker(link)  # type: ignore[arg-type]
+    jobs.add_worker(link)
     await next_iteration()
     assert link.sent == [[1.0]]
     link.answer()
@@ -290,7 +290,7 @@ async def test_a_crash_fails_every_member_and_the_queue_moves_to_another_worker(
     await next_iteration()
     on_victim = doomed[0] if victim.sent == [[1.0]] else doomed[1]
     victim.crash()
-    jobs.remove_worker(victim)  # type: ignore[arg-type]
+    jobs.remove_worker(victim)
     with pytest.raises(WorkerCrashed):
         on_victim.future.result()
     await next_iteration()
@@ -371,12 +371,12 @@ async def test_a_request_given_to_a_worker_that_dies_before_the_write_waits_for_
     await next_iteration()
     job = submit(jobs, 1.0)  # given to the idle worker; written at the end of the iteration
     doomed.usable = False  # ...which dies first
-    jobs.remove_worker(doomed)  # type: ignore[arg-type]
+    jobs.remove_worker(doomed)
     await next_iteration()
     assert doomed.sent == []
     assert (jobs.queue_depth, jobs.inflight) == (1, 0)  # first in line again
     fresh = FakeLink(1)
-    jobs.add_worker(fresh)  # type: ignore[arg-type]
+    jobs.add_worker(fresh)
     await next_iteration()
     assert fresh.sent == [[1.0]]
     fresh.answer()

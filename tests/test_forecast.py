@@ -98,6 +98,7 @@ def test_slots_without_history_are_left_to_the_reactive_policy() -> None:
 
 
 @pytest.mark.parametrize("days", [2, 3, 5])
+@pytest.mark.slow
 def test_a_periodic_load_is_forecast_a_provisioning_time_ahead(days: int) -> None:
     load = office(peak=40.0, noise=0.1, seed=days)
     profile = days_of(load, days)
@@ -138,6 +139,7 @@ def test_a_ramp_is_covered_slot_by_slot() -> None:
 # --- headroom from the forecast's own error ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_error_headroom_grows_when_actual_exceeded_the_forecasts() -> None:
     assert error_factor(DemandProfile.empty()) == fc.DEFAULT_ERROR_FACTOR  # nothing measured
     steady = days_of(office(), 3)
@@ -174,6 +176,7 @@ def test_the_error_record_is_a_bounded_ring() -> None:
 # --- day-of-week, else time-of-day ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_slot_seen_on_another_weekday_falls_back_to_time_of_day() -> None:
     profile = run(DemandProfile.empty(), at(0, 0), at(1, 0), office(peak=40.0))  # Monday
     profile = run(profile, at(1, 0), at(2, 0), office(peak=10.0))  # Tuesday
@@ -355,6 +358,7 @@ def test_the_status_reader_never_raises() -> None:
     assert "version is 9" in problem
 
 
+@pytest.mark.slow
 def test_the_crd_accepts_the_json_form_and_bounds_it() -> None:
     status = {"demandProfile": _sample_profile().to_dict()}
     assert validation_errors({**minimal(), "status": status}) == []
@@ -370,6 +374,7 @@ def _compact_size(profile: DemandProfile) -> int:
     return len(json.dumps(profile.to_dict(), separators=(",", ":")))
 
 
+@pytest.mark.slow
 def test_the_size_stays_bounded_after_a_year_of_ticks() -> None:
     rng = random.Random(1)
     levels = [rng.uniform(0, 5000) for _ in range(672)]

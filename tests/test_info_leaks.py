@@ -40,6 +40,7 @@ WAIT_S = 20.0
 # ----------------------------------------------------------- (a) a 502 names no pid
 
 
+@pytest.mark.real_r
 async def test_a_worker_crash_answers_502_without_the_pid_and_logs_it(
     serve: ServeFactory,  # noqa: F811
     slow_bundle: Path,  # noqa: F811
@@ -79,6 +80,7 @@ async def raw_answer(host: str, port: int, request: bytes) -> bytes:
         writer.close()
 
 
+@pytest.mark.real_r
 async def test_the_sidecar_never_names_aiohttp(serve: ServeFactory) -> None:  # noqa: F811
     served = await serve(None)  # no worker: 503s and 404s are answers too
     for method, path in [

@@ -22,6 +22,8 @@ from r_scorer.payload import Frame, parse_body
 from r_scorer.prototype import DATE, DATETIME, Column, Prototype, coerce
 from r_scorer.rmodel import load_model
 
+pytestmark = pytest.mark.real_r  # markers: pyproject.toml
+
 
 @pytest.mark.parametrize(
     ("kind", "value", "expected"),

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from helpers import eventually
 from kube_emulator import KubeEmulator, parse_label_selector
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -358,6 +359,7 @@ async def test_pods_events_and_nodes(emu: KubeEmulator, api: client.ApiClient) -
     assert {n.metadata.name for n in namespaces.items} == {"default", "kube-system"}
 
 
+@pytest.mark.slow
 async def test_watch_stream_resume_and_selectors(emu: KubeEmulator, api: client.ApiClient) -> None:
     emu.make_pod("old", labels={"app": "web"})
     core = client.CoreV1Api(api)
@@ -536,6 +538,7 @@ async def test_token_auth(tmp_path: Path) -> None:
             assert (await resp.json())["reason"] == "Unauthorized"
 
 
+@pytest.mark.slow
 async def test_leases_and_leader_election(emu: KubeEmulator, tmp_path: Path) -> None:
     clients = [await _client(emu, tmp_path / f"kc{i}") for i in range(2)]
     try:
@@ -563,17 +566,18 @@ async def test_leases_and_leader_election(emu: KubeEmulator, tmp_path: Path) -> 
             cfg = electionconfig.Config(lock, 2, 1.5, 1, lead, None)
             return leaderelection.LeaderElection(cfg)
 
+        def lease_reads() -> int:
+            return sum(1 for r in emu.requests if r.method == "GET" and "/leases/" in r.path)
+
         tasks = [asyncio.create_task(candidate(i).run()) for i in range(2)]
-        await asyncio.sleep(2.5)
+        # one leads, and both have read the Lease again since: the other only follows
+        await eventually(lambda: bool(leading) and lease_reads() >= 6)
         assert len(leading) == 1
         stored = emu.get_object("coordination.k8s.io/v1", "Lease", NS, "rscore-autoscaler")
         assert stored["spec"]["holderIdentity"] == leading[0]
         winner = int(leading[0][1])
         tasks[winner].cancel()  # the leader dies without releasing
-        for _ in range(50):
-            if len(leading) == 2:
-                break
-            await asyncio.sleep(0.1)
+        await eventually(lambda: len(leading) == 2, timeout_s=10)
         assert leading == [f"c{winner}", f"c{1 - winner}"]
         tasks[1 - winner].cancel()
         stop.set()

@@ -148,6 +148,7 @@ async def probe(client: TestClient, path: str = "/healthz") -> tuple[int, dict]:
     return response.status, await response.json()
 
 
+@pytest.mark.real_r
 async def test_healthz_fails_only_after_the_bound_without_any_worker(
     aiohttp_client, bundle: Path, tmp_path: Path
 ) -> None:
@@ -240,6 +241,8 @@ def worker_seen_at(socket_dir: Path) -> float:
     return float(orjson.loads((socket_dir / LIVENESS_NAME).read_bytes())["worker_seen_at"])
 
 
+@pytest.mark.real_r
+@pytest.mark.e2e
 async def test_the_scorer_stays_live_through_a_normal_restart(bundle: Path, tmp_path: Path) -> None:
     """A killed worker is restarted; the probe passes throughout, and the restarted
     worker counts as up again once it has loaded (its status pipe says so)."""
@@ -264,6 +267,8 @@ def _until_live(socket_dir: Path) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.real_r
+@pytest.mark.e2e
 async def test_the_scorer_is_not_live_once_restarts_cannot_bring_a_worker_back(
     bundle: Path, tmp_path: Path
 ) -> None:
@@ -295,6 +300,8 @@ async def test_the_scorer_is_not_live_once_restarts_cannot_bring_a_worker_back(
         assert b"the feature store is gone" in stderr
 
 
+@pytest.mark.real_r
+@pytest.mark.e2e
 async def test_the_scorer_is_not_live_when_its_monitor_is_stuck(
     bundle: Path, tmp_path: Path
 ) -> None:
@@ -363,6 +370,8 @@ _FD_STARVED = textwrap.dedent(
 )
 
 
+@pytest.mark.real_r
+@pytest.mark.e2e
 async def test_the_scorer_is_not_live_when_spawning_hits_the_fd_limit(
     bundle: Path, tmp_path: Path
 ) -> None:

@@ -186,6 +186,8 @@ def many_name_sets(*bound: str) -> dict[str, int]:
     return json.loads(done.stdout)
 
 
+@pytest.mark.slow
+@pytest.mark.real_r
 def test_a_worker_fed_many_wide_name_sets_stays_within_the_bound() -> None:
     """The old cache kept 1,024 sets whatever their size: here RSS grew by 166 MiB more
     than with no cache at all (and by ~10 MB per set of 50,000 names)."""

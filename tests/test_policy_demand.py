@@ -178,6 +178,7 @@ def periodic_demand(t: float) -> float:
     return 20.0 if 9 * 3600 <= t % DAY < 10 * 3600 else 1.0
 
 
+@pytest.mark.slow
 def test_the_forecast_orders_nodes_ahead_of_a_daily_peak() -> None:
     """A GPU-like pool (1 pod of 2 workers per node, 600 s to provision) under a daily
     peak: on day 1 it reacts; from day 2 on, it has nodes for the peak ordered before

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from helpers import assert_same_predictions
 
+pytestmark = [pytest.mark.real_r, pytest.mark.e2e]  # markers: pyproject.toml
+
 RSCORE = [sys.executable, "-m", "rscore_cli"]
 
 SCORING_CASES = [

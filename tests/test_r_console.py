@@ -36,6 +36,8 @@ score <- function(state, data) {
 """
 
 
+@pytest.mark.real_r
+@pytest.mark.e2e
 async def test_worker_logs_rs_console_as_json_lines(tmp_path: Path) -> None:
     bundle = tmp_path / "chatty"
     bundle.mkdir()

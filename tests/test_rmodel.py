@@ -18,6 +18,8 @@ from r_scorer.payload import parse_body
 from r_scorer.prototype import Column, Prototype, coerce
 from r_scorer.rmodel import LoadedModel, load_model
 
+pytestmark = pytest.mark.real_r  # markers: pyproject.toml
+
 
 def bundle_with_score(tmp_path: Path, score_body: str, init: str = "list()") -> LoadedModel:
     (tmp_path / "score.R").write_text(

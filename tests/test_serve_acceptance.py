@@ -37,6 +37,8 @@ import pytest
 from helpers import assert_same_predictions
 from prometheus_client.parser import text_string_to_metric_families
 
+pytestmark = [pytest.mark.real_r, pytest.mark.e2e]  # markers: pyproject.toml
+
 ROOT = Path(__file__).resolve().parent.parent
 PROMTOOL = Path("/usr/bin/promtool")
 READY_TIMEOUT_S = 60.0
@@ -492,6 +494,7 @@ def schemathesis_events(report: Path) -> list[tuple[str, int]]:
 
 
 @pytest.mark.parametrize("case", ["ptype", "glm-factors"])
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_error(
     servers: Callable[[str], Server], case: str, tmp_path: Path
 ) -> None:

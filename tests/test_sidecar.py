@@ -18,17 +18,23 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from helpers import assert_same_predictions
+from helpers import assert_same_predictions, eventually
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from r_scorer.pool import WorkerPool
 from r_scorer.supervisor import Supervisor
-from sidecar.app import SidecarConfig, create_app, create_metrics_app
+from sidecar.admission import Dispatcher
+from sidecar.app import STATE, SidecarConfig, create_app, create_metrics_app
 
+pytestmark = pytest.mark.real_r  # markers: pyproject.toml
+
+# `gate`: R waits until the file exists, so a test decides when a call ends (`sleep` is
+# for the calls that are slow on purpose).
 SLOW_SCORE_R = """
 init <- function(model_dir) list(factor = 2)
 score <- function(state, data) {
+  if (!is.null(data$gate)) while (!file.exists(data$gate[1])) Sys.sleep(0.01)
   if (!is.null(data$sleep)) Sys.sleep(max(data$sleep, na.rm = TRUE))
   if (!is.null(data$fail) && any(data$fail, na.rm = TRUE)) stop("asked to fail")
   data$x * state$factor
@@ -42,6 +48,11 @@ class Served:
     metrics_client: TestClient
     pool: WorkerPool
     supervisor: Supervisor | None
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """The sidecar's admission: its queue and in-flight counts are the state to wait on."""
+        return self.client.server.app[STATE].dispatcher
 
     async def metrics(self) -> dict[str, float]:
         """Every sample on the metrics port, keyed `name{label="value"}`."""
@@ -306,18 +317,19 @@ async def test_r_error_is_500_with_rs_message(serve: ServeFactory, slow_bundle: 
 
 
 async def test_full_queue_is_429_at_once_and_accepted_requests_are_answered(
-    serve: ServeFactory, slow_bundle: Path
+    serve: ServeFactory, slow_bundle: Path, tmp_path: Path
 ) -> None:
     served = await serve(slow_bundle, config=SidecarConfig(max_queue=1))
-    slow = {"data": [{"x": 1, "sleep": 0.8}]}
-    in_flight = asyncio.create_task(post_score(served, slow))
-    await asyncio.sleep(0.3)
+    gate = tmp_path / "gate"
+    in_flight = asyncio.create_task(post_score(served, {"data": [{"x": 1, "gate": str(gate)}]}))
+    await eventually(lambda: served.dispatcher.inflight == 1, every_s=0.01)
     queued = asyncio.create_task(post_score(served, {"data": [{"x": 2}]}))
-    await asyncio.sleep(0.1)
+    await eventually(lambda: served.dispatcher.queue_depth == 1, every_s=0.01)
     status, answer, headers = await post_score(served, {"data": [{"x": 3}]})
     assert status == 429
     assert answer["error"]["code"] == "overloaded"
     assert headers["Retry-After"] == "1"
+    gate.touch()  # the worker finishes: the accepted requests are answered
     assert (await in_flight)[:2] == (200, {"predictions": [2.0]})
     assert (await queued)[:2] == (200, {"predictions": [4.0]})
 
@@ -342,7 +354,7 @@ async def test_a_worker_killed_mid_request_gives_502_and_comes_back(
     served = await serve(slow_bundle)
     (victim,) = served.pool.workers
     request = asyncio.create_task(post_score(served, {"data": [{"x": 1, "sleep": 30}]}))
-    await asyncio.sleep(0.4)
+    await eventually(lambda: victim.busy, every_s=0.01)  # the call is with the worker
     os.kill(victim.pid, signal.SIGKILL)
     status, answer, _ = await request
     assert status == 502
@@ -560,6 +572,7 @@ async def _poll_metrics(
 BATCH_SIZE_SCORE_R = """
 init <- function(model_dir) list()
 score <- function(state, data) {
+  if (!is.null(data$gate)) while (!file.exists(data$gate[1])) Sys.sleep(0.01)
   Sys.sleep(max(data$sleep))
   if (any(data$fail)) stop("a row asked to fail")
   data$x + 1000 * nrow(data)
@@ -583,10 +596,18 @@ async def behind_a_busy_worker(
     served: Served, bodies: list[dict]
 ) -> tuple[tuple[int, dict, Any], list[asyncio.Task]]:
     """Occupy the only worker, send `bodies` while it is busy (so they wait and may
-    merge), and return the first answer and the waiting requests' tasks, in order."""
-    first = asyncio.create_task(post_score(served, rows(0, sleep=0.5)))
-    await asyncio.sleep(0.2)
-    waiting = [asyncio.create_task(post_score(served, body)) for body in bodies]
+    merge), and return the first answer and the waiting requests' tasks, in order.
+
+    The first call waits in R on a gate file, opened once every body is queued."""
+    gate = served.pool.socket_path.parent / "gate"
+    busy = {"data": [{**rows(0, sleep=0)["data"][0], "gate": str(gate)}]}
+    first = asyncio.create_task(post_score(served, busy))
+    await eventually(lambda: served.dispatcher.inflight == 1, every_s=0.01)
+    waiting = []
+    for body in bodies:  # one at a time: they queue in this order
+        waiting.append(asyncio.create_task(post_score(served, body)))
+        await eventually(lambda: served.dispatcher.queue_depth == len(waiting), every_s=0.01)
+    gate.touch()
     return await first, waiting
 
 
@@ -646,7 +667,8 @@ async def test_a_worker_killed_during_a_merged_call_fails_every_member_with_502(
     # The two waiting requests then share one (long) R call.
     first, merged = await behind_a_busy_worker(served, [rows(10 * k, sleep=30) for k in (1, 2)])
     assert first[0] == 200
-    await asyncio.sleep(0.4)  # the merged call is inside R now
+    # both in one call, sent to the worker
+    await eventually(lambda: served.dispatcher.inflight == 2 and victim.busy, every_s=0.01)
     os.kill(victim.pid, signal.SIGKILL)
     for task in merged:
         status, answer, _ = await asyncio.wait_for(task, 10)

@@ -12,7 +12,16 @@ import pytest
 from sim.service import ServiceSpec
 from sim.workload import WorkloadSpec, arrival_blocks, load_trace
 
+# The full traces live beside the repository (../shared/traces); a clone alone has the
+# samples cut from them in tests/fixtures/traces (their README says how).
 TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
+SAMPLES = Path(__file__).resolve().parent / "fixtures" / "traces"
+CONV_SAMPLE = SAMPLES / "AzureLLMInferenceTrace_conv-first-120s.csv.gz"
+NASA_SAMPLE = SAMPLES / "nasa-http-1995-per-second-first-3600s.txt.gz"
+full_traces = pytest.mark.skipif(
+    not TRACES.is_dir(),
+    reason=f"the full traces ({TRACES}) are absent: the samples in {SAMPLES} stand in",
+)
 
 
 def arrivals(spec: WorkloadSpec, duration: float, seed: int = 1) -> np.ndarray:
@@ -77,6 +86,44 @@ def test_counts_file_is_spread_inside_each_second(tmp_path: Path) -> None:
     assert cut.size == 8
 
 
+def test_azure_sample_replays_its_timestamps() -> None:
+    shape, seconds = load_trace(CONV_SAMPLE, "auto")
+    assert shape == "times"
+    assert seconds.size == 456  # rows in the first 120 s, counted when it was cut
+    assert seconds[0] == 0.0
+    assert seconds[-1] < 120.0
+    times = arrivals(WorkloadSpec("trace", path=CONV_SAMPLE, start_s=30.0), 60.0)
+    assert np.array_equal(times, seconds[(seconds >= 30.0) & (seconds < 90.0)] - 30.0)
+    triple = arrivals(WorkloadSpec("trace", path=CONV_SAMPLE, scale=3.0), 60.0)
+    within = int(np.sum(seconds < 60.0))
+    assert within + 2 * int(np.sum(seconds < 59.0)) <= triple.size <= 3 * within
+
+
+def test_nasa_sample_is_its_first_hour_of_counts() -> None:
+    shape, counts = load_trace(NASA_SAMPLE, "auto")
+    assert shape == "counts"
+    assert (counts.size, int(counts.sum())) == (3600, 3568)  # counted when it was cut
+
+
+@full_traces
+@pytest.mark.parametrize(
+    ("sample", "full"),
+    [
+        (CONV_SAMPLE.name, "AzureLLMInferenceTrace_conv.csv"),
+        ("AzureLLMInferenceTrace_code-first-600s.csv.gz", "AzureLLMInferenceTrace_code.csv"),
+        (NASA_SAMPLE.name, "nasa-http-1995-per-second.txt.gz"),
+    ],
+)
+def test_the_samples_are_the_start_of_the_full_traces(sample: str, full: str) -> None:
+    shape, cut = load_trace(SAMPLES / sample, "auto")
+    full_shape, whole = load_trace(TRACES / full, "auto")
+    assert shape == full_shape
+    assert np.array_equal(cut, whole[: cut.size])
+    if shape == "times":  # every row of the span, none after
+        assert whole[cut.size] > cut[-1]
+
+
+@full_traces
 def test_azure_trace_replays_its_timestamps() -> None:
     path = TRACES / "AzureLLMInferenceTrace_conv.csv"
     shape, seconds = load_trace(path, "auto")
@@ -94,6 +141,7 @@ def test_azure_trace_replays_its_timestamps() -> None:
     assert within + 2 * int(np.sum(seconds < 599.0)) <= triple.size <= 3 * within
 
 
+@full_traces
 def test_nasa_counts_trace_matches_its_readme() -> None:
     shape, counts = load_trace(TRACES / "nasa-http-1995-per-second.txt.gz", "auto")
     assert shape == "counts"
@@ -233,8 +281,9 @@ def test_rate_mode_is_poisson_within_a_window_where_multiply_is_bursty(
     multiply = dispersion(arrivals(WorkloadSpec("trace", path=path, scale=scale), 3600.0), 3600)
     assert rate == pytest.approx(1.0, abs=0.1)  # Poisson: variance = mean
     assert multiply > 0.9 * scale  # counts 0 and 2 x scale: var / mean = scale (x 60/59)
-    # The same real trace: 147 x NASA's users are far smoother than 147 x each second.
-    nasa = TRACES / "nasa-http-1995-per-second.txt.gz"
+    # The same real trace: 147 x NASA's users are far smoother than 147 x each second
+    # (its first hour, all that 3600 s of arrivals read).
+    nasa = NASA_SAMPLE
     real = {
         mode: dispersion(arrivals(WorkloadSpec("trace", path=nasa, scale=scale,
                                                scale_mode=mode), 3600.0), 3600)

@@ -57,6 +57,8 @@ from sidecar.client_limits import (
     on_expiry,
 )
 
+pytestmark = pytest.mark.slow  # real timers and deadlines, seconds each
+
 HOST = "127.0.0.1"
 BOUND_S = 20.0  # how long any one wait may take before the test fails: never a measure
 SHORT = ClientLimits(
@@ -579,6 +581,8 @@ async def rscore_serve(bundle: Path, tmp_path: Path, *flags: str) -> AsyncIterat
             await process.wait()
 
 
+@pytest.mark.real_r
+@pytest.mark.e2e
 async def test_rscore_serve_closes_each_kind_of_slow_client_and_counts_it(
     example_bundles: Path, tmp_path: Path
 ) -> None:
@@ -628,6 +632,8 @@ def slow_bundle(tmp_path: Path) -> Path:
     return bundle
 
 
+@pytest.mark.real_r
+@pytest.mark.e2e
 async def test_a_slow_body_cannot_hold_rscore_serve_past_its_drain_timeout(
     slow_bundle: Path, tmp_path: Path
 ) -> None:

@@ -75,6 +75,10 @@ def test_the_verdict_needs_every_request_accounted_for_and_flat_memory() -> None
     assert not judge([*good, outcome(VALID, 504)], [], flat, flat, 600.0).passed
 
 
+@pytest.mark.slow
+@pytest.mark.real_r
+@pytest.mark.e2e
+@pytest.mark.timeout(600)  # a soak: about a minute alone, more under load
 def test_a_short_soak_loses_nothing(tmp_path: Path) -> None:
     run = run_soak(tmp_path, duration_s=45.0, load=0.5, kill_every_s=15.0, rotate_every_s=20.0)
     assert len(run.kills) >= 2

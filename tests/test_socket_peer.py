@@ -149,6 +149,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("command", ["sidecar", "scorer"])
+@pytest.mark.real_r
+@pytest.mark.e2e
 def test_both_containers_refuse_an_unsafe_socket_dir_at_start_up(
     command: str, tmp_path: Path, example_bundles: Path
 ) -> None:
@@ -273,6 +275,7 @@ while True:
 
 
 @needs_root
+@pytest.mark.real_r
 async def test_a_worker_refuses_to_serve_a_socket_of_another_user(tmp_path: Path) -> None:
     """Another user bound the socket first (the shared-folder attack): the real worker
     connects, sees the listener's uid with SO_PEERCRED, and sends nothing, not even its

@@ -516,7 +516,8 @@ async def test_bad_pair_keeps_the_old_one(
             # Let the watcher retry a few times: the old pair stays on, every time.
             for _ in range(10):
                 assert await served_serial(port, client) == good.serial
-                await asyncio.sleep(TICK_S)
+                ticked = watcher.ticks
+                await wait_until(lambda ticked=ticked: watcher.ticks > ticked, ROTATION_DEADLINE_S)
             vol.rotate(_pair_files(later))
             await wait_for_serial(port, client, later.serial)
     finally:

@@ -43,8 +43,10 @@ async def wait_until(predicate: Callable[[], bool], timeout_s: float = TIMEOUT_S
             await asyncio.sleep(TICK_S / 5)
 
 
-async def ticks(n: int) -> None:
-    await asyncio.sleep(n * TICK_S)
+async def ticks(watcher: FileWatcher, n: int) -> None:
+    """Wait until the watcher has looked at the files `n` more times."""
+    start = watcher.ticks
+    await wait_until(lambda: watcher.ticks >= start + n)
 
 
 @pytest.fixture
@@ -68,8 +70,8 @@ async def test_in_place_write(tmp_path: Path, watch: Callable[..., FileWatcher])
     path = tmp_path / "keys.txt"
     path.write_text("one\n")
     loader = Loader(path)
-    await watch([path], loader)
-    await ticks(3)
+    watcher = await watch([path], loader)
+    await ticks(watcher, 3)
     assert loader.calls == 0  # nothing changed, nothing reloaded
     with path.open("w") as f:  # truncate and write: same inode
         f.write("two, longer\n")
@@ -108,7 +110,7 @@ async def test_temporarily_missing_file(
     loader = Loader(path)
     watcher = await watch([path], loader)
     path.unlink()
-    await ticks(6)
+    await ticks(watcher, 6)
     assert watcher.running  # a missing file does not end the watching
     assert loader.calls == 0  # ... nor does it reach the callback
     assert loader.state == ("one\n",)
@@ -128,7 +130,7 @@ async def test_dangling_secret_volume_symlink(
     target = os.readlink(data)
     data.unlink()
     os.symlink("..nowhere", data)
-    await ticks(4)
+    await ticks(watcher, 4)
     assert watcher.running
     assert loader.calls == 0
     data.unlink()
@@ -147,7 +149,7 @@ async def test_failing_callback_keeps_state_and_retries(
     watcher = await watch([path], loader)
     path.write_text("bad-secret-xyz\n")
     await wait_until(lambda: loader.calls >= 1)
-    await ticks(6)  # a few retries, then it waits for the next change
+    await ticks(watcher, 6)  # a few retries, then it waits for the next change
     assert loader.state == ("good-1\n",)  # old state kept
     assert 2 <= loader.calls <= 4, loader.calls  # retried on the next ticks, then stopped
     assert watcher.running
@@ -178,10 +180,10 @@ async def test_retry_on_next_tick_when_caught_half_written(
             raise outcome
         loaded.append(path.read_text())
 
-    await watch([path], on_change)
+    watcher = await watch([path], on_change)
     path.write_text("v2, complete\n")
     await wait_until(lambda: loaded == ["v2, complete\n"])
-    await ticks(4)
+    await ticks(watcher, 4)
     assert loaded == ["v2, complete\n"]  # once applied, no more calls without a change
 
 
@@ -318,7 +320,7 @@ async def test_a_file_missing_past_the_grace_is_a_change(tmp_path: Path) -> None
     try:
         path.unlink()
         await wait_until(lambda: seen == [False])
-        await ticks(4)
+        await ticks(watcher, 4)
         assert seen == [False]  # once: a missing file that stays missing is no new change
         path.write_text("two\n")
         await wait_until(lambda: seen == [False, True])
@@ -336,7 +338,7 @@ async def test_a_gap_shorter_than_the_grace_is_no_change(tmp_path: Path) -> None
     await watcher.start()
     try:
         path.unlink()
-        await ticks(6)
+        await ticks(watcher, 6)
         assert calls == []
     finally:
         await watcher.stop()

@@ -17,13 +17,15 @@ from pathlib import Path
 
 import orjson
 import pytest
-from helpers import assert_same_predictions
+from helpers import assert_same_predictions, eventually
 
 from r_scorer.errors import BundleError, ModelError, WorkerCrashed
 from r_scorer.payload import parse_body
 from r_scorer.pool import SOCKET_NAME, WorkerLink, WorkerPool
 from r_scorer.prototype import TypedFrame, coerce
 from r_scorer.supervisor import Supervisor
+
+pytestmark = pytest.mark.real_r  # markers: pyproject.toml
 
 SLOW_SCORE_R = """
 init <- function(model_dir) list(factor = 2)
@@ -112,7 +114,7 @@ async def test_worker_killed_mid_call_is_restarted_and_its_caller_told(
         first, second = pool.workers
         doomed = asyncio.create_task(first.score(frame_of([{"x": 1, "sleep": 30}], pool)))
         bystander = asyncio.create_task(second.score(frame_of([{"x": 4, "sleep": 0.5}], pool)))
-        await asyncio.sleep(0.3)  # both are inside R now
+        await eventually(lambda: first.busy and second.busy, every_s=0.01)  # both sent
         os.kill(first.pid, signal.SIGKILL)
         with pytest.raises(WorkerCrashed, match="the R worker died while scoring") as crash:
             await asyncio.wait_for(doomed, 10)
@@ -202,6 +204,25 @@ async def scorer_process(
         await pool.close()
 
 
+async def stderr_until(process: asyncio.subprocess.Process, text: bytes) -> bytes:
+    """The process's stderr up to the line holding `text` (it has got that far)."""
+    stream = process.stderr
+    assert stream is not None
+    lines = []
+
+    async def read() -> None:
+        while text not in (lines[-1] if lines else b""):
+            line = await stream.readline()
+            assert line, f"stderr ended before {text!r}: {b''.join(lines)!r}"
+            lines.append(line)
+
+    await asyncio.wait_for(read(), 30)
+    return b"".join(lines)
+
+
+SIGNALLED = b"signalled: workers serve until the sidecar hangs up"
+
+
 async def test_rscore_scorer_serves_after_sigterm_until_the_sidecar_hangs_up(
     example_bundles: Path, tmp_path: Path
 ) -> None:
@@ -210,10 +231,11 @@ async def test_rscore_scorer_serves_after_sigterm_until_the_sidecar_hangs_up(
         assert await asyncio.wait_for(score(pool, [IRIS_ROW]), 30) == ["setosa"]
         process.send_signal(signal.SIGTERM)
         # Still serving after its SIGTERM, until the sidecar hangs up (a pod's drain).
-        await asyncio.sleep(0.5)
+        before = await stderr_until(process, SIGNALLED)
         assert await asyncio.wait_for(score(pool, [IRIS_ROW]), 30) == ["setosa"]
         await pool.close()
-        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+        _, rest = await asyncio.wait_for(process.communicate(), 30)
+        stderr = before + rest
         assert process.returncode == 0
         assert b"2 R worker(s) serving model 'iris-rf'" in stderr
         assert json.loads(stderr.splitlines()[0])["level"]  # logs are JSON lines
@@ -228,7 +250,7 @@ async def test_rscore_scorer_signalled_while_workers_start_still_drains(
     async with scorer_process(example_bundles / "iris-rf", tmp_path, 2) as (pool, process):
         await asyncio.wait_for(pool.wait_for_workers(1), 60)
         process.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.5)
+        await stderr_until(process, SIGNALLED)  # honoured once the load is done
         assert await asyncio.wait_for(score(pool, [IRIS_ROW]), 30) == ["setosa"]
         await pool.close()
         await asyncio.wait_for(process.communicate(), 30)

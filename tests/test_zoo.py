@@ -28,6 +28,8 @@ from r_scorer.pool import WorkerPool
 from r_scorer.supervisor import Supervisor
 from sidecar.app import SidecarConfig, create_app, create_metrics_app
 
+pytestmark = pytest.mark.real_r  # markers: pyproject.toml
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "examples" / "zoo" / "build_zoo.R"
 BUILD = ROOT / "examples" / "zoo" / "build"

@@ -1,0 +1,480 @@
+"""`rscore sim validate`: the simulator's error against a real `rscore serve` of a bundle.
+
+    rscore sim validate BUNDLE SCENARIO.toml --out DIR [--levels 0.3,0.6,0.9] [--duration-s S]
+
+Steps (docs/simulator.md, "Validation", says why each is there):
+
+1. measure the bundle's calls on one R worker, as `rscore sim measure` does;
+2. start the pod (`rscore serve BUNDLE --auth none`, its default workers, the scenario's
+   queue bound, timeout and batching) and the echo server, on 127.0.0.1;
+3. its capacity: the closed-loop saturation throughput (concurrency doubled from the
+   worker count until the answers per second stop growing by 5 %), and the CPU the
+   sidecar, the workers and everyone else spent meanwhile (the sidecar's seconds per
+   request, the cores left to the pod);
+4. a low-load run: the HTTP path's fixed time (the real median beyond the simulated);
+5. per level: the scenario's workload scaled to `level x capacity` for `--duration-s`,
+   replayed open-loop by a client in its own process (rscore_cli/replay_client.py),
+   first against the echo server (the client's floor), then against the pod; the very
+   send times the pod saw are simulated (one pod, its settings, the measured service,
+   the calibrated sidecar; and, for comparison, without the sidecar model);
+6. write validate.json, validate.png (real vs simulated latency CDF per level),
+   calibrated.toml (the [service] and [pods] keys to paste into a scenario) and print
+   the table.
+
+The simulator stays pure: everything here that touches processes, sockets and the
+clock is in this module, rscore_cli/real_pod.py and the client; the arithmetic is in
+sim/validate.py. Loads only 127.0.0.1 and leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from rscore_cli.real_pod import ClientRun, Rig
+    from sim.scenario import Scenario
+    from sim.service import ServiceSpec
+    from sim.validate import Calibration, PodSettings
+    from sim.workload import WorkloadSpec
+
+__all__ = ["validate"]
+
+CAPACITY_STEP_S = 2.0  # each concurrency of the saturation sweep
+CAPACITY_GAIN = 0.05  # the sweep stops when doubling the concurrency gains less than this
+WARMUP_S = 1.0
+LOW_LOAD_SHARE = 0.05  # the calibration run's rate, a share of capacity ...
+LOW_LOAD_REQUESTS = 300  # ... for this many requests (at most LOW_LOAD_MAX_S seconds)
+LOW_LOAD_MAX_S = 20.0
+IDLE_S = 1.0  # the pod's CPU with no request, measured for this long
+FLOOR_S = 5.0  # each level's schedule replayed against the echo server for this long
+MAX_CONNECTIONS = 256  # connections the client opens beforehand (more on demand)
+CLIENT = (
+    "rscore_cli.replay_client: open loop, a process of its own (not pinned: the pod "
+    "needs both cores), Python asyncio on uvloop, raw HTTP/1.1 over keep-alive "
+    "connections opened beforehand, one request per connection at a time"
+)
+
+
+def _levels(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[float, ...]:
+    try:
+        levels = tuple(float(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
+    if not levels or any(not 0 < level <= 2 for level in levels):
+        raise click.BadParameter("give one or more shares of capacity, each in (0, 2]")
+    return levels
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument(
+    "scenario_path", metavar="SCENARIO.toml",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)  # fmt: skip
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the results (created if missing).",
+)  # fmt: skip
+@click.option("--levels", default="0.3,0.6,0.9", show_default=True, callback=_levels,
+              help="Loads to replay, as shares of the pod's measured capacity.")  # fmt: skip
+@click.option("--duration-s", type=click.FloatRange(min=0, min_open=True), default=20.0,
+              show_default=True, help="Seconds of traffic replayed at each level.")  # fmt: skip
+@click.option("--requests", type=click.IntRange(min=10), default=1000, show_default=True,
+              help="One-row calls the measurement times (`sim measure --requests`).")  # fmt: skip
+def validate(
+    *,
+    bundle: Path,
+    scenario_path: Path,
+    out_dir: Path,
+    levels: tuple[float, ...],
+    duration_s: float,
+    requests: int,
+) -> None:
+    """Replay SCENARIO.toml's workload against a real pod of BUNDLE and simulate it.
+
+    Writes validate.json, validate.png and calibrated.toml into --out and prints the
+    simulator's error per load level (docs/simulator.md, "Validation").
+    """
+    from rscore_cli.real_pod import PodError
+    from sim.measure import MeasureError
+    from sim.scenario import ScenarioError, load_scenario
+
+    try:
+        scenario = load_scenario(scenario_path)
+    except (ScenarioError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        document, curves = run_validation(
+            _Ask(bundle, scenario_path, scenario, out_dir, levels, duration_s, requests), _say
+        )
+    except (MeasureError, PodError, ValueError) as exc:
+        raise click.ClickException(" ".join(str(exc).split())) from None
+    paths = _write(document, curves, out_dir)
+    from sim.validate import table
+
+    calibration = document["calibration"]
+    click.echo(
+        f"{document['workload']}; capacity {calibration['capacity_rps']:.0f} req/s; "
+        f"sidecar {1e3 * calibration['sidecar_s']:.3f} ms/request "
+        f"(+{1e3 * calibration['sidecar_wake_s']:.3f} ms per wake-up), "
+        f"HTTP path {1e3 * calibration['http_s']:.3f} ms, cores {_cores(calibration['cores'])} "
+        f"({calibration['cores_left']:.2f} left by other processes)"
+    )
+    click.echo(table(document["levels"]))
+    click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
+
+
+def _cores(cores: float | None) -> str:
+    return "unshared" if cores is None else f"{cores:.2f}"
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+# --- the run ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """What the command was asked."""
+
+    bundle: Path
+    scenario_path: Path
+    scenario: Scenario
+    out_dir: Path
+    levels: tuple[float, ...]
+    duration_s: float
+    requests: int
+
+
+@dataclass
+class _Pod:
+    """The pod under test and what every phase needs of it."""
+
+    rig: Rig
+    body: str
+    settings: PodSettings
+    service: ServiceSpec
+    rows: int
+    seed: int
+    connections: int
+    say: Callable[[str], None]
+    runs_dir: Path  # each level's per-request record
+
+    @property
+    def timeout_s(self) -> float:
+        return self.settings.request_timeout_s + 5.0  # the pod answers 504 first
+
+    def closed(self, concurrency: int, seconds: float) -> ClientRun:
+        plan = {"mode": "closed", "body": self.body, "timeout_s": self.timeout_s,
+                "connections": concurrency, "duration_s": seconds}  # fmt: skip
+        return self.rig.run_client("pod", plan, seconds + self.timeout_s)
+
+    def replay(self, target: str, offsets: list[float], connections: int) -> ClientRun:
+        plan = {"mode": "replay", "body": self.body, "timeout_s": self.timeout_s,
+                "connections": connections, "offsets": offsets}  # fmt: skip
+        bound = (offsets[-1] if offsets else 0.0) + self.timeout_s
+        return self.rig.run_client(target, plan, bound)
+
+
+@dataclass
+class _Level:
+    """A level's raw outcome, kept for the plot."""
+
+    level: float
+    real: np.ndarray
+    sim: np.ndarray
+    bare: np.ndarray
+
+
+def run_validation(ask: _Ask, say: Callable[[str], None]) -> tuple[dict[str, Any], list[_Level]]:
+    """Everything but writing the files: validate.json's document and the curves."""
+    from r_scorer.cores import detect_usable_cores
+    from rscore_cli.real_pod import Rig
+    from sim.measure import fit_batch_cost, measure_bundle, simulator_keys, write_results
+    from sim.service import ServiceSpec
+    from sim.validate import PodSettings
+    from sim.workload import describe
+
+    bundle, scenario, out_dir, requests = ask.bundle, ask.scenario, ask.out_dir, ask.requests
+    say(f"measuring {bundle}'s calls on one R worker ({requests} one-row calls) ...")
+    measured = out_dir / "measure"
+    measurement = measure_bundle(bundle, requests=requests, worker_log=measured / "worker.log")
+    sizes = sorted(measurement.batch_s)
+    fit = fit_batch_cost(sizes, [_median(measurement.batch_s[size]) for size in sizes])
+    write_results(measurement, fit, measured)
+    keys = simulator_keys(measurement, fit)
+    service = ServiceSpec(
+        kind="empirical",
+        path=(measured / "service_times.txt").resolve(),
+        mean_s=keys["mean_s"],
+        per_row_s=keys["per_row_s"],
+    )
+    rows = scenario.workload.rows
+    body = _body(measurement.rows, rows)
+    pods = scenario.pods
+    settings = PodSettings(
+        workers=detect_usable_cores(),
+        max_queue=pods.max_queue,
+        request_timeout_s=pods.request_timeout_s,
+        max_batch_rows=pods.max_batch_rows if measurement.batchable else 1,
+    )
+    flags = [
+        "--workers", str(settings.workers), "--max-queue", str(settings.max_queue),
+        "--request-timeout-ms", str(max(1, round(1000 * settings.request_timeout_s))),
+        "--max-batch-rows", str(pods.max_batch_rows),
+    ]  # fmt: skip
+    connections = min(MAX_CONNECTIONS, settings.max_queue * settings.workers + settings.workers)
+    with Rig(out_dir / "logs") as rig:
+        say(f"starting the pod: rscore serve {bundle} {' '.join(flags)} ...")
+        rig.start_pod(bundle, flags)
+        rig.start_echo()
+        rig.wait_ready(body)
+        runs = out_dir / "runs"
+        runs.mkdir(exist_ok=True)
+        pod = _Pod(rig, body, settings, service, rows, scenario.seed, connections, say, runs)
+        calibration, sweep = _calibrate(pod)
+        entries, curves = [], []
+        for level in ask.levels:
+            entry, curve = _level(pod, level, scenario.workload, calibration, ask.duration_s)
+            entries.append(entry)
+            curves.append(curve)
+    document = {
+        "bundle": str(bundle),
+        "scenario": str(ask.scenario_path),
+        "levels": entries,
+        "workload": describe(scenario.workload),
+        "duration_s": ask.duration_s,
+        "seed": scenario.seed,
+        "machine": _machine(),
+        "pod": {
+            "command": f"rscore serve {bundle} --auth none {' '.join(flags)}",
+            "workers": settings.workers,
+            "max_queue": settings.max_queue,
+            "request_timeout_s": settings.request_timeout_s,
+            "max_batch_rows": settings.max_batch_rows,
+            "batchable": measurement.batchable,
+            "rows_per_request": rows,
+        },
+        "service": {
+            "kind": "empirical",
+            "path": str(service.path),
+            "mean_s": keys["mean_s"],
+            "per_row_s": keys["per_row_s"],
+            "fit": {"a_s": fit.a_s, "c_s": fit.c_s, "r2": fit.r2},
+        },
+        "calibration": {**calibration.as_json(), "sweep": sweep},
+        "client": {"kind": CLIENT, "connections": connections},
+    }
+    return document, curves
+
+
+def _median(values: list[float]) -> float:
+    import numpy as np
+
+    return float(np.median(values))
+
+
+def _body(columns: dict[str, list[Any]], rows: int) -> str:
+    """A /score body of `rows` rows: the measured rows, repeated in order."""
+    import orjson
+
+    names = list(columns)
+    count = len(next(iter(columns.values()))) if columns else 0
+    if count == 0:
+        raise ValueError("the measurement kept no rows to send")
+    data = [[columns[name][i % count] for name in names] for i in range(rows)]
+    return orjson.dumps({"dataframe_split": {"columns": names, "data": data}}).decode()
+
+
+def _calibrate(pod: _Pod) -> tuple[Calibration, list[dict[str, float]]]:
+    """Capacity and the sidecar's share at saturation, then the HTTP path at low load."""
+    import numpy as np
+
+    from sim.validate import (
+        Calibration,
+        cores_left,
+        fit_cores,
+        http_seconds,
+        run_stats,
+        sidecar_seconds,
+        simulate,
+        validation_pods,
+        wake_seconds,
+    )
+
+    settings, say = pod.settings, pod.say
+    pod.closed(2 * settings.workers, WARMUP_S)
+    ceiling = settings.max_queue * settings.workers + settings.workers
+    concurrency, best, sweep = settings.workers, None, []
+    while True:
+        run = pod.closed(concurrency, CAPACITY_STEP_S)
+        throughput = run.answered / run.cpu.at
+        sweep.append({"concurrency": concurrency, "answers_per_s": throughput})
+        say(f"capacity: {concurrency} concurrent requests: {throughput:.0f} answers/s")
+        gained = best is None or throughput > best[0] * (1 + CAPACITY_GAIN)
+        if best is None or throughput > best[0]:
+            best = (throughput, run)
+        if not gained or concurrency * 2 > min(ceiling, MAX_CONNECTIONS):
+            break
+        concurrency *= 2
+    capacity, saturated = best
+    cpu = saturated.cpu
+    usable = float(len(os.sched_getaffinity(0)))
+    sidecar_s = sidecar_seconds(cpu.sidecar_s, saturated.answered)
+    left = cores_left(usable, cpu.machine_s, cpu.sidecar_s + cpu.workers_s, cpu.at)
+    # Low load: every turn wakes the loop; the pod's fixed costs alone.
+    idle = pod.rig.idle_cpu(IDLE_S)
+    rate = LOW_LOAD_SHARE * capacity
+    count = int(min(LOW_LOAD_REQUESTS, rate * LOW_LOAD_MAX_S)) or 1
+    offsets = np.cumsum(np.random.default_rng(pod.seed).exponential(1 / rate, count)).tolist()
+    say(f"low load: {count} requests at {rate:.0f} req/s ...")
+    low = pod.replay("pod", offsets, settings.workers * 2)
+    if low.answered == 0:
+        raise ValueError("no request of the low-load run was answered (see logs/pod.log)")
+    wake_s = wake_seconds(
+        low.cpu.sidecar_s, idle.sidecar_s / idle.at, low.cpu.at, low.answered, sidecar_s
+    )
+    first = Calibration(capacity, sidecar_s, wake_s, None, 0.0, left)
+    say("fitting the cores the simulated pod shares to its capacity ...")
+    cores = fit_cores(
+        capacity, pod.service, validation_pods(settings, first), rows=pod.rows, seed=pod.seed
+    )
+    fitted = dataclasses.replace(first, cores=cores)
+    pods = validation_pods(settings, fitted)
+    simulated = run_stats(simulate(low.sent, pod.service, pods, rows=pod.rows, seed=pod.seed))
+    assert simulated.p50_s is not None
+    real_median = float(np.median(low.latencies()))
+    calibration = dataclasses.replace(fitted, http_s=http_seconds(real_median, simulated.p50_s))
+    return calibration, sweep
+
+
+def _level(
+    pod: _Pod, level: float, workload: WorkloadSpec, calibration: Calibration, duration_s: float
+) -> tuple[dict[str, Any], _Level]:
+    import numpy as np
+
+    from sim.validate import (
+        errors,
+        level_entry,
+        real_stats,
+        run_stats,
+        schedule,
+        simulate,
+        validation_pods,
+    )
+
+    rate = level * calibration.capacity_rps
+    _, times = schedule(workload, duration_s, rate, pod.seed)
+    offsets = times.tolist()
+    pod.say(f"level {level:g}: {len(offsets)} requests in {duration_s:g} s (mean {rate:.0f}/s)")
+    floor = pod.replay("echo", [t for t in offsets if t < FLOOR_S], pod.connections)
+    run = pod.replay("pod", offsets, pod.connections)
+    simulated = simulate(run.sent, pod.service, validation_pods(pod.settings, calibration),
+                         rows=pod.rows, seed=pod.seed)  # fmt: skip
+    bare = simulate(run.sent, pod.service, validation_pods(pod.settings, None), rows=pod.rows,
+                    seed=pod.seed)  # fmt: skip
+    np.savez_compressed(
+        pod.runs_dir / f"level-{level:g}.npz",
+        scheduled=run.scheduled, sent=run.sent, done=run.done, status=run.status,
+        sim_latencies=simulated.latencies, sim_done=simulated.done_times,
+    )  # fmt: skip
+    real = real_stats(run.sent, run.done, run.status)
+    entry = level_entry(level, len(offsets) / duration_s, real, run_stats(simulated))
+    known = np.isin(run.status, (200, 429, 504))
+    entry["schedule_requests"] = len(offsets)
+    entry["other_failures"] = int((~known).sum())  # no answer, or another status
+    entry["sim_without_sidecar"] = run_stats(bare).as_json()
+    entry["error_without_sidecar"] = errors(real, run_stats(bare))
+    entry["client"] = {
+        "lag_p50_s": _quantile(run.lag(), 0.5),
+        "lag_p99_s": _quantile(run.lag(), 0.99),
+        "lag_max_s": float(np.max(run.lag())) if run.lag().size else None,
+        "cpu_s_per_request": run.client_cpu_s / max(1, len(offsets)),
+        "connections_opened": run.opened,
+        "echo_requests": len(floor.status),
+        "echo_p50_s": _quantile(floor.latencies(), 0.5),
+        "echo_p99_s": _quantile(floor.latencies(), 0.99),
+        "echo_lag_p99_s": _quantile(floor.lag(), 0.99),
+    }
+    entry["pod_cpu"] = {
+        "sidecar_s_per_request": run.cpu.sidecar_s / max(1, run.answered),
+        "workers_s_per_request": run.cpu.workers_s / max(1, run.answered),
+        "machine_busy_cores": run.cpu.machine_s / run.cpu.at if run.cpu.at > 0 else None,
+    }
+    return entry, _Level(level, run.latencies(), simulated.latencies, bare.latencies)
+
+
+def _quantile(values: np.ndarray, fraction: float) -> float | None:
+    import numpy as np
+
+    from sim.metrics import nearest_rank
+
+    if values.size == 0:
+        return None
+    value = nearest_rank(np.sort(values), fraction)
+    return value if math.isfinite(value) else None
+
+
+def _machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{model}, {len(os.sched_getaffinity(0))} usable cores; {platform.system()} "
+        f"{platform.release()}; Python {platform.python_version()}"
+    )
+
+
+# --- the files -------------------------------------------------------------------------
+
+
+def _write(document: dict[str, Any], curves: list[_Level], out_dir: Path) -> list[Path]:
+    from sim.output import write_json
+    from sim.plots import plot_validate
+
+    calibration = document["calibration"]
+    fragment = out_dir / "calibrated.toml"
+    fragment.write_text(
+        f"# rscore sim validate {document['bundle']} {document['scenario']}\n"
+        f"# {document['machine']}\n"
+        "# Paste into a scenario to simulate this pod on this machine (docs/simulator.md).\n"
+        "[service]\n"
+        'kind = "empirical"\n'
+        f"path = {document['service']['path']!r}\n"
+        f"mean_s = {document['service']['mean_s']!r}\n"
+        f"per_row_s = {document['service']['per_row_s']!r}\n\n"
+        "[pods]\n"
+        f"workers = {document['pod']['workers']}\n"
+        f"max_queue = {document['pod']['max_queue']}\n"
+        f"request_timeout_s = {document['pod']['request_timeout_s']!r}\n"
+        f"max_batch_rows = {document['pod']['max_batch_rows']}\n"
+        f"sidecar_s = {calibration['sidecar_s']!r}\n"
+        f"sidecar_wake_s = {calibration['sidecar_wake_s']!r}\n"
+        f"http_s = {calibration['http_s']!r}\n"
+        + ("" if calibration["cores"] is None else f"cores = {calibration['cores']!r}\n")
+    )
+    plot = plot_validate(
+        [(f"{c.level:g} x capacity", c.real, c.sim, c.bare) for c in curves],
+        f"{Path(document['bundle']).name}: {document['workload']}",
+        out_dir / "validate.png",
+    )
+    return [write_json(out_dir / "validate.json", document), plot, fragment]

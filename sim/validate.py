@@ -1,0 +1,396 @@
+"""`rscore sim validate`'s arithmetic: the simulator's error against a real pod.
+
+The real pod is driven elsewhere (rscore_cli/validate_cmd.py: processes, sockets, the
+clock); this module gets what was measured and does the rest, purely:
+
+- the schedule: the scenario's workload scaled so that it arrives at a share of the
+  pod's capacity (`scaled_workload`, `schedule`);
+- the calibration: the sidecar's CPU per request and the cores left to the pod, from
+  the pod's CPU at saturation, and the HTTP path's fixed time, from a low-load run
+  (`Calibration`, `sidecar_seconds`, `cores_left`, `http_seconds`);
+- the simulation of the very request times the pod saw, one pod with its settings and
+  the calibrated sidecar (`simulate`);
+- the statistics of both runs in one shape (`Stats`, `real_stats`, `run_stats`), the
+  errors (`errors`: latencies relative, sim / real - 1; failures in percentage points),
+  validate.json's document and the printed table.
+
+Never reads the clock, never starts a process, never opens a socket; writes nothing
+(the command writes the files).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sim.cluster import ControllerSpec, NodeSpec, PodSpec
+from sim.distributions import Streams
+from sim.engine import Engine, RunResult
+from sim.metrics import nearest_rank
+from sim.policies import StaticController
+from sim.service import ServiceSpec
+from sim.workload import WorkloadSpec, arrival_blocks
+
+__all__ = [
+    "LATENCY_KEYS",
+    "STAT_KEYS",
+    "Calibration",
+    "PodSettings",
+    "Stats",
+    "cores_left",
+    "errors",
+    "fit_cores",
+    "http_seconds",
+    "level_entry",
+    "real_stats",
+    "relative_error",
+    "run_stats",
+    "saturation_throughput",
+    "scaled_workload",
+    "schedule",
+    "sidecar_seconds",
+    "simulate",
+    "table",
+    "validation_pods",
+    "wake_seconds",
+]
+
+STAT_KEYS = (
+    "requests", "p50_s", "p90_s", "p99_s", "mean_s", "reject_rate", "timeout_rate",
+    "throughput_rps",
+)  # fmt: skip
+LATENCY_KEYS = {"p50": "p50_s", "p90": "p90_s", "p99": "p99_s", "mean": "mean_s"}
+OK, REJECTED, TIMED_OUT = 200, 429, 504
+SCHEDULE_ROUNDS = 6  # rescaling rounds of a workload to the rate asked
+
+
+@dataclass(frozen=True)
+class Stats:
+    """One run, real or simulated, in validate.json's shape. Latencies are those of the
+    answered requests (200), nearest-rank; rates are shares of all requests."""
+
+    requests: int
+    p50_s: float | None
+    p90_s: float | None
+    p99_s: float | None
+    mean_s: float | None
+    reject_rate: float  # 429
+    timeout_rate: float  # 504
+    throughput_rps: float  # answers (200) per second from the schedule's start to the last
+
+    def as_json(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in STAT_KEYS}
+
+    @property
+    def failure_rate(self) -> float:
+        return self.reject_rate + self.timeout_rate
+
+
+def _stats(
+    latencies: np.ndarray, requests: int, rejected: int, timeouts: int, end_s: float
+) -> Stats:
+    ordered = np.sort(latencies)
+
+    def pick(fraction: float) -> float | None:
+        value = nearest_rank(ordered, fraction)
+        return value if math.isfinite(value) else None
+
+    return Stats(
+        requests=requests,
+        p50_s=pick(0.50),
+        p90_s=pick(0.90),
+        p99_s=pick(0.99),
+        mean_s=float(ordered.mean()) if ordered.size else None,
+        reject_rate=rejected / requests if requests else 0.0,
+        timeout_rate=timeouts / requests if requests else 0.0,
+        throughput_rps=ordered.size / end_s if end_s > 0 else 0.0,
+    )
+
+
+def real_stats(sent: np.ndarray, done: np.ndarray, status: np.ndarray) -> Stats:
+    """The real run's statistics: one entry per request of the schedule (times in
+    seconds from the schedule's start; status 0 when no HTTP answer came)."""
+    answered = status == OK
+    latencies = (done - sent)[answered]
+    end = float(np.nanmax(done)) if done.size and not np.isnan(done).all() else 0.0
+    return _stats(
+        latencies,
+        int(status.size),
+        int((status == REJECTED).sum()),
+        int((status == TIMED_OUT).sum()),
+        end,
+    )
+
+
+def run_stats(result: RunResult) -> Stats:
+    """The simulated run's statistics, in the same shape."""
+    return _stats(
+        result.latencies,
+        result.requests,
+        int(result.reject_times.size),
+        int(result.timeout_times.size),
+        result.end_s,
+    )
+
+
+def relative_error(sim: float | None, real: float | None) -> float | None:
+    """sim / real - 1 (None when either is missing or real is 0)."""
+    if sim is None or real is None or real == 0:
+        return None
+    return sim / real - 1.0
+
+
+def errors(real: Stats, sim: Stats) -> dict[str, float | None]:
+    """Latency errors relative (sim / real - 1); the 429 + 504 rate's in points."""
+    out: dict[str, float | None] = {
+        name: relative_error(getattr(sim, key), getattr(real, key))
+        for name, key in LATENCY_KEYS.items()
+    }
+    out["failure_rate_points"] = 100.0 * (sim.failure_rate - real.failure_rate)
+    return out
+
+
+# --- the schedule ------------------------------------------------------------------------
+
+
+def scaled_workload(spec: WorkloadSpec, factor: float) -> WorkloadSpec:
+    """The workload with `factor` times the rate, by its own means: a rate (poisson,
+    diurnal, mmpp) is multiplied; a trace's `scale`, in its `scale_mode`."""
+    if spec.kind == "trace":
+        return dataclasses.replace(spec, scale=spec.scale * factor)
+    if spec.kind == "mmpp":
+        return dataclasses.replace(spec, rates=tuple(r * factor for r in spec.rates))
+    return dataclasses.replace(spec, rate=spec.rate * factor)
+
+
+def _arrivals(spec: WorkloadSpec, duration_s: float, seed: int) -> np.ndarray:
+    blocks = list(arrival_blocks(spec, duration_s, Streams(seed)["arrivals"]))
+    return np.concatenate(blocks) if blocks else np.empty(0)
+
+
+def schedule(
+    spec: WorkloadSpec, duration_s: float, rate_rps: float, seed: int
+) -> tuple[WorkloadSpec, np.ndarray]:
+    """The workload scaled to arrive at `rate_rps` on average over `duration_s`, and its
+    arrival times (from the scenario's seed). A Poisson workload takes the rate as it
+    is; any other is scaled by the ratio of the count asked to the count drawn, drawn
+    again with the same seed, until the two agree within 1 % (every kind's count grows
+    in proportion to its rate or scale, so a few rounds do)."""
+    if not rate_rps > 0 or not duration_s > 0:
+        raise ValueError("schedule: rate_rps and duration_s must be > 0")
+    if spec.kind == "poisson":
+        scaled = dataclasses.replace(spec, rate=rate_rps)
+        return scaled, _arrivals(scaled, duration_s, seed)
+    wanted = rate_rps * duration_s
+    scaled, times = spec, _arrivals(spec, duration_s, seed)
+    for _ in range(SCHEDULE_ROUNDS):
+        if times.size == 0:
+            raise ValueError(f"the workload has no arrivals in its first {duration_s:g} s")
+        if abs(times.size / wanted - 1) <= 0.01:
+            break
+        scaled = scaled_workload(scaled, wanted / times.size)
+        times = _arrivals(scaled, duration_s, seed)
+    return scaled, times
+
+
+# --- calibration -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PodSettings:
+    """The real pod's settings, which the simulated pod takes over."""
+
+    workers: int
+    max_queue: int
+    request_timeout_s: float
+    max_batch_rows: int  # 1 when the model is not batchable (the sidecar never merges)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What validate measured of the pod besides R: see docs/simulator.md."""
+
+    capacity_rps: float  # closed-loop saturation throughput (answers per second)
+    sidecar_s: float  # the sidecar process's CPU seconds per answer at saturation
+    sidecar_wake_s: float  # more per turn at low load (the loop wakes for each)
+    cores: float | None  # the simulated pod saturates at capacity_rps with these (fitted)
+    http_s: float  # low-load real median minus the simulated one without it
+    cores_left: float  # the usable cores less everyone else's use, at saturation
+
+    def as_json(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+def sidecar_seconds(sidecar_cpu_s: float, answered: int) -> float:
+    """The sidecar's CPU seconds per answered request (0 when none was answered)."""
+    return sidecar_cpu_s / answered if answered > 0 else 0.0
+
+
+def wake_seconds(
+    low_load_cpu_s: float, idle_cpu_per_s: float, elapsed_s: float, answered: int,
+    sidecar_s: float,
+) -> float:  # fmt: skip
+    """The sidecar's extra CPU per turn when its loop wakes for it: at low load every
+    request's two turns find the loop idle, so a request costs `sidecar_s` (the busy
+    loop's cost, from saturation) + two wake-ups. `low_load_cpu_s` is the sidecar's CPU
+    over the low-load run, less what it spends idle (`idle_cpu_per_s`: its timers)."""
+    if answered <= 0:
+        return 0.0
+    per_request = (low_load_cpu_s - idle_cpu_per_s * elapsed_s) / answered
+    return max(0.0, (per_request - sidecar_s) / 2)
+
+
+def cores_left(usable: float, machine_busy_s: float, pod_cpu_s: float, elapsed_s: float) -> float:
+    """The cores the pod had while it was saturated: the usable cores less what every
+    other process (the client among them) used meanwhile; at least a tenth of a core."""
+    if not elapsed_s > 0:
+        return usable
+    others = max(0.0, machine_busy_s - pod_cpu_s) / elapsed_s
+    return max(0.1, min(usable, usable - others))
+
+
+def http_seconds(real_median_s: float, simulated_median_s: float) -> float:
+    """The fixed time of the HTTP path: what the real low-load median has beyond the
+    simulated one (the pod's R and sidecar costs without it); never negative."""
+    return max(0.0, real_median_s - simulated_median_s)
+
+
+SATURATION_S = 2.0  # simulated seconds of overload to read the simulated capacity from
+SATURATION_LOAD = 1.5  # ... at this multiple of the real capacity
+FIT_TOLERANCE = 0.01  # cores: the bisection stops within a hundredth of a core
+FIT_STEPS = 20
+
+
+def saturation_throughput(
+    service: ServiceSpec, pods: PodSpec, rate_rps: float, *, rows: int = 1, seed: int = 1
+) -> float:
+    """Answers per second of the simulated pod under Poisson overload at `rate_rps`
+    (its queue full, batches as large as they get), over the last three quarters of
+    SATURATION_S: the simulated counterpart of the closed-loop saturation throughput."""
+    count = max(1, round(rate_rps * SATURATION_S))
+    times = np.sort(np.random.default_rng(seed).random(count) * SATURATION_S)
+    result = simulate(times, service, pods, rows=rows, seed=seed)
+    start = SATURATION_S / 4
+    done = result.done_times
+    return int(((done >= start) & (done <= SATURATION_S)).sum()) / (SATURATION_S - start)
+
+
+def fit_cores(
+    capacity_rps: float, service: ServiceSpec, pods: PodSpec, *, rows: int = 1, seed: int = 1
+) -> float | None:
+    """The cores at which the simulated pod (`pods`: its settings and sidecar_s set)
+    saturates at the real pod's capacity: the one number that stands for how the
+    loop, the workers and everything else on the machine share the CPU. None when even
+    unshared cores leave the simulated pod below the capacity (then nothing that
+    shares cores is what bounds it). Bisection: the simulated capacity grows with the
+    cores, up to workers + 1 (the loop and every worker on a core of its own)."""
+    rate = SATURATION_LOAD * capacity_rps
+
+    def simulated(cores: float | None) -> float:
+        spec = dataclasses.replace(pods, cores=cores)
+        return saturation_throughput(service, spec, rate, rows=rows, seed=seed)
+
+    if simulated(None) <= capacity_rps:
+        return None
+    low, high = 0.0, float(pods.workers + 1)
+    for _ in range(FIT_STEPS):
+        middle = (low + high) / 2
+        if simulated(middle) < capacity_rps:
+            low = middle
+        else:
+            high = middle
+        if high - low < FIT_TOLERANCE:
+            break
+    return high
+
+
+def validation_pods(settings: PodSettings, calibration: Calibration | None) -> PodSpec:
+    """The simulated pod: one, ready, with the real pod's settings and, when given, the
+    calibrated sidecar."""
+    extra: dict[str, Any] = {}
+    if calibration is not None:
+        extra = {
+            "sidecar_s": calibration.sidecar_s,
+            "sidecar_wake_s": calibration.sidecar_wake_s,
+            "http_s": calibration.http_s,
+            "cores": calibration.cores,
+        }
+    return PodSpec(
+        workers=settings.workers,
+        initial=1,
+        max_queue=settings.max_queue,
+        request_timeout_s=settings.request_timeout_s,
+        max_batch_rows=settings.max_batch_rows,
+        **extra,
+    )
+
+
+def simulate(
+    times: np.ndarray, service: ServiceSpec, pods: PodSpec, *, rows: int = 1, seed: int = 1
+) -> RunResult:
+    """The engine on exactly these arrival times (seconds, sorted), one static pod."""
+    times = np.sort(np.asarray(times, dtype=np.float64))
+    duration = float(times[-1]) + 1e-9 if times.size else 1.0
+    engine = Engine(
+        arrivals=iter([times]),
+        duration_s=duration,
+        service=service,
+        pods=pods,
+        nodes=NodeSpec(pods_per_node=1, min_nodes=1, max_nodes=1),
+        controller=StaticController(1),
+        controller_spec=ControllerSpec(),
+        streams=Streams(seed),
+        rows=rows,
+        sample_s=max(10.0, duration),
+    )
+    return engine.run()
+
+
+# --- the document ------------------------------------------------------------------------
+
+
+def level_entry(level: float, rate_rps: float, real: Stats, sim: Stats) -> dict[str, Any]:
+    """One entry of validate.json's `levels`."""
+    return {
+        "level": level,
+        "rate_rps": rate_rps,
+        "real": real.as_json(),
+        "sim": sim.as_json(),
+        "error": errors(real, sim),
+    }
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{1000 * value:.2f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:+.1f}%"
+
+
+def table(levels: Sequence[dict[str, Any]]) -> str:
+    """The printed table: per level, real and simulated p50/p99 (ms), 429+504 rates and
+    the errors."""
+    rows = [[
+        "level", "rate/s", "real p50", "sim p50", "err", "real p99", "sim p99", "err",
+        "real fail", "sim fail", "err pts",
+    ]]  # fmt: skip
+    for entry in levels:
+        real, sim, error = entry["real"], entry["sim"], entry["error"]
+        real_fail = 100 * (real["reject_rate"] + real["timeout_rate"])
+        sim_fail = 100 * (sim["reject_rate"] + sim["timeout_rate"])
+        rows.append([
+            f"{entry['level']:g}", f"{entry['rate_rps']:.0f}",
+            _ms(real["p50_s"]), _ms(sim["p50_s"]), _pct(error["p50"]),
+            _ms(real["p99_s"]), _ms(sim["p99_s"]), _pct(error["p99"]),
+            f"{real_fail:.2f}%", f"{sim_fail:.2f}%", f"{error['failure_rate_points']:+.2f}",
+        ])  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "(latencies in ms; err: sim / real - 1; err pts: failure rates' difference)")
+    return "\n".join(lines)

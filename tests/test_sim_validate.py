@@ -1,0 +1,323 @@
+"""`rscore sim validate`: the simulator against a real `rscore serve`.
+
+The arithmetic (sim.validate) on tables of cases; the open-loop client against the echo
+server; and one short real validation (two levels of a couple of seconds against a
+real pod of the example lm) whose file is checked for its shape and for errors that
+come from its own real and simulated numbers. No test asserts how large the error is:
+that is `make bench-fidelity`'s job, on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from rscore_cli import validate_cmd
+from rscore_cli.main import cli
+from rscore_cli.real_pod import answers, free_port
+from rscore_cli.replay_client import Plan, parse_response_head, run_plan
+from sim.cluster import PodSpec
+from sim.scenario import load_scenario, parse_scenario
+from sim.service import ServiceSpec
+from sim.validate import (
+    STAT_KEYS,
+    Stats,
+    cores_left,
+    errors,
+    fit_cores,
+    http_seconds,
+    real_stats,
+    relative_error,
+    saturation_throughput,
+    scaled_workload,
+    schedule,
+)
+from sim.workload import WorkloadSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIO = ROOT / "examples" / "scenarios" / "validate" / "poisson.toml"
+
+# --- the arithmetic -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sim", "real", "error"),
+    [(1.1, 1.0, 0.1), (0.9, 1.0, -0.1), (2.0, 2.0, 0.0), (None, 1.0, None), (1.0, 0.0, None)],
+)
+def test_relative_error(sim: float | None, real: float | None, error: float | None) -> None:
+    assert relative_error(sim, real) == (None if error is None else pytest.approx(error))
+
+
+def stats(p50: float, failures: tuple[float, float] = (0.0, 0.0)) -> Stats:
+    return Stats(100, p50, 2 * p50, 3 * p50, 1.5 * p50, failures[0], failures[1], 10.0)
+
+
+def test_errors_are_relative_for_latencies_and_in_points_for_failures() -> None:
+    error = errors(stats(0.010, (0.01, 0.02)), stats(0.011, (0.02, 0.005)))
+    for name in ("p50", "p90", "p99", "mean"):
+        assert error[name] == pytest.approx(0.1)
+    assert error["failure_rate_points"] == pytest.approx(100 * (0.025 - 0.03))
+
+
+def test_real_stats_count_every_request_of_the_schedule() -> None:
+    sent = np.array([0.0, 0.1, 0.2, 0.3, 0.4])
+    done = np.array([0.01, 0.13, 0.2, 5.3, np.nan])
+    status = np.array([200, 200, 429, 504, 0])  # 0: no answer at all
+    s = real_stats(sent, done, status)
+    assert s.requests == 5
+    assert (s.p50_s, s.p99_s) == pytest.approx((0.01, 0.03))  # nearest rank of 2
+    assert s.mean_s == pytest.approx(0.02)
+    assert (s.reject_rate, s.timeout_rate) == (0.2, 0.2)
+    assert s.throughput_rps == pytest.approx(2 / 5.3)
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "scaled"),
+    [
+        (WorkloadSpec(kind="poisson", rate=10.0), "rate", 25.0),
+        (WorkloadSpec(kind="diurnal", rate=10.0), "rate", 25.0),
+        (WorkloadSpec(kind="mmpp", rates=(4.0, 40.0)), "rates", (10.0, 100.0)),
+        (WorkloadSpec(kind="trace", path=Path("t.csv"), scale=2.0), "scale", 5.0),
+    ],
+)
+def test_a_workload_is_scaled_by_its_own_means(spec: WorkloadSpec, field: str, scaled: Any) -> None:
+    assert getattr(scaled_workload(spec, 2.5), field) == pytest.approx(scaled)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        WorkloadSpec(kind="poisson", rate=3.0),
+        WorkloadSpec(kind="mmpp", rates=(1.0, 9.0), mean_dwell_s=(2.0, 1.0)),
+        WorkloadSpec(kind="diurnal", rate=2.0, period_s=20.0, amplitude=0.9),
+    ],
+)
+def test_a_schedule_arrives_at_the_rate_asked_and_is_the_same_for_a_seed(
+    spec: WorkloadSpec,
+) -> None:
+    _, times = schedule(spec, 10.0, 2000.0, seed=4)
+    assert times.size == pytest.approx(20_000, rel=0.03)
+    assert np.all(np.diff(times) >= 0)
+    assert times[-1] < 10.0
+    assert np.array_equal(times, schedule(spec, 10.0, 2000.0, seed=4)[1])
+
+
+@pytest.mark.parametrize(
+    ("usable", "machine", "pod", "elapsed", "left"),
+    [
+        (2.0, 3.0, 3.0, 2.0, 2.0),  # nobody else: every usable core
+        (2.0, 3.6, 3.0, 2.0, 1.7),  # others used 0.3 of a core
+        (2.0, 8.0, 0.0, 2.0, 0.1),  # never below a tenth of a core
+        (2.0, 1.0, 1.0, 0.0, 2.0),  # nothing measured
+    ],
+)
+def test_cores_left(usable: float, machine: float, pod: float, elapsed: float, left: float) -> None:
+    assert cores_left(usable, machine, pod, elapsed) == pytest.approx(left)
+
+
+@pytest.mark.parametrize(("real", "sim", "http"), [(1.5, 1.0, 0.5), (1.0, 1.2, 0.0)])
+def test_http_seconds(real: float, sim: float, http: float) -> None:
+    assert http_seconds(real, sim) == pytest.approx(http)
+
+
+FAST = ServiceSpec(kind="lognormal", mean_s=0.0004, cv=0.5, per_row_s=0.000001)
+LOOP_BOUND = PodSpec(workers=2, max_queue=128, max_batch_rows=256, sidecar_s=0.0001)
+
+
+def test_fit_cores_saturates_the_simulated_pod_at_the_real_capacity() -> None:
+    unshared = saturation_throughput(FAST, LOOP_BOUND, 20_000)
+    capacity = 0.8 * unshared
+    cores = fit_cores(capacity, FAST, LOOP_BOUND)
+    assert cores is not None
+    assert 0 < cores < LOOP_BOUND.workers + 1
+
+    def at(c: float) -> float:
+        return saturation_throughput(FAST, dataclasses.replace(LOOP_BOUND, cores=c), 1.5 * capacity)
+
+    assert at(cores) >= capacity > at(cores - 0.05)
+
+
+def test_fit_cores_is_none_when_sharing_cannot_explain_the_capacity() -> None:
+    unshared = saturation_throughput(FAST, LOOP_BOUND, 20_000)
+    assert fit_cores(1.2 * unshared, FAST, LOOP_BOUND) is None
+
+
+# --- the client ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("head", "parsed"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12", (200, 12)),
+        (b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\nRetry-After: 1", (429, 0)),
+    ],
+)
+def test_parse_response_head(head: bytes, parsed: tuple[int, int]) -> None:
+    assert parse_response_head(head) == parsed
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked", b"SSH-2.0-OpenSSH", b"HTTP/1.1 2xx"],
+)
+def test_a_response_the_client_cannot_read_is_refused(head: bytes) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - which message is the parser's business
+        parse_response_head(head)
+
+
+@pytest.fixture
+def echo_port() -> Any:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rscore_cli.echo_server", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not answers(f"http://127.0.0.1:{port}/score", b"{}"):
+            assert process.poll() is None, "the echo server exited"
+            assert time.monotonic() < deadline, "the echo server did not answer"
+            time.sleep(0.1)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_the_client_replays_the_schedule_open_loop(echo_port: int) -> None:
+    offsets = np.cumsum(np.random.default_rng(2).exponential(1 / 500, 400)).tolist()
+    plan = Plan("replay", echo_port, "/score", b'{"data": []}', 5.0, 4, offsets=tuple(offsets))
+    result = run_plan(plan)
+    assert result["status"] == [200] * 400
+    sent, done = np.array(result["sent"]), np.array(result["done"])
+    assert np.all(sent >= np.array(offsets) - 0.001)  # never early (timers tick in ms)
+    assert np.all(done > sent)
+    assert result["opened"] >= 4
+    assert result["cpu_s"] > 0
+
+
+def test_the_client_records_a_refused_connection_as_no_answer() -> None:
+    plan = Plan("replay", free_port(), "/score", b"{}", 1.0, 0, offsets=(0.0, 0.01))
+    assert run_plan(plan)["status"] == [0, 0]
+
+
+# --- a real validation --------------------------------------------------------------
+
+SHORT = ("--levels", "0.3,0.6", "--duration-s", "2", "--requests", "50")
+
+
+@pytest.fixture(scope="module")
+def validated(
+    example_bundles: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str, Path]:
+    out = tmp_path_factory.mktemp("validate")
+    bundle = example_bundles / "mtcars-lm"
+    with pytest.MonkeyPatch.context() as patch:  # a short capacity sweep
+        patch.setattr(validate_cmd, "CAPACITY_STEP_S", 0.5)
+        patch.setattr(validate_cmd, "FLOOR_S", 1.0)
+        result = CliRunner().invoke(
+            cli, ["sim", "validate", str(bundle), str(SCENARIO), "--out", str(out), *SHORT]
+        )
+    assert result.exit_code == 0, result.output
+    return out, result.stdout, bundle
+
+
+def test_validate_json_has_the_issue_s_shape(validated: tuple[Path, str, Path]) -> None:
+    out, _, bundle = validated
+    document = json.loads((out / "validate.json").read_text())
+    assert document["bundle"] == str(bundle)
+    assert document["scenario"] == str(SCENARIO)
+    assert [entry["level"] for entry in document["levels"]] == [0.3, 0.6]
+    for entry in document["levels"]:
+        assert {"level", "rate_rps", "real", "sim", "error"} <= set(entry)
+        assert list(entry["real"]) == list(entry["sim"]) == list(STAT_KEYS)
+        assert set(entry["error"]) == {"p50", "p90", "p99", "mean", "failure_rate_points"}
+    assert (out / "validate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_real_numbers_come_from_every_request_of_the_schedule(
+    validated: tuple[Path, str, Path],
+) -> None:
+    out, _, _ = validated
+    document = json.loads((out / "validate.json").read_text())
+    scenario = load_scenario(SCENARIO)
+    capacity = document["calibration"]["capacity_rps"]
+    assert capacity > 0
+    for entry in document["levels"]:
+        _, times = schedule(scenario.workload, 2.0, entry["level"] * capacity, scenario.seed)
+        real, sim = entry["real"], entry["sim"]
+        assert real["requests"] == entry["schedule_requests"] == times.size
+        assert sim["requests"] == real["requests"]  # the same arrivals, simulated
+        assert entry["rate_rps"] == pytest.approx(times.size / 2.0)
+        answered = real["throughput_rps"] > 0 and real["p50_s"] is not None
+        assert answered
+        assert 0 < real["p50_s"] <= real["p90_s"] <= real["p99_s"]
+        assert entry["client"]["echo_requests"] == int((times < 1.0).sum())
+
+
+def test_errors_are_computed_from_the_file_s_own_numbers(
+    validated: tuple[Path, str, Path],
+) -> None:
+    out, _, _ = validated
+    document = json.loads((out / "validate.json").read_text())
+    for entry in document["levels"]:
+        real, sim, error = entry["real"], entry["sim"], entry["error"]
+        for name in ("p50", "p90", "p99", "mean"):
+            assert error[name] == pytest.approx(sim[f"{name}_s"] / real[f"{name}_s"] - 1)
+        failures = (sim["reject_rate"] + sim["timeout_rate"]) - (
+            real["reject_rate"] + real["timeout_rate"]
+        )
+        assert error["failure_rate_points"] == pytest.approx(100 * failures)
+
+
+def test_the_table_is_printed_and_the_calibration_can_be_pasted(
+    validated: tuple[Path, str, Path],
+) -> None:
+    out, stdout, _ = validated
+    lines = stdout.splitlines()
+    assert lines[0].startswith("workload: poisson")
+    assert [line.split()[0] for line in lines[-2:]] == ["0.3", "0.6"]
+    fragment = tomllib.loads((out / "calibrated.toml").read_text())
+    calibration = json.loads((out / "validate.json").read_text())["calibration"]
+    assert fragment["pods"]["sidecar_s"] == calibration["sidecar_s"]
+    assert fragment["pods"]["http_s"] == calibration["http_s"]
+    # A scenario with the fragment runs in the simulator.
+    scenario = parse_scenario(
+        {**fragment, "duration_s": 5, "workload": {"rate": 50.0}, "policy": {"kind": "static"}},
+        out,
+    )
+    assert scenario.pods.models_sidecar
+    assert not math.isnan(scenario.service.mean)
+
+
+@pytest.mark.parametrize(
+    ("levels", "message"),
+    [("0.3,abc", "is not a comma-separated list of numbers"), ("0,0.5", "each in (0, 2]")],
+)
+def test_bad_levels_are_named(tmp_path: Path, levels: str, message: str) -> None:
+    result = CliRunner().invoke(
+        cli, ["sim", "validate", str(tmp_path), str(SCENARIO), "--out", str(tmp_path / "o"),
+              "--levels", levels],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_a_folder_that_is_not_a_bundle_is_one_line_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["sim", "validate", str(tmp_path), str(SCENARIO), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert lines[-1].startswith("Error: not a bundle")
