@@ -3,8 +3,10 @@ that follow from them."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
+from collections.abc import Generator
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if R_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.real_r)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, object]:
+    """Hide pytest-asyncio's event loop policy from looptime in sync tests.
+
+    looptime asks the policy for the loop of every test; in a sync test that creates a
+    loop nobody closes, and its socket pair surfaces later, in whichever test the garbage
+    collector happens to run, as an unclosed-socket warning (an error here). A sync test
+    has no loop for looptime to patch anyway; pytest calls it with its own arguments
+    only, so the policy's absence from `funcargs` changes nothing else.
+    """
+    if inspect.iscoroutinefunction(pyfuncitem.obj):
+        return (yield)
+    policy = pyfuncitem.funcargs.pop("event_loop_policy", None)
+    try:
+        return (yield)
+    finally:
+        if policy is not None:
+            pyfuncitem.funcargs["event_loop_policy"] = policy
 
 
 @pytest.fixture(scope="session")
