@@ -41,12 +41,14 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, NoReturn
+from typing import Any, NoReturn
 
 import aiohttp
 import uvloop
 
 from bench.report import machine, percentile, write_section
+from rscore_cli import processes
+from rscore_cli.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"  # the only address this benchmark ever starts servers on or loads
@@ -64,65 +66,16 @@ TARGETS = ("rscore", "plumber", "echo")
 # --- processes -----------------------------------------------------------------------
 
 
-class Processes:
-    """The servers this benchmark starts, each in its own process group; `close()` ends
-    them all (SIGTERM to each leader, then SIGKILL to whatever is left of its group)."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self._started: dict[str, subprocess.Popen[bytes]] = {}
-        self._logs: list[IO[bytes]] = []
-
-    def start(
-        self, name: str, command: list[str], env: dict[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
-        log = (self.log_dir / f"{name}.log").open("wb")
-        self._logs.append(log)
-        process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,  # its own group: Ctrl-C reaches us, we end it
-        )
-        self._started[name] = process
-        return process
-
-    def check_alive(self) -> None:
-        for name, process in self._started.items():
-            if process.poll() is not None:
-                raise BenchError(
-                    f"{name} exited with status {process.returncode}\n{self.log_tail(name)}"
-                )
-
-    def log_tail(self, name: str, lines: int = 20) -> str:
-        try:
-            text = (self.log_dir / f"{name}.log").read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(f"  {name}| {line}" for line in text.splitlines()[-lines:])
-
-    def close(self, grace_s: float = 15.0) -> None:
-        processes = list(self._started.values())
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()  # the leader only: rscore stops its own workers
-        deadline = time.monotonic() + grace_s
-        for process in processes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(max(0.0, deadline - time.monotonic()))
-        for process in processes:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)  # stragglers of its group
-            process.wait()
-        for log in self._logs:
-            log.close()
-
-
 class BenchError(RuntimeError):
     """The benchmark cannot go on (a server failed, answers disagree, wrk failed)."""
+
+
+class Processes(processes.Processes):
+    """The servers this benchmark starts (rscore_cli.processes: each in its own process
+    group, all ended by `close()`); one that exits raises BenchError."""
+
+    def __init__(self, log_dir: Path) -> None:
+        super().__init__(log_dir, BenchError, cwd=ROOT)
 
 
 def run_bounded(
@@ -146,14 +99,6 @@ def run_bounded(
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
 
 
 def _interrupt(_signum: int, _frame: FrameType | None) -> NoReturn:

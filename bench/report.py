@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import platform
 import re
 import statistics
 import subprocess
 from pathlib import Path
+
+from rscore_cli.processes import machine as host
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -28,22 +28,11 @@ def summary_ms(values: list[float]) -> dict[str, float]:
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """The machine (rscore_cli.processes.machine) and R's version."""
     r_version = subprocess.run(
         ["R", "--version"], capture_output=True, text=True, check=False
     ).stdout.splitlines()[:1]
-    return (
-        f"{model}, {len(os.sched_getaffinity(0))} usable cores; {platform.system()} "
-        f"{platform.release()}; Python {platform.python_version()}; "
-        f"{r_version[0] if r_version else 'R unknown'}"
-    )
+    return f"{host()}; {r_version[0] if r_version else 'R unknown'}"
 
 
 def write_section(name: str, body: str) -> None:

@@ -38,7 +38,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -46,6 +46,7 @@ import orjson
 
 from bench.http import HOST, ROOT, BenchError, Processes, _log_dir, free_port
 from bench.report import machine, percentile, write_section
+from rscore_cli.processes import children
 
 BUNDLE = ROOT / "examples" / "build" / "mtcars-lm"
 MAX_BODY_BYTES = 262_144  # the server's --max-body-bytes here: oversized bodies stay cheap
@@ -173,7 +174,6 @@ class Server:
     ssl_context: ssl.SSLContext
     keys_file: Path
     key: str
-    old_keys: list[str] = field(default_factory=list)
 
     def write_keys(self, keys: list[str]) -> None:
         staged = self.keys_file.with_suffix(".new")
@@ -182,18 +182,6 @@ class Server:
 
     def worker_pids(self) -> list[int]:
         return children(self.process.pid)
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            stat = (entry / "stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return sorted(found)
 
 
 def rss_bytes(pid: int) -> float | None:
@@ -452,15 +440,13 @@ class Faults:
         self.rotations += 1
 
 
-async def reference_answers(
-    server: Server, session: aiohttp.ClientSession, rows: list[dict[str, float]]
-) -> list[float]:
-    """The model's answers for `rows`, taken before any fault."""
-    async with session.post(
-        f"{server.url}/score",
-        data=orjson.dumps({"dataframe_records": rows}),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {server.key}"},
-        ssl=server.ssl_context,
+async def reference_answers(client: Client) -> list[float]:
+    """The model's answers for the client's rows, taken before any fault."""
+    async with client.session.post(
+        f"{client.server.url}/score",
+        data=orjson.dumps({"dataframe_records": client.rows}),
+        headers=client.headers(),
+        ssl=client.server.ssl_context,
     ) as response:
         if response.status != 200:
             raise BenchError(f"reference request got {response.status}")
@@ -495,8 +481,8 @@ async def soak(
     rng = random.Random(seed)
     await wait_ready(server, processes)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
-        rows = reference_rows(rng)
-        client = Client(server, session, rows, await reference_answers(server, session, rows))
+        client = Client(server, session, reference_rows(rng), answers=[])
+        client.answers = await reference_answers(client)
         capacity = await capacity_rps(client)
         rate = load * capacity
         faults = Faults(server, rng, kill_every_s, rotate_every_s)

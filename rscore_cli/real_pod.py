@@ -19,7 +19,6 @@ import json
 import os
 import selectors
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from rscore_cli.processes import Processes, children, free_port
+
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 180.0  # R start and model load of every worker
 CLIENT_SLACK_S = 60.0  # beyond the plan's own length and timeout, before the client is killed
@@ -41,12 +42,6 @@ __all__ = ["ClientRun", "CpuSample", "PodError", "Rig", "answers", "free_port"]
 
 class PodError(RuntimeError):
     """The real pod (or the client) failed: the message says which and shows its log."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -60,17 +55,6 @@ def _process_cpu_s(pid: int) -> float:
         return 0.0
     fields = text.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
 
 
 def _machine_busy_s() -> float:
@@ -127,8 +111,7 @@ class Rig:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
-        self._started: dict[str, subprocess.Popen[bytes]] = {}
-        self._logs: list[IO[bytes]] = []
+        self._processes = Processes(folder, PodError, tail_lines=15)
         self.pod_url = ""
         self.echo_url = ""
         self._pod_port = self._echo_port = 0
@@ -147,32 +130,6 @@ class Rig:
 
     # --- processes -------------------------------------------------------------------
 
-    def _start(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
-        log = (self.folder / f"{name}.log").open("wb")
-        self._logs.append(log)
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own group: ended with everything in it
-        )
-        self._started[name] = process
-        return process
-
-    def log_tail(self, name: str, lines: int = 15) -> str:
-        try:
-            text = (self.folder / f"{name}.log").read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(f"  {name}| {line}" for line in text.splitlines()[-lines:])
-
-    def _check_alive(self) -> None:
-        for name, process in self._started.items():
-            if process.poll() is not None:
-                raise PodError(f"{name} exited with status {process.returncode}\n"
-                               f"{self.log_tail(name)}")  # fmt: skip
-
     def start_pod(self, bundle: Path, serve_flags: list[str]) -> None:
         """`rscore serve BUNDLE --auth none` with `serve_flags` (the pod's settings)."""
         self._pod_port = free_port()
@@ -181,12 +138,12 @@ class Rig:
             "--host", HOST, "--port", str(self._pod_port), "--metrics-port", str(free_port()),
             *serve_flags,
         ]  # fmt: skip
-        self._start("pod", command)
+        self._processes.start("pod", command)
         self.pod_url = f"http://{HOST}:{self._pod_port}"
 
     def start_echo(self) -> None:
         self._echo_port = free_port()
-        self._start(
+        self._processes.start(
             "echo", [sys.executable, "-m", "rscore_cli.echo_server", "--port", str(self._echo_port)]
         )
         self.echo_url = f"http://{HOST}:{self._echo_port}"
@@ -201,7 +158,7 @@ class Rig:
             checks.append((f"{self.echo_url}/score", body.encode()))
         for url, data in checks:
             while True:
-                self._check_alive()
+                self._processes.check_alive()
                 if answers(url, data):
                     break
                 if time.monotonic() > deadline:
@@ -209,11 +166,11 @@ class Rig:
                 time.sleep(0.2)
 
     def cpu(self) -> CpuSample:
-        pod = self._started["pod"].pid
+        pod = self._processes.pid("pod")
         return CpuSample(
             time.monotonic(),
             _process_cpu_s(pod),
-            sum(_process_cpu_s(child) for child in _children(pod)),
+            sum(_process_cpu_s(child) for child in children(pod)),
             _machine_busy_s(),
         )
 
@@ -223,30 +180,15 @@ class Rig:
         time.sleep(seconds)  # a measurement window, not a wait for anything
         return self.cpu().minus(before)
 
-    def close(self, grace_s: float = 20.0) -> None:
-        processes = list(self._started.values())
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()  # the leader: rscore serve stops its own workers
-        deadline = time.monotonic() + grace_s
-        for process in processes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(max(0.0, deadline - time.monotonic()))
-        for process in processes:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)  # stragglers of its group
-            process.wait()
-        self._started.clear()
-        for log in self._logs:
-            log.close()
-        self._logs.clear()
+    def close(self) -> None:
+        self._processes.close(grace_s=20.0)
 
     # --- the client ------------------------------------------------------------------
 
     def run_client(self, target: str, plan: dict[str, Any], bound_s: float) -> ClientRun:
         """Run one plan (see replay_client) against "pod" or "echo"; kill the client if
         it is not done within `bound_s` + CLIENT_SLACK_S."""
-        self._check_alive()
+        self._processes.check_alive()
         self._runs += 1
         port = self._pod_port if target == "pod" else self._echo_port
         plan_path = self.folder / f"plan-{self._runs}.json"
@@ -283,7 +225,7 @@ class Rig:
             process.stdout.close()
         if process.returncode != 0 or len(marks) != 2:
             raise PodError(f"the client failed (exit {process.returncode})\n"
-                           f"{self.log_tail('client')}")  # fmt: skip
+                           f"{self._processes.log_tail('client')}")  # fmt: skip
         cpu = marks[1].minus(marks[0])
         with np.load(result_path) as data:
             run = ClientRun(
@@ -297,7 +239,7 @@ class Rig:
             )
         plan_path.unlink()
         result_path.unlink()
-        self._check_alive()
+        self._processes.check_alive()
         return run
 
 

@@ -29,15 +29,15 @@ sim/validate.py. Loads only 127.0.0.1 and leaves no process behind.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+
+from rscore_cli.processes import machine
 
 if TYPE_CHECKING:
     import numpy as np
@@ -204,7 +204,7 @@ def run_validation(ask: _Ask, say: Callable[[str], None]) -> tuple[dict[str, Any
     """Everything but writing the files: validate.json's document and the curves."""
     from r_scorer.cores import detect_usable_cores
     from rscore_cli.real_pod import Rig
-    from sim.measure import fit_batch_cost, measure_bundle, simulator_keys, write_results
+    from sim.measure import fit_measurement, measure_bundle, simulator_keys, write_results
     from sim.service import ServiceSpec
     from sim.validate import PodSettings
     from sim.workload import describe
@@ -213,8 +213,7 @@ def run_validation(ask: _Ask, say: Callable[[str], None]) -> tuple[dict[str, Any
     say(f"measuring {bundle}'s calls on one R worker ({requests} one-row calls) ...")
     measured = out_dir / "measure"
     measurement = measure_bundle(bundle, requests=requests, worker_log=measured / "worker.log")
-    sizes = sorted(measurement.batch_s)
-    fit = fit_batch_cost(sizes, [_median(measurement.batch_s[size]) for size in sizes])
+    fit = fit_measurement(measurement)
     write_results(measurement, fit, measured)
     keys = simulator_keys(measurement, fit)
     service = ServiceSpec(
@@ -259,7 +258,7 @@ def run_validation(ask: _Ask, say: Callable[[str], None]) -> tuple[dict[str, Any
         "workload": describe(scenario.workload),
         "duration_s": ask.duration_s,
         "seed": scenario.seed,
-        "machine": _machine(),
+        "machine": machine(),
         "pod": {
             "command": f"rscore serve {bundle} --auth none {' '.join(flags)}",
             "workers": settings.workers,
@@ -280,12 +279,6 @@ def run_validation(ask: _Ask, say: Callable[[str], None]) -> tuple[dict[str, Any
         "client": {"kind": CLIENT, "connections": connections},
     }
     return document, curves
-
-
-def _median(values: list[float]) -> float:
-    import numpy as np
-
-    return float(np.median(values))
 
 
 def _body(columns: dict[str, list[Any]], rows: int) -> str:
@@ -397,12 +390,14 @@ def _level(
     known = np.isin(run.status, (200, 429, 504))
     entry["schedule_requests"] = len(offsets)
     entry["other_failures"] = int((~known).sum())  # no answer, or another status
-    entry["sim_without_sidecar"] = run_stats(bare).as_json()
-    entry["error_without_sidecar"] = errors(real, run_stats(bare))
+    without = run_stats(bare)
+    entry["sim_without_sidecar"] = without.as_json()
+    entry["error_without_sidecar"] = errors(real, without)
+    lag = run.lag()
     entry["client"] = {
-        "lag_p50_s": _quantile(run.lag(), 0.5),
-        "lag_p99_s": _quantile(run.lag(), 0.99),
-        "lag_max_s": float(np.max(run.lag())) if run.lag().size else None,
+        "lag_p50_s": _quantile(lag, 0.5),
+        "lag_p99_s": _quantile(lag, 0.99),
+        "lag_max_s": float(np.max(lag)) if lag.size else None,
         "cpu_s_per_request": run.client_cpu_s / max(1, len(offsets)),
         "connections_opened": run.opened,
         "echo_requests": len(floor.status),
@@ -421,27 +416,9 @@ def _level(
 def _quantile(values: np.ndarray, fraction: float) -> float | None:
     import numpy as np
 
-    from sim.metrics import nearest_rank
+    from sim.metrics import rank_or_none
 
-    if values.size == 0:
-        return None
-    value = nearest_rank(np.sort(values), fraction)
-    return value if math.isfinite(value) else None
-
-
-def _machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{model}, {len(os.sched_getaffinity(0))} usable cores; {platform.system()} "
-        f"{platform.release()}; Python {platform.python_version()}"
-    )
+    return rank_or_none(np.sort(values), fraction)
 
 
 # --- the files -------------------------------------------------------------------------

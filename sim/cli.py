@@ -407,7 +407,7 @@ def measure(
 
     from sim.measure import (
         MeasureError,
-        fit_batch_cost,
+        fit_measurement,
         measure_bundle,
         summary_table,
         total_calls,
@@ -432,14 +432,7 @@ def measure(
             )
     except MeasureError as exc:  # one line, even when R's own message has several
         raise click.ClickException(" ".join(str(exc).split())) from None
-    sizes = sorted(measurement.batch_s)
-    fit = fit_batch_cost(sizes, [_median(measurement.batch_s[size]) for size in sizes])
+    fit = fit_measurement(measurement)
     paths = write_results(measurement, fit, out_dir)
     click.echo(summary_table(measurement, fit))
     click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
-
-
-def _median(values: list[float]) -> float:
-    import numpy as np
-
-    return float(np.median(values))

@@ -46,6 +46,7 @@ __all__ = [
     "calls_per_size",
     "example_frame",
     "fit_batch_cost",
+    "fit_measurement",
     "measure_bundle",
     "summary_table",
     "write_results",
@@ -349,6 +350,12 @@ def fit_batch_cost(sizes: Sequence[int], medians: Sequence[float]) -> Fit:
     spread = float(np.sum((y - y.mean()) ** 2))
     r2 = 1.0 if spread == 0 else min(1.0, max(0.0, 1.0 - residual / spread))
     return Fit(float(a), float(c), r2)
+
+
+def fit_measurement(measurement: Measurement) -> Fit:
+    """`fit_batch_cost` of the median call time at each batch size measured."""
+    sizes = sorted(measurement.batch_s)
+    return fit_batch_cost(sizes, [float(np.median(measurement.batch_s[size])) for size in sizes])
 
 
 def _stats(values: Sequence[float]) -> dict[str, float]:

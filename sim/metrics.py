@@ -16,7 +16,14 @@ import numpy as np
 
 from sim.engine import SAMPLE_S, RunResult
 
-__all__ = ["TIMESERIES_COLUMNS", "add_cost_vs_oracle", "nearest_rank", "summarize", "timeseries"]
+__all__ = [
+    "TIMESERIES_COLUMNS",
+    "add_cost_vs_oracle",
+    "nearest_rank",
+    "rank_or_none",
+    "summarize",
+    "timeseries",
+]
 
 
 def nearest_rank(sorted_values: np.ndarray, fraction: float, total: int | None = None) -> float:
@@ -27,6 +34,11 @@ def nearest_rank(sorted_values: np.ndarray, fraction: float, total: int | None =
         return math.nan
     index = max(0, math.ceil(fraction * total) - 1)
     return float(sorted_values[index]) if index < sorted_values.size else math.inf
+
+
+def rank_or_none(sorted_values: np.ndarray, fraction: float) -> float | None:
+    """The nearest-rank percentile of `sorted_values`; None when there are none."""
+    return _finite(nearest_rank(sorted_values, fraction))
 
 
 def _finite(value: float) -> float | None:
@@ -52,9 +64,9 @@ def summarize(result: RunResult, *, price_per_hour: float, slo_p99_s: float) -> 
         "served": result.served,
         "wait_mean_s": result.wait_sum / result.served if result.served else 0.0,
         "latency_mean_s": float(latencies.mean()) if completed else None,
-        "latency_p50_s": _finite(nearest_rank(latencies, 0.50)),
-        "latency_p90_s": _finite(nearest_rank(latencies, 0.90)),
-        "latency_p99_s": _finite(nearest_rank(latencies, 0.99)),
+        "latency_p50_s": rank_or_none(latencies, 0.50),
+        "latency_p90_s": rank_or_none(latencies, 0.90),
+        "latency_p99_s": rank_or_none(latencies, 0.99),
         "latency_max_s": float(latencies[-1]) if completed else None,
         "latency_p99_all_s": _finite(p99_all),
         "slo_latency_p99_s": slo_p99_s,

@@ -21,7 +21,6 @@ Never reads the clock, never starts a process, never opens a socket; writes noth
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +30,7 @@ import numpy as np
 from sim.cluster import ControllerSpec, NodeSpec, PodSpec
 from sim.distributions import Streams
 from sim.engine import Engine, RunResult
-from sim.metrics import nearest_rank
+from sim.metrics import rank_or_none
 from sim.policies import StaticController
 from sim.service import ServiceSpec
 from sim.workload import WorkloadSpec, arrival_blocks
@@ -95,16 +94,11 @@ def _stats(
     latencies: np.ndarray, requests: int, rejected: int, timeouts: int, end_s: float
 ) -> Stats:
     ordered = np.sort(latencies)
-
-    def pick(fraction: float) -> float | None:
-        value = nearest_rank(ordered, fraction)
-        return value if math.isfinite(value) else None
-
     return Stats(
         requests=requests,
-        p50_s=pick(0.50),
-        p90_s=pick(0.90),
-        p99_s=pick(0.99),
+        p50_s=rank_or_none(ordered, 0.50),
+        p90_s=rank_or_none(ordered, 0.90),
+        p99_s=rank_or_none(ordered, 0.99),
         mean_s=float(ordered.mean()) if ordered.size else None,
         reject_rate=rejected / requests if requests else 0.0,
         timeout_rate=timeouts / requests if requests else 0.0,
