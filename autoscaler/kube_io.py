@@ -504,26 +504,24 @@ class KubeApi:
         self, namespace: str, name: str, record: LeaseRecord, *, timeout_s: float
     ) -> LeaseRecord:
         """Create the Lease (a 409 if another candidate created it first); as stored."""
+        path = self._lease_path(namespace)
         body = record.to_object(namespace, name)
-        lease = await self._once(
-            "create_lease",
-            lambda: self._core(
-                "POST", self._lease_path(namespace), body=body, content_type="application/json"
-            ),
-            timeout_s,
-        )
-        return LeaseRecord.from_object(lease)
+        return await self._write_lease("create_lease", "POST", path, body, timeout_s)
 
     async def replace_lease(
         self, namespace: str, name: str, record: LeaseRecord, *, timeout_s: float
     ) -> LeaseRecord:
         """Replace the Lease at `record.resource_version` (a 409 if it moved); as stored."""
+        path = self._lease_path(namespace, name)
         body = record.to_object(namespace, name)
+        return await self._write_lease("replace_lease", "PUT", path, body, timeout_s)
+
+    async def _write_lease(
+        self, operation: str, method: str, path: str, body: dict[str, Any], timeout_s: float
+    ) -> LeaseRecord:
         lease = await self._once(
-            "replace_lease",
-            lambda: self._core(
-                "PUT", self._lease_path(namespace, name), body=body, content_type="application/json"
-            ),
+            operation,
+            lambda: self._core(method, path, body=body, content_type="application/json"),
             timeout_s,
         )
         return LeaseRecord.from_object(lease)
