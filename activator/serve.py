@@ -21,7 +21,6 @@ from activator.proxy import Activator, ProxyConfig, create_app, create_metrics_a
 from sidecar import access_log
 from sidecar.access_log import JsonAccessLogger
 from sidecar.client_deadlines import (
-    CUT_AFTER_DRAIN_S,
     ClientGuard,
     GuardedSite,
     apply_fd_budget,
@@ -29,7 +28,7 @@ from sidecar.client_deadlines import (
 )
 from sidecar.client_limits import ClientLimits
 from sidecar.http_hardening import harden_parser_errors
-from sidecar.tls import ReloadingTLS, TLSConfigError, plain_http_warning
+from sidecar.tls import ReloadingTLS, plain_http_warning
 from sidecar.watch import FileWatcher, ReloadError
 
 __all__ = ["Listen", "run"]
@@ -53,14 +52,6 @@ def run(config: ProxyConfig, listen: Listen) -> None:
     uvloop.run(serve(config, listen))
 
 
-def _tls(listen: Listen) -> ReloadingTLS | None:
-    if listen.tls_cert is None and listen.tls_key is None:
-        return None
-    if listen.tls_cert is None or listen.tls_key is None:
-        raise TLSConfigError("give both --tls-cert and --tls-key")
-    return ReloadingTLS(listen.tls_cert, listen.tls_key)
-
-
 def _ca_watcher(activator: Activator) -> FileWatcher | None:
     """Re-reads --upstream-ca when it changes (a rotated `rscore-tls` is a new anchor);
     connections already in the pool keep the context they were made with."""
@@ -82,7 +73,7 @@ def _ca_watcher(activator: Activator) -> FileWatcher | None:
 async def serve(config: ProxyConfig, listen: Listen, stop: asyncio.Event | None = None) -> None:
     """Serve until `stop` is set (default: SIGTERM or SIGINT), then drain and return."""
     harden_parser_errors()
-    tls = _tls(listen)
+    tls = ReloadingTLS.from_flags(listen.tls_cert, listen.tls_key)
     activator = Activator(config)
     # Two descriptors per connection: the client's, and the upstream one it may need.
     limits = apply_fd_budget(listen.clients, per_connection=2)
@@ -95,8 +86,6 @@ async def serve(config: ProxyConfig, listen: Listen, stop: asyncio.Event | None 
         handle_signals=False,
         access_log_class=JsonAccessLogger,
         access_log=logging.getLogger("aiohttp.access") if listen.access_log else None,
-        # after the drain below, what is still running is cut at once
-        shutdown_timeout=CUT_AFTER_DRAIN_S,
         # A client that hangs up cancels its request: a held one stops counting as demand
         # (and is never sent to a pod), a forwarded one closes its upstream connection.
         handler_cancellation=True,

@@ -66,7 +66,6 @@ from sidecar.client_limits import (
 from sidecar.errors import RequestTimedOut, Unavailable
 
 __all__ = [
-    "CUT_AFTER_DRAIN_S",
     "ClientGuard",
     "ClientLimits",
     "GuardedSite",
@@ -86,9 +85,13 @@ _EARLY_S = 0.002
 
 def runner_options(limits: ClientLimits) -> dict[str, Any]:
     """AppRunner settings that go with a guarded site."""
-    # aiohttp's own idle timer (it also runs from each connection's start) stays as a
-    # backstop, set to fire after every deadline here so it never closes first.
-    return {"keepalive_timeout": limits.keepalive_timeout_s + limits.header_timeout_s}
+    return {
+        # aiohttp's own idle timer (it also runs from each connection's start) stays as
+        # a backstop, set to fire after every deadline here so it never closes first.
+        "keepalive_timeout": limits.keepalive_timeout_s + limits.header_timeout_s,
+        # after the drain, what is still running is cut at once
+        "shutdown_timeout": CUT_AFTER_DRAIN_S,
+    }
 
 
 def apply_fd_budget(limits: ClientLimits, *, per_connection: int) -> ClientLimits:

@@ -28,14 +28,13 @@ from sidecar.access_log import JsonAccessLogger
 from sidecar.app import STATE, SidecarConfig, create_app, create_metrics_app
 from sidecar.auth import AuthConfig, Authenticator
 from sidecar.client_deadlines import (
-    CUT_AFTER_DRAIN_S,
     ClientGuard,
     GuardedSite,
     apply_fd_budget,
     runner_options,
 )
 from sidecar.client_limits import ClientLimits
-from sidecar.tls import ReloadingTLS, TLSConfigError, plain_http_warning
+from sidecar.tls import ReloadingTLS, plain_http_warning
 
 log = logging.getLogger("rscore.serve")
 
@@ -81,7 +80,7 @@ async def _serve(
         socket_path = listen.socket_path
     registry = CollectorRegistry()
     authenticator = Authenticator(auth, registry=registry)  # bad files fail here, at once
-    tls = _tls(listen)
+    tls = ReloadingTLS.from_flags(listen.tls_cert, listen.tls_key, listen.tls_client_ca)
     guard = ClientGuard(apply_fd_budget(listen.clients, per_connection=1), registry=registry)
     app = create_app(
         config, pool=WorkerPool(socket_path), registry=registry, authenticator=authenticator
@@ -90,8 +89,6 @@ async def _serve(
         app,
         handle_signals=False,
         access_log_class=JsonAccessLogger,
-        # after the drain below, what is still running is cut at once
-        shutdown_timeout=CUT_AFTER_DRAIN_S,
         **runner_options(guard.limits),
     )
     metrics_runner = web.AppRunner(create_metrics_app(registry), access_log=None)
@@ -153,14 +150,6 @@ async def _drain(
             "drain timeout of %.0f s passed with %d request(s) unanswered",
             config.drain_timeout_s, dispatcher.queue_depth + dispatcher.inflight,
         )  # fmt: skip
-
-
-def _tls(listen: Listen) -> ReloadingTLS | None:
-    if listen.tls_cert is None and listen.tls_key is None:
-        return None
-    if listen.tls_cert is None or listen.tls_key is None:
-        raise TLSConfigError("give both --tls-cert and --tls-key")
-    return ReloadingTLS(listen.tls_cert, listen.tls_key, listen.tls_client_ca)
 
 
 async def _until_signalled() -> None:

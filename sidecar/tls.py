@@ -134,6 +134,18 @@ class ReloadingTLS:
         self.client_ca = None if client_ca is None else Path(client_ca)
         self._context = server_context(self.cert, self.key, self.client_ca)
 
+    @classmethod
+    def from_flags(
+        cls, cert: Path | None, key: Path | None, client_ca: Path | None = None
+    ) -> ReloadingTLS | None:
+        """From --tls-cert and --tls-key (and --tls-client-ca): None when neither of the
+        first two is given (plain HTTP); TLSConfigError when only one is."""
+        if cert is None and key is None:
+            return None
+        if cert is None or key is None:
+            raise TLSConfigError("give both --tls-cert and --tls-key")
+        return cls(cert, key, client_ca)
+
     @property
     def context(self) -> ssl.SSLContext:
         """The live context: the same object for the life of this instance."""

@@ -98,6 +98,15 @@ class Upstream:
         await self.stop()
 
 
+def metric_value(exposition: str, name: str, **labels: str) -> float:
+    """The first sample named `name` with these labels in a Prometheus text page; 0 if none."""
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
 @dataclass
 class Running:
     url: str
@@ -105,14 +114,7 @@ class Running:
 
     async def metric(self, session: aiohttp.ClientSession, name: str, **labels: str) -> float:
         async with session.get(self.metrics_url) as response:
-            text = await response.text()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(
-                    sample.labels.get(k) == v for k, v in labels.items()
-                ):
-                    return sample.value
-        return 0.0
+            return metric_value(await response.text(), name, **labels)
 
     async def until_held(
         self, session: aiohttp.ClientSession, count: float = 1, timeout_s: float = 20.0

@@ -34,13 +34,13 @@ from aiohttp import web
 from certs import make_ca
 from fake_pods import free_port
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
+from test_activator import metric_value
+from test_drain import slow_bundle  # noqa: F401  (a fixture)
 
 from activator.proxy import ProxyConfig
 from activator.serve import Listen as ActivatorListen
 from activator.serve import serve as serve_activator
 from sidecar.client_deadlines import (
-    CUT_AFTER_DRAIN_S,
     ClientGuard,
     GuardedSite,
     runner_options,
@@ -210,9 +210,7 @@ async def guarded(
     app.router.add_get("/sleep", sleep)
     registry = CollectorRegistry()
     guard = ClientGuard(limits, registry=registry)
-    runner = web.AppRunner(
-        app, access_log=None, shutdown_timeout=CUT_AFTER_DRAIN_S, **runner_options(limits)
-    )
+    runner = web.AppRunner(app, access_log=None, **runner_options(limits))
     await runner.setup()
     site = GuardedSite(runner, HOST, 0, guard=guard, ssl_context=tls)
     await site.start()
@@ -518,10 +516,6 @@ def test_on_shutdown_a_body_still_arriving_is_answered_503(run: Any) -> None:
 KEY = "slow-client-test-key-0123456789"
 AUTH = f"Authorization: Bearer {KEY}\r\n".encode()
 MTCARS_ROW = {"data": [{"wt": 2.62, "hp": 110, "qsec": 16.46}]}
-SLOW_SCORE_R = """
-init <- function(model_dir) list()
-score <- function(state, data) { Sys.sleep(max(data$sleep)); data$x * 2 }
-"""
 
 
 @dataclass
@@ -539,14 +533,7 @@ class Serving:
             aiohttp.ClientSession() as session,
             session.get(f"http://{HOST}:{self.metrics_port}/metrics") as response,
         ):
-            text = await response.text()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(
-                    sample.labels.get(k) == v for k, v in labels.items()
-                ):
-                    return sample.value
-        return 0.0
+            return metric_value(await response.text(), name, **labels)
 
 
 @asynccontextmanager
@@ -623,19 +610,11 @@ async def test_rscore_serve_closes_each_kind_of_slow_client_and_counts_it(
         assert await server.metric("rscore_client_timeouts_total", phase="body") == 1
 
 
-@pytest.fixture
-def slow_bundle(tmp_path: Path) -> Path:
-    bundle = tmp_path / "slow"
-    bundle.mkdir()
-    (bundle / "score.R").write_text(SLOW_SCORE_R)
-    (bundle / "rscore.toml").write_text("[serving]\nbatchable = false\n")
-    return bundle
-
-
 @pytest.mark.real_r
 @pytest.mark.e2e
 async def test_a_slow_body_cannot_hold_rscore_serve_past_its_drain_timeout(
-    slow_bundle: Path, tmp_path: Path
+    slow_bundle: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     """SIGTERM with two requests being scored and one authenticated body trickling in
     (its own deadline far away): the two are answered 200, the slow one 503, and the
