@@ -292,14 +292,13 @@ class Dispatcher:
         settle `job` (see `_chunk_done`). False, touching nothing, if it is not split."""
         if job.frame.nrows < 2 * self.min_chunk_rows or not self._idle or not link.model.splittable:
             return False  # the common case, decided without counting anything
-        waiting = sum(1 for other in self._jobs if other.state is JobState.QUEUED)
         links = [link]
         while (other := self._idle_link()) is not None:
             links.append(other)
         bounds = chunk_bounds(
             job.frame.nrows,
             idle_workers=len(links),
-            waiting=waiting,
+            waiting=self._queued,  # live jobs still queued (this one has started)
             splittable=link.model.splittable,
             min_chunk_rows=self.min_chunk_rows,
         )

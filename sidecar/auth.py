@@ -108,18 +108,17 @@ def authenticate(
         )
     if mode in ("keys", "keys+tokens") and key_matches(credential.encode(), credentials.keys):
         return
-    uses_tokens = mode in ("tokens", "keys+tokens")
-    token_keys = credentials.token_keys if uses_tokens else None
-    if uses_tokens and token_keys is None and (mode == "tokens" or looks_like_jwt(credential)):
-        # The JWKS or secret file was emptied or is missing: no token is accepted.
-        raise Unauthorized(
-            "invalid token: no token verification key is configured",
-            reason="token_unknown_key",
-            www_authenticate=(
-                f'{REALM}, error="invalid_token", error_description="no verification key"'
-            ),
-        )
-    if token_keys is not None and (mode == "tokens" or looks_like_jwt(credential)):
+    if mode in ("tokens", "keys+tokens") and (mode == "tokens" or looks_like_jwt(credential)):
+        token_keys = credentials.token_keys
+        if token_keys is None:
+            # The JWKS or secret file was emptied or is missing: no token is accepted.
+            raise Unauthorized(
+                "invalid token: no token verification key is configured",
+                reason="token_unknown_key",
+                www_authenticate=(
+                    f'{REALM}, error="invalid_token", error_description="no verification key"'
+                ),
+            )
         try:
             verify_token(credential, token_keys, policy, now)
         except TokenRejected as rejected:

@@ -142,7 +142,7 @@ async def test_a_worker_dying_mid_chunk_fails_that_request_only() -> None:
     await next_iteration()
     waiting = submit(jobs, 100.0)  # waits for a worker meanwhile
     links[0].crash()
-    jobs.remove_worker(links[0])  # type: ignore[arg-type]
+    jobs.remove_worker(links[0])
     await next_iteration()
     with pytest.raises(WorkerCrashed):
         job.future.result()
