@@ -46,7 +46,8 @@ KINDS = (NUMERIC, INTEGER, LOGICAL, CHARACTER, FACTOR, ORDERED, DATE, DATETIME, 
 
 R_INT_MAX = 2**31 - 1  # R integers are 32-bit and -2^31 is NA_integer_
 # A numeric column this long is coerced as one numpy array (and travels to the worker as
-# one block of bytes); below it the per-value loop is faster than numpy's fixed cost.
+# one block of bytes), and rconvert moves columns and answers this long to and from R as
+# blocks; below it the per-value loop is faster than numpy's fixed cost.
 COLUMNAR_ROWS = 64
 _NUMBER_TYPES = frozenset({float, int, type(None)})
 _MAX_LEVELS_SHOWN = 10

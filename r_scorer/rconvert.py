@@ -4,7 +4,7 @@ Vectors are built column-wise with rpy2's low-level interface (one allocation pe
 column; R's own JSON parsing measured 2.5x slower). A data.frame is a named list with
 compact row names, exactly what `data.frame()` would make, without calling R.
 
-Columnar for large frames: a column of `COLUMNAR_ROWS` values or more (or a numpy
+Columnar for large frames: a column of `prototype.COLUMNAR_ROWS` values or more (or a numpy
 array, as the worker protocol's binary frame carries numbers) is copied into R as one
 block of memory (numpy, `from_memoryview`: 0.1 ms for 100,000 doubles where a list
 took 25 ms), NA written as R's own NA bits; answers come back the same way, and a
@@ -29,13 +29,10 @@ from rpy2.rinterface_lib import openrlib
 from r_scorer import prototype as kinds
 from r_scorer.errors import ModelError
 from r_scorer.name_cache import DEFAULT_NAME_CACHE_BYTES, NameCache
-from r_scorer.prototype import TypedFrame
+from r_scorer.prototype import COLUMNAR_ROWS, TypedFrame
 
 _NA_INT = -(2**31)  # NA_integer_ and logical NA, as stored in R's memory
 _NA_REAL_BITS = np.uint64(0x7FF00000000007A2)  # NA_real_: a NaN with R's payload 1954
-# From this many values a column goes to and from R as one block of memory (numpy);
-# below it, value by value is faster (numpy's fixed cost).
-COLUMNAR_ROWS = 64
 
 
 # Bounded in bytes: pass-through column names come from clients (see name_cache).
