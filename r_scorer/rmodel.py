@@ -93,15 +93,12 @@ class LoadedModel:
         score_function: Any,
         *,
         label: str = "score()",
-        adapter: str = "",
     ) -> None:
         self.spec = spec
         self.prototype = prototype
         self.packages = packages
-        self.adapter = adapter  # the family adapter that scores it ("" for none)
         self._state = state
         self._score_function = score_function
-        self.label = label  # what a request runs, as its errors name it
         self._levels = {
             column.name: column.levels
             for column in prototype.columns
@@ -112,7 +109,8 @@ class LoadedModel:
         env[".serving_options"]()
         import rpy2.rinterface as ri
 
-        self._label = ri.StrSexpVector([label])  # built once, not per request
+        # What a request runs, as its errors name it; built once, not per request.
+        self._label = ri.StrSexpVector([label])
 
     def score(self, frame: TypedFrame) -> ScoreResult:
         """Score a coerced frame; raises ModelError with R's message on failure."""
@@ -174,7 +172,6 @@ def load_model(spec: BundleSpec) -> LoadedModel:
         loaded["state"],
         loaded["score"],
         label=str(loaded["label"][0]),
-        adapter=str(loaded["adapter"][0]),
     )
 
 

@@ -40,12 +40,8 @@
 }
 
 # predict(state, <data_as> = data, <args>), called as a user would write it (so an
-# error names the call, never a deparsed model).
-.predict_on <- function(state, data, args, data_as = "newdata") {
-  call <- as.call(c(list(quote(predict), quote(state)),
-                    stats::setNames(list(quote(data)), data_as), args))
-  eval(call)
-}
+# error names the call, never a deparsed model): rscore.R's .predict_call.
+.predict_on <- function(state, data, args, data_as = "newdata") eval(.predict_call(args, data_as))
 
 # The classifier convention: `.pred_class` (the model's own class when it gives one,
 # else the most probable level, the first on a tie) and `.pred_<level>` per level.
@@ -113,7 +109,7 @@
         return(.class_probabilities(probabilities))
       }
       if (inherits(fit, "multnet") && length(dim(p)) == 3L && dim(p)[3] == 1L) {
-        return(.class_probabilities(matrix(p, nrow = dim(p)[1], dimnames = dimnames(p)[1:2])))
+        return(.class_probabilities(.drop_unit_dims(p)))
       }
     }
     .one_column(p)
@@ -198,8 +194,8 @@
   # exact R type of those it holds as they are (not inside factor() or the like).
   prototype = function(state) {
     lapply(names(state$var.summary), function(name) {
-      x <- if (name %in% names(state$model)) state$model[[name]] else state$var.summary[[name]]
-      .column(name, .kind_of(x), if (is.factor(x)) levels(x) else character())
+      .column_of(name, if (name %in% names(state$model)) state$model[[name]] else
+        state$var.summary[[name]])
     })
   },
   defaults = function(state) list(type = "response"))
@@ -293,10 +289,7 @@
 # predict.mvr answers n x responses x ncomp; by default all the model's components.
 .adapter("mvr", "pls",
   predict = function(state, data, args) {
-    p <- .predict_on(state, data, args)
-    d <- dim(p)
-    if (length(d) == 3L && d[3] == 1L) p <- matrix(p, nrow = d[1], dimnames = dimnames(p)[1:2])
-    .one_column(p)
+    .one_column(.drop_unit_dims(.predict_on(state, data, args)))
   },
   defaults = function(state) list(ncomp = state$ncomp))
 

@@ -153,12 +153,14 @@
   list(name = name, kind = kind, levels = as.character(levels))
 }
 
+# The prototype column of an input `x` held with its R type (a factor with its levels).
+.column_of <- function(name, x) {
+  .column(name, .kind_of(x), if (is.factor(x)) levels(x) else character())
+}
+
 # The columns of a data.frame (zero rows is enough) as prototype columns.
 .frame_columns <- function(frame) {
-  lapply(names(frame), function(name) {
-    x <- frame[[name]]
-    .column(name, .kind_of(x), if (is.factor(x)) levels(x) else character())
-  })
+  lapply(names(frame), function(name) .column_of(name, frame[[name]]))
 }
 
 .ptype_prototype <- function(ptype) {
@@ -202,9 +204,8 @@
   lapply(inputs, function(name) {
     if (!is.null(frame) && name %in% names(frame) && !is.matrix(frame[[name]])) {
       # Held as is in the model frame: its exact R type (integer, Date, POSIXct...).
-      x <- frame[[name]]
-      kind <- .kind_of(x)
-      if (kind != "any") return(.column(name, kind, if (is.factor(x)) levels(x) else character()))
+      column <- .column_of(name, frame[[name]])
+      if (column$kind != "any") return(column)
     }
     class <- if (name %in% names(classes)) classes[[name]] else "other"
     kind <- if (class %in% names(kinds)) kinds[[class]] else "any"  # used inside an expression
@@ -357,8 +358,15 @@
   utils::modifyList(defaults, predict_args)
 }
 
+# The call predict(state, <data_as> = data, <args>), as a user would write it (so an
+# error names the call, never a deparsed model); evaluated where `state` and `data` are.
+.predict_call <- function(args, data_as = "newdata") {
+  as.call(c(list(quote(predict), quote(state)), stats::setNames(list(quote(data)), data_as),
+            args))
+}
+
 .default_score <- function(predict_args) {
-  call <- as.call(c(list(quote(predict), quote(state), newdata = quote(data)), predict_args))
+  call <- .predict_call(predict_args)  # built once: every request evaluates it
   function(state, data) eval(call)
 }
 
@@ -378,7 +386,7 @@
   }
 }
 
-# Load a bundle. Returns list(state, score, label, adapter, prototype, packages) or
+# Load a bundle. Returns list(state, score, label, prototype, packages) or
 # stops with a message that names the file or class at fault. `label` names, in
 # errors, what a request runs: "score()" or the predict() method.
 .load_bundle <- function(model_dir, packages, predict_args) {
@@ -417,7 +425,7 @@
   }
   if (has("score")) {
     return(list(
-      state = state, score = env$score, label = "score()", adapter = "",
+      state = state, score = env$score, label = "score()",
       prototype = .prototype(model_dir, state),
       packages = unique(unname(c(loaded, .load_packages_for(state))))
     ))
@@ -458,7 +466,6 @@
     state = state,
     score = if (is.null(adapter)) .default_score(args) else .adapter_score(adapter, args),
     label = sprintf("predict() for class '%s'", found$class),
-    adapter = if (is.null(adapter)) "" else adapter$name,
     prototype = .prototype(model_dir, state, adapter),
     packages = unique(unname(c(loaded, .model_packages(found$package))))
   )
@@ -489,10 +496,7 @@
     }
     x <- matrix(x, nrow = 1L, dimnames = list(NULL, names(x)))
   }
-  d <- dim(x)
-  if (length(d) > 2L && all(d[-(1:2)] == 1L)) {
-    x <- array(x, dim = d[1:2], dimnames = dimnames(x)[1:2])
-  }
+  x <- .drop_unit_dims(x)
   if (is.matrix(x) && ncol(x) == 1L && is.null(colnames(x))) {
     if (nrow(x) != nrows) .shape_stop("%s returned %d values for %d rows", label, nrow(x), nrows)
     return(list(.VECTOR, .plain(x[, 1L], label)))
@@ -518,6 +522,13 @@
   list(.COLUMNS, names(columns), unname(columns))
 }
 
+# An n x k x 1 (x 1 ...) array as the n x k matrix; anything else as it is.
+.drop_unit_dims <- function(x) {
+  d <- dim(x)
+  if (length(d) <= 2L || any(d[-(1:2)] != 1L)) return(x)
+  array(x, dim = d[1:2], dimnames = dimnames(x)[1:2])
+}
+
 # A matrix's columns, named by its column names (V1, V2, ... when it has none), each
 # prefixed "<prefix>." when it is a component of a list.
 .matrix_columns <- function(x, prefix) {
@@ -531,11 +542,7 @@
 .component_columns <- function(x, label) {
   columns <- list()
   for (name in names(x)) {
-    item <- x[[name]]
-    d <- dim(item)
-    if (length(d) > 2L && all(d[-(1:2)] == 1L)) {
-      item <- array(item, dim = d[1:2], dimnames = dimnames(item)[1:2])
-    }
+    item <- .drop_unit_dims(x[[name]])
     if (is.data.frame(item)) item <- as.matrix(item)
     columns <- c(columns, if (is.matrix(item)) {
       .matrix_columns(item, name)
