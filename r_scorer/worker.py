@@ -200,17 +200,15 @@ def _connect(path: str) -> socket.socket | None:
             connection.connect(path)
         except (FileNotFoundError, ConnectionRefusedError):
             connection.close()
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-            continue
-        peer = peer_credentials(connection)
-        problem = peer_problem(peer, os.geteuid(), peer_role="sidecar")
-        if problem is None:
-            return connection
-        connection.close()
-        if peer.pid != refused:
-            log.error("not serving the socket %s: %s", path, problem)
-            refused = peer.pid
+        else:
+            peer = peer_credentials(connection)
+            problem = peer_problem(peer, os.geteuid(), peer_role="sidecar")
+            if problem is None:
+                return connection
+            connection.close()
+            if peer.pid != refused:
+                log.error("not serving the socket %s: %s", path, problem)
+                refused = peer.pid
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
     return None
