@@ -38,7 +38,7 @@ import aiohttp
 import numpy as np
 import orjson
 
-from bench.bodies import free_port
+from bench.http import free_port
 from bench.report import machine, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,9 +122,14 @@ def body_of(model: Model, data: np.ndarray) -> bytes:
 
 @contextlib.asynccontextmanager
 async def served(
-    bundle: Path, workers: int, flags: list[str], source: Path | None
-) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
-    """`rscore serve` of `bundle`, ready: its base URL and a client session."""
+    bundle: Path,
+    workers: int,
+    flags: list[str],
+    source: Path | None = None,
+    request_timeout_s: float = REQUEST_TIMEOUT_S,
+) -> AsyncIterator[tuple[str, int, aiohttp.ClientSession]]:
+    """`rscore serve` of `bundle` (`--auth none`, `workers`, then `flags`), from `source`
+    when given, ready: its base URL, pid and a client session."""
     port = free_port()
     if source is None:
         program = [str(Path(sys.executable).parent / "rscore")]
@@ -132,7 +137,7 @@ async def served(
         program = [sys.executable, "-c", "from rscore_cli.main import cli; cli()"]
     command = [
         *program, "serve", str(bundle), "--auth", "none", "--host", HOST, "--port", str(port),
-        "--metrics-port", str(free_port()), "--workers", str(workers), *LIMITS, *flags,
+        "--metrics-port", str(free_port()), "--workers", str(workers), *flags,
     ]  # fmt: skip
     environment = dict(os.environ)
     if source is not None:
@@ -147,7 +152,7 @@ async def served(
     )
     base = f"http://{HOST}:{port}"
     try:
-        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+        timeout = aiohttp.ClientTimeout(total=request_timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             deadline = time.monotonic() + START_TIMEOUT_S
             while True:
@@ -158,7 +163,7 @@ async def served(
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"rscore serve did not become ready: {command}")
                 await asyncio.sleep(0.2)
-            yield base, session
+            yield base, process.pid, session
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
@@ -234,7 +239,8 @@ async def run(args: argparse.Namespace) -> str:
             r_seconds = r_predict_seconds(model, data, repeats)
             overhead_1 = None
             for workers in worker_counts:
-                async with served(BUILD / model.bundle, workers, [], args.source) as (base, s):
+                bundle = BUILD / model.bundle
+                async with served(bundle, workers, LIMITS, args.source) as (base, _, s):
                     await post(s, base, body)  # warm: R's first call, the parse thread
                     seconds = await latency(s, base, body, repeats)
                 if workers == 1:
@@ -258,7 +264,8 @@ async def run(args: argparse.Namespace) -> str:
             ("with 100,000-row requests, no fan-out", ["--min-chunk-rows", "1000000"], True),
         )
     ):
-        async with served(BUILD / iris.bundle, 2, flags, args.source) as (base, session):
+        served_iris = served(BUILD / iris.bundle, 2, [*LIMITS, *flags], args.source)
+        async with served_iris as (base, _, session):
             await small_throughput(session, base, 1.0, None)  # warm
             per_second, bigs = await small_throughput(
                 session, base, args.seconds, big if send_big else None

@@ -19,39 +19,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import aiohttp
 import orjson
 
+from bench import big
 from bench.report import machine, percentile, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "examples" / "build" / "mtcars-lm"
-HOST = "127.0.0.1"
 JSON = {"Content-Type": "application/json"}
 SMALL = b'{"dataframe_records": [{"wt": 2.62, "hp": 110, "qsec": 16.46}]}'
-START_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 60.0
 
 
 def big_body(rows: int = 200_000) -> bytes:
     records = [{"wt": 2.62 + i * 1e-6, "hp": 110.0 + i, "qsec": 16.46} for i in range(rows)]
     return orjson.dumps({"dataframe_records": records})
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
 
 
 def rss_mib(pid: int) -> float:
@@ -61,40 +48,10 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-@contextlib.asynccontextmanager
-async def served(flags: list[str]) -> AsyncIterator[tuple[str, int, aiohttp.ClientSession]]:
-    """`rscore serve` with `flags`, ready; its base URL, pid and a client session."""
-    port = free_port()
-    command = [
-        str(Path(sys.executable).parent / "rscore"), "serve", str(BUNDLE), "--auth", "none",
-        "--host", HOST, "--port", str(port), "--metrics-port", str(free_port()),
-        "--workers", "2", *flags,
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    base = f"http://{HOST}:{port}"
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-    try:
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while True:
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(f"{base}/readyz") as response:
-                        if response.status == 200:
-                            break
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"rscore serve did not become ready: {command}")
-                await asyncio.sleep(0.2)
-            yield base, process.pid, session
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+def served(flags: list[str]) -> AbstractAsyncContextManager[tuple[str, int, aiohttp.ClientSession]]:
+    """`rscore serve` of the lm bundle on 2 workers with `flags`, ready; its base URL, pid
+    and a client session."""
+    return big.served(BUNDLE, 2, flags, request_timeout_s=REQUEST_TIMEOUT_S)
 
 
 async def post(session: aiohttp.ClientSession, base: str, body: bytes) -> int:
