@@ -4,6 +4,7 @@ valid and hostile requests. The 10-minute run and its RSS figures are `make soak
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -79,8 +80,12 @@ def test_the_verdict_needs_every_request_accounted_for_and_flat_memory() -> None
 @pytest.mark.real_r
 @pytest.mark.e2e
 @pytest.mark.timeout(600)  # a soak: about a minute alone, more under load
-def test_a_short_soak_loses_nothing(tmp_path: Path) -> None:
-    run = run_soak(tmp_path, duration_s=45.0, load=0.5, kill_every_s=15.0, rotate_every_s=20.0)
+async def test_a_short_soak_loses_nothing(tmp_path: Path) -> None:
+    # In a thread: the harness runs an event loop of its own (asyncio.run), which must not
+    # replace (and leak) the test's.
+    run = await asyncio.to_thread(
+        run_soak, tmp_path, duration_s=45.0, load=0.5, kill_every_s=15.0, rotate_every_s=20.0
+    )
     assert len(run.kills) >= 2
     assert run.rotations >= 1
     kinds = {o.kind for o in run.outcomes}
