@@ -129,29 +129,12 @@ $(STAMPS)/bench-wrk: Makefile $(STAMPS)/debian
 	@scripts/install-debian-packages wrk
 	@mkdir -p $(STAMPS) && touch $@
 
-bench-sim: setup
-	@$(BIN)/python -m bench.sim $(BENCH_ARGS)
-
-# `make bench-autoscale` (BENCH_ARGS="--no-write" to keep docs/ as is; scenario paths to
-# run only those).
-bench-autoscale: setup
-	@$(BIN)/python -m bench.autoscale $(BENCH_ARGS)
-
-bench-parse: setup
-	@$(BIN)/python -m bench.parse $(BENCH_ARGS)
-
-# `make bench-bodies` (BENCH_ARGS="--no-write" to keep docs/ as is).
-bench-bodies: setup
-	@$(BIN)/python -m bench.bodies $(BENCH_ARGS)
-
-# `make bench-fidelity` (BENCH_ARGS="--duration-s 5 --no-write" for a shorter look): about
-# 8 minutes; the traces come from ../shared/traces.
-bench-fidelity: setup
-	@$(BIN)/python -m bench.fidelity $(BENCH_ARGS)
-
-# `make bench-big` (BENCH_ARGS="--no-write" to keep docs/ as is): a few minutes.
-bench-big: setup
-	@$(BIN)/python -m bench.big $(BENCH_ARGS)
+# `make bench-NAME` runs bench/NAME.py with BENCH_ARGS: "--no-write" keeps docs/ as is;
+# bench-autoscale also takes scenario paths (only those run); bench-fidelity takes about 8
+# minutes ("--duration-s 5 --no-write" for a shorter look; the traces come from
+# ../shared/traces); bench-big a few minutes.
+bench-sim bench-autoscale bench-parse bench-bodies bench-fidelity bench-big: bench-%: setup
+	@$(BIN)/python -m bench.$* $(BENCH_ARGS)
 
 # `make images`: podman here (docker elsewhere, same docker/*.Dockerfile); the base is made
 # with debootstrap when no registry answers. Not part of `make test` (minutes, not CI).

@@ -308,52 +308,30 @@ class PodRunner:
             timeout=30,
         )
         socket_mount = ["-v", f"{socket_dir}:/run/rscore"]
+
+        def run_container(container: str, image: str, args: list[str], *options: str) -> None:
+            """One of the pod's containers, as the manifest says, with `options` (its
+            volumes) besides the socket's; the first two of `args` are its entrypoint."""
+            podman(
+                "run", "-d", "--pod", name, "--name", f"{name}-{container}", *ULIMITS,
+                *pod.hardening(container), *pod.limits(container), *socket_mount, *options,
+                "--entrypoint", json.dumps(args[:2]), image, *args[2:],
+            )  # fmt: skip
+
         started = time.monotonic()
-        scorer_args = pod.args("r-scorer", {})
         model = ["-v", f"{bundle}:/models/model:ro"] if bundle is not None else []
         tmp_limit = pod.spec["volumes"][1]["emptyDir"]["sizeLimit"].replace("Gi", "g")
-        podman(
-            "run",
-            "-d",
-            "--pod",
-            name,
-            "--name",
-            f"{name}-r-scorer",
-            *ULIMITS,
-            *pod.hardening("r-scorer"),
-            *pod.limits("r-scorer"),
-            *socket_mount,
-            *model,
-            "--tmpfs",
-            f"/tmp:rw,size={tmp_limit},mode=1777",
-            "--entrypoint",
-            json.dumps(scorer_args[:2]),
-            self.scorer_image,
-            *scorer_args[2:],
-        )
+        run_container(
+            "r-scorer", self.scorer_image, pod.args("r-scorer", {}), *model,
+            "--tmpfs", f"/tmp:rw,size={tmp_limit},mode=1777",
+        )  # fmt: skip
         sidecar_args = pod.args(
             "sidecar", {"--port": str(port), "--metrics-port": str(metrics_port)}
         )
         secrets = []
         for volume, mount in ((self.keys, "keys"), (self.jwks, "jwks"), (self.tls, "tls")):
             secrets += ["-v", f"{volume.path}:/etc/rscore/{mount}:ro"]
-        podman(
-            "run",
-            "-d",
-            "--pod",
-            name,
-            "--name",
-            f"{name}-sidecar",
-            *ULIMITS,
-            *pod.hardening("sidecar"),
-            *pod.limits("sidecar"),
-            *socket_mount,
-            *secrets,
-            "--entrypoint",
-            json.dumps(sidecar_args[:2]),
-            self.sidecar_image,
-            *sidecar_args[2:],
-        )
+        run_container("sidecar", self.sidecar_image, sidecar_args, *secrets)
         return RunningPod(name, port, metrics_port, self.client_ssl(), key, started)
 
     def remove(self, name: str) -> None:

@@ -19,7 +19,8 @@ PYTHON_LEFT_OUT = ["rpy2", "cachetools", "matplotlib", "tqdm"]
 SCORER_LEFT_OUT = ["kubernetes_asyncio", "matplotlib", "tqdm"]
 
 
-def _image_requirements(role: str) -> list[str]:
+def _image_requirement_names(role: str) -> set[str]:
+    """The distribution names scripts/image-requirements lists for `role`'s image."""
     result = subprocess.run(
         [sys.executable, str(REQUIREMENTS), role],
         capture_output=True,
@@ -27,13 +28,11 @@ def _image_requirements(role: str) -> list[str]:
         check=True,
         timeout=30,
     )
-    return result.stdout.split()
+    return {line.split(">")[0].split("=")[0].split("<")[0] for line in result.stdout.split()}
 
 
 def test_the_python_image_carries_no_r() -> None:
-    names = {
-        line.split(">")[0].split("=")[0].split("<")[0] for line in _image_requirements("python")
-    }
+    names = _image_requirement_names("python")
     assert "rpy2" not in names
     assert {"aiohttp", "prometheus-client", "kubernetes-asyncio", "PyJWT"} <= names
 
@@ -77,9 +76,7 @@ def test_each_images_processes_start_without_what_it_leaves_out(
 
 
 def test_the_scorer_image_carries_no_autoscaler_client() -> None:
-    names = {
-        line.split(">")[0].split("=")[0].split("<")[0] for line in _image_requirements("scorer")
-    }
+    names = _image_requirement_names("scorer")
     assert "kubernetes-asyncio" not in names
     assert {"rpy2", "cachetools", "aiohttp"} <= names
 
