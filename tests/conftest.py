@@ -3,7 +3,6 @@ that follow from them."""
 
 from __future__ import annotations
 
-import inspect
 import os
 import subprocess
 from collections.abc import Generator
@@ -40,9 +39,11 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, o
     loop nobody closes, and its socket pair surfaces later, in whichever test the garbage
     collector happens to run, as an unclosed-socket warning (an error here). A sync test
     has no loop for looptime to patch anyway; pytest calls it with its own arguments
-    only, so the policy's absence from `funcargs` changes nothing else.
+    only, so the policy's absence from `funcargs` changes nothing else. (An async test is
+    known by its `asyncio` mark: pytest-asyncio wraps its function, so `obj` is no
+    coroutine function.)
     """
-    if inspect.iscoroutinefunction(pyfuncitem.obj):
+    if pyfuncitem.get_closest_marker("asyncio") is not None:  # pytest-asyncio's own test
         return (yield)
     policy = pyfuncitem.funcargs.pop("event_loop_policy", None)
     try:
