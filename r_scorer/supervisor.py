@@ -1,8 +1,14 @@
 """Starts N R worker processes, restarts the ones that die, and recycles them.
 
-`Supervisor.start()` spawns the workers (fresh interpreters, `python -m
-r_scorer.worker`), waits until each has loaded the bundle, and raises BundleError with
-R's message if one cannot: a bad bundle stops start-up instead of crash-looping. A
+`Supervisor.start()` starts the workers, waits until each has loaded the bundle, and
+raises BundleError with R's message if one cannot: a bad bundle stops start-up instead
+of crash-looping. Two ways to start a worker (`worker_start`): "fork" (the default)
+starts one zygote (`r_scorer.zygote`) that loads the bundle once and forks every
+worker, so the workers share the model's pages and a restart is a fork, not an R
+start-up; "spawn" starts each worker as a fresh interpreter (`python -m
+r_scorer.worker`) that loads the bundle itself. Forked workers are watched through the
+zygote (`r_scorer.zygote_control`); if the zygote dies, its workers die with it and
+the monitor starts a new zygote, then forks them again. A
 monitor thread then restarts any worker that exits: at once after a recycle or a long
 life, with growing back-off (up to 30 s) when a worker keeps dying young. Every restart
 is logged with the exit status and counted; a restarted worker reports its load on a
@@ -11,11 +17,16 @@ message. The monitor survives its own errors (EMFILE...) and tries again, and be
 records the last moment a worker was up (loaded and running), and, with a
 `liveness_file`, writes both for the r-scorer's livenessProbe (`r_scorer.liveness`).
 
+Every few seconds the monitor also measures each worker's PSS and private memory
+(`r_scorer.memory`) into `worker-memory.json` beside the socket, for the sidecar's
+gauges.
+
 Never talks to the workers' socket and never starts R in its own process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -37,13 +48,23 @@ from r_scorer.liveness import (
     LivenessBounds,
     write_liveness_file,
 )
+from r_scorer.memory import (
+    MEASURE_EVERY_S,
+    MEMORY_NAME,
+    WorkerMemory,
+    read_worker_memory,
+    write_memory_file,
+)
 from r_scorer.peer import ensure_socket_dir
 from r_scorer.worker import EXIT_CLEAN, EXIT_LOAD_FAILED
+from r_scorer.zygote_control import ForkedWorker, Zygote
 
 log = logging.getLogger("rscore.supervisor")
 
 QUICK_DEATH_S = 10.0  # a worker that dies younger than this backs off before restarting
 MAX_BACKOFF_S = 30.0
+WORKER_STARTS = ("fork", "spawn")  # --worker-start; the first is the default
+ZYGOTE_SLOT = -1  # the zygote's entry in the memory file
 
 
 def restart_delay(quick_deaths: int) -> float:
@@ -72,7 +93,7 @@ def describe_exit(returncode: int) -> str:
 class _Slot:
     index: int
     generation: int = 0
-    process: subprocess.Popen[bytes] | None = None
+    process: subprocess.Popen[bytes] | ForkedWorker | None = None
     started_at: float = 0.0
     quick_deaths: int = 0
     restart_at: float = 0.0
@@ -103,9 +124,12 @@ class Supervisor:
         python: str = sys.executable,
         liveness_file: Path | None = None,
         liveness: LivenessBounds | None = None,
+        worker_start: str = WORKER_STARTS[0],
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
+        if worker_start not in WORKER_STARTS:
+            raise ValueError(f"worker_start must be one of {WORKER_STARTS}")
         self.bundle = Path(bundle).resolve()
         self.socket_path = Path(socket_path)
         self.max_requests = max_requests
@@ -131,6 +155,22 @@ class Supervisor:
         self.worker_seen_at: float | None = None  # the last tick a worker was up
         self._written_at = float("-inf")
         self._write_failing = False
+        self.worker_start = worker_start
+        self.zygote: Zygote | None = None
+        if worker_start == "fork":
+            self.zygote = Zygote(
+                self.bundle,
+                self.socket_path,
+                workers=workers,
+                max_requests=max_requests,
+                python=python,
+            )
+        self._zygote_status_fd: int | None = None  # a restarted zygote's, until it reports
+        self._zygote_status = b""
+        self._zygote_failures = 0
+        self._zygote_restart_at = 0.0
+        self.memory_file = self.socket_path.parent / MEMORY_NAME
+        self._measured_at = float("-inf")
 
     @property
     def pids(self) -> list[int]:
@@ -141,6 +181,11 @@ class Supervisor:
                 if slot.process is not None and slot.process.poll() is None
             ]
 
+    def slot_started_at(self, index: int) -> float:
+        """When the slot's current worker was started (time.monotonic())."""
+        with self._lock:
+            return self._slots[index].started_at
+
     def start(self) -> dict[str, Any]:
         """Spawn every worker and wait until all have loaded the bundle."""
         if self.liveness_file is not None:  # a previous container's, in a kept emptyDir
@@ -148,6 +193,10 @@ class Supervisor:
         pipes: dict[int, int] = {}
         began = time.monotonic()
         try:
+            if self.zygote is not None:
+                self.zygote.ready = False
+                self._await_ready({ZYGOTE_SLOT: self.zygote.start()})
+                self.zygote.ready = True
             for slot in self._slots:
                 pipes[slot.index] = self._spawn(slot)
             self.model = self._await_ready(pipes)
@@ -162,6 +211,7 @@ class Supervisor:
         for slot in self._slots:
             slot.loaded = True
         self._beat(now)
+        self._measure(now)
         self._monitor = threading.Thread(target=self._watch, name="rscore-supervisor", daemon=True)
         self._monitor.start()
         return self.model
@@ -192,6 +242,9 @@ class Supervisor:
         self._shut_down.set()
         if self._monitor is not None and self._monitor is not threading.current_thread():
             self._monitor.join()
+        if self.zygote is not None:  # last: its workers die with it
+            self.zygote.stop()
+        self._close_zygote_status()
         for slot in self._slots:
             self._close_status(slot)
 
@@ -199,6 +252,16 @@ class Supervisor:
         """Start the slot's next generation; returns the read end of its status pipe. A
         generation counts once its process exists (a failed spawn is tried again)."""
         generation = slot.generation + 1
+        if self.zygote is not None:
+            status_read, status_write = os.pipe()
+            try:
+                slot.process = self.zygote.fork(slot.index, generation, status_write)
+            except BaseException:
+                os.close(status_read)
+                raise
+            finally:
+                os.close(status_write)
+            return self._started(slot, generation, status_read, "forked")
         command = [
             self.python, "-m", "r_scorer.worker",
             "--bundle", str(self.bundle),
@@ -223,10 +286,16 @@ class Supervisor:
             raise
         finally:
             os.close(status_write)
+        return self._started(slot, generation, status_read, "started")
+
+    @staticmethod
+    def _started(slot: _Slot, generation: int, status_read: int, how: str) -> int:
+        """Record a new process in its slot; the pipe its status comes back on."""
         slot.generation = generation
         slot.started_at = time.monotonic()
         slot.loaded = False
-        log.info("worker slot %d started: pid %d", slot.index, slot.process.pid)
+        assert slot.process is not None  # just set by the caller
+        log.info("worker slot %d %s: pid %d", slot.index, how, slot.process.pid)
         return status_read
 
     def _await_ready(self, pipes: dict[int, int]) -> dict[str, Any]:
@@ -272,9 +341,16 @@ class Supervisor:
         )
 
     def _watch(self) -> None:
-        while not self._shut_down.wait(0.05):
+        while not self._tick():
             now = time.monotonic()
             with self._lock:
+                if self.zygote is not None:
+                    try:
+                        self._tend_zygote(now)
+                    except Exception:  # EMFILE...: as for a worker, retry, never die
+                        self._zygote_failures += 1
+                        self._zygote_restart_at = now + restart_delay(self._zygote_failures)
+                        log.exception("could not restart the zygote; trying again")
                 for slot in self._slots:
                     try:
                         self._tend(slot, now)
@@ -290,6 +366,117 @@ class Supervisor:
                             "in %.1f s", slot.index, slot.spawn_failures, delay,
                         )  # fmt: skip
                 self._beat(now)
+                self._measure(now)
+
+    def _tick(self) -> bool:
+        """Wait for the next tick (50 ms, or at once when the zygote reports a worker's
+        exit: a forked restart takes milliseconds); True once shut down."""
+        channel = self.zygote.channel if self.zygote is not None else None
+        if channel is not None and not self._shut_down.is_set():
+            with contextlib.suppress(OSError, ValueError):  # closed meanwhile: next tick
+                select.select([channel], [], [], 0.05)
+            return self._shut_down.is_set()
+        return self._shut_down.wait(0.05)
+
+    def _tend_zygote(self, now: float) -> None:
+        """Notice a dead zygote (its workers are gone with it), start a new one after a
+        back-off, and follow its load on its status pipe."""
+        zygote = self.zygote
+        assert zygote is not None
+        zygote.pump(0.0)
+        if self._zygote_status_fd is not None:
+            self._read_zygote_status(now)
+            return
+        if zygote.alive or self._stopping.is_set():
+            return
+        if zygote.process is not None:
+            try:  # its channel closed: it is dying, if not yet reaped
+                returncode = zygote.process.wait(5.0)
+            except subprocess.TimeoutExpired:
+                zygote.process.kill()
+                returncode = zygote.process.wait()
+            lived = now - zygote.started_at
+            log.warning(
+                "the zygote pid %d %s after %.1f s: its workers are gone with it; starting "
+                "a new one", zygote.process.pid, describe_exit(returncode), lived,
+            )  # fmt: skip
+            zygote.process = None
+            self._zygote_failures = self._zygote_failures + 1 if lived < QUICK_DEATH_S else 0
+            self._zygote_restart_at = now + restart_delay(self._zygote_failures)
+        if now < self._zygote_restart_at:
+            return
+        self._zygote_status_fd = zygote.start()
+        os.set_blocking(self._zygote_status_fd, False)
+
+    def _read_zygote_status(self, now: float) -> None:
+        zygote = self.zygote
+        assert zygote is not None
+        assert self._zygote_status_fd is not None
+        while True:
+            try:
+                chunk = os.read(self._zygote_status_fd, 65536)
+            except BlockingIOError:
+                return
+            if not chunk:
+                break
+            self._zygote_status += chunk
+        status = _parse_status(self._zygote_status)
+        self._close_zygote_status()
+        if status.get("ready"):
+            zygote.ready = True
+            log.info("the new zygote pid %s loaded the bundle", status.get("pid"))
+            return
+        error = status.get("error", {})
+        log.error("the new zygote could not load the bundle: %s", error.get("message", "?"))
+        self._zygote_failures += 1
+        self._zygote_restart_at = now + restart_delay(self._zygote_failures)
+        if zygote.process is not None:
+            zygote.process.wait()  # it exits after reporting
+        zygote.process = None
+
+    def _close_zygote_status(self) -> None:
+        if self._zygote_status_fd is not None:
+            os.close(self._zygote_status_fd)
+            self._zygote_status_fd = None
+        self._zygote_status = b""
+
+    def measure_memory(self) -> list[WorkerMemory]:
+        """Each loaded worker's memory now (and the zygote's, as slot -1)."""
+        with self._lock:
+            running = self._running()
+        return [
+            memory
+            for memory in (read_worker_memory(*entry) for entry in running)
+            if memory is not None
+        ]
+
+    def _running(self) -> list[tuple[int, int, int]]:
+        """(slot, pid, generation) of each loaded worker, and of a ready zygote."""
+        running = [
+            (slot.index, slot.process.pid, slot.generation)
+            for slot in self._slots
+            if slot.process is not None and slot.loaded
+        ]
+        zygote = self.zygote
+        if zygote is not None and zygote.ready and zygote.process is not None:
+            running.append((ZYGOTE_SLOT, zygote.process.pid, 0))
+        return running
+
+    def _measure(self, now: float) -> None:
+        """Write the workers' memory for the sidecar now and then (under the lock, or
+        before the monitor runs); best effort: a file that cannot be written is skipped."""
+        if now - self._measured_at < MEASURE_EVERY_S:
+            return
+        self._measured_at = now
+        measured = [
+            memory
+            for memory in (read_worker_memory(*entry) for entry in self._running())
+            if memory is not None
+        ]
+        try:
+            write_memory_file(self.memory_file, measured)
+        except OSError as exc:
+            log.debug("cannot write %s: %s", self.memory_file, exc)
 
     def _beat(self, now: float) -> None:
         """Record this tick (and whether a worker is up), and write the liveness file at
@@ -347,6 +534,8 @@ class Supervisor:
                 slot.index, process.pid, describe_exit(returncode), lived, after,
             )  # fmt: skip
         if now >= slot.restart_at and not self._stopping.is_set():
+            if self.zygote is not None and not (self.zygote.ready and self.zygote.alive):
+                return  # forked once the (new) zygote has loaded the bundle
             slot.status_fd = self._spawn(slot)
             os.set_blocking(slot.status_fd, False)
             self.stats.restarts += 1
@@ -392,6 +581,7 @@ def serve_workers(
     max_requests: int = 0,
     drain_timeout_s: float = 30.0,
     liveness: LivenessBounds | None = None,
+    worker_start: str = WORKER_STARTS[0],
 ) -> None:
     """Run the workers for a sidecar on `socket_path` until SIGTERM or SIGINT (the pod's
     r-scorer container). Raises BundleError if the bundle does not load, and
@@ -408,6 +598,7 @@ def serve_workers(
         max_requests=max_requests,
         liveness_file=socket_path.parent / LIVENESS_NAME,
         liveness=liveness,
+        worker_start=worker_start,
     )
     stop = threading.Event()
     # SIGTERM is caught before the workers start: a worker may connect and serve before

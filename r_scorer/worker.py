@@ -1,7 +1,9 @@
 """One R worker process: load the bundle once, then score requests from the sidecar.
 
-Run by the supervisor as `python -m r_scorer.worker ...` (a fresh interpreter, never a
-fork: rpy2 and R must start clean in each process). The worker reports "ready" or its
+Run by the supervisor as `python -m r_scorer.worker ...` (`--worker-start spawn`: a fresh
+interpreter that starts its own R), or forked from the zygote that loaded the bundle
+once (`--worker-start fork`, `r_scorer.zygote`, which calls `serve_loaded()` in each
+child). Either way the worker reports "ready" or its
 load error on a status pipe, connects to the sidecar's socket (retrying until the
 sidecar is there, and again if it goes away), checks with SO_PEERCRED that the listener
 runs as its own user (`r_scorer.peer`: never serves another user's socket), says hello,
@@ -53,13 +55,36 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     configure_json_logging()
     _die_with_parent(args.supervisor_pid)
+    try:
+        console, model, start_up = load_bundle(args.bundle, args.slot)
+    except LoadFailed as failed:
+        _report_status(args.status_fd, {"ready": False, "error": failed.error})
+        return EXIT_LOAD_FAILED
+    try:
+        return serve_loaded(args, model, start_up)
+    finally:
+        console.flush()  # a last line R left without its newline
+
+
+class LoadFailed(Exception):
+    """The bundle did not load; `error` is the status pipe's error object."""
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(error.get("message", ""))
+        self.error = error
+
+
+def load_bundle(bundle: str, slot: int) -> tuple[LogConsole, Any, dict[str, float]]:
+    """Start R in this process and load the bundle: (its console, the loaded model, the
+    seconds of each start-up phase). Raises LoadFailed with R's message. Shared by the
+    spawned worker and the zygote (`r_scorer.zygote`), which loads once for its forks."""
     began = time.perf_counter()  # R start-up counts rpy2's import: it loads libR
     from r_scorer.rmodel import load_model, route_console, start_r  # R: only in a worker
 
-    console = LogConsole(_r_log, {"bundle": Path(args.bundle).name, "slot": args.slot})
+    console = LogConsole(_r_log, {"bundle": Path(bundle).name, "slot": slot})
     try:
-        spec = read_bundle(args.bundle)
-        console = LogConsole(_r_log, {"bundle": spec.name, "slot": args.slot})
+        spec = read_bundle(bundle)
+        console = LogConsole(_r_log, {"bundle": spec.name, "slot": slot})
         route_console(console)  # before R starts: its own start-up output is logged too
         # Cold start by phase (the supervisor logs it once): R itself, the bundle's
         # declared packages, then the model (load_model finds R and the packages loaded).
@@ -68,19 +93,15 @@ def main(argv: list[str] | None = None) -> int:
         _load_packages(spec.packages)
         packages_loaded = time.perf_counter()
         model = load_model(spec)
-        start_up = {
-            "r_start_s": r_started - began,
-            "packages_s": packages_loaded - r_started,
-            "model_s": time.perf_counter() - packages_loaded,
-        }
     except ScoringError as exc:
         console.flush()
-        _report_status(args.status_fd, {"ready": False, "error": exc.to_json()["error"]})
-        return EXIT_LOAD_FAILED
-    try:
-        return _run(args, model, start_up)
-    finally:
-        console.flush()  # a last line R left without its newline
+        raise LoadFailed(exc.to_json()["error"]) from exc
+    start_up = {
+        "r_start_s": r_started - began,
+        "packages_s": packages_loaded - r_started,
+        "model_s": time.perf_counter() - packages_loaded,
+    }
+    return console, model, start_up
 
 
 def _load_packages(packages: tuple[str, ...]) -> None:
@@ -94,7 +115,10 @@ def _load_packages(packages: tuple[str, ...]) -> None:
         )
 
 
-def _run(args: argparse.Namespace, model: Any, start_up: dict[str, float]) -> int:
+def serve_loaded(args: argparse.Namespace, model: Any, start_up: dict[str, float]) -> int:
+    """Report ready on the status pipe, then serve the sidecar until recycled or drained
+    (the exit status). `args` needs socket, slot, of, generation, status_fd and
+    max_requests: a forked worker (`r_scorer.zygote`) builds them itself."""
     # Ctrl-C reaches the whole process group: the supervisor decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The watchdog relies on SIGALRM's default action (end the process): make sure no

@@ -7,6 +7,9 @@ lock and runs a bucket loop in Python on every update, four times per request. T
 exposition (names, types, buckets, `_created`) is the one prometheus_client gives for
 the same metrics. Values that are state (queue depth, in flight, workers, the
 concurrency integral) are read at scrape time too, so the hot path never touches them.
+The workers' memory (`rscore_worker_pss_bytes`, `rscore_worker_private_bytes` by slot)
+is what the scorer's supervisor last measured and wrote beside the workers' socket
+(`r_scorer.memory`): in a pod this container cannot see the workers' /proc.
 Every metric lives on the registry passed in; scrapes run on the same event loop.
 """
 
@@ -28,6 +31,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from r_scorer.memory import MEMORY_NAME, WorkerMemory, read_memory_file
 from r_scorer.pool import WorkerPool
 from sidecar.admission import Dispatcher
 
@@ -183,6 +187,38 @@ class _StateCollector(Collector):
             "allows.",
             value=dispatcher.max_batch_rows if batchable else 0,
         )
+        yield from self._memory_families()
+
+    def _memory_families(self) -> Iterator[GaugeMetricFamily]:
+        """Each connected worker's memory as last measured (an entry whose pid is no
+        longer the slot's worker is stale and left out), and the zygote's if forked."""
+        measured = read_memory_file(self._pool.socket_path.parent / MEMORY_NAME)
+        live = {(link.slot, link.pid) for link in self._pool.workers}
+        shown: list[tuple[str, WorkerMemory]] = []
+        for memory in measured:
+            if memory.slot < 0:
+                if live:  # the zygote the live workers were forked from
+                    shown.append(("zygote", memory))
+            elif (memory.slot, memory.pid) in live:
+                shown.append((str(memory.slot), memory))
+        pss = GaugeMetricFamily(
+            "rscore_worker_pss_bytes",
+            'Proportional set size of each R worker (slot; "zygote" is the parent forked '
+            "workers share): shared pages divided among their sharers, so the sum is what "
+            "the workers cost together.",
+            labels=["slot"],
+        )
+        private = GaugeMetricFamily(
+            "rscore_worker_private_bytes",
+            "Private bytes of each R worker (slot): the pages no other process maps, what "
+            "one more worker adds.",
+            labels=["slot"],
+        )
+        for label, memory in shown:
+            pss.add_metric([label], float(memory.pss_bytes))
+            private.add_metric([label], float(memory.private_bytes))
+        yield pss
+        yield private
 
     def describe(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         return iter(())  # values are read at scrape time only

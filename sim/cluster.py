@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 
 from sim.distributions import Delay
 
-__all__ = ["ROUTING", "ControllerSpec", "NodeAutoscaler", "NodeSpec", "PodSpec", "node_preset"]
+__all__ = [
+    "ROUTING",
+    "ControllerSpec",
+    "NodeAutoscaler",
+    "NodeSpec",
+    "PodSpec",
+    "node_preset",
+    "pods_that_fit",
+]
 
 ROUTING = ("random", "least_loaded")
 CA_SCALE_DOWN_DELAY_S = 600.0  # the Cluster Autoscaler's scale-down-unneeded-time
@@ -80,11 +88,13 @@ _PRESETS: dict[str, dict[str, object]] = {
     "cpu": {
         "price_per_hour": 0.192,
         "cpus": 4,
+        "memory_gib": 16.0,
         "provision_s": Delay("lognormal", 90.0, 0.2),
     },
     "gpu": {
         "price_per_hour": 1.006,
         "cpus": 4,
+        "memory_gib": 16.0,
         "pods_per_node": 1,  # one GPU, one pod
         "provision_s": Delay("lognormal", 240.0, 0.25),
     },
@@ -96,7 +106,11 @@ class NodeSpec:
     kind: str = "cpu"
     price_per_hour: float = 0.192
     cpus: int = 4
-    pods_per_node: int | None = None  # None: max(1, cpus // workers)
+    # Memory the node's pods may use, and what one pod needs (its R workers, measured as
+    # the sum of rscore_worker_pss_bytes, plus the sidecar): None, memory never limits.
+    memory_gib: float = 16.0
+    pod_memory_mib: float | None = None
+    pods_per_node: int | None = None  # None: min(by CPU, by memory), at least 1
     min_nodes: int = 0
     max_nodes: int = 100
     # None: each policy's own default (the Cluster Autoscaler's 600 s for the emulation
@@ -114,11 +128,28 @@ class NodeSpec:
             raise ValueError("nodes: 0 <= min_nodes <= max_nodes, max_nodes >= 1")
         if self.pods_per_node is not None and self.pods_per_node < 1:
             raise ValueError("nodes: pods_per_node >= 1")
+        if not self.memory_gib > 0 or (
+            self.pod_memory_mib is not None and not self.pod_memory_mib > 0
+        ):
+            raise ValueError("nodes: memory_gib > 0, pod_memory_mib > 0")
 
     def per_node(self, workers: int) -> int:
+        """Pods a node holds: as given, else as many as both its CPUs (one per worker)
+        and its memory allow, and at least one (a pod too big for any node is the
+        operator's to see, not the simulator's to refuse)."""
         if self.pods_per_node is not None:
             return self.pods_per_node
-        return max(1, self.cpus // workers)
+        return pods_that_fit(self.cpus, workers, self.memory_gib, self.pod_memory_mib)
+
+
+def pods_that_fit(cpus: int, workers: int, memory_gib: float, pod_memory_mib: float | None) -> int:
+    """min(pods by CPU, pods by memory), at least 1: a node of `cpus` and `memory_gib`
+    for pods of `workers` workers (one core each) needing `pod_memory_mib` each."""
+    by_cpu = cpus // workers
+    if pod_memory_mib is None:
+        return max(1, by_cpu)
+    by_memory = math.floor(memory_gib * 1024 / pod_memory_mib)
+    return max(1, min(by_cpu, by_memory))
 
 
 def node_preset(kind: str) -> dict[str, object]:
@@ -138,10 +169,13 @@ class ControllerSpec:
     # Unix time at t = 0: the forecast learns time of day and week from it. The default,
     # a Monday 00:00 UTC, suits any trace whose first second is a midnight.
     wall_start_s: float = 1_700_438_400.0
+    # Seconds of the trace before the run the controller has already seen: its demand
+    # profile is learned from them (sim.history), as a deployed controller keeps it.
+    history_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.interval_s > 0 or self.scrape_delay_s < 0:
-            raise ValueError("controller: interval_s > 0, scrape_delay_s >= 0")
+        if not self.interval_s > 0 or self.scrape_delay_s < 0 or self.history_s < 0:
+            raise ValueError("controller: interval_s > 0, scrape_delay_s >= 0, history_s >= 0")
 
 
 class NodeAutoscaler:

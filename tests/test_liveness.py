@@ -225,6 +225,9 @@ async def scorer(
         sys.executable, "-m", "rscore_cli", "scorer", str(bundle),
         "--socket-dir", str(socket_dir), "--workers", "1",
         "--no-worker-grace-s", str(grace_s),
+        # Spawned: these tests make a restart reload the bundle (a fork needs none;
+        # test_zygote has the fork version).
+        "--worker-start", "spawn",
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:

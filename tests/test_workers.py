@@ -1,7 +1,9 @@
 """R worker processes behind the worker protocol: real subprocesses, real R, a real socket.
 
 The supervisor starts workers; the pool (the sidecar's side) accepts them and sends
-requests. Workers are killed for real to show restarts and the callers' errors.
+requests. Workers are killed for real to show restarts and the callers' errors. The
+tests of what a worker does (answer, fail one request, crash, watchdog, recycle, drain)
+run with both ways of starting workers: forked from the zygote, and spawned.
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ score <- function(state, data) {
 """
 
 
+@pytest.fixture(params=["fork", "spawn"])
+def worker_start(request: pytest.FixtureRequest) -> str:
+    """Both ways of starting workers (`--worker-start`): each test runs with each."""
+    return str(request.param)
+
+
 @pytest.fixture
 def slow_bundle(tmp_path: Path) -> Path:
     bundle = tmp_path / "slow"
@@ -60,12 +68,22 @@ class Running:
 
 @contextlib.asynccontextmanager
 async def started(
-    bundle: Path, tmp_path: Path, workers: int, max_requests: int = 0
+    bundle: Path,
+    tmp_path: Path,
+    workers: int,
+    max_requests: int = 0,
+    worker_start: str = "fork",
 ) -> AsyncIterator[Running]:
     """A listening pool and a supervisor whose workers have all connected to it."""
     pool = WorkerPool(tmp_path / "sock" / SOCKET_NAME)
     await pool.start()
-    supervisor = Supervisor(bundle, pool.socket_path, workers=workers, max_requests=max_requests)
+    supervisor = Supervisor(
+        bundle,
+        pool.socket_path,
+        workers=workers,
+        max_requests=max_requests,
+        worker_start=worker_start,
+    )
     try:
         await asyncio.to_thread(supervisor.start)
         await asyncio.wait_for(pool.wait_for_workers(workers), 60)
@@ -80,8 +98,12 @@ async def score(pool: WorkerPool, rows: list[dict], timeout_s: float | None = No
         return (await link.score(frame_of(rows, pool), timeout_s)).predictions
 
 
-async def test_workers_answer_like_r_itself(test_bundles: Path, tmp_path: Path) -> None:
-    async with started(test_bundles / "glm-factors", tmp_path, workers=2) as running:
+async def test_workers_answer_like_r_itself(
+    test_bundles: Path, tmp_path: Path, worker_start: str
+) -> None:
+    async with started(
+        test_bundles / "glm-factors", tmp_path, workers=2, worker_start=worker_start
+    ) as running:
         assert running.pool.model is not None
         assert running.pool.model.prototype.columns[0].name == "wool"
         request = json.loads((test_bundles / "glm-factors" / "request.json").read_text())
@@ -97,9 +119,9 @@ async def test_workers_answer_like_r_itself(test_bundles: Path, tmp_path: Path) 
 
 
 async def test_model_error_answers_that_request_and_the_worker_serves_on(
-    slow_bundle: Path, tmp_path: Path
+    slow_bundle: Path, tmp_path: Path, worker_start: str
 ) -> None:
-    async with started(slow_bundle, tmp_path, workers=1) as running:
+    async with started(slow_bundle, tmp_path, 1, worker_start=worker_start) as running:
         with pytest.raises(ModelError, match="asked to fail"):
             await score(running.pool, [{"x": 1, "fail": True}])
         assert await score(running.pool, [{"x": 1.5}]) == [3.0]
@@ -107,9 +129,9 @@ async def test_model_error_answers_that_request_and_the_worker_serves_on(
 
 
 async def test_worker_killed_mid_call_is_restarted_and_its_caller_told(
-    slow_bundle: Path, tmp_path: Path
+    slow_bundle: Path, tmp_path: Path, worker_start: str
 ) -> None:
-    async with started(slow_bundle, tmp_path, workers=2) as running:
+    async with started(slow_bundle, tmp_path, 2, worker_start=worker_start) as running:
         pool = running.pool
         first, second = pool.workers
         doomed = asyncio.create_task(first.score(frame_of([{"x": 1, "sleep": 30}], pool)))
@@ -126,9 +148,9 @@ async def test_worker_killed_mid_call_is_restarted_and_its_caller_told(
 
 
 async def test_watchdog_ends_a_worker_stuck_past_its_deadline(
-    slow_bundle: Path, tmp_path: Path
+    slow_bundle: Path, tmp_path: Path, worker_start: str
 ) -> None:
-    async with started(slow_bundle, tmp_path, workers=1) as running:
+    async with started(slow_bundle, tmp_path, 1, worker_start=worker_start) as running:
         pool = running.pool
         (stuck,) = pool.workers
         with pytest.raises(WorkerCrashed):
@@ -139,8 +161,10 @@ async def test_watchdog_ends_a_worker_stuck_past_its_deadline(
         assert await score(pool, [{"x": 2}], timeout_s=5.0) == [4.0]
 
 
-async def test_workers_recycle_without_failing_a_request(slow_bundle: Path, tmp_path: Path) -> None:
-    async with started(slow_bundle, tmp_path, workers=1, max_requests=3) as running:
+async def test_workers_recycle_without_failing_a_request(
+    slow_bundle: Path, tmp_path: Path, worker_start: str
+) -> None:
+    async with started(slow_bundle, tmp_path, 1, 3, worker_start) as running:
         pids = set()
         for x in range(10):
             async with running.pool.acquire() as link:
@@ -152,9 +176,9 @@ async def test_workers_recycle_without_failing_a_request(slow_bundle: Path, tmp_
 
 
 async def test_a_caller_that_gives_up_does_not_free_a_busy_worker(
-    slow_bundle: Path, tmp_path: Path
+    slow_bundle: Path, tmp_path: Path, worker_start: str
 ) -> None:
-    async with started(slow_bundle, tmp_path, workers=1) as running:
+    async with started(slow_bundle, tmp_path, 1, worker_start=worker_start) as running:
         pool = running.pool
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(score(pool, [{"x": 1, "sleep": 0.6}]), 0.2)
@@ -163,9 +187,11 @@ async def test_a_caller_that_gives_up_does_not_free_a_busy_worker(
 
 
 async def test_a_bad_bundle_stops_the_supervisor_with_rs_message(
-    test_bundles: Path, tmp_path: Path
+    test_bundles: Path, tmp_path: Path, worker_start: str
 ) -> None:
-    supervisor = Supervisor(test_bundles / "bad-init-fails", tmp_path / "w.sock", workers=2)
+    supervisor = Supervisor(
+        test_bundles / "bad-init-fails", tmp_path / "w.sock", workers=2, worker_start=worker_start
+    )
     with pytest.raises(BundleError, match="cannot reach the feature store"):
         await asyncio.to_thread(supervisor.start)
     assert supervisor.pids == []
@@ -184,7 +210,7 @@ IRIS_ROW = {"Sepal.Length": 5.1, "Sepal.Width": 3.5, "Petal.Length": 1.4, "Petal
 
 @contextlib.asynccontextmanager
 async def scorer_process(
-    bundle: Path, tmp_path: Path, workers: int
+    bundle: Path, tmp_path: Path, workers: int, *flags: str
 ) -> AsyncIterator[tuple[WorkerPool, asyncio.subprocess.Process]]:
     """`rscore scorer` as a process, its workers dialling a pool in this test (the
     sidecar's side); killed at the end if still running."""
@@ -192,7 +218,7 @@ async def scorer_process(
     await pool.start()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "rscore_cli", "scorer", str(bundle),
-        "--socket-dir", str(tmp_path), "--workers", str(workers),
+        "--socket-dir", str(tmp_path), "--workers", str(workers), *flags,
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -224,9 +250,13 @@ SIGNALLED = b"signalled: workers serve until the sidecar hangs up"
 
 
 async def test_rscore_scorer_serves_after_sigterm_until_the_sidecar_hangs_up(
-    example_bundles: Path, tmp_path: Path
+    example_bundles: Path, tmp_path: Path, worker_start: str
 ) -> None:
-    async with scorer_process(example_bundles / "iris-rf", tmp_path, 2) as (pool, process):
+    flags = ("--worker-start", worker_start)
+    async with scorer_process(example_bundles / "iris-rf", tmp_path, 2, *flags) as (
+        pool,
+        process,
+    ):
         await asyncio.wait_for(pool.wait_for_workers(2), 60)
         assert await asyncio.wait_for(score(pool, [IRIS_ROW]), 30) == ["setosa"]
         process.send_signal(signal.SIGTERM)
@@ -242,12 +272,16 @@ async def test_rscore_scorer_serves_after_sigterm_until_the_sidecar_hangs_up(
 
 
 async def test_rscore_scorer_signalled_while_workers_start_still_drains(
-    example_bundles: Path, tmp_path: Path
+    example_bundles: Path, tmp_path: Path, worker_start: str
 ) -> None:
     """SIGTERM as soon as the first worker is serving, while the others may still load:
     the connected worker keeps serving until the sidecar hangs up, then all exit cleanly.
     (A worker not yet connected when the drain begins has nothing to serve and exits.)"""
-    async with scorer_process(example_bundles / "iris-rf", tmp_path, 2) as (pool, process):
+    flags = ("--worker-start", worker_start)
+    async with scorer_process(example_bundles / "iris-rf", tmp_path, 2, *flags) as (
+        pool,
+        process,
+    ):
         await asyncio.wait_for(pool.wait_for_workers(1), 60)
         process.send_signal(signal.SIGTERM)
         await stderr_until(process, SIGNALLED)  # honoured once the load is done
@@ -278,7 +312,8 @@ async def test_the_monitor_survives_a_failed_restart_and_tries_again(
     """A restart that raises (here: the interpreter is gone, as EMFILE or a vanished file
     would make it) used to end the monitor thread, and with it every later restart. It
     is logged, backed off and tried again; once spawning works, the worker is back."""
-    async with started(slow_bundle, tmp_path, workers=1) as running:
+    # Spawned workers: a forked restart does not start an interpreter.
+    async with started(slow_bundle, tmp_path, 1, worker_start="spawn") as running:
         pool, supervisor = running.pool, running.supervisor
         python = supervisor.python
         supervisor.python = str(tmp_path / "no-such-python")
