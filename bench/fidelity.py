@@ -1,15 +1,18 @@
 """`make bench-fidelity`: the simulator's error against a real pod, for the docs.
 
     python -m bench.fidelity [--duration-s 15] [--levels 0.3,0.6,0.9] [--out DIR] [--no-write]
+                             [--bundles mtcars-lm,iris-rf] [--workloads poisson,twitter]
 
 Runs `rscore sim validate` for the example lm (examples/build/mtcars-lm) and
 randomForest (examples/build/iris-rf) bundles, each under a Poisson and a trace
 workload (examples/scenarios/validate/poisson.toml and twitter.toml), at 30, 60 and
-90 % of the pod's measured capacity, and tabulates the simulated against the real p50,
+90 % of the pod's measured capacity (open loop), and tabulates the simulated against the real p50,
 p99 and 429 + 504 rate with their errors (latencies sim / real - 1, failures in
 points), against the issue's goal: p50 and p99 within 10 % (5 % the aim), failures
-within a point. Prints the report and writes it to docs/benchmarks.md (section
-`fidelity`) unless `--no-write`.
+within a point; then each run's calibration and, per level, what the pod did (requests
+per R call, real and simulated; the CPU of the sidecar, the workers and the client; the
+other processes' runnable threads). Prints the report and writes it to
+docs/benchmarks.md (section `fidelity`) unless `--no-write`.
 
 Each validation is a process of its own (`python -m rscore_cli sim validate`), bounded
 in time; with the default 15 s per level the whole run takes about 8 minutes (7.3 at
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import tempfile
@@ -35,6 +39,7 @@ SCENARIOS = {
     "Poisson": ROOT / "examples" / "scenarios" / "validate" / "poisson.toml",
     "trace (Twitter)": ROOT / "examples" / "scenarios" / "validate" / "twitter.toml",
 }
+WORKLOADS = {"poisson": "Poisson", "twitter": "trace (Twitter)"}  # --workloads' names
 GOAL, AIM, FAILURE_POINTS = 0.10, 0.05, 1.0
 VALIDATE_BOUND_S = 300.0  # one validation at 20 s per level takes about two minutes
 
@@ -76,14 +81,17 @@ def render(
     lines = [
         "## Simulator fidelity (`make bench-fidelity`)",
         "",
-        f"Machine: {machine()}.",
+        f"Machine: {machine()}; load average {args.load:.1f} at the start.",
         "",
         '`rscore sim validate` (docs/simulator.md, "Validation") against a real `rscore '
         "serve` of each bundle (its default 2 workers, queue 128 per worker, 5 s timeout, "
         f"batches up to 256 rows) on 127.0.0.1: {args.duration_s:g} s of each workload at "
-        "each share of the pod's measured capacity (closed-loop saturation throughput), "
-        "replayed open-loop by a client in its own process, and the same send times "
-        "simulated with the measured service times and the calibrated sidecar. Latencies "
+        "each share of the pod's measured capacity (the highest Poisson rate it sustains "
+        "open loop), replayed open-loop by a client in its own process, and the same send "
+        "times simulated with the measured service times and the calibrated sidecar (its "
+        "CPU per request and per R call, the workers waiting for it to read their replies, "
+        "the cores shared with the client and the machine's other runnable threads). "
+        "Latencies "
         "are of the answered requests (ms); err = sim / real - 1; failures are 429 + 504 "
         "as a share of all requests, their error in points. met: `aim` within 5 %, `goal` "
         "within 10 % (p50 and p99) and a point (failures), else `no`. `no model`: the "
@@ -107,19 +115,37 @@ def render(
             )
     lines += ["", "Calibration of each run (validate.json's `calibration`):", ""]
     lines += [
-        "| bundle | workload | capacity req/s | sidecar ms/request | wake-up ms | HTTP path ms "
-        "| cores (fitted) | cores left by others | client lag p99 ms (0.9) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| bundle | workload | capacity req/s (open loop) | closed loop req/s "
+        "| sidecar ms/request | sidecar ms/R call | HTTP path ms | cores left at saturation |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for bundle, workload, document in results:
         c = document["calibration"]
-        cores = "unshared" if c["cores"] is None else f"{c['cores']:.2f}"
-        lag = document["levels"][-1]["client"]["lag_p99_s"]
         lines.append(
-            f"| {bundle} | {workload} | {c['capacity_rps']:.0f} | {1e3 * c['sidecar_s']:.3f} "
-            f"| {1e3 * c['sidecar_wake_s']:.3f} | {1e3 * c['http_s']:.3f} | {cores} "
-            f"| {c['cores_left']:.2f} | {_ms(lag)} |"
+            f"| {bundle} | {workload} | {c['capacity_rps']:.0f} | {c['closed_loop_rps']:.0f} "
+            f"| {1e3 * c['sidecar_s']:.3f} | {1e3 * c['sidecar_call_s']:.3f} "
+            f"| {1e3 * c['http_s']:.3f} | {c['cores_left']:.2f} |"
         )
+    lines += [
+        "",
+        "What the pod did at each level (validate.json's `batches`, `pod_cpu`, `client`):",
+        "",
+    ]
+    lines += [
+        "| bundle | workload | level | requests per R call, real | sim | sidecar cores "
+        "| workers cores | client cores | other runnable threads | client lag p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for bundle, workload, document in results:
+        for entry in document["levels"]:
+            b, cpu = entry["batches"], entry["pod_cpu"]
+            lines.append(
+                f"| {bundle} | {workload} | {entry['level']:g} "
+                f"| {b['real_requests_per_call']:.2f} | {b['sim_requests_per_call']:.2f} "
+                f"| {cpu['sidecar_cores']:.2f} | {cpu['workers_cores']:.2f} "
+                f"| {cpu['client_cores']:.2f} | {cpu['background_threads']:.2f} "
+                f"| {_ms(entry['client']['lag_p99_s'])} |"
+            )
     met = [_met(e) for _, _, d in results for e in d["levels"]]
     lines += [
         "",
@@ -128,8 +154,8 @@ def render(
         *(["", note] if note else []),
         "",
         f'Command: `make bench-fidelity BENCH_ARGS="--duration-s {args.duration_s:g}"` '
-        "(about 8 minutes at the default 15 s per level). A machine busy with other work "
-        "shows in the real numbers (client send lag, `cores left by others`): rerun on a "
+        "(about 10 minutes at the default 15 s per level). A machine busy with other work "
+        "shows in the real numbers (client send lag, other runnable threads): rerun on a "
         "quiet one.",
     ]
     return "\n".join(lines)
@@ -141,13 +167,20 @@ def main() -> int:
     parser.add_argument("--levels", default="0.3,0.6,0.9")
     parser.add_argument("--out", type=Path, default=None, help="keep each run's files here")
     parser.add_argument("--no-write", action="store_true", help="leave docs/ as it is")
+    parser.add_argument("--bundles", default=",".join(BUNDLES), help="example bundles to run")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS),
+                        help=f"of {', '.join(WORKLOADS)}")  # fmt: skip
     args = parser.parse_args()
+    args.load = os.getloadavg()[0]
+    bundles = [b for b in args.bundles.split(",") if b]
+    workloads = [WORKLOADS[w] for w in args.workloads.split(",") if w]
     with tempfile.TemporaryDirectory(prefix="rscore-fidelity-") as scratch:
         out = args.out or Path(scratch)
         results = []
         try:
-            for bundle in BUNDLES:
-                for workload, scenario in SCENARIOS.items():
+            for bundle in bundles:
+                for workload in workloads:
+                    scenario = SCENARIOS[workload]
                     folder = out / f"{bundle}-{scenario.stem}"
                     print(f"== {bundle}, {workload}", flush=True)
                     document = validate(

@@ -7,16 +7,21 @@ Steps (docs/simulator.md, "Validation", says why each is there):
 1. measure the bundle's calls on one R worker, as `rscore sim measure` does;
 2. start the pod (`rscore serve BUNDLE --auth none`, its default workers, the scenario's
    queue bound, timeout and batching) and the echo server, on 127.0.0.1;
-3. its capacity: the closed-loop saturation throughput (concurrency doubled from the
-   worker count until the answers per second stop growing by 5 %), and the CPU the
-   sidecar, the workers and everyone else spent meanwhile (the sidecar's seconds per
-   request, the cores left to the pod);
-4. a low-load run: the HTTP path's fixed time (the real median beyond the simulated);
+3. the closed-loop saturation throughput (concurrency doubled from the worker count
+   until the answers per second stop growing by 5 %), and at each step the sidecar's
+   CPU, answers and R calls (from the pod's rscore_batch_rows histogram);
+4. a low-load run: one request per R call, which with the sweep separates the
+   sidecar's CPU per request from its CPU per call (the fit); then the pod's capacity,
+   open loop (the highest Poisson rate it sustains: every request answered, p99 under
+   the timeout), by bisection below the closed-loop throughput; and the HTTP path's
+   fixed time (the low-load real median beyond the simulated);
 5. per level: the scenario's workload scaled to `level x capacity` for `--duration-s`,
    replayed open-loop by a client in its own process (rscore_cli/replay_client.py),
-   first against the echo server (the client's floor), then against the pod; the very
-   send times the pod saw are simulated (one pod, its settings, the measured service,
-   the calibrated sidecar; and, for comparison, without the sidecar model);
+   first against the echo server (the client's floor), then, after half a second in
+   which the runnable threads of other processes are counted, against the pod; the
+   very send times the pod saw are simulated (one pod, its settings, the measured
+   service, the calibrated sidecar sharing the cores with those threads and the
+   client; and, for comparison, without the sidecar model);
 6. write validate.json, validate.png (real vs simulated latency CDF per level),
    calibrated.toml (the [service] and [pods] keys to paste into a scenario) and print
    the table.
@@ -29,6 +34,7 @@ sim/validate.py. Loads only 127.0.0.1 and leaves no process behind.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,11 +58,14 @@ __all__ = ["validate"]
 
 CAPACITY_STEP_S = 2.0  # each concurrency of the saturation sweep
 CAPACITY_GAIN = 0.05  # the sweep stops when doubling the concurrency gains less than this
+CAPACITY_PROBES = 5  # open-loop bisection steps: the capacity within 1/32 of the range
+CAPACITY_GROWTH, CAPACITY_GROWTH_STEPS = 1.5, 3  # above the closed loop, while sustained
 WARMUP_S = 1.0
 LOW_LOAD_SHARE = 0.05  # the calibration run's rate, a share of capacity ...
 LOW_LOAD_REQUESTS = 300  # ... for this many requests (at most LOW_LOAD_MAX_S seconds)
 LOW_LOAD_MAX_S = 20.0
 IDLE_S = 1.0  # the pod's CPU with no request, measured for this long
+QUIET_S = 0.5  # before each run: what the machine's other work keeps busy meanwhile
 FLOOR_S = 5.0  # each level's schedule replayed against the echo server for this long
 MAX_CONNECTIONS = 256  # connections the client opens beforehand (more on demand)
 CLIENT = (
@@ -106,8 +115,8 @@ def validate(
     Writes validate.json, validate.png and calibrated.toml into --out and prints the
     simulator's error per load level (docs/simulator.md, "Validation").
     """
+    from r_scorer.timing import MeasureError
     from rscore_cli.real_pod import PodError
-    from sim.measure import MeasureError
     from sim.scenario import ScenarioError, load_scenario
 
     try:
@@ -126,18 +135,16 @@ def validate(
 
     calibration = document["calibration"]
     click.echo(
-        f"{document['workload']}; capacity {calibration['capacity_rps']:.0f} req/s; "
+        f"{document['workload']}; capacity {calibration['capacity_rps']:.0f} req/s open loop "
+        f"({calibration['closed_loop_rps']:.0f} closed loop); "
         f"sidecar {1e3 * calibration['sidecar_s']:.3f} ms/request "
-        f"(+{1e3 * calibration['sidecar_wake_s']:.3f} ms per wake-up), "
-        f"HTTP path {1e3 * calibration['http_s']:.3f} ms, cores {_cores(calibration['cores'])} "
-        f"({calibration['cores_left']:.2f} left by other processes)"
+        f"+ {1e3 * calibration['sidecar_call_s']:.3f} ms/R call, "
+        f"HTTP path {1e3 * calibration['http_s']:.3f} ms, "
+        f"{calibration['cores_left']:.2f} of {calibration['usable_cores']:g} cores left to "
+        "the pod at saturation (each level: its own, measured)"
     )
     click.echo(table(document["levels"]))
     click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)
-
-
-def _cores(cores: float | None) -> str:
-    return "unshared" if cores is None else f"{cores:.2f}"
 
 
 def _say(message: str) -> None:
@@ -203,8 +210,9 @@ class _Level:
 def run_validation(ask: _Ask, say: Callable[[str], None]) -> tuple[dict[str, Any], list[_Level]]:
     """Everything but writing the files: validate.json's document and the curves."""
     from r_scorer.cores import detect_usable_cores
+    from r_scorer.timing import measure_bundle
     from rscore_cli.real_pod import Rig
-    from sim.measure import fit_measurement, measure_bundle, simulator_keys, write_results
+    from sim.measure import fit_measurement, simulator_keys, write_results
     from sim.service import ServiceSpec
     from sim.validate import PodSettings
     from sim.workload import describe
@@ -293,30 +301,43 @@ def _body(columns: dict[str, list[Any]], rows: int) -> str:
     return orjson.dumps({"dataframe_split": {"columns": names, "data": data}}).decode()
 
 
-def _calibrate(pod: _Pod) -> tuple[Calibration, list[dict[str, float]]]:
-    """Capacity and the sidecar's share at saturation, then the HTTP path at low load."""
+def _calibrate(pod: _Pod) -> tuple[Calibration, dict[str, list[dict[str, float]]]]:
+    """Capacity, and the sidecar's CPU per request and per R call, from the saturation
+    sweep and a low-load run; then the HTTP path's fixed time, at low load."""
     import numpy as np
 
     from sim.validate import (
         Calibration,
+        LoopSample,
+        competing_threads,
         cores_left,
-        fit_cores,
+        fit_sidecar,
         http_seconds,
         run_stats,
-        sidecar_seconds,
+        sidecar_model,
         simulate,
         validation_pods,
-        wake_seconds,
     )
 
     settings, say = pod.settings, pod.say
     pod.closed(2 * settings.workers, WARMUP_S)
+    idle = pod.rig.idle_cpu(IDLE_S)
+    idle_rate = idle.sidecar_s / idle.at if idle.at > 0 else 0.0  # its timers
+
+    def sample(run: ClientRun) -> LoopSample:
+        return LoopSample(run.cpu.sidecar_s - idle_rate * run.cpu.at, run.replied, run.cpu.calls)
+
     ceiling = settings.max_queue * settings.workers + settings.workers
-    concurrency, best, sweep = settings.workers, None, []
+    concurrency, best, sweep, samples = settings.workers, None, [], []
     while True:
         run = pod.closed(concurrency, CAPACITY_STEP_S)
         throughput = run.answered / run.cpu.at
-        sweep.append({"concurrency": concurrency, "answers_per_s": throughput})
+        samples.append(sample(run))
+        sweep.append({
+            "concurrency": concurrency, "answers_per_s": throughput,
+            "requests_per_call": run.replied / max(1, run.cpu.calls),
+            "sidecar_ms_per_request": 1e3 * samples[-1].cpu_s / max(1, run.replied),
+        })  # fmt: skip
         say(f"capacity: {concurrency} concurrent requests: {throughput:.0f} answers/s")
         gained = best is None or throughput > best[0] * (1 + CAPACITY_GAIN)
         if best is None or throughput > best[0]:
@@ -324,35 +345,71 @@ def _calibrate(pod: _Pod) -> tuple[Calibration, list[dict[str, float]]]:
         if not gained or concurrency * 2 > min(ceiling, MAX_CONNECTIONS):
             break
         concurrency *= 2
-    capacity, saturated = best
-    cpu = saturated.cpu
+    closed_capacity, saturated = best
     usable = float(len(os.sched_getaffinity(0)))
-    sidecar_s = sidecar_seconds(cpu.sidecar_s, saturated.answered)
-    left = cores_left(usable, cpu.machine_s, cpu.sidecar_s + cpu.workers_s, cpu.at)
-    # Low load: every turn wakes the loop; the pod's fixed costs alone.
-    idle = pod.rig.idle_cpu(IDLE_S)
-    rate = LOW_LOAD_SHARE * capacity
+    left = cores_left(usable, saturated.cpu.others_s, saturated.cpu.at)
+    # Low load: calls of one request each (what separates the per-call cost), and the
+    # pod's fixed costs alone.
+    rate = LOW_LOAD_SHARE * closed_capacity
     count = int(min(LOW_LOAD_REQUESTS, rate * LOW_LOAD_MAX_S)) or 1
     offsets = np.cumsum(np.random.default_rng(pod.seed).exponential(1 / rate, count)).tolist()
     say(f"low load: {count} requests at {rate:.0f} req/s ...")
     low = pod.replay("pod", offsets, settings.workers * 2)
     if low.answered == 0:
         raise ValueError("no request of the low-load run was answered (see logs/pod.log)")
-    wake_s = wake_seconds(
-        low.cpu.sidecar_s, idle.sidecar_s / idle.at, low.cpu.at, low.answered, sidecar_s
-    )
-    first = Calibration(capacity, sidecar_s, wake_s, None, 0.0, left)
-    say("fitting the cores the simulated pod shares to its capacity ...")
-    cores = fit_cores(
-        capacity, pod.service, validation_pods(settings, first), rows=pod.rows, seed=pod.seed
-    )
-    fitted = dataclasses.replace(first, cores=cores)
-    pods = validation_pods(settings, fitted)
-    simulated = run_stats(simulate(low.sent, pod.service, pods, rows=pod.rows, seed=pod.seed))
+    samples.append(sample(low))
+    request_s, call_s = fit_sidecar(samples)
+    capacity, probes = _open_loop_capacity(pod, rate, closed_capacity)
+    first = Calibration(capacity, closed_capacity, request_s, call_s, 0.0, left, usable)
+    others = competing_threads(low.background, low.client_wanting_s, low.cpu.at)
+    simulated = run_stats(simulate(
+        low.sent, pod.service, validation_pods(settings), rows=pod.rows, seed=pod.seed,
+        sidecar=sidecar_model(first, others),
+    ))  # fmt: skip
     assert simulated.p50_s is not None
     real_median = float(np.median(low.latencies()))
-    calibration = dataclasses.replace(fitted, http_s=http_seconds(real_median, simulated.p50_s))
-    return calibration, sweep
+    calibration = dataclasses.replace(first, http_s=http_seconds(real_median, simulated.p50_s))
+    return calibration, {"closed_loop": sweep, "open_loop": probes}
+
+
+def _open_loop_capacity(pod: _Pod, low: float, high: float) -> tuple[float, list[dict[str, float]]]:
+    """The highest Poisson rate the pod sustains open loop: every request answered 200
+    and the p99 under the timeout over CAPACITY_STEP_S. Bisection between `low` (the
+    low-load rate, sustained) and `high` (the closed-loop saturation throughput, where
+    a full queue makes batches as large as they get: more than an open loop sees), in
+    CAPACITY_PROBES steps; when `high` is sustained (a sweep cut short by a noisy
+    step), `high` grows by CAPACITY_GROWTH until it is not (at most
+    CAPACITY_GROWTH_STEPS times, then the last sustained rate is the answer)."""
+    import numpy as np
+
+    rng = np.random.default_rng(pod.seed)
+    probes: list[dict[str, float]] = []
+
+    def sustained(rate: float) -> bool:
+        count = max(1, round(rate * CAPACITY_STEP_S))
+        offsets = np.sort(rng.random(count) * CAPACITY_STEP_S).tolist()
+        run = pod.replay("pod", offsets, pod.connections)
+        p99 = _quantile(run.latencies(), 0.99) or math.inf
+        ok = run.answered == count and p99 < pod.settings.request_timeout_s
+        probes.append({"rate_rps": rate, "p99_s": p99, "answered": run.answered / count})
+        pod.say(f"capacity (open loop): {rate:.0f} req/s: p99 {1e3 * p99:.1f} ms, "
+                f"{'sustained' if ok else 'not sustained'}")  # fmt: skip
+        return ok
+
+    for _ in range(CAPACITY_GROWTH_STEPS):
+        # The closed loop stopped short (a noisy step ends its sweep): look above it.
+        if not sustained(high):
+            break
+        low, high = high, high * CAPACITY_GROWTH
+    else:
+        return low, probes
+    for _ in range(CAPACITY_PROBES):
+        middle = (low + high) / 2
+        if sustained(middle):
+            low = middle
+        else:
+            high = middle
+    return low, probes
 
 
 def _level(
@@ -360,12 +417,16 @@ def _level(
 ) -> tuple[dict[str, Any], _Level]:
     import numpy as np
 
+    from sim.sidecar import SidecarModel
     from sim.validate import (
+        competing_threads,
+        cores_left,
         errors,
         level_entry,
         real_stats,
         run_stats,
         schedule,
+        sidecar_model,
         simulate,
         validation_pods,
     )
@@ -375,11 +436,16 @@ def _level(
     offsets = times.tolist()
     pod.say(f"level {level:g}: {len(offsets)} requests in {duration_s:g} s (mean {rate:.0f}/s)")
     floor = pod.replay("echo", [t for t in offsets if t < FLOOR_S], pod.connections)
+    quiet, before = pod.rig.quiet(QUIET_S)
     run = pod.replay("pod", offsets, pod.connections)
-    simulated = simulate(run.sent, pod.service, validation_pods(pod.settings, calibration),
-                         rows=pod.rows, seed=pod.seed)  # fmt: skip
-    bare = simulate(run.sent, pod.service, validation_pods(pod.settings, None), rows=pod.rows,
-                    seed=pod.seed)  # fmt: skip
+    # What else wanted the cores in this run: the machine's other runnable threads and
+    # the client, counted over the run itself: measured, not fitted.
+    others = competing_threads(run.background, run.client_wanting_s, run.cpu.at)
+    pods = validation_pods(pod.settings)
+    simulated = simulate(run.sent, pod.service, pods, rows=pod.rows, seed=pod.seed,
+                         sidecar=sidecar_model(calibration, others))  # fmt: skip
+    bare = simulate(run.sent, pod.service, pods, rows=pod.rows, seed=pod.seed,
+                    sidecar=SidecarModel())  # fmt: skip
     np.savez_compressed(
         pod.runs_dir / f"level-{level:g}.npz",
         scheduled=run.scheduled, sent=run.sent, done=run.done, status=run.status,
@@ -405,10 +471,32 @@ def _level(
         "echo_p99_s": _quantile(floor.latencies(), 0.99),
         "echo_lag_p99_s": _quantile(floor.lag(), 0.99),
     }
+    at = run.cpu.at if run.cpu.at > 0 else math.nan
     entry["pod_cpu"] = {
-        "sidecar_s_per_request": run.cpu.sidecar_s / max(1, run.answered),
-        "workers_s_per_request": run.cpu.workers_s / max(1, run.answered),
-        "machine_busy_cores": run.cpu.machine_s / run.cpu.at if run.cpu.at > 0 else None,
+        "sidecar_s_per_request": run.cpu.sidecar_s / max(1, run.replied),
+        "workers_s_per_request": run.cpu.workers_s / max(1, run.replied),
+        "sidecar_cores": run.cpu.sidecar_s / at,
+        "workers_cores": run.cpu.workers_s / at,
+        "client_cores": run.client_cpu_s / at,
+        "others_cores": run.cpu.others_s / at,  # the client among them
+        "machine_busy_cores": run.cpu.machine_s / at,
+        "cores_left": cores_left(calibration.usable_cores, run.cpu.others_s, run.cpu.at),
+        "quiet_others_cores": quiet.others_s / quiet.at if quiet.at > 0 else None,
+        "background_threads": run.background,
+        "background_threads_before": before,  # counted with the pod idle, just before
+        "competing_threads": others,
+        # The pod's threads: how many were runnable on average, and the speed they ran
+        # at meanwhile (CPU over runnable time: 1 when none ever waited for a core).
+        "pod_threads_runnable": run.cpu.pod_wanting_s / at,
+        "pod_speed": (run.cpu.sidecar_s + run.cpu.workers_s) / run.cpu.pod_wanting_s
+        if run.cpu.pod_wanting_s > 0
+        else None,
+    }
+    entry["batches"] = {
+        "real_calls": run.cpu.calls,
+        "real_requests_per_call": run.replied / max(1, run.cpu.calls),
+        "sim_calls": simulated.calls,
+        "sim_requests_per_call": simulated.served / max(1, simulated.calls),
     }
     return entry, _Level(level, run.latencies(), simulated.latencies, bare.latencies)
 
@@ -444,10 +532,12 @@ def _write(document: dict[str, Any], curves: list[_Level], out_dir: Path) -> lis
         f"max_queue = {document['pod']['max_queue']}\n"
         f"request_timeout_s = {document['pod']['request_timeout_s']!r}\n"
         f"max_batch_rows = {document['pod']['max_batch_rows']}\n"
-        f"sidecar_s = {calibration['sidecar_s']!r}\n"
-        f"sidecar_wake_s = {calibration['sidecar_wake_s']!r}\n"
+        "# sidecar_s: per request plus one R call's (a scenario has no per-call cost yet:\n"
+        f"# validate fitted {calibration['sidecar_s']!r} s per request and\n"
+        f"# {calibration['sidecar_call_s']!r} s per call); cores: left at saturation.\n"
+        f"sidecar_s = {calibration['sidecar_s'] + calibration['sidecar_call_s']!r}\n"
         f"http_s = {calibration['http_s']!r}\n"
-        + ("" if calibration["cores"] is None else f"cores = {calibration['cores']!r}\n")
+        f"cores = {calibration['cores_left']!r}\n"
     )
     plot = plot_validate(
         [(f"{c.level:g} x capacity", c.real, c.sim, c.bare) for c in curves],

@@ -1,6 +1,6 @@
 """The discrete-event loop: arrivals, pods with worker slots and queues, nodes, ticks.
 
-One heap of tuple events `(time, kind, a, b)`; arrivals are not pushed on it but
+One heap of tuple events `(time, kind, sequence, a, b)`; arrivals are not pushed on it but
 merged in from sorted numpy blocks, which halves the heap traffic. Per-pod state lives in
 flat lists indexed by pod id, random numbers are drawn in numpy blocks, and the hot path
 (arrival, completion) is inline in `Engine.run`; everything rare (ticks, pod and node
@@ -20,11 +20,13 @@ restarts (`model_load_s`) before it takes the next request.
 With batching, a worker that takes the head of the queue takes the waiting requests
 behind it too, up to `max_batch_rows` rows; the call costs `a + c * rows`.
 
-When the pods' spec asks (`PodSpec.models_sidecar`: `rscore sim validate` measures it),
-requests also pass the sidecar's event loop (sim.sidecar): admission waits for the
-loop's first turn (an ADMIT event), an answer leaves after its second turn and the HTTP
-path, and calls and turns share the pod's cores. Those requests take the methods below
-(`through_loop`, `loop_admit`, `answer_calls`), never the inline hot path.
+When the pods' spec asks (`PodSpec.models_sidecar`), or the caller hands a
+`sim.sidecar.SidecarModel` (`rscore sim validate` measures one), requests also pass the
+sidecar's event loop: admission waits for the loop's first turn (an ADMIT event), a
+call's reply waits for the loop to read it before its worker takes the next call (a
+REPLY event), an answer leaves after its second turn and the HTTP path, and calls and
+turns share the pod's cores. Those requests take the methods below (`through_loop`,
+`loop_admit`, `answer_calls`, `next_call`), never the inline hot path.
 
 Concurrency per pod is kept as the exact integral of (queued + in flight), which is what
 `rscore_concurrency_seconds_total` exports: sum of finished sojourns plus, for requests
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import gc
 import heapq
+import itertools
 import math
 import time
 from array import array
@@ -52,17 +55,21 @@ import numpy as np
 from sim.cluster import ControllerSpec, NodeAutoscaler, NodeSpec, PodSpec
 from sim.distributions import BLOCK, Streams
 from sim.service import ServiceSpec
-from sim.sidecar import core_share, loop_turn
+from sim.sidecar import SidecarModel, core_share, loop_turn
 
 if TYPE_CHECKING:
     from sim.scenario import Scenario
 
 __all__ = ["ClusterView", "Controller", "Engine", "PodView", "RunResult"]
 
-# Event kinds. Ties at one instant are resolved by kind, then by the payload (pod ids,
-# arrival times): never two events of one kind with equal payloads at one instant, so
-# the order is total and deterministic without a sequence number.
-DONE1, DONEB, TICK, APPLY, POD_READY, NODE_READY, SAMPLE, END, KILLED, BACK, ADMIT = range(11)
+# Event kinds. Ties at one instant are resolved by kind, then by a sequence number (the
+# order they were pushed in; the hot loop's calls take minus their count instead): the
+# order is total and deterministic, and never compares payloads. Kinds after END concern
+# one pod's requests (`pod_event`); those from TICK to SAMPLE, the cluster
+# (`cluster_event`).
+DONE1, DONEB, TICK, APPLY, POD_READY, NODE_READY, SAMPLE, END, KILLED, BACK, ADMIT, REPLY = range(
+    12
+)
 # Pod states.
 PENDING, STARTING, READY, DRAINING, GONE = range(5)
 # Node states.
@@ -135,6 +142,7 @@ class RunResult:
     arrivals_per_sample: np.ndarray  # arrivals in each SAMPLE_S bucket
     decisions: list[tuple[float, int, int | None]] = field(default_factory=list)
     worker_restarts: int = 0  # worker processes ended by the watchdog
+    calls: int = 0  # R calls started (requests served less those that joined another's)
 
 
 class Engine:
@@ -154,6 +162,7 @@ class Engine:
         rows: int = 1,
         progress: Callable[[float], None] | None = None,
         sample_s: float = SAMPLE_S,
+        sidecar: SidecarModel | None = None,
     ) -> None:
         self.arrivals = arrivals
         self.duration_s = duration_s
@@ -168,7 +177,8 @@ class Engine:
         self.sample_s = sample_s  # SAMPLE_S for the time series; longer when none is wanted
         self.per_node = nodes.per_node(pods.workers)
         self.node_scaler = NodeAutoscaler(nodes, self.per_node)
-        self.heap: list[tuple[Any, ...]] = []  # (time, event kind, payload...)
+        self.heap: list[tuple[Any, ...]] = []  # (time, event kind, sequence, payload...)
+        self.seq = itertools.count()  # ties of time and kind: first pushed, first out
         # Per-pod state, indexed by pod id.
         self.p_state: list[int] = []
         self.p_node: list[int] = []
@@ -182,10 +192,11 @@ class Engine:
         self.p_srv: list[int] = []  # requests whose call started on it
         self.p_merged: list[int] = []  # of those, requests that joined another's call
         self.p_ready_at: list[float] = []
-        # The sidecar model (PodSpec.models_sidecar, sim.sidecar): when each pod's event
-        # loop is next free, and the latest answer it gave (answers leave the loops out of
-        # time order across pods).
-        self.sidecar = pods.models_sidecar
+        # The sidecar model (sim.sidecar; the pods' keys unless given): when each pod's
+        # event loop is next free, and the latest answer it gave (answers leave the loops
+        # out of time order across pods).
+        self.loop_model = SidecarModel.of_pods(pods) if sidecar is None else sidecar
+        self.sidecar = self.loop_model.on
         self.p_loop: list[float] = []
         self.latest_answer = 0.0
         self.ready: list[int] = []  # ready pods, in the order they became ready
@@ -221,6 +232,7 @@ class Engine:
         self._sbuf: list[float] = []
         self._si = 0
         self.restarts = 0  # worker processes ended by the watchdog
+        self.ending = False  # past duration_s: the run stops once nothing is inside
         # Arrivals per SAMPLE_S bucket (the last bucket also takes any arrival beyond).
         buckets = math.ceil(duration_s / max(SAMPLE_S, sample_s)) + 1
         self.arrivals_hist = np.zeros(buckets, dtype=np.int64)
@@ -228,7 +240,7 @@ class Engine:
     # ---- small helpers used off the hot path -------------------------------------------
 
     def push(self, t: float, kind: int, a: object = None, b: object = None) -> None:
-        heapq.heappush(self.heap, (t, kind, a, b))
+        heapq.heappush(self.heap, (t, kind, next(self.seq), a, b))
 
     def draw_service(self) -> float:
         """One one-call service time (rare paths; the hot loop has its own buffer)."""
@@ -279,7 +291,8 @@ class Engine:
         self.extra_wait += sum(t - a for a in members)
         s = self.call_time(self.draw_service(), len(members))
         if self.sidecar:  # R shares the pod's cores with the other calls and the loop
-            s /= core_share(self.pods.cores, self.p_busy[p] + (self.p_loop[p] > t))
+            model = self.loop_model
+            s /= core_share(model.cores, self.p_busy[p] + (self.p_loop[p] > t), model.others)
         if t + s > members[0] + self.pods.request_timeout_s + WATCHDOG_GRACE_S:
             self.doom(p, t, members)
         elif len(members) == 1:
@@ -380,11 +393,9 @@ class Engine:
         """A request (arrived at `a`) reaches pod p at t: it is inside the pod from now
         on, and its admission waits for the pod's event loop to parse it (ADMIT)."""
         self._enter(p, a, t - a)
-        pods = self.pods
-        share = core_share(pods.cores, self.p_busy[p] + 1)
-        self.p_loop[p] = loop_turn(
-            t, self.p_loop[p], pods.sidecar_s / 2, share, pods.sidecar_wake_s
-        )
+        model = self.loop_model
+        share = core_share(model.cores, self.p_busy[p] + 1, model.others)
+        self.p_loop[p] = loop_turn(t, self.p_loop[p], model.request_s / 2, share, model.wake_s)
         self.push(self.p_loop[p], ADMIT, p, a)
 
     def loop_admit(self, p: int, t: float, a: float) -> None:
@@ -415,16 +426,18 @@ class Engine:
             self.release(p, t)
 
     def answer_calls(self, p: int, t: float, members: tuple[float, ...] | list[float]) -> None:
-        """A call on pod p ended at t: each member's answer waits for the loop to write
-        it, then travels the HTTP path (`http_s`); the worker takes the next call."""
+        """A call on pod p ended at t: the loop reads its reply (`call_s`), then writes
+        each member's answer, which travels the HTTP path (`http_s`); the worker takes
+        its next call once the reply is read (at once, or at a REPLY event)."""
         timeout = self.pods.request_timeout_s
-        half, wake = self.pods.sidecar_s / 2, self.pods.sidecar_wake_s
-        loop = self.p_loop[p]
+        model = self.loop_model
+        half, http = model.request_s / 2, model.http_s
+        share = core_share(model.cores, self.p_busy[p] + 1, model.others)
+        loop = read = loop_turn(t, self.p_loop[p], model.call_s, share, model.wake_s)
         for a in members:
             if t - a <= timeout:
-                share = core_share(self.pods.cores, self.p_busy[p] + 1)
-                loop = loop_turn(t, loop, half, share, wake)  # a batch's answers: one wake
-                done = loop + self.pods.http_s
+                loop = loop_turn(read, loop, half, share)  # the reply's turn woke the loop
+                done = loop + http
                 self.done_times.append(done)
                 self.latencies.append(done - a)
                 self.latest_answer = max(self.latest_answer, done)
@@ -434,6 +447,14 @@ class Engine:
             self.p_asum[p] -= a
             self.p_sdone[p] += t - a
         self.p_loop[p] = loop
+        if read > t:
+            self.push(read, REPLY, p)
+        else:
+            self.next_call(p, t)
+
+    def next_call(self, p: int, t: float) -> None:
+        """The loop has read a worker's reply on pod p: the worker takes the next call
+        (the oldest live request and its joiners), or idles."""
         self.expire(p, t)
         if self.p_q[p]:
             self.start_calls(p, t)
@@ -702,6 +723,39 @@ class Engine:
         self.set_nodes(t, nodes)
         self.bind_pending(t)
 
+    def cluster_event(self, kind: int, a: Any, t: float, b: Any) -> None:
+        """TICK, APPLY, POD_READY or NODE_READY, popped at t with payload (a, b)."""
+        if kind == TICK:
+            if not self.ending or self.in_system():
+                self.tick(t)
+                self.push(t + (self.controller.interval_s or 1.0), TICK)
+        elif kind == APPLY:
+            self.apply(t, a, b)
+        elif kind == POD_READY:
+            self.pod_ready(a, t)
+        else:
+            self.node_ready(a, t)
+
+    def pod_event(self, kind: int, p: int, t: float, a: Any) -> None:
+        """KILLED, BACK, ADMIT or REPLY on pod p, popped at t with payload a."""
+        if kind == ADMIT:
+            self.loop_admit(p, t, a)
+        elif kind == REPLY:
+            self.next_call(p, t)
+        elif kind == KILLED:
+            self.killed(p, t, a)
+        else:
+            self.worker_back(p, t)
+
+    def sample(self, t: float) -> None:
+        """A point of the time series, and the next one due."""
+        self._bill(t, 0)
+        self.samples.append((t, len(self.ready), self.nodes_alive, self.node_seconds,
+                             self.in_system()))  # fmt: skip
+        if self.progress is not None:
+            self.progress(t)
+        self.push(t + self.sample_s, SAMPLE)
+
     # ---- the loop -----------------------------------------------------------------------
 
     def _next_block(self) -> list[float]:
@@ -782,18 +836,20 @@ class Engine:
         si = sn = 0
         rbuf: list[float] = []
         ri = rn = 0
-        served = 0
+        served = doomed = 0
         wait_sum = 0.0
-        events = 0
-        requests = 0
+        loaded = 0  # arrivals taken from the blocks (the run's requests, once consumed)
         inf = math.inf
         next_block = self._next_block
         abuf = next_block()
         ai, an = 0, len(abuf)
+        loaded += an
         next_a = abuf[0] if abuf else inf
         ending = False  # past duration_s: stop once nothing is inside
         end_t = self.duration_s
         nready = len(ready)
+        kind = END
+        start = -1.0  # >= 0: the arrival time of a request whose call starts now
         while True:
             if next_a < heap[0][0]:
                 t = next_a
@@ -803,167 +859,139 @@ class Engine:
                 else:
                     abuf = next_block()
                     ai, an = 0, len(abuf)
+                    loaded += an
                     next_a = abuf[0] if abuf else inf
-                requests += 1
-                if nready:
-                    if nready == 1:
-                        p = ready[0]
-                    elif least_loaded:
-                        p = self.least_loaded(t)
-                    else:
-                        if ri == rn:
-                            rbuf, ri, rn = route_rng.random(BLOCK).tolist(), 0, BLOCK
-                        p = ready[int(rbuf[ri] * nready)]
-                        ri += 1
-                    p_arr[p] += 1
-                    if sidecar:
-                        self.through_loop(p, t, t)
-                        continue
-                    q = p_q[p]
-                    if q:
-                        if q[0] <= t - timeout:
-                            self.expire(p, t)
-                        if len(q) < qcap:
-                            q.append(t)
-                            p_n[p] += 1
-                            p_asum[p] += t
-                        else:
-                            rej_append(t)
-                    elif p_busy[p] < workers:
-                        p_busy[p] += 1
-                        if si == sn:
-                            sbuf = (unit_block(svc_rng, BLOCK) * c1).tolist()
-                            si, sn = 0, BLOCK
-                        s = sbuf[si]
-                        si += 1
-                        p_n[p] += 1
-                        p_asum[p] += t
-                        served += 1
-                        p_srv[p] += 1
-                        if s <= kill_after:
-                            p_cpu[p] += s
-                            heappush(heap, (t + s, DONE1, p, t))
-                        else:
-                            self.doom(p, t, [t])
-                    elif qcap:
+                if not nready:
+                    self.admit(t, t)
+                    continue
+                if nready == 1:
+                    p = ready[0]
+                elif least_loaded:
+                    p = self.least_loaded(t)
+                else:
+                    if ri == rn:
+                        rbuf, ri, rn = route_rng.random(BLOCK).tolist(), 0, BLOCK
+                    p = ready[int(rbuf[ri] * nready)]
+                    ri += 1
+                p_arr[p] += 1
+                if sidecar:
+                    self.through_loop(p, t, t)
+                    continue
+                q = p_q[p]
+                if q:
+                    if q[0] <= t - timeout:
+                        self.expire(p, t)
+                    if len(q) < qcap:
                         q.append(t)
                         p_n[p] += 1
                         p_asum[p] += t
                     else:
                         rej_append(t)
+                    continue
+                if p_busy[p] < workers:
+                    p_busy[p] += 1
+                    p_n[p] += 1
+                    p_asum[p] += t
+                    start = t
+                elif qcap:
+                    q.append(t)
+                    p_n[p] += 1
+                    p_asum[p] += t
+                    continue
                 else:
-                    self.admit(t, t)
-                continue
-            t, kind, p, a = heappop(heap)
-            events += 1
-            if sidecar and kind <= DONEB:  # DONE1 (one arrival time) or DONEB (a list)
-                self.answer_calls(p, t, (a,) if kind == DONE1 else a)
-                if ending and next_a == inf and self.in_system() == 0:
-                    end_t = max(end_t, t)
-                    break
-                continue
-            if kind == DONE1:
-                lat = t - a
-                if lat <= timeout:
-                    done_append(t)
-                    lat_append(lat)
-                else:
-                    to_append(a + timeout)
-                p_n[p] -= 1
-                p_asum[p] -= a
-                p_sdone[p] += lat
-                q = p_q[p]
-                if q and q[0] <= t - timeout:
-                    self.expire(p, t)
-                if q:
-                    if batching:
-                        self.start_calls(p, t)
-                    else:
-                        a = q.popleft()
-                        wait_sum += t - a
-                        served += 1
-                        p_srv[p] += 1
-                        if si == sn:
-                            sbuf = (unit_block(svc_rng, BLOCK) * c1).tolist()
-                            si, sn = 0, BLOCK
-                        s = sbuf[si]
-                        si += 1
-                        if t + s <= a + kill_after:
-                            p_cpu[p] += s
-                            heappush(heap, (t + s, DONE1, p, a))
-                        else:
-                            self.doom(p, t, [a])
-                else:
-                    p_busy[p] -= 1
-                    if p_state[p] == DRAINING and p_n[p] == 0:
-                        self.release(p, t)
-                if ending and p_n[p] == 0 and next_a == inf and self.in_system() == 0:
-                    end_t = max(end_t, t)
-                    break
-                continue
-            if kind == DONEB:
-                for member in a:
-                    lat = t - member
+                    rej_append(t)
+                    continue
+            else:
+                t, kind, _, p, a = heappop(heap)
+                if sidecar and kind <= DONEB:  # DONE1 (one arrival time) or DONEB (a list)
+                    self.answer_calls(p, t, (a,) if kind == DONE1 else a)
+                elif kind == DONE1:
+                    lat = t - a
                     if lat <= timeout:
                         done_append(t)
                         lat_append(lat)
                     else:
-                        to_append(member + timeout)
+                        to_append(a + timeout)
                     p_n[p] -= 1
-                    p_asum[p] -= member
+                    p_asum[p] -= a
                     p_sdone[p] += lat
-                self.expire(p, t)
-                if p_q[p]:
-                    self.start_calls(p, t)
+                    q = p_q[p]
+                    if q and q[0] <= t - timeout:
+                        self.expire(p, t)
+                    if not q:
+                        p_busy[p] -= 1
+                        if p_state[p] == DRAINING and p_n[p] == 0:
+                            self.release(p, t)
+                    elif batching:
+                        self.start_calls(p, t)
+                    else:
+                        start = q.popleft()
+                        wait_sum += t - start
+                elif kind == DONEB:
+                    for member in a:
+                        lat = t - member
+                        if lat <= timeout:
+                            done_append(t)
+                            lat_append(lat)
+                        else:
+                            to_append(member + timeout)
+                        p_n[p] -= 1
+                        p_asum[p] -= member
+                        p_sdone[p] += lat
+                    self.expire(p, t)
+                    if p_q[p]:
+                        self.start_calls(p, t)
+                    else:
+                        p_busy[p] -= 1
+                        if p_state[p] == DRAINING and p_n[p] == 0:
+                            self.release(p, t)
+                elif kind > END:
+                    self.pod_event(kind, p, t, a)  # KILLED, BACK, ADMIT, REPLY
+                elif kind == SAMPLE:
+                    # Requests held at the gateway expire here too: a policy that never
+                    # ticks (static) must not keep them, and the run forever.
+                    self.expire_gateway(t)
+                    if ending and next_a == inf and self.in_system() == 0:
+                        end_t = max(end_t, self.last_answer())
+                        break
+                    self.sample(t)
                 else:
-                    p_busy[p] -= 1
-                    if p_state[p] == DRAINING and p_n[p] == 0:
-                        self.release(p, t)
-                if ending and next_a == inf and self.in_system() == 0:
-                    end_t = max(end_t, t)
-                    break
-            elif kind == KILLED:
-                self.killed(p, t, a)
-                if ending and next_a == inf and self.in_system() == 0:
-                    end_t = max(end_t, t)
-                    break
-            elif kind == BACK:
-                self.worker_back(p, t)
-            elif kind == ADMIT:
-                self.loop_admit(p, t, a)
-                if ending and next_a == inf and self.in_system() == 0:
-                    end_t = max(end_t, t)
-                    break
-            elif kind == TICK:
-                if not ending or self.in_system():
-                    self.tick(t)
-                    self.push(t + (self.controller.interval_s or 1.0), TICK)
-            elif kind == APPLY:
-                self.apply(t, p, a)
-            elif kind == POD_READY:
-                self.pod_ready(p, t)
-            elif kind == NODE_READY:
-                self.node_ready(p, t)
-            elif kind == SAMPLE:
-                # Requests held at the gateway expire here too: a policy that never
-                # ticks (static) must not keep them, and the run forever.
-                self.expire_gateway(t)
-                if ending and next_a == inf and self.in_system() == 0:
-                    end_t = max(end_t, self.last_answer())
-                    break
-                self._bill(t, 0)
-                self.samples.append(
-                    (t, len(ready), self.nodes_alive, self.node_seconds, self.in_system())
-                )
-                if self.progress is not None:
-                    self.progress(t)
-                self.push(t + self.sample_s, SAMPLE)
-            elif kind == END:
-                ending = True
-                self.expire_gateway(t)
-                if next_a == inf and self.in_system() == 0:
-                    break
-            nready = len(ready)
+                    if kind == END:
+                        ending = self.ending = True
+                        self.expire_gateway(t)
+                        if next_a == inf and self.in_system() == 0:
+                            break
+                    else:
+                        self.cluster_event(kind, p, t, a)  # TICK, APPLY, POD_READY, NODE_READY
+                    nready = len(ready)
+                    continue
+            if start >= 0.0:
+                # One request's call starts on pod p (the only place one is drawn on the
+                # hot path): an arrival at an idle worker, or the head of the queue.
+                served += 1
+                p_srv[p] += 1
+                if si == sn:
+                    sbuf = (unit_block(svc_rng, BLOCK) * c1).tolist()
+                    si, sn = 0, BLOCK
+                s = sbuf[si]
+                si += 1
+                if t + s <= start + kill_after:
+                    p_cpu[p] += s
+                    # Its sequence number: minus its place among the calls served here,
+                    # unique and apart from the pushed events' (>= 0), for free.
+                    heappush(heap, (t + s, DONE1, -served, p, start))
+                else:
+                    doomed += 1  # no call pushed: the watchdog's KILLED instead
+                    self.doom(p, t, [start])
+                start = -1.0
+            elif ending and next_a == inf and self.in_system() == 0:
+                end_t = max(end_t, t)  # the last request inside has left
+                break
+        # Counted once here rather than per event: the arrivals consumed, and the events
+        # popped (every push took a sequence number, or is a call served on the hot path;
+        # what is left was never popped).
+        requests = loaded - (an - ai)
+        events = next(self.seq) + served - doomed - len(heap)
         if kind != SAMPLE:
             end_t = max(end_t, t)
         end_t = max(end_t, self.latest_answer)  # the sidecar's last answer left after it
@@ -987,6 +1015,7 @@ class Engine:
             arrivals_per_sample=self.arrivals_hist,
             decisions=self.decisions,
             worker_restarts=self.restarts,
+            calls=sum(self.p_srv) - sum(self.p_merged),
         )
 
 

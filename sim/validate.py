@@ -5,11 +5,14 @@ clock); this module gets what was measured and does the rest, purely:
 
 - the schedule: the scenario's workload scaled so that it arrives at a share of the
   pod's capacity (`scaled_workload`, `schedule`);
-- the calibration: the sidecar's CPU per request and the cores left to the pod, from
-  the pod's CPU at saturation, and the HTTP path's fixed time, from a low-load run
-  (`Calibration`, `sidecar_seconds`, `cores_left`, `http_seconds`);
+- the calibration: the sidecar's CPU per request and per R call, fitted to the sidecar
+  process's CPU, answers and R calls over validate's own runs (`LoopSample`,
+  `fit_sidecar`); the other processes' runnable threads that share the cores with
+  the pod in each run (`competing_threads`); and the HTTP path's fixed time, from a
+  low-load run (`http_seconds`);
 - the simulation of the very request times the pod saw, one pod with its settings and
-  the calibrated sidecar (`simulate`);
+  the calibrated sidecar, its loop and R workers sharing the usable cores with those
+  threads (`sidecar_model`, `simulate`);
 - the statistics of both runs in one shape (`Stats`, `real_stats`, `run_stats`), the
   errors (`errors`: latencies relative, sim / real - 1; failures in percentage points),
   validate.json's document and the printed table.
@@ -33,30 +36,31 @@ from sim.engine import Engine, RunResult
 from sim.metrics import rank_or_none
 from sim.policies import StaticController
 from sim.service import ServiceSpec
+from sim.sidecar import SidecarModel
 from sim.workload import WorkloadSpec, arrival_blocks
 
 __all__ = [
     "LATENCY_KEYS",
     "STAT_KEYS",
     "Calibration",
+    "LoopSample",
     "PodSettings",
     "Stats",
+    "competing_threads",
     "cores_left",
     "errors",
-    "fit_cores",
+    "fit_sidecar",
     "http_seconds",
     "level_entry",
     "real_stats",
     "relative_error",
     "run_stats",
-    "saturation_throughput",
     "scaled_workload",
     "schedule",
-    "sidecar_seconds",
+    "sidecar_model",
     "simulate",
     "table",
     "validation_pods",
-    "wake_seconds",
 ]
 
 STAT_KEYS = (
@@ -209,43 +213,61 @@ class PodSettings:
 class Calibration:
     """What validate measured of the pod besides R: see docs/simulator.md."""
 
-    capacity_rps: float  # closed-loop saturation throughput (answers per second)
-    sidecar_s: float  # the sidecar process's CPU seconds per answer at saturation
-    sidecar_wake_s: float  # more per turn at low load (the loop wakes for each)
-    cores: float | None  # the simulated pod saturates at capacity_rps with these (fitted)
+    capacity_rps: float  # the highest Poisson rate the pod sustains (open loop)
+    closed_loop_rps: float  # its closed-loop saturation throughput (answers per second)
+    sidecar_s: float  # the sidecar's CPU seconds per request (fitted, with sidecar_call_s)
+    sidecar_call_s: float  # ... and per R call (writing it, reading its reply)
     http_s: float  # low-load real median minus the simulated one without it
     cores_left: float  # the usable cores less everyone else's use, at saturation
+    usable_cores: float  # the cores this process may run on (sched_getaffinity)
 
     def as_json(self) -> dict[str, float]:
         return dataclasses.asdict(self)
 
 
-def sidecar_seconds(sidecar_cpu_s: float, answered: int) -> float:
-    """The sidecar's CPU seconds per answered request (0 when none was answered)."""
-    return sidecar_cpu_s / answered if answered > 0 else 0.0
+@dataclass(frozen=True)
+class LoopSample:
+    """One run's sidecar CPU and what it did: a point of the sidecar's cost fit."""
+
+    cpu_s: float  # the sidecar process's CPU seconds over the run, its idle timers' less
+    answered: int  # requests it answered (any status)
+    calls: int  # R calls it made
 
 
-def wake_seconds(
-    low_load_cpu_s: float, idle_cpu_per_s: float, elapsed_s: float, answered: int,
-    sidecar_s: float,
-) -> float:  # fmt: skip
-    """The sidecar's extra CPU per turn when its loop wakes for it: at low load every
-    request's two turns find the loop idle, so a request costs `sidecar_s` (the busy
-    loop's cost, from saturation) + two wake-ups. `low_load_cpu_s` is the sidecar's CPU
-    over the low-load run, less what it spends idle (`idle_cpu_per_s`: its timers)."""
-    if answered <= 0:
-        return 0.0
-    per_request = (low_load_cpu_s - idle_cpu_per_s * elapsed_s) / answered
-    return max(0.0, (per_request - sidecar_s) / 2)
+def fit_sidecar(samples: Sequence[LoopSample]) -> tuple[float, float]:
+    """(seconds per request, seconds per R call): the non-negative least-squares fit of
+    `cpu_s = request_s * answered + call_s * calls` over the runs. The runs differ in
+    how many requests share a call (a saturated pod batches, a quiet one does not),
+    which is what separates the two costs; when they do not (or a cost comes out
+    negative), the better of the one-cost fits."""
+    usable = [x for x in samples if x.answered > 0]
+    if not usable:
+        return 0.0, 0.0
+    y = np.array([max(0.0, x.cpu_s) for x in usable])
+    a = np.array([[x.answered, x.calls] for x in usable], dtype=np.float64)
+    candidates: list[tuple[float, float]] = []
+    if len(usable) >= 2 and np.linalg.matrix_rank(a) == 2:
+        both = np.linalg.lstsq(a, y, rcond=None)[0]
+        if both.min() >= 0:
+            candidates.append((float(both[0]), float(both[1])))
+    for column in (0, 1):
+        x = a[:, column]
+        if x @ x > 0:
+            k = max(0.0, float(x @ y / (x @ x)))
+            candidates.append((k, 0.0) if column == 0 else (0.0, k))
+
+    def residual(fit: tuple[float, float]) -> float:
+        return float(np.sum((a @ np.array(fit) - y) ** 2))
+
+    return min(candidates, key=residual)
 
 
-def cores_left(usable: float, machine_busy_s: float, pod_cpu_s: float, elapsed_s: float) -> float:
-    """The cores the pod had while it was saturated: the usable cores less what every
-    other process (the client among them) used meanwhile; at least a tenth of a core."""
+def cores_left(usable: float, others_s: float, elapsed_s: float) -> float:
+    """The cores the pod had over a run: the usable cores less what every other process
+    (the client among them) used meanwhile; at least a tenth of a core."""
     if not elapsed_s > 0:
         return usable
-    others = max(0.0, machine_busy_s - pod_cpu_s) / elapsed_s
-    return max(0.1, min(usable, usable - others))
+    return max(0.1, min(usable, usable - max(0.0, others_s) / elapsed_s))
 
 
 def http_seconds(real_median_s: float, simulated_median_s: float) -> float:
@@ -254,80 +276,50 @@ def http_seconds(real_median_s: float, simulated_median_s: float) -> float:
     return max(0.0, real_median_s - simulated_median_s)
 
 
-SATURATION_S = 2.0  # simulated seconds of overload to read the simulated capacity from
-SATURATION_LOAD = 1.5  # ... at this multiple of the real capacity
-FIT_TOLERANCE = 0.01  # cores: the bisection stops within a hundredth of a core
-FIT_STEPS = 20
-
-
-def saturation_throughput(
-    service: ServiceSpec, pods: PodSpec, rate_rps: float, *, rows: int = 1, seed: int = 1
-) -> float:
-    """Answers per second of the simulated pod under Poisson overload at `rate_rps`
-    (its queue full, batches as large as they get), over the last three quarters of
-    SATURATION_S: the simulated counterpart of the closed-loop saturation throughput."""
-    count = max(1, round(rate_rps * SATURATION_S))
-    times = np.sort(np.random.default_rng(seed).random(count) * SATURATION_S)
-    result = simulate(times, service, pods, rows=rows, seed=seed)
-    start = SATURATION_S / 4
-    done = result.done_times
-    return int(((done >= start) & (done <= SATURATION_S)).sum()) / (SATURATION_S - start)
-
-
-def fit_cores(
-    capacity_rps: float, service: ServiceSpec, pods: PodSpec, *, rows: int = 1, seed: int = 1
-) -> float | None:
-    """The cores at which the simulated pod (`pods`: its settings and sidecar_s set)
-    saturates at the real pod's capacity: the one number that stands for how the
-    loop, the workers and everything else on the machine share the CPU. None when even
-    unshared cores leave the simulated pod below the capacity (then nothing that
-    shares cores is what bounds it). Bisection: the simulated capacity grows with the
-    cores, up to workers + 1 (the loop and every worker on a core of its own)."""
-    rate = SATURATION_LOAD * capacity_rps
-
-    def simulated(cores: float | None) -> float:
-        spec = dataclasses.replace(pods, cores=cores)
-        return saturation_throughput(service, spec, rate, rows=rows, seed=seed)
-
-    if simulated(None) <= capacity_rps:
-        return None
-    low, high = 0.0, float(pods.workers + 1)
-    for _ in range(FIT_STEPS):
-        middle = (low + high) / 2
-        if simulated(middle) < capacity_rps:
-            low = middle
-        else:
-            high = middle
-        if high - low < FIT_TOLERANCE:
-            break
-    return high
-
-
-def validation_pods(settings: PodSettings, calibration: Calibration | None) -> PodSpec:
-    """The simulated pod: one, ready, with the real pod's settings and, when given, the
-    calibrated sidecar."""
-    extra: dict[str, Any] = {}
-    if calibration is not None:
-        extra = {
-            "sidecar_s": calibration.sidecar_s,
-            "sidecar_wake_s": calibration.sidecar_wake_s,
-            "http_s": calibration.http_s,
-            "cores": calibration.cores,
-        }
+def validation_pods(settings: PodSettings) -> PodSpec:
+    """The simulated pod: one, ready, with the real pod's settings."""
     return PodSpec(
         workers=settings.workers,
         initial=1,
         max_queue=settings.max_queue,
         request_timeout_s=settings.request_timeout_s,
         max_batch_rows=settings.max_batch_rows,
-        **extra,
+    )
+
+
+def competing_threads(background: float, client_s: float, elapsed_s: float) -> float:
+    """The other processes' runnable threads while the pod serves a run, on average:
+    the machine's other work (`background`: its runnable threads over the run), plus the
+    load client (`client_s`: the seconds its threads ran or waited for a core over the
+    run's `elapsed_s`; a thread runnable a share u of the time wants a core that share
+    of it)."""
+    client = max(0.0, client_s) / elapsed_s if elapsed_s > 0 else 0.0
+    return max(0.0, background) + client
+
+
+def sidecar_model(calibration: Calibration, others: float) -> SidecarModel:
+    """The calibrated sidecar: its loop and the R workers share the usable cores with
+    `others` runnable threads of other processes (`competing_threads`)."""
+    return SidecarModel(
+        request_s=calibration.sidecar_s,
+        call_s=calibration.sidecar_call_s,
+        http_s=calibration.http_s,
+        cores=calibration.usable_cores,
+        others=others,
     )
 
 
 def simulate(
-    times: np.ndarray, service: ServiceSpec, pods: PodSpec, *, rows: int = 1, seed: int = 1
+    times: np.ndarray,
+    service: ServiceSpec,
+    pods: PodSpec,
+    *,
+    rows: int = 1,
+    seed: int = 1,
+    sidecar: SidecarModel | None = None,
 ) -> RunResult:
-    """The engine on exactly these arrival times (seconds, sorted), one static pod."""
+    """The engine on exactly these arrival times (seconds, sorted), one static pod;
+    `sidecar`: its model (None: the pods' own keys)."""
     times = np.sort(np.asarray(times, dtype=np.float64))
     duration = float(times[-1]) + 1e-9 if times.size else 1.0
     engine = Engine(
@@ -341,6 +333,7 @@ def simulate(
         streams=Streams(seed),
         rows=rows,
         sample_s=max(10.0, duration),
+        sidecar=sidecar,
     )
     return engine.run()
 

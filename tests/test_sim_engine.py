@@ -447,3 +447,52 @@ def test_desired_replicas_is_the_last_decision_at_each_sample() -> None:
     assert series["desired_replicas"][1:].tolist() == [4.0, 4.0, 0.0]
     static = RunResult(**{**result.__dict__, "decisions": []})
     assert np.isnan(timeseries(static, price_per_hour=1.0)["desired_replicas"]).all()
+
+
+def test_events_at_one_instant_leave_in_kind_then_push_order_never_by_payload() -> None:
+    # Payloads that cannot be compared (None against a list against an int): with the
+    # sequence number in each heap entry, the heap never compares them.
+    import heapq
+
+    from sim.engine import APPLY, DONEB, TICK, engine_for
+    from sim.policies import StaticController
+
+    scenario = parse_scenario(
+        {"duration_s": 1, "workload": {"rate": 1.0}, "policy": {"kind": "static"}}, Path(".")
+    )
+    engine = engine_for(scenario, StaticController(1))
+    engine.push(1.0, APPLY, 3, None)
+    engine.push(1.0, APPLY, 3, [0.5])
+    engine.push(1.0, TICK)
+    engine.push(1.0, APPLY, None, 7)
+    engine.push(1.0, DONEB, 0, [0.1, 0.2])
+    popped = [heapq.heappop(engine.heap) for _ in range(5)]
+    assert [(kind, a, b) for _, kind, _, a, b in popped] == [
+        (DONEB, 0, [0.1, 0.2]),  # kinds first: a call's end before the controller
+        (TICK, None, None),
+        (APPLY, 3, None),  # then the order they were pushed in
+        (APPLY, 3, [0.5]),
+        (APPLY, None, 7),
+    ]
+
+
+def test_a_run_counts_every_arrival_and_every_event() -> None:
+    # The run counts its requests and events once at the end (not per event): the
+    # same numbers as counting them one by one, which the result lets one redo.
+    from sim.cluster import PodSpec
+    from sim.service import ServiceSpec
+    from sim.validate import simulate
+
+    times = np.sort(np.random.default_rng(3).random(3000) * 100)
+    service = ServiceSpec(kind="lognormal", mean_s=0.3, cv=3.0)
+    for batch in (1, 4):
+        spec = PodSpec(workers=4, max_queue=8, request_timeout_s=0.1, max_batch_rows=batch)
+        result = simulate(times, service, spec)
+        answered = result.latencies.size + result.reject_times.size + result.timeout_times.size
+        assert result.requests == answered == times.size
+        assert result.worker_restarts > 0  # the watchdog's KILLED events are in it too
+        # Arrivals are events too; every call's end (done, or killed by the watchdog) is
+        # popped before the run can end; beyond those, only the workers' restarts (BACK,
+        # the last maybe never popped), one SAMPLE and the END.
+        floor = result.requests + result.calls
+        assert floor <= result.events <= floor + result.worker_restarts + 2

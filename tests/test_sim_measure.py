@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from rscore_cli.main import cli
 from sim.cli import sim
 from sim.measure import fit_batch_cost
 from sim.scenario import load_scenario
@@ -45,7 +46,7 @@ kind = "static"
 
 
 def measure(*args: str) -> Result:
-    return CliRunner().invoke(sim, ["measure", *args])
+    return CliRunner().invoke(cli, ["sim", "measure", *args])
 
 
 def one_line_error(result: Result) -> str:
@@ -60,7 +61,7 @@ def one_line_error(result: Result) -> str:
 def measured(example_bundles: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("measure") / "mtcars"
     result = CliRunner().invoke(
-        sim, ["measure", str(example_bundles / "mtcars-lm"), "--out", str(out), *SMALL]
+        cli, ["sim", "measure", str(example_bundles / "mtcars-lm"), "--out", str(out), *SMALL]
     )
     assert result.exit_code == 0, result.output
     return out, result.output

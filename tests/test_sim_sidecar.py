@@ -8,7 +8,7 @@ import pytest
 
 from sim.cluster import PodSpec
 from sim.service import ServiceSpec
-from sim.sidecar import core_share, loop_turn
+from sim.sidecar import SidecarModel, core_share, loop_turn
 from sim.validate import simulate
 
 CONSTANT_1S = ServiceSpec(kind="lognormal", mean_s=1.0, cv=0.0, per_row_s=0.1)
@@ -27,6 +27,21 @@ CONSTANT_1S = ServiceSpec(kind="lognormal", mean_s=1.0, cv=0.0, per_row_s=0.1)
 )
 def test_core_share(cores: float | None, consumers: int, share: float) -> None:
     assert core_share(cores, consumers) == pytest.approx(share)
+
+
+@pytest.mark.parametrize(
+    ("cores", "consumers", "others", "share"),
+    [
+        (2.0, 1, 1.0, 1.0),  # the loop and the client: a core each
+        (2.0, 2, 2.0, 0.5),  # two calls beside two other threads: half a core each
+        (2.0, 3, 0.2, 2 / 3.2),  # a client busy a fifth of the time
+        (None, 3, 5.0, 1.0),  # unlimited cores
+    ],
+)
+def test_core_share_with_other_processes(
+    cores: float | None, consumers: int, others: float, share: float
+) -> None:
+    assert core_share(cores, consumers, others) == pytest.approx(share)
 
 
 @pytest.mark.parametrize(
@@ -115,3 +130,41 @@ def test_every_request_is_answered_once_under_overload_with_the_sidecar() -> Non
     assert result.reject_times.size > 0
     assert result.latencies.size > 0
     assert result.end_s >= result.done_times.max()
+
+
+def test_a_worker_takes_its_next_call_once_the_loop_has_read_its_reply() -> None:
+    # One worker, turns of 0.1 and 0.5 s of loop work per R call: r0 parsed [0, 0.1],
+    # its call [0.1, 1.1]; r1 parsed [0.1, 0.2] waits. The reply is read [1.1, 1.6],
+    # r0's answer written [1.6, 1.7]; only then (1.6) does r1's call start [1.6, 2.6],
+    # its reply read [2.6, 3.1] and its answer written [3.1, 3.2].
+    loop = SidecarModel(request_s=0.2, call_s=0.5)
+    spec = PodSpec(workers=1, request_timeout_s=60.0)
+    result = simulate(np.array([0.0, 0.0]), CONSTANT_1S, spec, sidecar=loop)
+    assert sorted(result.latencies.tolist()) == pytest.approx([1.7, 3.2])
+    assert result.calls == 2
+
+
+def test_a_batch_costs_the_loop_one_call() -> None:
+    # Batches: r1 and r2 wait behind r0 and share one call (a + 2c = 1.1 s). The loop
+    # reads two replies (1 s each), not three.
+    loop = SidecarModel(call_s=1.0)
+    spec = PodSpec(workers=1, request_timeout_s=60.0, max_batch_rows=8)
+    result = simulate(np.array([0.0, 0.0, 0.0]), CONSTANT_1S, spec, sidecar=loop)
+    # r0: call [0, 1], reply read [1, 2]; r1 + r2: call [2, 3.1], reply read [3.1, 4.1].
+    assert sorted(result.latencies.tolist()) == pytest.approx([2.0, 4.1, 4.1])
+    assert result.calls == 2
+
+
+def test_other_processes_slow_the_pods_calls() -> None:
+    # One core shared with one other runnable thread: a 1 s call takes 2 s.
+    shared = SidecarModel(cores=1.0, others=1.0)
+    spec = PodSpec(workers=1, request_timeout_s=60.0)
+    result = simulate(np.array([0.0]), CONSTANT_1S, spec, sidecar=shared)
+    assert result.latencies.tolist() == pytest.approx([2.0])
+
+
+def test_a_scenario_s_pods_keys_are_its_sidecar() -> None:
+    spec = pods(sidecar_s=0.2, sidecar_wake_s=0.05, http_s=0.01, cores=1.5)
+    assert SidecarModel.of_pods(spec) == SidecarModel(0.2, 0.0, 0.05, 0.01, 1.5)
+    assert SidecarModel.of_pods(spec).on
+    assert not SidecarModel.of_pods(pods()).on

@@ -9,7 +9,6 @@ that is `make bench-fidelity`'s job, on a quiet machine.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import subprocess
@@ -25,21 +24,20 @@ from click.testing import CliRunner
 
 from rscore_cli import validate_cmd
 from rscore_cli.main import cli
-from rscore_cli.real_pod import answers, free_port
+from rscore_cli.real_pod import answers, batch_counts, free_port
 from rscore_cli.replay_client import Plan, parse_response_head, run_plan
-from sim.cluster import PodSpec
 from sim.scenario import load_scenario, parse_scenario
-from sim.service import ServiceSpec
 from sim.validate import (
     STAT_KEYS,
+    LoopSample,
     Stats,
+    competing_threads,
     cores_left,
     errors,
-    fit_cores,
+    fit_sidecar,
     http_seconds,
     real_stats,
     relative_error,
-    saturation_throughput,
     scaled_workload,
     schedule,
 )
@@ -114,16 +112,56 @@ def test_a_schedule_arrives_at_the_rate_asked_and_is_the_same_for_a_seed(
 
 
 @pytest.mark.parametrize(
-    ("usable", "machine", "pod", "elapsed", "left"),
+    ("usable", "others", "elapsed", "left"),
     [
-        (2.0, 3.0, 3.0, 2.0, 2.0),  # nobody else: every usable core
-        (2.0, 3.6, 3.0, 2.0, 1.7),  # others used 0.3 of a core
-        (2.0, 8.0, 0.0, 2.0, 0.1),  # never below a tenth of a core
-        (2.0, 1.0, 1.0, 0.0, 2.0),  # nothing measured
+        (2.0, 0.0, 2.0, 2.0),  # nobody else: every usable core
+        (2.0, 0.6, 2.0, 1.7),  # others used 0.3 of a core
+        (2.0, 8.0, 2.0, 0.1),  # never below a tenth of a core
+        (2.0, 1.0, 0.0, 2.0),  # nothing measured
     ],
 )
-def test_cores_left(usable: float, machine: float, pod: float, elapsed: float, left: float) -> None:
-    assert cores_left(usable, machine, pod, elapsed) == pytest.approx(left)
+def test_cores_left(usable: float, others: float, elapsed: float, left: float) -> None:
+    assert cores_left(usable, others, elapsed) == pytest.approx(left)
+
+
+@pytest.mark.parametrize(
+    ("background", "client_cpu", "elapsed", "threads"),
+    [
+        (0.0, 0.0, 5.0, 0.0),  # a quiet machine, a client that costs nothing
+        (0.0, 1.0, 5.0, 0.2),  # the client busy a fifth of the run
+        (1.5, 1.0, 5.0, 1.7),  # and the machine's other work
+        (0.5, 1.0, 0.0, 0.5),  # nothing measured of the run
+    ],
+)
+def test_competing_threads(
+    background: float, client_cpu: float, elapsed: float, threads: float
+) -> None:
+    assert competing_threads(background, client_cpu, elapsed) == pytest.approx(threads)
+
+
+def loop_runs(request_s: float, call_s: float, shapes: list[tuple[int, int]]) -> list[LoopSample]:
+    return [LoopSample(request_s * n + call_s * calls, n, calls) for n, calls in shapes]
+
+
+@pytest.mark.parametrize(
+    ("runs", "fit"),
+    [
+        # Calls of one request (low load) and of many (saturation) separate the costs.
+        (loop_runs(1e-4, 2e-4, [(300, 300), (4000, 400), (8000, 200)]), (1e-4, 2e-4)),
+        (loop_runs(1e-4, 0.0, [(300, 300), (4000, 400)]), (1e-4, 0.0)),
+        (loop_runs(0.0, 3e-4, [(300, 300), (4000, 400)]), (0.0, 3e-4)),
+        # Every run with one request per call: nothing separates them; per request.
+        (loop_runs(1e-4, 2e-4, [(300, 300), (600, 600)]), (3e-4, 0.0)),
+        # A cost the data would make negative is none; the other takes it all.
+        ([LoopSample(0.02, 100, 100), LoopSample(0.3, 1000, 100)], (302 / 1_010_000, 0.0)),
+        ([], (0.0, 0.0)),
+        ([LoopSample(0.1, 0, 0)], (0.0, 0.0)),  # nothing answered: nothing to fit
+    ],
+)
+def test_fit_sidecar(runs: list[LoopSample], fit: tuple[float, float]) -> None:
+    request_s, call_s = fit_sidecar(runs)
+    assert request_s == pytest.approx(fit[0], abs=1e-6)
+    assert call_s == pytest.approx(fit[1], abs=1e-6)
 
 
 @pytest.mark.parametrize(("real", "sim", "http"), [(1.5, 1.0, 0.5), (1.0, 1.2, 0.0)])
@@ -131,26 +169,17 @@ def test_http_seconds(real: float, sim: float, http: float) -> None:
     assert http_seconds(real, sim) == pytest.approx(http)
 
 
-FAST = ServiceSpec(kind="lognormal", mean_s=0.0004, cv=0.5, per_row_s=0.000001)
-LOOP_BOUND = PodSpec(workers=2, max_queue=128, max_batch_rows=256, sidecar_s=0.0001)
-
-
-def test_fit_cores_saturates_the_simulated_pod_at_the_real_capacity() -> None:
-    unshared = saturation_throughput(FAST, LOOP_BOUND, 20_000)
-    capacity = 0.8 * unshared
-    cores = fit_cores(capacity, FAST, LOOP_BOUND)
-    assert cores is not None
-    assert 0 < cores < LOOP_BOUND.workers + 1
-
-    def at(c: float) -> float:
-        return saturation_throughput(FAST, dataclasses.replace(LOOP_BOUND, cores=c), 1.5 * capacity)
-
-    assert at(cores) >= capacity > at(cores - 0.05)
-
-
-def test_fit_cores_is_none_when_sharing_cannot_explain_the_capacity() -> None:
-    unshared = saturation_throughput(FAST, LOOP_BOUND, 20_000)
-    assert fit_cores(1.2 * unshared, FAST, LOOP_BOUND) is None
+def test_batch_counts_read_the_pods_batch_histogram() -> None:
+    exposition = (
+        "# TYPE rscore_batch_rows histogram\n"
+        'rscore_batch_rows_bucket{le="1.0"} 7.0\n'
+        'rscore_batch_rows_bucket{le="+Inf"} 12.0\n'
+        "rscore_batch_rows_count 12.0\n"
+        "rscore_batch_rows_sum 40.0\n"
+        "rscore_batch_rows_created 1.7e+09\n"
+    )
+    assert batch_counts(exposition) == (12, 40)
+    assert batch_counts("rscore_requests_total 3.0\n") == (0, 0)
 
 
 # --- the client ---------------------------------------------------------------------
@@ -264,6 +293,13 @@ def test_real_numbers_come_from_every_request_of_the_schedule(
         assert answered
         assert 0 < real["p50_s"] <= real["p90_s"] <= real["p99_s"]
         assert entry["client"]["echo_requests"] == int((times < 1.0).sum())
+        # The pod's own record of the run: its R calls, and the CPU its processes used.
+        batches = entry["batches"]
+        assert 0 < batches["real_calls"] <= real["requests"]
+        assert batches["real_requests_per_call"] >= 1
+        assert batches["sim_calls"] > 0
+        assert entry["pod_cpu"]["sidecar_cores"] > 0
+        assert entry["pod_cpu"]["workers_cores"] > 0  # the R workers, below a zygote or not
 
 
 def test_errors_are_computed_from_the_file_s_own_numbers(
@@ -290,8 +326,10 @@ def test_the_table_is_printed_and_the_calibration_can_be_pasted(
     assert [line.split()[0] for line in lines[-2:]] == ["0.3", "0.6"]
     fragment = tomllib.loads((out / "calibrated.toml").read_text())
     calibration = json.loads((out / "validate.json").read_text())["calibration"]
-    assert fragment["pods"]["sidecar_s"] == calibration["sidecar_s"]
+    per_request = calibration["sidecar_s"] + calibration["sidecar_call_s"]
+    assert fragment["pods"]["sidecar_s"] == pytest.approx(per_request)
     assert fragment["pods"]["http_s"] == calibration["http_s"]
+    assert fragment["pods"]["cores"] == calibration["cores_left"]
     # A scenario with the fragment runs in the simulator.
     scenario = parse_scenario(
         {**fragment, "duration_s": 5, "workload": {"rate": 50.0}, "policy": {"kind": "static"}},
