@@ -1,9 +1,15 @@
 """The control loop: a watch keeps the ScoringAutoscalers in memory; every interval
-each one is reconciled (concurrently, each isolated from the others' failures).
+each one of this shard's is reconciled (concurrently, each isolated from the others'
+failures and bounded in time on its own).
 
 The watch re-lists on 410 Gone and reconnects after drops, with backoff. Ticks run only
 while `leading()` says so; memory of past ticks is dropped when leadership is lost, so a
-new term starts from fresh observations. Nothing here decides a replica count.
+new term starts from fresh observations. Ticks start on a grid (`autoscaler.ticks`): a
+tick waits for its reconciles at most 0.8 of the interval; one that still runs past
+its slot skips the ticks it overlapped (counted in `rscore_autoscaler_tick_overruns`),
+never queues them. A reconcile still running is left alone by the next ticks (counted in
+`rscore_autoscaler_overruns`) and cancelled at `reconcile_timeout_s`. Nothing here
+decides a replica count.
 """
 
 from __future__ import annotations
@@ -17,9 +23,13 @@ from typing import Any
 
 import aiohttp
 
+from autoscaler.informer import PodCache
 from autoscaler.kube_io import ApiError, KubeApi, MayWrite
 from autoscaler.metrics import ControllerMetrics
 from autoscaler.reconcile import Memory, TickContext, reconcile
+from autoscaler.sampling import SamplingPolicy
+from autoscaler.shards import shard_of
+from autoscaler.ticks import next_tick, tick_budget_s
 
 __all__ = ["Controller"]
 
@@ -62,6 +72,12 @@ class Controller:
         watch_timeout_s: int = 300,
         clock: Callable[[], float] | None = None,
         wall_clock: Callable[[], float] = time.time,
+        reconcile_timeout_s: float | None = None,
+        sampling: SamplingPolicy | None = None,
+        max_concurrent_scrapes: int | None = None,
+        pods: PodCache | None = None,
+        shards: int = 1,
+        shard_index: int = 0,
     ) -> None:
         self.api = api
         self.metrics = metrics
@@ -79,6 +95,23 @@ class Controller:
         self.synced = asyncio.Event()  # set after the first successful list
         self._inflight: dict[Key, asyncio.Task[None]] = {}  # reconciles still running
         self.ticks = 0
+        # A reconcile's own bound: by default five intervals (its API calls retry within
+        # their own timeouts; one stuck past this is cancelled and starts afresh).
+        self.reconcile_timeout_s = reconcile_timeout_s or 5 * interval_s
+        self.sampling = sampling or SamplingPolicy()
+        self.max_concurrent_scrapes = max_concurrent_scrapes
+        self.pods = pods  # the pod informer; None: pods are listed per tick
+        self.shards, self.shard_index = shards, shard_index
+        self._owners: dict[Key, bool] = {}  # the hash, once per object (events are many)
+
+    def owns(self, key: Key) -> bool:
+        """Is this ScoringAutoscaler this controller's shard's?"""
+        if self.shards == 1:
+            return True
+        owned = self._owners.get(key)
+        if owned is None:
+            owned = self._owners[key] = shard_of(*key, self.shards) == self.shard_index
+        return owned
 
     # --- the watch ------------------------------------------------------------------------
 
@@ -89,10 +122,12 @@ class Controller:
         for key, obj in fresh.items():
             self._forget_if_replaced(key, obj)
         self.objects = fresh
+        self._owners = {key: owned for key, owned in self._owners.items() if key in fresh}
         self.metrics.watched.set(len(self.objects))
 
     def _forget(self, key: Key) -> None:
         self.objects.pop(key, None)
+        self._owners.pop(key, None)
         self.memory.pop(key, None)
         self.metrics.forget(*key)
 
@@ -164,57 +199,92 @@ class Controller:
 
     # --- the ticks -----------------------------------------------------------------------
 
-    async def tick(self, session: aiohttp.ClientSession, may_write: MayWrite) -> None:
-        """Start a reconcile for every object whose last one has finished, and wait for
-        them at most one interval: an object whose API calls hang (say, a node pool
-        served by an unreachable aggregated API) is skipped while it hangs, and never
-        holds back the others' scaling."""
-        started = time.perf_counter()
+    async def tick(
+        self,
+        session: aiohttp.ClientSession,
+        may_write: MayWrite,
+        scrape_slots: asyncio.Semaphore | None = None,
+    ) -> None:
+        """Start a reconcile for every object of this shard whose last one has finished,
+        and wait for them at most `tick_budget_s`: an object whose API calls hang (say,
+        a node pool served by an unreachable aggregated API) is skipped while it hangs,
+        and never holds back the others' scaling."""
+        started = self.clock()
         wall_s = self.wall_clock()
         ctx = TickContext(
             api=self.api,
             session=session,
             metrics=self.metrics,
-            now=self.clock(),
+            now=started,
             now_iso=_iso(wall_s),
             dry_run=self.dry_run,
             scrape_timeout_s=self.scrape_timeout_s,
             may_write=may_write,
             clock=self.clock,
             wall_s=wall_s,
+            sampling=self.sampling,
+            scrape_slots=scrape_slots,
+            pods=self.pods if self.pods is not None and self.pods.synced.is_set() else None,
         )
 
         async def one(key: Key, obj: dict[str, Any]) -> None:
             try:
-                await reconcile(obj, self.memory.setdefault(key, Memory()), ctx)
+                async with asyncio.timeout(self.reconcile_timeout_s):
+                    await reconcile(obj, self.memory.setdefault(key, Memory()), ctx)
+            except TimeoutError:
+                self.metrics.reconcile_timeouts.labels(*key).inc()
+                log.warning(
+                    "reconciling %s/%s took over %gs: cancelled", *key, self.reconcile_timeout_s
+                )
             except Exception:  # one object's bug must not stop the others' scaling
                 log.exception("reconciling %s/%s failed", *key)
 
         started_now = []
+        owned = 0
         for key, obj in list(self.objects.items()):
+            if not self.owns(key):
+                continue
+            owned += 1
             running = self._inflight.get(key)
             if running is not None and not running.done():
                 self.metrics.overruns.labels(*key).inc()
                 continue
             self._inflight[key] = asyncio.create_task(one(key, obj), name=f"reconcile {key}")
             started_now.append(self._inflight[key])
+        self.metrics.owned.set(owned)
         if started_now:
-            await asyncio.wait(started_now, timeout=self.interval_s)
+            await asyncio.wait(started_now, timeout=tick_budget_s(self.interval_s))
         self._inflight = {k: t for k, t in self._inflight.items() if not t.done()}
         self.ticks += 1
         self.metrics.ticks.inc()
-        self.metrics.tick_duration.observe(time.perf_counter() - started)
+        self.metrics.tick_duration.observe(self.clock() - started)
 
     async def lead(self, may_write: MayWrite) -> None:
-        """Tick every interval until cancelled (leadership lost, or shutdown)."""
+        """Tick on the interval's grid until cancelled (leadership lost, or shutdown);
+        a tick that overruns its slot skips the slots it overlapped."""
         self.memory.clear()
         await self.synced.wait()
-        async with aiohttp.ClientSession() as session:
+        limit = self.max_concurrent_scrapes
+        scrape_slots = asyncio.Semaphore(limit) if limit else None
+        # One session for the term: its connector keeps each pod's connection alive
+        # between ticks (the sidecar's /metrics server keeps it), bounded per host.
+        connector = aiohttp.TCPConnector(limit=limit or 0, limit_per_host=4, keepalive_timeout=30)
+        async with aiohttp.ClientSession(connector=connector) as session:
             try:
+                slot = self.clock()
                 while True:
-                    next_tick = self.clock() + self.interval_s
-                    await self.tick(session, may_write)
-                    await asyncio.sleep(max(0.0, next_tick - self.clock()))
+                    await self.tick(session, may_write, scrape_slots)
+                    upcoming = next_tick(slot, self.clock(), self.interval_s)
+                    if upcoming.skipped:
+                        self.metrics.tick_overruns.inc(upcoming.skipped)
+                        log.warning(
+                            "a tick took %.3fs (interval %gs): %d tick(s) skipped",
+                            self.clock() - slot,
+                            self.interval_s,
+                            upcoming.skipped,
+                        )
+                    slot = upcoming.at
+                    await asyncio.sleep(max(0.0, slot - self.clock()))
             finally:
                 # A term's reconciles end with it (their writes check may_write anyway).
                 inflight, self._inflight = list(self._inflight.values()), {}

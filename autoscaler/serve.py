@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +21,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from autoscaler.controller import Controller
+from autoscaler.informer import PodCache
 from autoscaler.kube_io import KubeApi
 from autoscaler.leader import Leadership, candidate_identity
 from autoscaler.metrics import ControllerMetrics
+from autoscaler.sampling import SamplingPolicy
+from autoscaler.shards import lease_name, shard_index
 
 __all__ = ["Options", "run"]
 
@@ -44,6 +49,25 @@ class Options:
     metrics_port: int = 9091
     scrape_timeout_s: float = 1.0
     request_timeout_s: float = 5.0
+    # Scale (docs/autoscaler.md, "At scale").
+    reconcile_timeout_s: float | None = None  # None: 5 intervals
+    sample: bool = True  # scrape a sample of a large ScoringAutoscaler's pods
+    sample_above: int = 50  # ready pods up to this many: all scraped
+    sample_confidence: float = 0.95
+    sample_error: float = 0.10
+    max_concurrent_scrapes: int = 256  # 0: unbounded
+    watch_pods: bool = True  # an informer's cache, not a list per ScoringAutoscaler per tick
+    pod_selector: str | None = None  # narrows the pod watch (a label all scoring pods carry)
+    shards: int = 1
+    shard_index: int | None = None  # None: the StatefulSet ordinal modulo shards
+
+    def sampling(self) -> SamplingPolicy:
+        return SamplingPolicy(
+            enabled=self.sample,
+            scrape_all_up_to=self.sample_above,
+            confidence=self.sample_confidence,
+            relative_error=self.sample_error,
+        )
 
 
 def metrics_app(metrics: ControllerMetrics, healthy: Callable[[], bool]) -> web.Application:
@@ -70,10 +94,20 @@ async def run(options: Options, stop: asyncio.Event | None = None) -> None:
             loop.add_signal_handler(signum, stop.set)
 
     metrics = ControllerMetrics()
+    shard = shard_index(
+        options.shards,
+        options.shard_index,
+        os.environ.get("POD_NAME") or socket.gethostname(),
+    )
     api = await KubeApi.connect(
         options.kubeconfig, metrics, request_timeout_s=options.request_timeout_s
     )
     try:
+        pods = (
+            PodCache(api, metrics, namespace=options.namespace, selector=options.pod_selector)
+            if options.watch_pods
+            else None
+        )
         controller = Controller(
             api,
             metrics,
@@ -81,20 +115,31 @@ async def run(options: Options, stop: asyncio.Event | None = None) -> None:
             interval_s=options.interval_s,
             dry_run=options.dry_run,
             scrape_timeout_s=options.scrape_timeout_s,
+            reconcile_timeout_s=options.reconcile_timeout_s,
+            sampling=options.sampling(),
+            max_concurrent_scrapes=options.max_concurrent_scrapes or None,
+            pods=pods,
+            shards=options.shards,
+            shard_index=shard,
         )
         tasks = [asyncio.create_task(controller.watch_forever(), name="watch")]
+        if pods is not None:
+            tasks.append(asyncio.create_task(pods.run_forever(), name="pod-watch"))
         if options.leader_elect:
             identity = candidate_identity()
+            lease = lease_name(options.lease_name, shard, options.shards)
             log.info(
-                "standing for election as %s (Lease %s/%s)",
+                "standing for election as %s (Lease %s/%s, shard %d of %d)",
                 identity,
                 options.lease_namespace,
-                options.lease_name,
+                lease,
+                shard,
+                options.shards,
             )
             leadership = Leadership(
                 api,
                 metrics,
-                lease_name=options.lease_name,
+                lease_name=lease,
                 lease_namespace=options.lease_namespace,
                 identity=identity,
                 lease_duration_s=options.lease_duration_s,

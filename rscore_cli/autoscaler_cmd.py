@@ -68,6 +68,72 @@ from r_scorer.logs import configure_json_logging
     show_default=True,
     help="Timeout of each pod /metrics scrape.",
 )
+@click.option(
+    "--reconcile-timeout-s",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    show_default="5 intervals",
+    help="A ScoringAutoscaler's reconcile still running after this is cancelled.",
+)
+@click.option(
+    "--sample/--no-sample",
+    default=True,
+    show_default=True,
+    help="Scrape a sample of a ScoringAutoscaler's ready pods above --sample-above.",
+)
+@click.option(
+    "--sample-above",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="Ready pods up to this many are all scraped every tick.",
+)
+@click.option(
+    "--sample-confidence",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.95,
+    show_default=True,
+    help="Confidence that the sample's mean concurrency is within --sample-error.",
+)
+@click.option(
+    "--sample-error",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.10,
+    show_default=True,
+    help="Relative error of the sample's mean concurrency.",
+)
+@click.option(
+    "--max-concurrent-scrapes",
+    type=click.IntRange(min=0),
+    default=256,
+    show_default=True,
+    help="Pod /metrics scrapes in flight at once, over all ScoringAutoscalers (0: no bound).",
+)
+@click.option(
+    "--watch-pods/--list-pods",
+    default=True,
+    show_default=True,
+    help="Keep pods in an informer's cache (one watch), or list them per tick.",
+)
+@click.option(
+    "--pod-selector",
+    default=None,
+    help="Label selector narrowing the pod watch (a label every scoring pod carries).",
+)
+@click.option(
+    "--shards",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Split the ScoringAutoscalers over this many shards, each with its own Lease.",
+)
+@click.option(
+    "--shard-index",
+    type=click.IntRange(min=0),
+    default=None,
+    show_default="the StatefulSet ordinal modulo --shards",
+    help="This replica's shard.",
+)
 def autoscaler(**options: object) -> None:
     """Scale scoring Deployments (and their node pools) from ScoringAutoscaler objects."""
     import uvloop

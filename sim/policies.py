@@ -4,7 +4,9 @@
 - `rscore`: `autoscaler.policy.decide`, unchanged, fed the `Observation` the controller
   would build: each ready pod's counters are rendered as the `PodScrape` its `/metrics`
   page would parse to, and the controller's own `DemandTracker` (autoscaler.scrape) and
-  `build_observation` (autoscaler.observe) turn them into the demand signal. Wall time
+  `build_observation` (autoscaler.observe) turn them into the demand signal; above
+  the sampling threshold only the controller's sample of the pods is read, the others
+  stand in at the sample's mean (autoscaler.sampling), as in the controller. Wall time
   for the forecast is the scenario's `start_epoch_s` plus simulated time. It sizes the
   node pool too (nodePool from `[nodes]`).
 - `kpa`: an independent emulation of Knative's KPA with Knative's defaults: target
@@ -25,13 +27,15 @@ Pure decisions on what the engine shows; no I/O, no clock.
 from __future__ import annotations
 
 import math
+import random
 from collections import deque
 
 import numpy as np
 
 from autoscaler.observe import PodFacts, PodUsage, build_observation
 from autoscaler.policy import PolicyState, ScalingSpec, decide
-from autoscaler.scrape import DemandTracker, PodScrape
+from autoscaler.sampling import Rotation, SamplingPolicy, sampled_demand
+from autoscaler.scrape import DemandTracker, PodDemand, PodScrape
 from sim.engine import ClusterView, PodView
 
 __all__ = [
@@ -111,9 +115,16 @@ class RscoreController:
     name = "rscore"
 
     def __init__(
-        self, spec: ScalingSpec, interval_s: float, start_epoch_s: float | None = 0.0
+        self,
+        spec: ScalingSpec,
+        interval_s: float,
+        start_epoch_s: float | None = 0.0,
+        sampling: SamplingPolicy | None = None,
+        seed: int = 0,
     ) -> None:
         self.spec = spec
+        self.sampling = sampling or SamplingPolicy()  # the controller's default
+        self._rotation = Rotation(random.Random(seed))
         self.interval_s: float | None = interval_s
         self.start_epoch_s = start_epoch_s
         self.state = PolicyState()
@@ -128,6 +139,7 @@ class RscoreController:
             )
             for pod in view.pods
         }
+        demand = self._sampled_demand(pages)
         facts = [PodFacts(name, True, False, False, None, None, request, 0.0) for name in pages]
         facts += [
             PodFacts(f"pending-{i}", False, True, False, None, None, request, 0.0)
@@ -138,7 +150,7 @@ class RscoreController:
             now=view.now,
             current_replicas=view.replicas,
             pods=facts,
-            demand=self._demand.update(pages),
+            demand=demand,
             usage={f"pod-{pod}": PodUsage(cores * 1000.0, 0.0) for pod, _, cores in cpu},
             workers_per_pod=view.workers,
             current_nodes=view.nodes,
@@ -147,6 +159,17 @@ class RscoreController:
         )
         recommendation, self.state = decide(observation, self.state, self.spec)
         return recommendation.desired_replicas, recommendation.desired_nodes
+
+    def _sampled_demand(self, pages: dict[str, PodScrape]) -> dict[str, PodDemand | None]:
+        """The controller's sample of the pods read (autoscaler.reconcile._scrape_all),
+        the others standing in at the fresh pods' mean."""
+        names = list(pages)
+        choice = self._rotation.choose(names, self.sampling)
+        read = self._demand.update(
+            {n: pages[n] for n in choice.scrape}, keep=[n for n in names if n not in choice.scrape]
+        )
+        self._rotation.observed({n: read[n] for n in choice.fresh if n in read})
+        return sampled_demand(choice, names, read)
 
 
 class KpaController:

@@ -469,9 +469,15 @@ class KubeEmulator:
             await self._runner.cleanup()
             self._runner = None
 
-    def write_kubeconfig(self, path: str | Path, namespace: str = "default") -> Path:
-        """A kubeconfig for `kubernetes_asyncio.config.load_kube_config(config_file=...)`."""
-        user: JSON = {"token": self.token} if self.token else {}
+    def write_kubeconfig(
+        self, path: str | Path, namespace: str = "default", token: str | None = None
+    ) -> Path:
+        """A kubeconfig for `kubernetes_asyncio.config.load_kube_config(config_file=...)`.
+
+        `token` (without a server token, accepted as any) tells clients apart in
+        `requests` (their `user`)."""
+        token = token or self.token
+        user: JSON = {"token": token} if token else {}
         config = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -575,6 +581,10 @@ class KubeEmulator:
                 break
             await asyncio.sleep(0.01)
         return len(watchers)
+
+    def open_watches_on(self, path_regex: str) -> int:
+        """Open watches whose path matches `path_regex` (say, of one resource)."""
+        return sum(1 for r in self._watchers.values() if re.search(path_regex, r.path))
 
     def send_raw_watch_line(self, line: bytes) -> int:
         """Write `line` as is to every open watch (a corrupted or truncated stream)."""

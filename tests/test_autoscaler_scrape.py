@@ -20,6 +20,9 @@ from autoscaler.scrape import (
     average_concurrency,
     metrics_url,
     parse_pod_metrics,
+    parsed_samples,
+    quick_samples,
+    used_lines,
 )
 from r_scorer.pool import WorkerPool
 from sidecar.admission import Dispatcher
@@ -125,11 +128,14 @@ async def test_parses_the_real_sidecar_page_and_its_concurrency_integral(
 
 
 @pytest.mark.parametrize("workers", [1, 4], ids=["1-worker", "4-workers"])
-def test_real_sidecar_page_reports_the_worker_count(workers: int) -> None:
+def test_real_sidecar_page_reports_the_worker_count(workers: int, tmp_path: Path) -> None:
     registry = CollectorRegistry()
     clock = Clock(5.0)
-    # the collector reads len(workers), and the model (None: not loaded yet)
-    pool = SimpleNamespace(workers=[object()] * workers, model=None)
+    # the collector reads the workers (their slots and pids, for their memory), the model
+    # (None: not loaded yet) and the socket's folder (where the scorer writes the
+    # workers' memory; nothing written yet here)
+    links = [SimpleNamespace(slot=i, pid=1000 + i) for i in range(workers)]
+    pool = SimpleNamespace(workers=links, model=None, socket_path=tmp_path / "scorer.sock")
     SidecarMetrics(registry).watch(Dispatcher(max_queue_per_worker=1, clock=clock), pool, clock)
     parsed = parse_pod_metrics(generate_latest(registry).decode(), at=7.0)
     assert parsed.workers == workers
@@ -224,7 +230,8 @@ def test_only_the_counter_total_counts(line: str) -> None:
 @pytest.mark.parametrize(
     ("text", "complaint"),
     [
-        ("this is not metrics", "unparsable"),
+        # reads as a sample of a series the controller does not read: skipped unparsed
+        ("this is not metrics", "lacks"),
         ("<html><body>404 page not found</body></html>", "unparsable"),
         ('{"status": "ok"}', "unparsable"),
         ("rscore_queue_depth\n", "unparsable"),
@@ -350,3 +357,67 @@ def test_instantaneous_concurrency_is_queue_plus_inflight() -> None:
 )
 def test_metrics_url(pod_ip: str, port: int, url: str) -> None:
     assert metrics_url(pod_ip, port) == url
+
+
+# --- only the series used reach the parser -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "kept"),
+    [
+        ("rscore_queue_depth 2.0", True),
+        ('rscore_requests_total{code="200"} 7.0', True),
+        ("rscore_scoring_duration_seconds_sum 1.5", True),
+        ('rscore_scoring_duration_seconds_bucket{le="0.1"} 3.0', False),
+        ("rscore_scoring_duration_seconds_count 3.0", False),
+        ('rscore_requests_created{code="200"} 1.7e9', False),
+        ("rscore_batch_rows_count 4.0", True),
+        ('rscore_batch_rows_bucket{le="1"} 1.0', False),
+        ("# TYPE rscore_scoring_duration_seconds histogram", True),
+        ("# HELP rscore_worker_pss_bytes Proportional set size", False),
+        ("# a comment", True),
+        ('process_cpu_seconds_total{pid="1"} 3', False),
+        ("rscore_workers lots", True),  # a used name: the parser judges the value
+        ("<html>", True),  # no sample line at all: the parser rejects the page
+        ("rscore_queue_depth", True),  # a name without a value: likewise
+    ],
+)
+def test_only_the_used_series_reach_the_parser(line: str, kept: bool) -> None:
+    assert (line in used_lines(PAGE + line + "\n").splitlines()) == kept
+
+
+QUICK_PAGES = {
+    "contract": PAGE,
+    "labelled": 'rscore_requests_total{code="200",path="/score"} 3\n'
+    'rscore_requests_total{ code = "429" } 1\n' + PAGE,
+    "timestamps": "rscore_queue_depth 1 1700000000000\n" + PAGE,
+    "special-values": "rscore_batch_max_rows NaN\nrscore_batch_rows_sum +Inf\n" + PAGE,
+    "noise": PAGE + 'rscore_scoring_duration_seconds_bucket{le="0.1"} 3\n# TYPE x gauge\nx 1\n',
+    "crlf": PAGE.replace("\n", "\r\n"),
+}
+
+
+@pytest.mark.parametrize("text", QUICK_PAGES.values(), ids=QUICK_PAGES.keys())
+def test_the_one_pass_read_gives_the_parsers_samples(text: str) -> None:
+    quick = quick_samples(text)
+    assert quick is not None
+
+    def comparable(samples: list[tuple[str, str, float]]) -> list[str]:
+        return sorted(repr((n, c, float(v))) for n, c, v in samples)  # NaN != NaN
+
+    assert comparable(quick) == comparable(parsed_samples(text))
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'rscore_requests_total{code="2\\"00"} 1',  # an escape in a label
+        "# TYPE rscore_concurrency_seconds counter\nrscore_concurrency_seconds 42",
+        "rscore_workers 1_000",
+        "rscore_workers lots",
+        "<html>",
+        "# TYPE rscore_workers sausage",
+    ],
+)
+def test_anything_but_the_plain_form_goes_to_the_parser(line: str) -> None:
+    assert quick_samples(PAGE + line + "\n") is None

@@ -543,7 +543,7 @@ CLUSTER_RULES = {
     ("apps", "deployments/scale", ("get", "patch", "update")),
     ("apps", "statefulsets/scale", ("get", "patch", "update")),
     ("cluster.x-k8s.io", "machinedeployments/scale", ("get", "patch", "update")),
-    ("", "pods", ("get", "list")),
+    ("", "pods", ("get", "list", "watch")),  # the informer's list and watch
     ("", "nodes", ("get", "list")),
     ("metrics.k8s.io", "pods", ("get", "list")),
     ("", "events", ("create", "patch")),
@@ -825,3 +825,53 @@ def test_the_gpu_overlay_scales_to_zero_behind_the_activator() -> None:
     params = parse_with_rscore(expanded_args(objs, container(pod(objs, "activator"), "activator")))
     assert params["hold_timeout_s"] >= 300
     assert only(render("overlays/cpu"), "ScoringAutoscaler")["spec"]["minReplicas"] == 1
+
+
+# --- the sharded autoscaler install ------------------------------------------------------------
+
+
+def test_the_sharded_install_is_the_install_with_a_statefulset_of_two_replicas_a_shard() -> None:
+    """manifests/autoscaler-sharded: every built-in object valid; the controller a
+    StatefulSet whose ordinals give each shard two replicas (one leads, one stands by),
+    allowed exactly its shards' Leases; the rest as in manifests/autoscaler."""
+    from autoscaler.serve import Options
+    from autoscaler.shards import lease_name, shard_index
+
+    sharded, plain = render("autoscaler-sharded"), render("autoscaler")
+    for obj in sharded:
+        if obj["kind"] != "CustomResourceDefinition":
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    assert not [o for o in sharded if o["kind"] == "Deployment"]
+    (statefulset,) = [o for o in sharded if o["kind"] == "StatefulSet"]
+    assert statefulset["metadata"]["namespace"] == only(sharded, "Namespace")["metadata"]["name"]
+    template = statefulset["spec"]["template"]["spec"]
+    ctr = container(template, "autoscaler")
+    assert ctr == container(pod(plain), "autoscaler") | {"args": ctr["args"]}
+    args = ctr["args"]
+    assert [a for a in args if not a.startswith("--shards=")] == container(
+        pod(plain), "autoscaler"
+    )["args"]
+    shards = int(flag(args, "--shards"))
+    assert "shards" in Options.__dataclass_fields__  # what the flag sets
+    assert statefulset["spec"]["replicas"] == 2 * shards
+    # POD_NAME (the downward API) carries the ordinal: each shard gets two pods.
+    (name_var,) = [e for e in ctr["env"] if e["name"] == "POD_NAME"]
+    assert name_var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    pods = [f"{statefulset['metadata']['name']}-{k}" for k in range(2 * shards)]
+    owners = [shard_index(shards, None, name) for name in pods]
+    assert sorted(owners) == sorted(list(range(shards)) * 2)
+    role = only(sharded, "Role")
+    base = flag(args, "--lease-name")
+    assert _flat_rules(role) == {
+        ("coordination.k8s.io", "leases", ("create",), ()),
+        (
+            "coordination.k8s.io",
+            "leases",
+            ("get", "update"),
+            tuple(lease_name(base, i, shards) for i in range(shards)),
+        ),
+    }
+    rest = {(o["kind"], o["metadata"]["name"]) for o in sharded if o["kind"] != "StatefulSet"}
+    assert rest == {(o["kind"], o["metadata"]["name"]) for o in plain if o["kind"] != "Deployment"}
+    assert selects(only(sharded, "PodDisruptionBudget")["spec"]["selector"],
+                   statefulset["spec"]["template"]["metadata"]["labels"])  # fmt: skip

@@ -1,0 +1,43 @@
+"""When the control loop ticks: a fixed grid of slots, and what an overrun costs.
+
+Ticks start on a grid (`first + k x interval`). A tick that ends after its slot is over
+(an overrun) does not queue the ticks it missed: the loop waits for the next slot still
+ahead, and the slots that passed are reported as skipped. A tick waits for its
+reconciles at most `TICK_BUDGET` of the interval, so that the loop's own overhead has
+room before the next slot; a reconcile still running then is left to finish (and its
+object skipped by the next tick) rather than delay the others.
+
+Pure: plain numbers in and out; no clock reads, no sleeping, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["TICK_BUDGET", "NextTick", "next_tick", "tick_budget_s"]
+
+TICK_BUDGET = 0.8  # of the interval, for the reconciles; the rest is the loop's margin
+
+
+@dataclass(frozen=True)
+class NextTick:
+    at: float  # when the next tick starts (a slot of the grid)
+    skipped: int  # slots that passed while this tick ran: 0 unless it overran
+
+
+def next_tick(started_at: float, ended_at: float, interval_s: float) -> NextTick:
+    """The next tick after one that started at its slot `started_at` and ended at
+    `ended_at` (same clock). Ending exactly at the next slot is on time."""
+    if interval_s <= 0:
+        raise ValueError(f"interval must be > 0, got {interval_s}")
+    due = started_at + interval_s
+    if ended_at <= due:
+        return NextTick(due, 0)
+    skipped = math.ceil((ended_at - due) / interval_s)
+    return NextTick(due + skipped * interval_s, skipped)
+
+
+def tick_budget_s(interval_s: float) -> float:
+    """How long a tick waits for its reconciles."""
+    return interval_s * TICK_BUDGET

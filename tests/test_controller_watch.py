@@ -1,0 +1,232 @@
+"""Pods from a watch, not a list per tick (autoscaler.informer, autoscaler.selector):
+the cache agrees with the API server's own label selection, follows every change,
+re-lists after 410 Gone, and a tick reads no pods from the API server however many
+there are.
+
+Against the emulated API server through the real kubernetes_asyncio client, on fake
+loop time (looptime): waits poll the state (`eventually`), bounded in loop time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from autoscaler_scene import NS, Scene
+from helpers import eventually
+from kube_emulator import KubeEmulator
+
+from autoscaler.controller import Controller
+from autoscaler.informer import PodCache
+from autoscaler.kube_io import KubeApi
+from autoscaler.metrics import ControllerMetrics
+from autoscaler.selector import SelectorError, equalities, parse_selector
+
+pytestmark = pytest.mark.looptime
+
+
+@pytest.mark.parametrize(
+    ("selector", "labels", "matches"),
+    [
+        ("", {}, True),
+        ("app=a", {"app": "a"}, True),
+        ("app==a", {"app": "b"}, False),
+        ("app!=a", {}, True),
+        ("app=a,tier=web", {"app": "a", "tier": "web"}, True),
+        ("app=a,tier=web", {"app": "a"}, False),
+        ("app in (a, b)", {"app": "b"}, True),
+        ("app notin (a,b)", {"app": "c"}, True),
+        ("app notin (a,b)", {}, True),
+        ("tier", {"tier": ""}, True),
+        ("!tier", {"tier": "x"}, False),
+        ("app in (a),!canary", {"app": "a"}, True),
+    ],
+)
+def test_selector_matches(selector: str, labels: dict[str, str], matches: bool) -> None:
+    assert parse_selector(selector)(labels) is matches
+
+
+@pytest.mark.parametrize("text", ["app in (a", "app)=b", "=a", "a b c"])
+def test_a_string_that_is_no_selector_is_an_error(text: str) -> None:
+    with pytest.raises(SelectorError):
+        parse_selector(text)
+
+
+def test_equalities_are_what_a_label_index_can_use() -> None:
+    assert equalities("app=a,tier!=x,zone in (z1),env in (a,b),!gpu") == [
+        ("app", "a"),
+        ("zone", "z1"),
+    ]
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[tuple[KubeEmulator, KubeApi]]:
+    async with KubeEmulator() as emu:
+        client = await KubeApi.connect(
+            emu.write_kubeconfig(tmp_path / "kubeconfig"), ControllerMetrics()
+        )
+        try:
+            yield emu, client
+        finally:
+            await client.close()
+
+
+SELECTORS = [
+    "app=a",
+    "app in (a,b)",
+    "app=a,tier!=canary",
+    "tier",
+    "!tier",
+    "app notin (a)",
+    "app=b,tier=web",
+    "",
+]
+
+
+def _pods(emu: KubeEmulator) -> None:
+    for ns in ("one", "two"):
+        for i in range(12):
+            labels = {"app": "ab"[i % 2]}
+            if i % 3 == 0:
+                labels["tier"] = "canary" if i % 2 else "web"
+            emu.make_pod(f"p{i}", ns, labels=labels, ready=True, pod_ip=f"10.0.0.{i + 1}")
+
+
+async def _same_as_the_server(emu: KubeEmulator, api: KubeApi, cache: PodCache) -> bool:
+    for ns in ("one", "two"):
+        for selector in SELECTORS:
+            listed = [p["metadata"]["name"] for p in await api.list_pods(ns, selector)]
+            cached = [p["metadata"]["name"] for p in cache.select(ns, selector)]
+            if sorted(listed) != sorted(cached):
+                return False
+    return True
+
+
+async def test_the_cache_selects_what_the_api_server_lists_and_follows_changes(api) -> None:
+    emu, client = api
+    _pods(emu)
+    cache = PodCache(client, client.metrics, watch_timeout_s=30)
+    task = asyncio.create_task(cache.run_forever())
+    try:
+        await asyncio.wait_for(cache.synced.wait(), 10)
+        assert len(cache) == 24
+        assert await _same_as_the_server(emu, client, cache)
+        # Changes arrive through the watch: a relabel, a delete, a new pod.
+        pod = emu.get_object("v1", "Pod", "one", "p0")
+        assert pod is not None
+        pod["metadata"]["labels"] = {"app": "b", "tier": "web"}
+        emu.put_object(pod)
+        emu.delete_object("v1", "Pod", "two", "p3")
+        emu.make_pod("new", "one", labels={"app": "a"}, ready=True, pod_ip="10.0.1.1")
+        await eventually(lambda: len(cache) == 24 and bool(cache.select("one", "app=b,tier=web")))
+        assert await _same_as_the_server(emu, client, cache)
+        # The watch ends at its timeout and resumes from the last version seen.
+        await eventually(lambda: _restarts(client, "pods_timeout") >= 1, timeout_s=60)
+        assert _lists(emu) == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_compacted_history_makes_the_cache_list_again(api) -> None:
+    emu, client = api
+    _pods(emu)
+    cache = PodCache(client, client.metrics)
+    # every watch request waits a little: a reconnect lands after the compaction below
+    emu.delay("GET", r"/api/v1/pods$", 0.5, watch=True, times=None)
+    task = asyncio.create_task(cache.run_forever())
+    try:
+        await asyncio.wait_for(cache.synced.wait(), 10)
+        await eventually(lambda: emu.open_watches_on(r"/pods$") == 1)
+        await emu.drop_watches()
+        # While it reconnects, pods change and the history is compacted: 410.
+        emu.delete_object("v1", "Pod", "one", "p1")
+        emu.make_pod("late", "two", labels={"app": "b"}, ready=True, pod_ip="10.0.2.1")
+        emu.compact()
+        await eventually(lambda: _restarts(client, "pods_expired") >= 1)
+        await eventually(lambda: _lists(emu) == 2 and len(cache) == 24)
+        assert await _same_as_the_server(emu, client, cache)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_refused_watch_leaves_no_stale_cache_in_use(api) -> None:
+    """Watch refused for good (say, RBAC without `watch` on pods): every failure
+    marks the cache unsynced, so ticks list pods themselves, and each new attempt lists
+    again, so the cache is never older than its last list."""
+    emu, client = api
+    _pods(emu)
+    emu.fail("GET", r"/api/v1/pods$", 403, times=None, watch=True)
+    cache = PodCache(client, client.metrics)
+    unsynced_seen = []
+    task = asyncio.create_task(cache.run_forever())
+
+    def check() -> bool:
+        if _lists(emu) >= 1 and not cache.synced.is_set():
+            unsynced_seen.append(True)
+        return _lists(emu) >= 3 and bool(unsynced_seen)
+
+    try:
+        await eventually(check, timeout_s=60, every_s=0.01)
+        assert _restarts(client, "pods_failed") >= 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def _restarts(client: KubeApi, cause: str) -> float:
+    sample = "rscore_autoscaler_watch_restarts_total"
+    return client.metrics.registry.get_sample_value(sample, {"cause": cause}) or 0.0
+
+
+def _lists(emu: KubeEmulator) -> int:
+    return sum(1 for r in emu.requests if r.path == "/api/v1/pods" and not r.watch)
+
+
+# --- a tick reads no pods from the API server ---------------------------------------------
+
+
+async def test_api_reads_per_tick_stay_flat_as_pods_grow(tmp_path: Path) -> None:
+    async with KubeEmulator() as emu:
+        scene = await Scene.build(emu, replicas=2)
+        metrics = ControllerMetrics()
+        client = await KubeApi.connect(emu.write_kubeconfig(tmp_path / "kubeconfig"), metrics)
+        cache = PodCache(client, metrics)
+        # Pinned at 12 pods: the first tick scales 2 -> 12, then nothing moves.
+        scene.add_autoscaler(minReplicas=12, maxReplicas=12)
+        controller = Controller(client, metrics, interval_s=1.0, pods=cache)
+        tasks = [
+            asyncio.create_task(controller.watch_forever()),
+            asyncio.create_task(cache.run_forever()),
+        ]
+        try:
+            await cache.synced.wait()
+            await controller.synced.wait()
+            tasks.append(asyncio.create_task(controller.lead(lambda: True)))
+            few = await _reads_over(emu, controller, ticks=4)
+            await eventually(lambda: scene.replicas == 12)
+            await scene.sync_pods()  # 12 pods now, each with its metrics server
+            await eventually(lambda: len(cache.select(NS, "app=scorer")) == 12)
+            many = await _reads_over(emu, controller, ticks=4)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await client.close()
+            await scene.close()
+    # One read per ScoringAutoscaler per tick (its /scale), with 2 pods or 12; the
+    # pods come from the watch, never from a list.
+    assert few == many == ["GET scale"] * 4, (few, many)
+
+
+async def _reads_over(emu: KubeEmulator, controller: Controller, ticks: int) -> list[str]:
+    """The API reads (not watches, not the Lease) of the next `ticks` whole ticks."""
+    start = controller.ticks + 1
+    await eventually(lambda: controller.ticks >= start)
+    first = len(emu.requests)
+    await eventually(lambda: controller.ticks >= start + ticks)
+    reads = [r for r in emu.requests[first:] if r.method == "GET" and not r.watch]
+    return [f"GET {r.path.rsplit('/', 1)[-1]}" for r in reads]
