@@ -10,12 +10,15 @@ resources, Leases and discovery through its `ApiClient`. Patches name their cont
 rejects. Transient failures (409, 429, 5xx, timeouts, dropped connections) are retried
 here with capped exponential backoff, except the Lease calls, whose cadence is the
 election's (autoscaler.leader); what still fails is raised as `ApiError` for the caller
-to report. Nothing here decides anything.
+to report. Watches (ScoringAutoscalers; pods, for `autoscaler.informer`) yield plain
+dicts, never the library's models, which would cost more to build than a tick at
+thousands of pods. Nothing here decides anything.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import yarl
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -32,7 +36,7 @@ from kubernetes_asyncio.watch import Watch
 
 from autoscaler.metrics import ControllerMetrics
 from autoscaler.observe import PodUsage, pod_usage
-from autoscaler.quantity import cpu_millicores
+from autoscaler.quantity import cpu_millicores, memory_bytes
 from autoscaler.scrape import PodScrape, ScrapeError, parse_pod_metrics
 from autoscaler.spec import TargetRef
 from autoscaler.unrouted import held_requests
@@ -47,6 +51,7 @@ __all__ = [
     "KubeConfigError",
     "LeaseRecord",
     "MayWrite",
+    "NodeAllocatable",
     "NotLeading",
     "Scale",
     "retry_delay",
@@ -154,6 +159,14 @@ class Scale:
     replicas: int  # spec.replicas: what the controller sets
     status_replicas: int  # status.replicas: what exists
     selector: str | None  # status.selector; None if the resource publishes none
+
+
+@dataclass(frozen=True)
+class NodeAllocatable:
+    """What a node offers its pods: status.allocatable, None where it says nothing."""
+
+    cpu_millicores: float | None
+    memory_bytes: float | None
 
 
 def retry_delay(
@@ -291,11 +304,16 @@ class KubeApi:
         query: list[tuple[str, Any]] | None = None,
         body: Any = None,
         content_type: str | None = None,
+        answer: bool = True,
     ) -> Any:
+        """The call's JSON answer as a dict; with `answer=False`, None (the body is read
+        but not decoded: a status patch answers with the whole object, demand profile
+        included, which no one reads). A non-2xx is raised as the library's
+        ApiException either way."""
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
-        return await self.api_client.call_api(
+        response = await self.api_client.call_api(
             path,
             method,
             query_params=query or [],
@@ -304,8 +322,17 @@ class KubeApi:
             response_types_map={200: "object", 201: "object"},
             auth_settings=["BearerToken"],
             _return_http_data_only=True,
+            _preload_content=answer,
             _request_timeout=self.request_timeout_s,
         )
+        if answer:
+            return response
+        data = await response.read()
+        if not 200 <= response.status <= 299:  # as the library raises it
+            error = ApiException(status=response.status, reason=response.reason)
+            error.body, error.headers = data, response.headers
+            raise error
+        return None
 
     # --- discovery ---------------------------------------------------------------------
 
@@ -368,6 +395,56 @@ class KubeApi:
         )
         return list(listing.get("items") or [])
 
+    @staticmethod
+    def _pods_path(namespace: str | None) -> str:
+        return f"/api/v1/namespaces/{namespace}/pods" if namespace else "/api/v1/pods"
+
+    async def list_pods_versioned(
+        self, namespace: str | None, selector: str | None
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Every pod (of `namespace`, else of the cluster; matching `selector`, else all)
+        as plain dicts, and the list's resourceVersion to watch from."""
+        query = [("labelSelector", selector)] if selector else []
+        listing = await self._retrying(
+            "list_pods", lambda: self._core("GET", self._pods_path(namespace), query=query)
+        )
+        version = str((listing.get("metadata") or {}).get("resourceVersion", ""))
+        return list(listing.get("items") or []), version
+
+    async def watch_pods(
+        self, namespace: str | None, selector: str | None, resource_version: str, timeout_s: int
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """(event type, pod) from `resource_version` until the server ends the watch;
+        ApiError as `watch_autoscalers`. Pods stay plain dicts (never the library's
+        V1Pod models, whose building would cost more than the whole tick)."""
+        path = self._pods_path(namespace)
+
+        async def request(**kwargs: Any) -> Any:  # no docstring: Watch keeps the JSON
+            query: list[tuple[str, Any]] = [
+                ("watch", "true"),
+                ("resourceVersion", kwargs["resource_version"]),
+                ("timeoutSeconds", kwargs["timeout_seconds"]),
+                ("allowWatchBookmarks", "true"),
+            ]
+            if selector:
+                query.append(("labelSelector", selector))
+            return await self.api_client.call_api(
+                path,
+                "GET",
+                query_params=query,
+                header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=aiohttp.ClientTimeout(
+                    sock_connect=self.request_timeout_s, sock_read=timeout_s + 10
+                ),
+            )
+
+        async for kind, obj in _stream(
+            "watch_pods", request, resource_version=resource_version, timeout_seconds=timeout_s
+        ):
+            yield kind, obj
+
     async def list_pod_usage(self, namespace: str, selector: str) -> dict[str, PodUsage]:
         """CPU and memory per pod from metrics.k8s.io; {} when the metrics API is absent."""
         try:
@@ -393,12 +470,16 @@ class KubeApi:
                 usage[name] = pod_usage(item)
         return usage
 
-    async def node_allocatable_cpu(self, node_name: str) -> float | None:
+    async def node_allocatable(self, node_name: str) -> NodeAllocatable:
         node = await self._retrying(
             "get_node", lambda: self._core("GET", f"/api/v1/nodes/{node_name}")
         )
-        cpu = ((node.get("status") or {}).get("allocatable") or {}).get("cpu")
-        return None if cpu is None else cpu_millicores(cpu)
+        allocatable = (node.get("status") or {}).get("allocatable") or {}
+        cpu, memory = allocatable.get("cpu"), allocatable.get("memory")
+        return NodeAllocatable(
+            None if cpu is None else cpu_millicores(cpu),
+            None if memory is None else memory_bytes(memory),
+        )
 
     # --- the ScoringAutoscaler itself ------------------------------------------------------
 
@@ -444,12 +525,8 @@ class KubeApi:
         else:
             function = self.custom.list_cluster_custom_object
             positional = (CRD_GROUP, CRD_VERSION, CRD_PLURAL)
-        try:
-            async with Watch() as watch:
-                async for event in watch.stream(function, *positional, **args):
-                    yield event["type"], event["raw_object"]
-        except (ApiException, TimeoutError, aiohttp.ClientError) as error:
-            raise _translated("watch_autoscalers", error) from error
+        async for kind, obj in _stream("watch_autoscalers", function, *positional, **args):
+            yield kind, obj
 
     async def patch_status(
         self, namespace: str, name: str, body: dict[str, Any], *, guard: Guard = None
@@ -457,7 +534,7 @@ class KubeApi:
         path = f"/apis/{CRD_GROUP}/{CRD_VERSION}/namespaces/{namespace}/{CRD_PLURAL}/{name}/status"
         await self._retrying(
             "patch_status",
-            lambda: self._core("PATCH", path, body=body, content_type=MERGE_PATCH),
+            lambda: self._core("PATCH", path, body=body, content_type=MERGE_PATCH, answer=False),
             guard,
         )
 
@@ -527,6 +604,25 @@ class KubeApi:
         return LeaseRecord.from_object(lease)
 
 
+async def _stream(
+    operation: str, function: Callable[..., Any], *positional: Any, **args: Any
+) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """The events of one watch request, as (type, object as a dict)."""
+
+    async def request(*a: Any, **k: Any) -> Any:
+        # No docstring: the library reads a call's return type from its docstring, and
+        # would turn every event's JSON into that type (for a dict, dumps and loads
+        # again): the raw object is all we read.
+        return await function(*a, **k)
+
+    try:
+        async with Watch() as watch:
+            async for event in watch.stream(request, *positional, **args):
+                yield event["type"], event["raw_object"]
+    except (ApiException, TimeoutError, aiohttp.ClientError) as error:
+        raise _translated(operation, error) from error
+
+
 async def scrape_pod(
     session: aiohttp.ClientSession, url: str, timeout_s: float, clock: Callable[[], float]
 ) -> PodScrape:
@@ -543,10 +639,17 @@ async def scrape_held_requests(session: aiohttp.ClientSession, url: str, timeout
     return held_requests(await _metrics_page(session, url, timeout_s))
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _parsed_url(url: str) -> yarl.URL:
+    """A pod's metrics URL, parsed once (it is the same every tick)."""
+    return yarl.URL(url, encoded=True)
+
+
 async def _metrics_page(session: aiohttp.ClientSession, url: str, timeout_s: float) -> str:
     """The text of a /metrics page; ScrapeError on a failed request or a non-200."""
     try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        async with session.get(_parsed_url(url), timeout=timeout) as response:
             if response.status != 200:
                 raise ScrapeError(f"{url} answered {response.status}")
             return await response.text()

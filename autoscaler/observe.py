@@ -92,6 +92,7 @@ def build_observation(
     workers_per_pod: int,
     current_nodes: int | None = None,
     node_allocatable_cpu_millicores: float | None = None,
+    node_allocatable_memory_bytes: float | None = None,
     wall_s: float | None = None,
     unrouted_concurrency: float = 0.0,
     unrouted_unknown: str | None = None,
@@ -109,6 +110,7 @@ def build_observation(
         for p in ready
     )
     requests = [p.cpu_request_millicores for p in pods if p.cpu_request_millicores > 0]
+    memory = [p.memory_request_bytes for p in pods if p.memory_request_bytes > 0]
     return Observation(
         now=now,
         ready_pods=samples,
@@ -118,6 +120,8 @@ def build_observation(
         current_nodes=current_nodes,
         node_allocatable_cpu_millicores=node_allocatable_cpu_millicores,
         pod_cpu_request_millicores=max(requests) if requests else None,
+        node_allocatable_memory_bytes=node_allocatable_memory_bytes,
+        pod_memory_request_bytes=max(memory) if memory else None,
         wall_s=wall_s,
         unrouted_concurrency=unrouted_concurrency,
         unrouted_unknown=unrouted_unknown,

@@ -3,7 +3,8 @@
 A thin shell: what to observe is `autoscaler.observe`, what to decide is
 `autoscaler.policy.decide`, what to write is `autoscaler.status`; this module sequences
 the calls in `autoscaler.kube_io` and keeps the little memory a tick needs from the last
-(policy state, last scrape per pod). The forecast's demand profile, part of the policy
+(policy state, last scrape per pod, the sample's rotation: `autoscaler.sampling`
+decides which ready pods a tick scrapes). The forecast's demand profile, part of the policy
 state, is the one memory that outlives a term: it is saved in the status once a slot and
 restored from it when a term starts. It must never raise out of `reconcile` for an API
 or scrape failure: those become conditions, Warning events and metrics, and the next
@@ -13,6 +14,7 @@ tick tries again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -22,10 +24,12 @@ from typing import Any
 import aiohttp
 
 from autoscaler.forecast import DemandProfile
+from autoscaler.informer import PodCache
 from autoscaler.kube_io import (
     ApiError,
     Guard,
     KubeApi,
+    NodeAllocatable,
     NotLeading,
     Scale,
     scrape_held_requests,
@@ -34,7 +38,9 @@ from autoscaler.kube_io import (
 from autoscaler.metrics import ControllerMetrics
 from autoscaler.observe import PodFacts, PodUsage, build_observation, pod_facts
 from autoscaler.policy import MODE_PANIC, Observation, PolicyState, Recommendation, decide
+from autoscaler.sampling import Rotation, SamplingPolicy, sampled_demand
 from autoscaler.scrape import DemandTracker, PodDemand, PodScrape, ScrapeError, metrics_url
+from autoscaler.selector import SelectorError
 from autoscaler.spec import AutoscalerSettings, SpecError, settings_from_object
 from autoscaler.status import (
     Condition,
@@ -64,6 +70,7 @@ class Memory:
     restored: bool = False  # the demand profile was read back from the status
     profile_saved: bool = False  # and the status holds the profile of this slot:
     profile_saved_slot: float | None = None  # the start of the slot occurrence it was in
+    rotation: Rotation = field(default_factory=Rotation)  # which pods to scrape (sampling)
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,20 @@ class TickContext:
     may_write: Guard = None  # still the leader? None means always (no election)
     clock: Callable[[], float] = time.monotonic  # stamps each scrape when its answer is in
     wall_s: float | None = None  # Unix seconds for the forecast; None: time.time()
+    sampling: SamplingPolicy = field(default_factory=SamplingPolicy)  # which pods to scrape
+    scrape_slots: asyncio.Semaphore | None = None  # bounds concurrent scrapes (all objects)
+    pods: PodCache | None = None  # the pod informer's cache, synced; None: list per tick
+
+
+async def _list_pods(ctx: TickContext, namespace: str, selector: str) -> list[dict[str, Any]]:
+    """The pods `selector` matches: from the informer's cache when there is one (a
+    selector it cannot read is asked of the API server, which says what is wrong)."""
+    if ctx.pods is not None:
+        try:
+            return ctx.pods.select(namespace, selector)
+        except SelectorError:
+            pass
+    return await ctx.api.list_pods(namespace, selector)
 
 
 def _writable(ctx: TickContext) -> bool:
@@ -200,24 +221,35 @@ async def _fail(
 async def _scrape_all(
     ctx: TickContext, settings: AutoscalerSettings, ready: list[PodFacts], memory: Memory
 ) -> dict[str, PodDemand | None]:
+    """Scrape this tick's sample of the ready pods; the others get stand-ins."""
+
     async def one(pod: PodFacts) -> tuple[str, PodScrape | None]:
         assert pod.pod_ip is not None  # ready pods have an IP (observe.pod_facts)
         url = metrics_url(pod.pod_ip, settings.metrics_port)
         try:
-            return pod.name, await scrape_pod(ctx.session, url, ctx.scrape_timeout_s, ctx.clock)
+            async with ctx.scrape_slots or contextlib.nullcontext():
+                page = await scrape_pod(ctx.session, url, ctx.scrape_timeout_s, ctx.clock)
+            return pod.name, page
         except ScrapeError as error:
             ctx.metrics.scrape_errors.labels(settings.namespace, settings.name).inc()
             log.warning("scrape of %s failed: %s", pod.name, error)
             return pod.name, None
 
-    results = await asyncio.gather(*(one(p) for p in ready))
+    names = [p.name for p in ready]
+    choice = memory.rotation.choose(names, ctx.sampling)
+    sampled = set(choice.scrape)
+    chosen = [p for p in ready if p.name in sampled]
+    ctx.metrics.scrapes.inc(len(chosen))
+    ctx.metrics.sampled_pods.labels(settings.namespace, settings.name).set(len(chosen))
+    results = await asyncio.gather(*(one(p) for p in chosen))
     pages = dict(results)
-    demand = memory.demand.update(pages)
+    demand = memory.demand.update(pages, keep=[n for n in names if n not in pages])
+    memory.rotation.observed({n: demand[n] for n in choice.fresh if n in demand})
     fresh = [page for page in pages.values() if page is not None]
     workers = [page.workers for page in fresh if page.workers > 0]
     if workers:
         memory.workers_per_pod = max(workers)
-    return demand
+    return sampled_demand(choice, names, demand)
 
 
 async def _unrouted(
@@ -231,11 +263,16 @@ async def _unrouted(
     if activator is None:
         return 0.0
     try:
-        listed = await ctx.api.list_pods(settings.namespace, activator.selector)
+        listed = await _list_pods(ctx, settings.namespace, activator.selector)
         pods = [pod_facts(p) for p in listed]
         urls = [metrics_url(p.pod_ip, activator.metrics_port) for p in pods if p.ready and p.pod_ip]
+
+        async def held_by(url: str) -> float:
+            async with ctx.scrape_slots or contextlib.nullcontext():
+                return await scrape_held_requests(ctx.session, url, ctx.scrape_timeout_s)
+
         answers = await asyncio.gather(
-            *(scrape_held_requests(ctx.session, url, ctx.scrape_timeout_s) for url in urls),
+            *(held_by(url) for url in urls),
             return_exceptions=True,  # every scrape ends before a failure is reported
         )
         held = [a for a in answers if not isinstance(a, BaseException)]
@@ -255,16 +292,16 @@ async def _unrouted(
 
 async def _node_pool_state(
     ctx: TickContext, settings: AutoscalerSettings, pods: list[PodFacts]
-) -> tuple[int | None, float | None]:
-    """(current nodes, allocatable CPU of a node running the pods) for the node pool."""
+) -> tuple[int | None, NodeAllocatable]:
+    """(current nodes, what a node running the pods can allocate) for the node pool."""
     assert settings.node_pool_target is not None
     pool_scale = await ctx.api.get_scale(settings.namespace, settings.node_pool_target)
-    allocatable = None
+    allocatable = NodeAllocatable(None, None)
     pool = settings.scaling.node_pool
     if pool is not None and pool.pods_per_node is None:
         node_name = next((p.node_name for p in pods if p.node_name), None)
         if node_name:
-            allocatable = await ctx.api.node_allocatable_cpu(node_name)
+            allocatable = await ctx.api.node_allocatable(node_name)
     return pool_scale.replicas, allocatable
 
 
@@ -288,14 +325,14 @@ async def _observe(
         return None
 
     try:
-        pods = [pod_facts(p) for p in await ctx.api.list_pods(ns, scale.selector)]
+        pods = [pod_facts(p) for p in await _list_pods(ctx, ns, scale.selector)]
         usage: dict[str, PodUsage] = {}
         if (
             settings.scaling.cpu_target_utilization is not None
             or settings.scaling.memory_target_utilization is not None
         ):
             usage = await ctx.api.list_pod_usage(ns, scale.selector)
-        current_nodes = allocatable = None
+        current_nodes, allocatable = None, NodeAllocatable(None, None)
         if settings.node_pool_target is not None:
             current_nodes, allocatable = await _node_pool_state(ctx, settings, pods)
     except ApiError as error:
@@ -317,7 +354,8 @@ async def _observe(
         workers_per_pod=memory.workers_per_pod,
         current_nodes=current_nodes,
         wall_s=time.time() if ctx.wall_s is None else ctx.wall_s,
-        node_allocatable_cpu_millicores=allocatable,
+        node_allocatable_cpu_millicores=allocatable.cpu_millicores,
+        node_allocatable_memory_bytes=allocatable.memory_bytes,
         unrouted_concurrency=unrouted,
         unrouted_unknown=memory.unrouted_unknown,
     )

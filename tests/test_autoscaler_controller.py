@@ -23,6 +23,8 @@ from kube_emulator import KubeEmulator
 
 from autoscaler.serve import Options, run
 
+SA_WATCH = r"/scoringautoscalers$"  # the controller also watches pods
+
 pytestmark = pytest.mark.slow  # real timers and deadlines, seconds each
 
 
@@ -239,16 +241,16 @@ async def test_the_watch_relists_after_410_and_reconnects_after_drops(cluster) -
     emu, scene, kubeconfig = cluster
     scene.set_total_concurrency(8)
     async with controller(kubeconfig) as port:
-        await eventually(lambda: emu.open_watches == 1)
+        await eventually(lambda: emu.open_watches_on(SA_WATCH) == 1)
         # While the controller reconnects (held 0.5 s), the store moves on and its
         # history is compacted: the resourceVersion it resumes from is too old -> 410.
         emu.delay("GET", r"/scoringautoscalers$", 0.5, watch=True)
         await emu.drop_watches()
         emu.put_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})
         emu.compact()
-        await eventually(lambda: emu.open_watches == 1)
+        await eventually(lambda: emu.open_watches_on(SA_WATCH) == 1)
         await emu.drop_watches(abrupt=True)  # a reset connection: reconnect
-        await eventually(lambda: emu.open_watches == 1)
+        await eventually(lambda: emu.open_watches_on(SA_WATCH) == 1)
         scene.add_autoscaler()  # seen only through the new watch
         await eventually(lambda: scene.replicas == 6)
         metrics = await _scrape(port)
@@ -360,9 +362,11 @@ async def test_a_garbled_watch_line_does_not_kill_the_watch(cluster) -> None:
     emu, scene, kubeconfig = cluster
     scene.set_total_concurrency(8)
     async with controller(kubeconfig) as port:
-        await eventually(lambda: emu.open_watches == 1)
-        assert emu.send_raw_watch_line(b"<html>502 Bad Gateway</html>\n") == 1
-        await eventually(lambda: emu.open_watches == 1 and len(_watch_requests(emu)) >= 2)
+        await eventually(lambda: emu.open_watches_on(SA_WATCH) == 1)
+        assert emu.send_raw_watch_line(b"<html>502 Bad Gateway</html>\n") == 2  # and pods
+        await eventually(
+            lambda: emu.open_watches_on(SA_WATCH) == 1 and len(_watch_requests(emu)) >= 2
+        )
         scene.add_autoscaler()  # seen only through the new watch
         await eventually(lambda: scene.replicas == 6)
         metrics = await _scrape(port)
@@ -468,3 +472,31 @@ async def test_an_object_whose_api_calls_hang_does_not_hold_back_the_others(clus
     }
     assert overruns["slow"] >= 5
     assert APP not in overruns
+
+
+async def test_memory_limits_the_pods_a_node_holds(cluster) -> None:
+    """No podsPerNode: the controller reads a node running the pods. Its 8 CPUs fit 8
+    pods of 1 CPU, but its 12 Gi fit only 2 pods of 5 Gi: 6 pods need 3 nodes (by CPU
+    alone, 1)."""
+    emu, scene, kubeconfig = cluster
+    emu.put_object(
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": "gpu-node-1"},
+            "status": {"allocatable": {"cpu": "8", "memory": "12Gi"}},
+        }
+    )
+    for name in scene.pods:
+        pod = emu.get_object("v1", "Pod", NS, name)
+        pod["spec"]["nodeName"] = "gpu-node-1"
+        pod["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "1", "memory": "5Gi"}}
+        emu.put_object(pod)
+    scene.add_autoscaler(nodePool={"maxNodes": 5, "scaleDownDelaySeconds": 60})
+    scene.set_total_concurrency(8)
+    async with controller(kubeconfig):
+        await eventually(lambda: scene.replicas == 6 and scene.nodes == 3)
+    assert "nodes: ceil(6/2)" in scene.status()["reason"]
+    node_reads = [r for r in emu.requests if r.path == "/api/v1/nodes/gpu-node-1"]
+    assert node_reads
+    assert {r.status for r in node_reads} == {200}

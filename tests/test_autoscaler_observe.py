@@ -293,6 +293,7 @@ def test_build_observation() -> None:
         usage={"a": PodUsage(400.0, 100.0 * MI), "c": PodUsage(10.0, MI), "t": PodUsage(1, 1)},
         current_nodes=2,
         node_allocatable_cpu_millicores=3800.0,
+        node_allocatable_memory_bytes=16_000.0 * MI,
     )
     assert observation == Observation(
         now=100.0,
@@ -307,6 +308,9 @@ def test_build_observation() -> None:
         current_nodes=2,
         node_allocatable_cpu_millicores=3800.0,
         pod_cpu_request_millicores=750.0,
+        # the largest memory request of the pods (every one asks 256 Mi here)
+        node_allocatable_memory_bytes=16_000.0 * MI,
+        pod_memory_request_bytes=256.0 * MI,
     )
 
 
