@@ -23,7 +23,7 @@ DEBIAN_PACKAGES := r-base-core r-base-dev r-cran-jsonlite r-cran-randomforest r-
 
 .PHONY: help setup demo predict-examples dev-certs test test-fast lint format bench-worker bench \
 	bench-activator bench-sim bench-autoscale bench-parse bench-bodies bench-fidelity bench-big soak \
-	images pod-test clean
+	bench-controller bench-memory images pod-test clean
 
 help:
 	@echo "make demo          set up, serve the example lm bundle, send it one request"
@@ -39,6 +39,8 @@ help:
 	@echo "make bench-bodies  sidecar memory and /healthz stalls under 9 MB bodies"
 	@echo "make bench-big     100k and 1M-row requests vs R's own predict(); fan-out"
 	@echo "make bench-fidelity  simulator vs a real pod: lm and rf, Poisson and trace, 30-90% load"
+	@echo "make bench-controller  rscore autoscaler vs the API emulator: ticks, CPU, API requests at scale"
+	@echo "make bench-memory  R workers' memory and restart: spawned vs forked from a zygote"
 	@echo "make soak          10 minutes of faults and hostile clients at 80% load: nothing lost"
 	@echo "make dev-certs     a test CA and a localhost/127.0.0.1 certificate in $(DEV_CERTS)/"
 	@echo "make images        build the scorer, sidecar, autoscaler, activator images (podman)"
@@ -133,7 +135,7 @@ $(STAMPS)/bench-wrk: Makefile $(STAMPS)/debian
 # bench-autoscale also takes scenario paths (only those run); bench-fidelity takes about 8
 # minutes ("--duration-s 5 --no-write" for a shorter look; the traces come from
 # ../shared/traces); bench-big a few minutes.
-bench-sim bench-autoscale bench-parse bench-bodies bench-fidelity bench-big: bench-%: setup
+bench-sim bench-autoscale bench-parse bench-bodies bench-fidelity bench-big bench-controller bench-memory: bench-%: setup
 	@$(BIN)/python -m bench.$* $(BENCH_ARGS)
 
 # `make images`: podman here (docker elsewhere, same docker/*.Dockerfile); the base is made

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from autoscaler import forecast
 from autoscaler.batch_cost import BatchCostFit, CallCounts, CostCurve, request_cost
 from autoscaler.forecast import DemandProfile
+from autoscaler.latency_target import objective_utilization
 
 __all__ = [
     "HPA_TOLERANCE",
@@ -62,6 +63,9 @@ class NodePoolSpec:
     pods_per_node: int | None = None
     scale_down_delay_s: float = 300.0
     provision_s: float = 300.0  # order to usable: how far ahead the forecast must look
+    # What one pod needs of a node's memory (its workers' PSS plus the sidecar); None:
+    # the pods' memory requests, and memory never limits without them.
+    pod_memory_bytes: float | None = None
 
     def __post_init__(self) -> None:
         _require(self.provision_s >= 0, f"provision_s must be >= 0, got {self.provision_s}")
@@ -78,6 +82,10 @@ class NodePoolSpec:
         _require(
             self.scale_down_delay_s >= 0,
             f"node scale_down_delay_s must be >= 0, got {self.scale_down_delay_s}",
+        )
+        _require(
+            self.pod_memory_bytes is None or self.pod_memory_bytes > 0,
+            f"pod_memory_bytes must be > 0 when set, got {self.pod_memory_bytes}",
         )
 
 
@@ -96,6 +104,9 @@ class ScalingSpec:
     max_scale_down_rate: float = 2.0
     scale_down_delay_s: float = 0.0
     queue_drain_s: float = 30.0
+    # The p99 latency clients should see; when set, a pod may run busier than
+    # target_utilization as far as that objective allows (autoscaler.latency_target).
+    latency_objective_s: float | None = None
     cpu_target_utilization: float | None = None
     memory_target_utilization: float | None = None
     node_pool: NodePoolSpec | None = None
@@ -139,6 +150,10 @@ class ScalingSpec:
             f"scale_down_delay_s must be >= 0, got {self.scale_down_delay_s}",
         )
         _require(self.queue_drain_s > 0, f"queue_drain_s must be > 0, got {self.queue_drain_s}")
+        _require(
+            self.latency_objective_s is None or self.latency_objective_s > 0,
+            f"latency_objective_s must be > 0 when set, got {self.latency_objective_s}",
+        )
         for name in ("cpu_target_utilization", "memory_target_utilization"):
             value = getattr(self, name)
             _require(value is None or value > 0, f"{name} must be > 0 when set, got {value}")
@@ -191,9 +206,10 @@ class Observation:
 
     `unrouted_concurrency` counts requests waiting outside every pod (e.g. held at the
     gateway while no pod is ready); it is what lets a deployment at zero scale up.
-    `pods_per_node` comes from the node pool spec, else from allocatable CPU divided by
-    one pod's CPU request. `wall_s` is the Unix time (the forecast learns time of day and
-    week from it); None leaves the forecast out. `unrouted_unknown` says why the held
+    `pods_per_node` comes from the node pool spec, else from what a node can allocate
+    divided by what one pod requests, CPU and memory both (the tighter wins). `wall_s`
+    is the Unix time (the forecast learns time of day and week from it); None leaves
+    the forecast out. `unrouted_unknown` says why the held
     requests could not be counted (an activator unread): unknown demand never scales
     pods or nodes down.
     """
@@ -207,6 +223,8 @@ class Observation:
     current_nodes: int | None = None
     node_allocatable_cpu_millicores: float | None = None
     pod_cpu_request_millicores: float | None = None
+    node_allocatable_memory_bytes: float | None = None
+    pod_memory_request_bytes: float | None = None
     wall_s: float | None = None
     unrouted_unknown: str | None = None
 
@@ -366,9 +384,19 @@ def _pods_for(busy: float, capacity: float) -> int:
     return max(0, math.ceil(busy / capacity - 1e-9))
 
 
-def _capacity(obs: Observation, spec: ScalingSpec) -> float:
+def _utilization(obs: Observation, spec: ScalingSpec, service_s: float | None) -> float:
+    """The share of its workers a pod should keep busy: `target_utilization`, or more
+    where the latency objective allows it for this service time (never less)."""
+    if spec.latency_objective_s is None:
+        return spec.target_utilization
+    allowed = objective_utilization(obs.workers_per_pod, service_s, spec.latency_objective_s)
+    return spec.target_utilization if allowed is None else max(spec.target_utilization, allowed)
+
+
+def _capacity(obs: Observation, spec: ScalingSpec, service_s: float | None = None) -> float:
     """Busy workers one pod should carry."""
-    return obs.workers_per_pod * spec.target_concurrency_per_worker * spec.target_utilization
+    utilization = _utilization(obs, spec, service_s)
+    return obs.workers_per_pod * spec.target_concurrency_per_worker * utilization
 
 
 def _concurrency_signal(
@@ -388,7 +416,7 @@ def _concurrency_signal(
         mode = MODE_PANIC if panic_until is not None else MODE_STABLE
         return _Concurrency(None, None, None, panic_until, mode, "no data yet")
 
-    capacity = _capacity(obs, spec)
+    capacity = _capacity(obs, spec, demand.service_s)
     panic_avg = stable_avg if panic_avg is None else panic_avg
     drain = _drain(demand, spec, max(stable_avg, panic_avg), capacity)
     desired_stable = _pods_for(stable_avg + drain, capacity)
@@ -452,12 +480,21 @@ def _hpa_signal(
 
 
 def _pods_per_node(obs: Observation, pool: NodePoolSpec) -> int | None:
+    """The pool's `pods_per_node`, else the fewest pods a node fits by CPU or by memory
+    (memory: the pool's measured `pod_memory_bytes`, else the pods' request); at least
+    one. None when neither is known."""
     if pool.pods_per_node is not None:
         return pool.pods_per_node
-    alloc, request = obs.node_allocatable_cpu_millicores, obs.pod_cpu_request_millicores
-    if alloc is None or not request:
-        return None
-    return max(1, math.floor(alloc / request))
+    pod_memory = pool.pod_memory_bytes or obs.pod_memory_request_bytes
+    fits = [
+        math.floor(allocatable / need)
+        for allocatable, need in (
+            (obs.node_allocatable_cpu_millicores, obs.pod_cpu_request_millicores),
+            (obs.node_allocatable_memory_bytes, pod_memory),
+        )
+        if allocatable is not None and need
+    ]
+    return max(1, min(fits)) if fits else None
 
 
 def _nodes(
@@ -534,12 +571,14 @@ def _size_nodes(
     *,
     for_nodes: int,
     expected: float | None,
+    service_s: float | None,
     reasons: list[str],
 ) -> tuple[int, int | None, float | None]:
     """(replicas, desired nodes, node scale-down pending since) for the pool, if any."""
     if spec.node_pool is None:
         return desired, None, None
-    ahead = 0 if expected is None else _pods_for(expected, _capacity(obs, spec))
+    capacity = _capacity(obs, spec, service_s)
+    ahead = 0 if expected is None else _pods_for(expected, capacity)
     per_node = _pods_per_node(obs, spec.node_pool)
     nodes, since, why = _nodes(
         obs,
@@ -648,8 +687,16 @@ def decide(
         reasons.append(forecast_note)
     for_nodes = desired if conc.sustained is None else min(desired, conc.sustained)
     for_nodes = max(for_nodes, spec.min_replicas)
+    service_s = state.service_s if demand is None else demand.service_s
     replicas, nodes, since = _size_nodes(
-        obs, state, spec, desired, for_nodes=for_nodes, expected=expected, reasons=reasons
+        obs,
+        state,
+        spec,
+        desired,
+        for_nodes=for_nodes,
+        expected=expected,
+        service_s=service_s,
+        reasons=reasons,
     )
 
     recommendation = Recommendation(

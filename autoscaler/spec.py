@@ -86,6 +86,7 @@ _SCALAR_FIELDS: dict[str, tuple[str, type]] = {
     "maxScaleDownRate": ("max_scale_down_rate", float),
     "scaleDownDelaySeconds": ("scale_down_delay_s", float),
     "queueDrainSeconds": ("queue_drain_s", float),
+    "latencyObjectiveSeconds": ("latency_objective_s", float),
     "cpuTargetUtilization": ("cpu_target_utilization", float),
     "memoryTargetUtilization": ("memory_target_utilization", float),
 }
@@ -98,6 +99,7 @@ _NODE_POOL_FIELDS: dict[str, tuple[str, type]] = {
     "maxNodes": ("max_nodes", int),
     "podsPerNode": ("pods_per_node", int),
     "scaleDownDelaySeconds": ("scale_down_delay_s", float),
+    "podMemoryBytes": ("pod_memory_bytes", float),
     "provisionSeconds": ("provision_s", float),
 }
 

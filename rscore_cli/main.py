@@ -15,6 +15,7 @@ from r_scorer.liveness import DEFAULT_NO_WORKER_GRACE_S
 from r_scorer.logs import configure_json_logging
 from rscore_cli.activator_cmd import activator
 from rscore_cli.autoscaler_cmd import autoscaler
+from rscore_cli.measure_cmd import measure
 from rscore_cli.options import (
     TLS_CERT,
     TLS_KEY,
@@ -72,6 +73,12 @@ _MAX_REQUESTS = click.option(
     "--max-requests-per-worker", type=click.IntRange(min=0), default=0, show_default=True,
     help="Recycle a worker after this many requests (0: never).",
 )  # fmt: skip
+_WORKER_START = click.option(
+    "--worker-start", type=click.Choice(["fork", "spawn"]), default="fork", show_default=True,
+    help="fork: load the model once in a warmed parent and fork the workers from it (they "
+    "share its memory; a restart takes milliseconds); spawn: each worker starts its own R "
+    "and loads the model itself (for a score.R that cannot be forked: docs/workers.md).",
+)  # fmt: skip
 _NO_WORKER_GRACE = click.option(
     "--no-worker-grace-s", default=DEFAULT_NO_WORKER_GRACE_S, show_default=True,
     type=click.FloatRange(min=0),
@@ -84,7 +91,7 @@ _NO_WORKER_GRACE = click.option(
 def _scorer_options(command: Callable[..., None]) -> Callable[..., None]:
     """The flags `rscore scorer` and `python -m r_scorer` share."""
     for option in reversed(
-        [_SOCKET_DIR, _WORKERS, _MAX_REQUESTS, _DRAIN_TIMEOUT, _NO_WORKER_GRACE]
+        [_SOCKET_DIR, _WORKERS, _WORKER_START, _MAX_REQUESTS, _DRAIN_TIMEOUT, _NO_WORKER_GRACE]
     ):
         command = option(command)
     return command
@@ -113,6 +120,7 @@ def run_scorer(
     *,
     socket_dir: Path,
     workers: int | None,
+    worker_start: str,
     max_requests_per_worker: int,
     drain_timeout_s: float,
     no_worker_grace_s: float,
@@ -128,6 +136,7 @@ def run_scorer(
             bundle,
             socket_dir / SOCKET_NAME,
             workers=workers or detect_usable_cores(),
+            worker_start=worker_start,
             max_requests=max_requests_per_worker,
             drain_timeout_s=drain_timeout_s,
             liveness=LivenessBounds(no_worker_grace_s=no_worker_grace_s),
@@ -348,9 +357,16 @@ def _own_keys_file() -> Path:
 @cli.command()
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @_WORKERS
+@_WORKER_START
 @_MAX_REQUESTS
 @_sidecar_options
-def serve(bundle: Path, workers: int | None, max_requests_per_worker: int, **options: Any) -> None:
+def serve(
+    bundle: Path,
+    workers: int | None,
+    worker_start: str,
+    max_requests_per_worker: int,
+    **options: Any,
+) -> None:
     """Serve BUNDLE over HTTP: R workers and the sidecar in one process group."""
     from r_scorer.bundle import read_bundle
     from r_scorer.cores import detect_usable_cores
@@ -365,7 +381,13 @@ def serve(bundle: Path, workers: int | None, max_requests_per_worker: int, **opt
     count = workers or detect_usable_cores()
 
     def supervisor(socket_path: Path) -> Supervisor:
-        return Supervisor(bundle, socket_path, workers=count, max_requests=max_requests_per_worker)
+        return Supervisor(
+            bundle,
+            socket_path,
+            workers=count,
+            max_requests=max_requests_per_worker,
+            worker_start=worker_start,
+        )
 
     auth = _auth_config(options, may_generate_key=True)
     try:
@@ -484,5 +506,6 @@ def token(
 
 cli.add_command(activator)
 cli.add_command(autoscaler)
+sim.add_command(measure)  # runs a real R worker: lives outside sim/
 sim.add_command(validate)  # drives a real pod: lives outside sim/
 cli.add_command(sim)

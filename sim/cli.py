@@ -1,4 +1,5 @@
-"""`rscore sim run|compare|tune|measure`: the simulator's command line.
+"""`rscore sim run|compare|tune`: the simulator's command line (`measure` and `validate`,
+which drive the real scorer, are added by rscore_cli).
 
 Each command parses its flags, calls the simulator, and writes files into `--out`;
 the decisions live in the modules it calls. Never changes a scenario file. Imports
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
-from sim import POLICY_KINDS
+from sim import ORACLES, POLICY_KINDS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -220,8 +221,8 @@ def compare(
         raise click.BadParameter(f"unknown policies {unknown}; choose from {POLICY_KINDS}")
     scenario = _load(scenario_path, seed, duration_s)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # The oracle (several replays) goes first, so that it is not the last to start.
-    work = sorted(((scenario, p) for p in names), key=lambda job: job[1] != "oracle")
+    # The oracles (several replays each) go first, so that they are not the last to start.
+    work = sorted(((scenario, p) for p in names), key=lambda job: job[1] not in ORACLES)
     workers = min(len(names), jobs or os.cpu_count() or 1)
     if workers <= 1:
         finished = [_run_policy(job) for job in work]
@@ -367,72 +368,3 @@ def tune(
         f"{'met' if results[0].summary['slo_met'] else 'missed'}), "
         f"p99 {chosen.p99_all:.3f} s; wrote {path}"
     )
-
-
-def _batch_sizes(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(sorted({int(part) for part in value.split(",") if part.strip()}))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
-    if len(sizes) < 2 or sizes[0] < 1:
-        raise click.BadParameter("give at least two different batch sizes, each >= 1")
-    return sizes
-
-
-@sim.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
-@_OUT
-@click.option("--requests", type=click.IntRange(min=1), default=2000, show_default=True,
-              help="Timed one-row calls (service_times.txt); each batch size gets a tenth "
-                   "of this (at least 10).")  # fmt: skip
-@click.option("--batch-sizes", default="1,2,4,8,16,32,64,128,256", show_default=True,
-              callback=_batch_sizes, help="Rows per call for the batch cost fit.")  # fmt: skip
-@click.option("--rows-from", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="A request body (JSON, any /score format) whose rows are scored "
-                   "[default: rows made from the model's input prototype].")  # fmt: skip
-def measure(
-    *,
-    bundle: Path,
-    out_dir: Path,
-    requests: int,
-    batch_sizes: tuple[int, ...],
-    rows_from: Path | None,
-) -> None:
-    """Measure BUNDLE's call times on a real R worker for the simulator.
-
-    Writes service_times.txt (one-row call times), batch_cost.json (the fit of call time
-    on rows) and service.toml (a [service] table to paste into a scenario) into --out.
-    """
-    from tqdm import tqdm
-
-    from sim.measure import (
-        MeasureError,
-        fit_measurement,
-        measure_bundle,
-        summary_table,
-        total_calls,
-        write_results,
-    )
-
-    total = total_calls(requests, batch_sizes)
-    try:
-        with tqdm(total=total, unit="call", desc="measure", delay=2.0, leave=False,
-                  file=sys.stderr) as bar:  # fmt: skip
-
-            def advance(calls: int) -> None:
-                bar.update(calls)
-
-            measurement = measure_bundle(
-                bundle,
-                requests=requests,
-                batch_sizes=batch_sizes,
-                rows_from=rows_from,
-                worker_log=out_dir / "worker.log",
-                progress=advance,
-            )
-    except MeasureError as exc:  # one line, even when R's own message has several
-        raise click.ClickException(" ".join(str(exc).split())) from None
-    fit = fit_measurement(measurement)
-    paths = write_results(measurement, fit, out_dir)
-    click.echo(summary_table(measurement, fit))
-    click.echo(f"wrote {', '.join(str(p) for p in paths)}", err=True)

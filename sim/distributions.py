@@ -94,7 +94,9 @@ def parse_delay(value: Any, where: str) -> Delay:
 class Streams:
     """Independent generators for each purpose, all derived from one seed."""
 
-    NAMES = ("arrivals", "service", "routing", "pods", "nodes", "noise")
+    # New names go last: a child's stream depends on its index, so existing runs keep
+    # their numbers.
+    NAMES = ("arrivals", "service", "routing", "pods", "nodes", "noise", "history")
 
     def __init__(self, seed: int) -> None:
         children = np.random.SeedSequence(seed).spawn(len(self.NAMES))

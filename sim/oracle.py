@@ -75,6 +75,7 @@ ORACLE_TAIL = 0.01  # the SLO's share of requests that may be slower (p99)
 LEAD_QUANTILE = 0.99  # nodes are ordered this quantile of their start time ahead
 RATE_WINDOW_S = 60.0  # the rate term's centred window; the longest burst window
 MAX_REPLAYS = 5  # replays of the plan at most (the common case: 1 to 3)
+MAX_REACTIVE_REPLAYS = 8  # the reactive oracle's: 0 to 7 spare nodes
 HEADROOM_STEP = 0.8  # a missed replay multiplies the capacity fraction by this
 _LEAD_DRAWS = 20_000
 _PROBE_REQUESTS = 30_000
@@ -273,13 +274,27 @@ class OracleRun:
     controller: Callable[[], OracleController]  # a fresh controller of the chosen plan
 
 
-def oracle_run(scenario: Scenario, progress: Callable[[float], None] | None = None) -> OracleRun:
+def oracle_run(
+    scenario: Scenario,
+    progress: Callable[[float], None] | None = None,
+    *,
+    foresight: bool = True,
+) -> OracleRun:
     """Plan with foresight, replay the plan until it meets the SLO, return the replay.
 
     Headroom (the fraction of the measured capacity the plan counts on) starts at 1;
     after a miss it is multiplied by HEADROOM_STEP until a replay meets the SLO, then the
     midpoint between the last miss and it is tried once (kept if it meets too). At most
     MAX_REPLAYS replays; if none meets, the replay with the most headroom is returned.
+
+    Without `foresight` this is the reactive oracle, a reference rather than a bound:
+    the same need, but every node ordered only when it is needed (it arrives its start
+    time later), from the scenario's own start. It still knows each step's need exactly
+    and at once (the need's windows reach up to a minute ahead). What it cannot foresee
+    it absorbs with whole nodes held spare (as placeholder pods hold them): after a miss
+    it holds one more spare node than the need, up to MAX_REACTIVE_REPLAYS replays or
+    `max_nodes`. Its cost against the oracle's is what ordering ahead is worth on the
+    trace; a policy whose headroom is finer than a node can be cheaper than it.
     """
     spec = scaling_spec(scenario)
     capacity = pod_capacity(scenario)
@@ -291,6 +306,7 @@ def oracle_run(scenario: Scenario, progress: Callable[[float], None] | None = No
     )
     need = pods_needed(counts, grid_s=grid, capacity=capacity, delay_s=delay)
     lead_mean, lead_high = start_leads(scenario)
+    lead = lead_high if foresight else 0.0
     nodes = scenario.nodes
     sizing = {
         "per_node": scenario.per_node,
@@ -301,12 +317,17 @@ def oracle_run(scenario: Scenario, progress: Callable[[float], None] | None = No
 
     plans: dict[float, np.ndarray] = {}
 
-    def plan(headroom: float) -> np.ndarray:
-        """The nodes held per step at `headroom` (each is asked for several times)."""
-        if headroom not in plans:
-            needed = nodes_needed(need, headroom=headroom, **sizing)
-            plans[headroom] = order_ahead(needed, lead_high, grid, nodes.min_nodes)
-        return plans[headroom]
+    def plan(knob: float) -> np.ndarray:
+        """The nodes held per step at a headroom (with foresight) or a number of spare
+        nodes (without); each is asked for several times."""
+        if knob not in plans:
+            if foresight:
+                needed = nodes_needed(need, headroom=knob, **sizing)
+            else:
+                needed = nodes_needed(need, headroom=1.0, **sizing) + int(knob)
+                needed = np.minimum(needed, nodes.max_nodes)
+            plans[knob] = order_ahead(needed, lead, grid, nodes.min_nodes)
+        return plans[knob]
 
     bound_held = order_ahead(
         nodes_needed(need, headroom=1.0, **sizing), lead_mean, grid, nodes.min_nodes
@@ -327,7 +348,10 @@ def oracle_run(scenario: Scenario, progress: Callable[[float], None] | None = No
 
     def start(headroom: float) -> Scenario:
         """The scenario with the nodes the plan holds at t = 0 up and full: foresight
-        before the run began (never fewer pods than the scenario's own start)."""
+        before the run began (never fewer pods than the scenario's own start); without
+        foresight, the scenario's own start."""
+        if not foresight:
+            return scenario
         pods = min(spec.max_replicas, int(plan(headroom)[0]) * scenario.per_node)
         initial = max(scenario.pods.initial, pods)
         return dataclasses.replace(
@@ -343,6 +367,17 @@ def oracle_run(scenario: Scenario, progress: Callable[[float], None] | None = No
         tries.append({"headroom": headroom, **{k: summary[k] for k in _TRY_FIELDS}})
         return bool(summary["slo_met"])
 
+    if not foresight:
+        return _reactive_search(
+            replay,
+            plan=plan,
+            runs=runs,
+            tries=tries,
+            controller=controller,
+            grid=grid,
+            lead=lead,
+            capacity=capacity,
+        )
     headroom, missed = 1.0, None
     met = replay(headroom)
     while not met and len(tries) < MAX_REPLAYS - 1 and capacity > 0:
@@ -363,9 +398,41 @@ def oracle_run(scenario: Scenario, progress: Callable[[float], None] | None = No
         "oracle_tries": tries,
         "oracle_grid_s": grid,
         "oracle_burst_delay_s": delay,
-        "oracle_node_lead_s": lead_high,
+        "oracle_node_lead_s": lead,
         "oracle_initial_pods": start(headroom).pods.initial,
         "bound_node_lead_s": lead_mean,
         **oracle_bound(bound_held, grid, nodes.price_per_hour, scenario.duration_s),
     }
     return OracleRun(result, extra, lambda: controller(headroom))
+
+
+def _reactive_search(
+    replay: Callable[[float], bool],
+    *,
+    plan: Callable[[float], np.ndarray],
+    runs: dict[float, RunResult],
+    tries: list[dict[str, Any]],
+    controller: Callable[[float], OracleController],
+    grid: float,
+    lead: float,
+    capacity: float,
+) -> OracleRun:
+    """The reactive oracle's search: one more spare node after each miss."""
+    spare = 0.0
+    met = replay(spare)
+    while not met and len(tries) < MAX_REACTIVE_REPLAYS and capacity > 0:
+        if np.array_equal(plan(spare + 1), plan(spare)):
+            break  # at max_nodes everywhere
+        spare += 1
+        met = replay(spare)
+    for attempt in tries:  # the knob of these replays is spare nodes, not headroom
+        attempt["spare_nodes"] = int(attempt.pop("headroom"))
+    extra = {
+        "pod_capacity_per_s": capacity,
+        "oracle_spare_nodes": int(spare),
+        "oracle_replays": len(tries),
+        "oracle_tries": tries,
+        "oracle_grid_s": grid,
+        "oracle_node_lead_s": lead,
+    }
+    return OracleRun(runs[spare], extra, lambda: controller(spare))

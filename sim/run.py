@@ -7,11 +7,14 @@ caller's.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sim import ORACLES
 from sim.engine import Controller, RunResult, engine_for
+from sim.history import learned_profile
 from sim.metrics import summarize
 from sim.oracle import oracle_run
 from sim.policies import (
@@ -41,7 +44,12 @@ def make_controller(scenario: Scenario) -> tuple[Controller, dict[str, Any]]:
     if kind == "static":
         return StaticController(scenario.pods.initial), {}
     if kind == "rscore":
-        return RscoreController(spec, interval, scenario.controller.wall_start_s), {}
+        controller = RscoreController(spec, interval, scenario.controller.wall_start_s)
+        profile = learned_profile(scenario)
+        if profile is None:
+            return controller, {}
+        controller.state = dataclasses.replace(controller.state, profile=profile)
+        return controller, {"history_s": scenario.controller.history_s}
     if kind == "kpa":
         return KpaController(
             scenario.pods.workers, interval, spec.min_replicas, spec.max_replicas
@@ -51,14 +59,14 @@ def make_controller(scenario: Scenario) -> tuple[Controller, dict[str, Any]]:
         return HpaController(interval, target, spec.min_replicas, spec.max_replicas), {}
     # The oracle plans and replays its plan until it meets the SLO (sim.oracle): this is a
     # fresh controller of the plan chosen; run_scenario keeps the replay itself instead.
-    oracle = oracle_run(scenario)
+    oracle = oracle_run(scenario, foresight=kind == "oracle")
     return oracle.controller(), oracle.extra
 
 
 def run_scenario(scenario: Scenario, progress: Callable[[float], None] | None = None) -> Run:
     """Simulate the scenario under its policy; deterministic from its seed."""
-    if scenario.policy_kind == "oracle":  # its run is the replay that met the SLO
-        oracle = oracle_run(scenario, progress)
+    if scenario.policy_kind in ORACLES:  # its run is the replay that met the SLO
+        oracle = oracle_run(scenario, progress, foresight=scenario.policy_kind == "oracle")
         result, extra = oracle.result, oracle.extra
     else:
         controller, extra = make_controller(scenario)

@@ -84,6 +84,8 @@ def scaling_spec(scenario: Scenario) -> ScalingSpec:
     """The ScoringAutoscaler spec of the scenario's `[policy]`, its pool from `[nodes]`."""
     kwargs: dict[str, Any] = {POLICY_FIELDS[k]: v for k, v in scenario.policy.items()}
     kwargs.setdefault("max_replicas", scenario.nodes.max_nodes * scenario.per_node)
+    # The SLO the scenario is judged by is the one the operator would state.
+    kwargs.setdefault("latency_objective_s", scenario.slo_p99_s)
     pool: dict[str, Any] = {"provision_s": scenario.nodes.provision_s.mean}
     if scenario.nodes.scale_down_delay_s is not None:
         pool["scale_down_delay_s"] = scenario.nodes.scale_down_delay_s
@@ -240,7 +242,26 @@ def parse_scenario(data: dict[str, Any], base_dir: Path) -> Scenario:
         slo_p99_s=float(slo),
     )
     scaling_spec(scenario)  # fail now, naming the field, rather than mid-run
+    _check_history(scenario)
     return scenario
+
+
+def _check_history(scenario: Scenario) -> None:
+    """`[controller] history_s` is learned from the trace before the run (sim.history):
+    only a trace has a past, and only back to its first second."""
+    history_s, workload = scenario.controller.history_s, scenario.workload
+    if history_s <= 0:
+        return
+    if workload.kind != "trace":
+        raise ScenarioError(
+            f"[controller] history_s = {history_s:g} needs a trace workload (a "
+            f"{workload.kind} workload has no past to learn from)"
+        )
+    if workload.start_s < history_s:
+        raise ScenarioError(
+            f"[controller] history_s = {history_s:g} reaches before the trace: [workload] "
+            f"start_s is {workload.start_s:g}; start later or ask for less history"
+        )
 
 
 def load_scenario(path: Path) -> Scenario:

@@ -41,6 +41,7 @@ SPEC_FIELDS = {
     "maxScaleDownRate": "max_scale_down_rate",
     "scaleDownDelaySeconds": "scale_down_delay_s",
     "queueDrainSeconds": "queue_drain_s",
+    "latencyObjectiveSeconds": "latency_objective_s",
     "cpuTargetUtilization": "cpu_target_utilization",
     "memoryTargetUtilization": "memory_target_utilization",
     "nodePool": "node_pool",
@@ -50,6 +51,7 @@ NODE_POOL_FIELDS = {
     "maxNodes": "max_nodes",
     "podsPerNode": "pods_per_node",
     "scaleDownDelaySeconds": "scale_down_delay_s",
+    "podMemoryBytes": "pod_memory_bytes",
     "provisionSeconds": "provision_s",
 }
 CONTROLLER_ONLY = {"scaleTargetRef", "metricsPort", "activator"}

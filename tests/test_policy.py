@@ -361,6 +361,39 @@ NODE_CASES = [
     (10, {"pods_per_node": 4}, {}, 3),
     # down from 5 to 3 waits for the delay: hold 5.
     (10, {"pods_per_node": 4}, {"current_nodes": 5}, 5),
+    # memory is tighter: 8 CPUs fit 5 pods of 1.5, but 16 GiB fit 3 of 5 GiB; ceil(10/3) = 4.
+    (
+        10,
+        {},
+        {
+            "current_nodes": 2,
+            "node_allocatable_cpu_millicores": 8000.0,
+            "pod_cpu_request_millicores": 1500.0,
+            "node_allocatable_memory_bytes": 16 * 2**30,
+            "pod_memory_request_bytes": 5 * 2**30,
+        },
+        4,
+    ),
+    # the pool's measured memory per pod (1 GiB) beats a generous request: CPU decides (5).
+    (
+        10,
+        {"pod_memory_bytes": float(2**30)},
+        {
+            "current_nodes": 2,
+            "node_allocatable_cpu_millicores": 8000.0,
+            "pod_cpu_request_millicores": 1500.0,
+            "node_allocatable_memory_bytes": 16 * 2**30,
+            "pod_memory_request_bytes": 8 * 2**30,
+        },
+        2,
+    ),
+    # memory alone, no CPU request: floor(16 / 6) = 2 per node; ceil(10 / 2) = 5.
+    (
+        10,
+        {"pod_memory_bytes": 6.0 * 2**30},
+        {"current_nodes": 5, "node_allocatable_memory_bytes": 16 * 2**30},
+        5,
+    ),
 ]
 
 
@@ -375,6 +408,9 @@ NODE_CASES = [
         "unknown-per-node",
         "unknown-current",
         "down-waits",
+        "memory-tighter",
+        "measured-memory",
+        "memory-alone",
     ],
 )
 def test_nodes(replicas, pool, obs_kwargs, nodes):
