@@ -12,6 +12,10 @@ file path or anything else about the host.
 
 from __future__ import annotations
 
+import copy
+import functools
+import json
+from importlib import resources
 from typing import Any
 
 from r_scorer.pool import ModelInfo
@@ -32,6 +36,7 @@ from r_scorer.prototype import (
 from sidecar.v2 import DATATYPE_OF_KIND, DATATYPES, model_metadata
 
 OPENAPI_VERSION = "3.0.3"
+V2_SCHEMAS_FILE = "openapi_v2.json"  # the Open Inference Protocol's static schemas
 BEARER = "bearerAuth"  # the name of the security scheme
 
 _SCHEMAS = "#/components/schemas/"
@@ -437,92 +442,22 @@ def _names_column(name: str) -> dict[str, Any]:
     return {"not": {"type": "array", "items": {"not": {"enum": [name]}}}}
 
 
+@functools.cache
+def _v2_static() -> dict[str, Any]:
+    """The V2 routes' static schemas, from the data file beside this module."""
+    text = resources.files("sidecar").joinpath(V2_SCHEMAS_FILE).read_text(encoding="utf-8")
+    schemas: dict[str, Any] = json.loads(text)
+    schemas.pop("$comment", None)
+    return schemas
+
+
 def _v2_schemas() -> dict[str, Any]:
-    datatype = {"type": "string", "enum": list(DATATYPES)}
-    shape = {"type": "array", "items": {"type": "integer"}}
-    parameters = {"type": "object", "additionalProperties": True}
-    tensor = {
-        "type": "object",
-        "required": ["name", "shape", "datatype", "data"],
-        "properties": {
-            "name": {"type": "string"},
-            "shape": shape,
-            "datatype": datatype,
-            "parameters": parameters,
-            "data": {"type": "array", "items": {}},
-        },
-    }
+    """The V2 schemas: the data file's, and the datatypes this sidecar answers (one
+    source, sidecar.v2). A fresh copy each time: callers may add to the document."""
     return {
-        "InferInputTensor": _with_descriptions(
-            tensor,
-            shape="[n] or [n, 1]: one column of n rows.",
-            data="Flat or nested row-major; null is NA.",
-        ),
-        "InferRequest": {
-            "type": "object",
-            "required": ["inputs"],
-            "properties": {
-                "id": {"type": "string"},
-                "parameters": parameters,
-                "inputs": {"type": "array", "minItems": 1, "items": _ref("InferInputTensor")},
-                "outputs": {
-                    "type": "array",
-                    "description": "Ignored, except that binary_data must not be true.",
-                    "items": {
-                        "type": "object",
-                        "required": ["name"],
-                        "properties": {"name": {"type": "string"}, "parameters": parameters},
-                    },
-                },
-            },
-        },
-        "InferOutputTensor": tensor,
-        "InferResponse": {
-            "type": "object",
-            "required": ["model_name", "outputs"],
-            "properties": {
-                "model_name": {"type": "string"},
-                "model_version": {"type": "string"},
-                "id": {"type": "string"},
-                "outputs": {"type": "array", "items": _ref("InferOutputTensor")},
-            },
-        },
-        "TensorMetadata": {
-            "type": "object",
-            "required": ["name", "datatype", "shape"],
-            "properties": {
-                "name": {"type": "string"},
-                "datatype": datatype,
-                "shape": shape,
-                "parameters": parameters,
-            },
-        },
-        "ModelMetadata": {
-            "type": "object",
-            "required": ["name", "versions", "platform", "inputs", "outputs"],
-            "properties": {
-                "name": {"type": "string"},
-                "versions": {"type": "array", "items": {"type": "string"}},
-                "platform": {"type": "string"},
-                "inputs": {"type": "array", "items": _ref("TensorMetadata")},
-                "outputs": {"type": "array", "items": _ref("TensorMetadata")},
-            },
-        },
-        # The V2 routes answer every failure in the specification's shape.
-        "V2Error": {
-            "type": "object",
-            "required": ["error"],
-            "properties": {"error": {"type": "string"}},
-        },
+        **copy.deepcopy(_v2_static()),
+        "V2Datatype": {"type": "string", "enum": list(DATATYPES)},
     }
-
-
-def _with_descriptions(schema: dict[str, Any], **descriptions: str) -> dict[str, Any]:
-    properties = {
-        name: {**value, "description": descriptions[name]} if name in descriptions else value
-        for name, value in schema["properties"].items()
-    }
-    return {**schema, "properties": properties}
 
 
 # --- examples --------------------------------------------------------------------------
