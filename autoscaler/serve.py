@@ -14,8 +14,6 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -25,49 +23,12 @@ from autoscaler.informer import PodCache
 from autoscaler.kube_io import KubeApi
 from autoscaler.leader import Leadership, candidate_identity
 from autoscaler.metrics import ControllerMetrics
-from autoscaler.sampling import SamplingPolicy
+from autoscaler.options import Options
 from autoscaler.shards import lease_name, shard_index
 
 __all__ = ["Options", "run"]
 
 log = logging.getLogger("rscore.autoscaler")
-
-
-@dataclass(frozen=True)
-class Options:
-    kubeconfig: Path | None = None
-    namespace: str | None = None
-    interval_s: float = 2.0
-    leader_elect: bool = True
-    lease_name: str = "rscore-autoscaler"
-    lease_namespace: str = "default"
-    lease_duration_s: int = 15  # the Lease stores whole seconds
-    renew_deadline_s: float = 10.0
-    retry_period_s: float = 2.0
-    dry_run: bool = False
-    metrics_host: str = "0.0.0.0"  # scraped by Prometheus from other pods
-    metrics_port: int = 9091
-    scrape_timeout_s: float = 1.0
-    request_timeout_s: float = 5.0
-    # Scale (docs/autoscaler.md, "At scale").
-    reconcile_timeout_s: float | None = None  # None: 5 intervals
-    sample: bool = True  # scrape a sample of a large ScoringAutoscaler's pods
-    sample_above: int = 50  # ready pods up to this many: all scraped
-    sample_confidence: float = 0.95
-    sample_error: float = 0.10
-    max_concurrent_scrapes: int = 256  # 0: unbounded
-    watch_pods: bool = True  # an informer's cache, not a list per ScoringAutoscaler per tick
-    pod_selector: str | None = None  # narrows the pod watch (a label all scoring pods carry)
-    shards: int = 1
-    shard_index: int | None = None  # None: the StatefulSet ordinal modulo shards
-
-    def sampling(self) -> SamplingPolicy:
-        return SamplingPolicy(
-            enabled=self.sample,
-            scrape_all_up_to=self.sample_above,
-            confidence=self.sample_confidence,
-            relative_error=self.sample_error,
-        )
 
 
 def metrics_app(metrics: ControllerMetrics, healthy: Callable[[], bool]) -> web.Application:

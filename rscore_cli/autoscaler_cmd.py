@@ -7,7 +7,10 @@ from pathlib import Path
 
 import click
 
+from autoscaler.options import Options
 from r_scorer.logs import configure_json_logging
+
+DEFAULTS = Options()  # the flags' defaults are the settings' own
 
 
 @click.command("autoscaler")
@@ -25,17 +28,17 @@ from r_scorer.logs import configure_json_logging
 @click.option(
     "--interval-s",
     type=click.FloatRange(min=0.1),
-    default=2.0,
+    default=DEFAULTS.interval_s,
     show_default=True,
     help="Seconds between control loop ticks.",
 )
 @click.option(
     "--leader-elect/--no-leader-elect",
-    default=True,
+    default=DEFAULTS.leader_elect,
     show_default=True,
     help="Take a coordination.k8s.io Lease so that only one replica acts.",
 )
-@click.option("--lease-name", default="rscore-autoscaler", show_default=True)
+@click.option("--lease-name", default=DEFAULTS.lease_name, show_default=True)
 @click.option(
     "--lease-namespace",
     default=lambda: os.environ.get("POD_NAMESPACE", "default"),
@@ -44,27 +47,37 @@ from r_scorer.logs import configure_json_logging
 @click.option(
     "--lease-duration-s",
     type=click.IntRange(min=2),
-    default=15,
+    default=DEFAULTS.lease_duration_s,
     show_default=True,
     help="Whole seconds (the Lease stores an integer).",
 )
-@click.option("--renew-deadline-s", type=click.FloatRange(min=1), default=10.0, show_default=True)
-@click.option("--retry-period-s", type=click.FloatRange(min=1), default=2.0, show_default=True)
+@click.option(
+    "--renew-deadline-s",
+    type=click.FloatRange(min=1),
+    default=DEFAULTS.renew_deadline_s,
+    show_default=True,
+)
+@click.option(
+    "--retry-period-s",
+    type=click.FloatRange(min=1),
+    default=DEFAULTS.retry_period_s,
+    show_default=True,
+)
 @click.option(
     "--dry-run", is_flag=True, help="Observe and decide, log the decisions, write nothing."
 )
 @click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
-    default=9091,
+    default=DEFAULTS.metrics_port,
     show_default=True,
     help="Port of the controller's own /metrics and /healthz.",
 )
-@click.option("--metrics-host", default="0.0.0.0", show_default=True)
+@click.option("--metrics-host", default=DEFAULTS.metrics_host, show_default=True)
 @click.option(
     "--scrape-timeout-s",
     type=click.FloatRange(min=0.05),
-    default=1.0,
+    default=DEFAULTS.scrape_timeout_s,
     show_default=True,
     help="Timeout of each pod /metrics scrape.",
 )
@@ -77,41 +90,41 @@ from r_scorer.logs import configure_json_logging
 )
 @click.option(
     "--sample/--no-sample",
-    default=True,
+    default=DEFAULTS.sample,
     show_default=True,
     help="Scrape a sample of a ScoringAutoscaler's ready pods above --sample-above.",
 )
 @click.option(
     "--sample-above",
     type=click.IntRange(min=0),
-    default=50,
+    default=DEFAULTS.sample_above,
     show_default=True,
     help="Ready pods up to this many are all scraped every tick.",
 )
 @click.option(
     "--sample-confidence",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    default=0.95,
+    default=DEFAULTS.sample_confidence,
     show_default=True,
     help="Confidence that the sample's mean concurrency is within --sample-error.",
 )
 @click.option(
     "--sample-error",
     type=click.FloatRange(0, 1, min_open=True),
-    default=0.10,
+    default=DEFAULTS.sample_error,
     show_default=True,
     help="Relative error of the sample's mean concurrency.",
 )
 @click.option(
     "--max-concurrent-scrapes",
     type=click.IntRange(min=0),
-    default=256,
+    default=DEFAULTS.max_concurrent_scrapes,
     show_default=True,
     help="Pod /metrics scrapes in flight at once, over all ScoringAutoscalers (0: no bound).",
 )
 @click.option(
     "--watch-pods/--list-pods",
-    default=True,
+    default=DEFAULTS.watch_pods,
     show_default=True,
     help="Keep pods in an informer's cache (one watch), or list them per tick.",
 )
@@ -123,7 +136,7 @@ from r_scorer.logs import configure_json_logging
 @click.option(
     "--shards",
     type=click.IntRange(min=1),
-    default=1,
+    default=DEFAULTS.shards,
     show_default=True,
     help="Split the ScoringAutoscalers over this many shards, each with its own Lease.",
 )
@@ -140,7 +153,7 @@ def autoscaler(**options: object) -> None:
     import yaml
 
     from autoscaler.kube_io import KubeConfigError  # heavy: only for this command
-    from autoscaler.serve import Options, run
+    from autoscaler.serve import run
 
     configure_json_logging()
     try:

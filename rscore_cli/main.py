@@ -11,7 +11,6 @@ import click
 import orjson
 
 from r_scorer.errors import ScoringError
-from r_scorer.liveness import DEFAULT_NO_WORKER_GRACE_S
 from r_scorer.logs import configure_json_logging
 from rscore_cli.activator_cmd import activator
 from rscore_cli.autoscaler_cmd import autoscaler
@@ -24,12 +23,15 @@ from rscore_cli.options import (
     file_option,
 )
 from rscore_cli.validate_cmd import validate
+from sidecar.config import SidecarConfig
 from sim.cli import sim
 
 if TYPE_CHECKING:
-    from sidecar.app import SidecarConfig
     from sidecar.auth import AuthConfig
     from sidecar.serve import Listen
+
+# The flags' defaults are the config's own (one source: sidecar/config.py).
+SIDECAR_DEFAULTS = SidecarConfig()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -66,7 +68,8 @@ _WORKERS = click.option(
     help="R worker processes [default: usable cores, from CPU affinity and cgroup quota].",
 )  # fmt: skip
 _DRAIN_TIMEOUT = click.option(
-    "--drain-timeout-s", default=30.0, show_default=True, type=click.FloatRange(min=0),
+    "--drain-timeout-s",
+    default=SIDECAR_DEFAULTS.drain_timeout_s, show_default=True, type=click.FloatRange(min=0),
     help="After SIGTERM, how long accepted requests may still take.",
 )  # fmt: skip
 _MAX_REQUESTS = click.option(
@@ -80,7 +83,7 @@ _WORKER_START = click.option(
     "and loads the model itself (for a score.R that cannot be forked: docs/workers.md).",
 )  # fmt: skip
 _NO_WORKER_GRACE = click.option(
-    "--no-worker-grace-s", default=DEFAULT_NO_WORKER_GRACE_S, show_default=True,
+    "--no-worker-grace-s", default=SIDECAR_DEFAULTS.no_worker_grace_s, show_default=True,
     type=click.FloatRange(min=0),
     help="Liveness fails (/healthz 503, `rscore scorer-live` exit 1) once no R worker has "
     "been up for this long: longer than a model load plus the 30 s restart back-off. "
@@ -172,29 +175,35 @@ def _sidecar_options(command: Callable[..., None]) -> Callable[..., None]:
             help="Port of /metrics (Prometheus).",
         ),
         click.option(
-            "--max-queue", default=128, show_default=True, type=click.IntRange(min=0),
+            "--max-queue",
+            default=SIDECAR_DEFAULTS.max_queue, show_default=True, type=click.IntRange(min=0),
             help="Requests that may wait per worker; beyond that, 429.",
         ),
         click.option(
-            "--request-timeout-ms", default=5000, show_default=True, type=click.IntRange(min=1),
+            "--request-timeout-ms",
+            default=SIDECAR_DEFAULTS.request_timeout_ms,
+            show_default=True, type=click.IntRange(min=1),
             help="Queue wait + scoring budget; beyond that, 504.",
         ),
         click.option(
-            "--max-body-bytes", default=10 * 1024 * 1024, show_default=True,
+            "--max-body-bytes", default=SIDECAR_DEFAULTS.max_body_bytes, show_default=True,
             type=click.IntRange(min=1), help="Larger bodies get 413.",
         ),
         click.option(
-            "--max-body-bytes-in-flight", default=16 * 1024 * 1024, show_default=True,
+            "--max-body-bytes-in-flight", default=SIDECAR_DEFAULTS.max_body_bytes_in_flight,
+            show_default=True,
             type=click.IntRange(min=1),
             help="Bytes of bodies read, parsed, queued or scored at once; a body that does "
             "not fit gets 429 before it is read. At least --max-body-bytes.",
         ),
         click.option(
-            "--max-rows", default=1_000_000, show_default=True, type=click.IntRange(min=1),
+            "--max-rows",
+            default=SIDECAR_DEFAULTS.max_rows, show_default=True, type=click.IntRange(min=1),
             help="Rows per request; more get 413.",
         ),
         click.option(
-            "--max-columns", default=10_000, show_default=True, type=click.IntRange(min=1),
+            "--max-columns",
+            default=SIDECAR_DEFAULTS.max_columns, show_default=True, type=click.IntRange(min=1),
             help="Columns per request; more get 413.",
         ),
         click.option(
@@ -202,31 +211,35 @@ def _sidecar_options(command: Callable[..., None]) -> Callable[..., None]:
             help="Write sampled inputs and outputs as JSON lines here.",
         ),
         click.option(
-            "--collect-sample-rate", default=0.1, show_default=True,
+            "--collect-sample-rate",
+            default=SIDECAR_DEFAULTS.collect_sample_rate, show_default=True,
             type=click.FloatRange(0.0, 1.0), help="Share of requests collected.",
         ),
         click.option(
-            "--collect-max-bytes", default=1 << 30, show_default=True,
+            "--collect-max-bytes", default=SIDECAR_DEFAULTS.collect_max_bytes, show_default=True,
             type=click.IntRange(min=1),
             help="Cap on all collected files together; the oldest hours are deleted first.",
         ),
         click.option(
-            "--collect-max-record-bytes", default=1 << 20, show_default=True,
+            "--collect-max-record-bytes", default=SIDECAR_DEFAULTS.collect_max_record_bytes,
+            show_default=True,
             type=click.IntRange(min=1),
             help="A bigger record is written as a marker line (its size, no data).",
         ),
         _DRAIN_TIMEOUT,
         _NO_WORKER_GRACE,
         click.option(
-            "--max-batch-rows", default=256, show_default=True, type=click.IntRange(min=1),
+            "--max-batch-rows",
+            default=SIDECAR_DEFAULTS.max_batch_rows, show_default=True, type=click.IntRange(min=1),
             help="Rows of waiting requests merged into one R call (batchable bundles).",
         ),
         click.option(
-            "--max-batch-delay-ms", default=0.0, show_default=True,
+            "--max-batch-delay-ms", default=SIDECAR_DEFAULTS.max_batch_delay_ms, show_default=True,
             type=click.FloatRange(min=0), help="Wait this long for a batch to gather.",
         ),
         click.option(
-            "--min-chunk-rows", default=10_000, show_default=True, type=click.IntRange(min=1),
+            "--min-chunk-rows",
+            default=SIDECAR_DEFAULTS.min_chunk_rows, show_default=True, type=click.IntRange(min=1),
             help="Fan-out: a request of twice this many rows may be split over idle workers.",
         ),
         click.option(
@@ -259,8 +272,6 @@ def _sidecar_options(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def _sidecar_config(options: dict[str, Any]) -> SidecarConfig:
-    from sidecar.app import SidecarConfig
-
     try:
         return SidecarConfig(
             max_queue=options["max_queue"],

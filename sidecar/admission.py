@@ -37,8 +37,9 @@ from r_scorer.errors import ModelError, ScoringError
 from r_scorer.pool import ModelInfo, ScoreReply
 from r_scorer.prototype import TypedFrame
 from sidecar.batching import can_join, merge_frames, signature, split_predictions
+from sidecar.config import DEFAULT_MIN_CHUNK_ROWS
 from sidecar.errors import Overloaded, Unavailable
-from sidecar.fanout import DEFAULT_MIN_CHUNK_ROWS, chunk_bounds, join_predictions, slice_frame
+from sidecar.fanout import chunk_bounds, join_predictions, slice_frame
 
 log = logging.getLogger("rscore.admission")
 

@@ -25,7 +25,6 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -34,10 +33,8 @@ from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from r_scorer.errors import BadRequest, ScoringError, TooLarge, quoted
-from r_scorer.liveness import DEFAULT_NO_WORKER_GRACE_S, LivenessBounds, liveness_problem
+from r_scorer.liveness import LivenessBounds, liveness_problem
 from r_scorer.payload import (
-    DEFAULT_MAX_COLUMNS,
-    DEFAULT_MAX_ROWS,
     Frame,
     RequestLimits,
     frame_from_document,
@@ -51,6 +48,7 @@ from sidecar.auth import Authenticator, Unauthorized, auth_middleware
 from sidecar.body_budget import BodyBudget, BodyHold
 from sidecar.client_deadlines import RefusedBody
 from sidecar.collector import DataCollector
+from sidecar.config import SidecarConfig
 from sidecar.errors import (
     MethodNotAllowed,
     NotFound,
@@ -60,7 +58,6 @@ from sidecar.errors import (
     UnsupportedMediaType,
     status_of,
 )
-from sidecar.fanout import DEFAULT_MIN_CHUNK_ROWS
 from sidecar.heap import HeapTrimmer, malloc_trim
 from sidecar.http_hardening import harden_parser_errors, name_the_server
 from sidecar.metrics import SidecarMetrics
@@ -77,36 +74,6 @@ def new_request_id() -> str:
     """A fresh request id: 32 hex digits, unique per process and across processes
     (a random prefix and a counter: cheaper than a uuid4 per request)."""
     return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
-
-
-@dataclass(frozen=True)
-class SidecarConfig:
-    """The sidecar's flags (see `rscore serve --help`)."""
-
-    max_queue: int = 128  # per worker
-    request_timeout_ms: int = 5000  # queue wait + scoring, as Azure ML's default
-    max_body_bytes: int = 10 * 1024 * 1024
-    collect_dir: Path | None = None
-    collect_sample_rate: float = 0.1
-    collect_max_bytes: int = 1 << 30  # all collected files together; oldest hours go first
-    collect_max_record_bytes: int = 1 << 20  # a bigger record is written as a marker
-    drain_timeout_s: float = 30.0  # after SIGTERM, how long accepted requests may take
-    max_batch_rows: int = 256  # rows of waiting requests merged into one R call
-    max_batch_delay_ms: float = 0.0  # wait this long for a batch to gather (Triton: 0)
-    min_chunk_rows: int = DEFAULT_MIN_CHUNK_ROWS  # fan-out over idle workers: rows a chunk
-    no_worker_grace_s: float = DEFAULT_NO_WORKER_GRACE_S  # /healthz 503 past this (0: never)
-    # Bytes of bodies read, parsed, queued or scored at once (docs/security.md: why 16 MiB).
-    max_body_bytes_in_flight: int = 16 * 1024 * 1024
-    max_rows: int = DEFAULT_MAX_ROWS  # per request
-    max_columns: int = DEFAULT_MAX_COLUMNS  # per request
-
-    def __post_init__(self) -> None:
-        if self.max_body_bytes_in_flight < self.max_body_bytes:
-            raise ValueError(
-                f"--max-body-bytes-in-flight ({self.max_body_bytes_in_flight}) must be at "
-                f"least --max-body-bytes ({self.max_body_bytes}): else a body the limit "
-                "allows could never be read"
-            )
 
 
 @dataclass

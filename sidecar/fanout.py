@@ -16,11 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from r_scorer.prototype import TypedColumn, TypedFrame
-
-# A chunk of fewer rows is not worth a worker: R's per-call cost (~1 ms) and the
-# protocol's stay well under the chunk's own time from here on (measured on iris-rf:
-# 10,000 rows take ~40 ms inside randomForest's predict()).
-DEFAULT_MIN_CHUNK_ROWS = 10_000
+from sidecar.config import DEFAULT_MIN_CHUNK_ROWS
 
 Bounds = tuple[tuple[int, int], ...]
 

@@ -258,3 +258,19 @@ def test_the_readme_repeats_no_benchmark_figure() -> None:
     rates = set(re.findall(r"(?<![\w.,])(\d(?:[\d,]*\d)?(?:\.\d+)?) ?req/s", readme)) - {"1,000"}
     assert not rates, rates
     assert "docs/benchmarks.md" in readme
+
+
+def test_the_architecture_page_names_every_import_contract() -> None:
+    """docs/architecture.md draws the layers as enforced: each import-linter contract of
+    pyproject.toml is listed there by name, and no name there is stale."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    contracts = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["importlinter"]
+    names = {c["name"] for c in contracts["contracts"]}
+    page = (root / "docs" / "architecture.md").read_text()
+    table = page.split("## What is enforced", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| ([^|]+?) \|", table, flags=re.MULTILINE)
+    listed = {row for row in rows if row not in ("contract (its name in `pyproject.toml`)",)}
+    listed = {row for row in listed if not set(row) <= {"-"}}
+    assert names == listed
