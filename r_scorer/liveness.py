@@ -32,6 +32,8 @@ from typing import Any
 
 import orjson
 
+from r_scorer.socket_files import replace_json
+
 LIVENESS_NAME = "scorer-live.json"  # beside the socket, in the private socket folder
 # A model load as slow as the startupProbe allows (300 s: Azure ML's 30 x 10 s), plus
 # the supervisor's longest restart back-off (30 s), plus 30 s to spare: a worker that
@@ -89,9 +91,7 @@ def write_liveness_file(
         "no_worker_grace_s": bounds.no_worker_grace_s,
         "monitor_stall_s": bounds.monitor_stall_s,
     }
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(orjson.dumps(record))
-    os.replace(partial, path)
+    replace_json(path, record)
 
 
 def probe_file(path: Path, now: float | None = None) -> str | None:

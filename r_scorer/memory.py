@@ -17,12 +17,13 @@ file that is missing or garbled: no number is an answer too.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from r_scorer.socket_files import replace_json
 
 MEMORY_NAME = "worker-memory.json"  # beside the socket, in the private socket folder
 MEASURE_EVERY_S = 5.0  # the monitor's period; a scrape interval is 15-60 s
@@ -84,10 +85,7 @@ def read_worker_memory(slot: int, pid: int, generation: int) -> WorkerMemory | N
 
 def write_memory_file(path: Path, workers: list[WorkerMemory]) -> None:
     """Replace `path` atomically: a scrape never reads half a file."""
-    record = {"workers": [asdict(worker) for worker in workers]}
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(orjson.dumps(record))
-    os.replace(partial, path)
+    replace_json(path, {"workers": [asdict(worker) for worker in workers]})
 
 
 def read_memory_file(path: Path) -> list[WorkerMemory]:

@@ -56,6 +56,7 @@ from r_scorer.memory import (
     write_memory_file,
 )
 from r_scorer.peer import ensure_socket_dir
+from r_scorer.socket_files import COLD_START_NAME, write_cold_start
 from r_scorer.worker import EXIT_CLEAN, EXIT_LOAD_FAILED
 from r_scorer.zygote_control import ForkedWorker, Zygote
 
@@ -190,6 +191,8 @@ class Supervisor:
         """Spawn every worker and wait until all have loaded the bundle."""
         if self.liveness_file is not None:  # a previous container's, in a kept emptyDir
             self.liveness_file.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # so is a cold start: not this one's
+            (self.socket_path.parent / COLD_START_NAME).unlink(missing_ok=True)
         pipes: dict[int, int] = {}
         began = time.monotonic()
         try:
@@ -332,6 +335,10 @@ class Supervisor:
             for key in phases
         }
         self.cold_start = {**slowest, "ready_s": ready_s}
+        try:  # for the sidecar's rscore_scorer_cold_start_seconds
+            write_cold_start(self.socket_path.parent / COLD_START_NAME, self.cold_start)
+        except OSError as error:
+            log.warning("cold start not written for the sidecar: %s", error)
         log.info(
             "cold start: %s; all %d worker(s) ready after %.2f s",
             ", ".join(f"{name} {slowest[key]:.2f} s" for key, name in phases.items()),

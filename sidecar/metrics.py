@@ -33,6 +33,7 @@ from prometheus_client.utils import floatToGoString
 
 from r_scorer.memory import MEMORY_NAME, WorkerMemory, read_memory_file
 from r_scorer.pool import WorkerPool
+from r_scorer.socket_files import COLD_START_NAME, read_cold_start
 from sidecar.admission import Dispatcher
 
 LATENCY_BUCKETS = (
@@ -188,6 +189,22 @@ class _StateCollector(Collector):
             value=dispatcher.max_batch_rows if batchable else 0,
         )
         yield from self._memory_families()
+        yield self._cold_start_family()
+
+    def _cold_start_family(self) -> GaugeMetricFamily:
+        """The scorer's cold start by phase, as it wrote it beside the socket (no sample
+        until it has: the file appears once every worker is ready)."""
+        cold_start = GaugeMetricFamily(
+            "rscore_scorer_cold_start_seconds",
+            "The scorer's cold start, by phase: r_start, packages and model are the "
+            "slowest worker's; ready is from the scorer's start until every worker could "
+            "score (what the simulator's pod start-up model needs from a real pod).",
+            labels=["phase"],
+        )
+        phases = read_cold_start(self._pool.socket_path.parent / COLD_START_NAME)
+        for phase, seconds in phases.items():
+            cold_start.add_metric([phase.removesuffix("_s")], seconds)
+        return cold_start
 
     def _memory_families(self) -> Iterator[GaugeMetricFamily]:
         """Each connected worker's memory as last measured (an entry whose pid is no

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from r_scorer.errors import BundleError
+from r_scorer.socket_files import COLD_START_NAME, read_cold_start
 from r_scorer.supervisor import Supervisor
 
 pytestmark = pytest.mark.real_r
@@ -32,9 +33,10 @@ def bundle(tmp_path: Path, packages: list[str]) -> Path:
 def test_start_up_is_timed_by_phase_and_logged_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    supervisor = Supervisor(
-        bundle(tmp_path, ["jsonlite"]), tmp_path / "s" / "workers.sock", workers=2
-    )
+    socket_dir = tmp_path / "s"  # the sidecar's pool makes it; here, the test
+    socket_dir.mkdir()
+    (socket_dir / COLD_START_NAME).write_text('{"ready_s": 99.0}')  # a previous start's
+    supervisor = Supervisor(bundle(tmp_path, ["jsonlite"]), socket_dir / "workers.sock", workers=2)
     with caplog.at_level(logging.INFO, logger="rscore.supervisor"):
         try:
             supervisor.start()
@@ -53,6 +55,8 @@ def test_start_up_is_timed_by_phase_and_logged_once(
     assert len(logged) == 1
     assert logged[0].cold_start == cold  # type: ignore[attr-defined]
     assert "R start-up" in logged[0].getMessage()
+    # And beside the socket, for the sidecar's rscore_scorer_cold_start_seconds.
+    assert read_cold_start(socket_dir / COLD_START_NAME) == cold
 
 
 def test_a_missing_package_is_still_named_by_the_load(tmp_path: Path) -> None:

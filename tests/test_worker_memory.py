@@ -132,6 +132,12 @@ async def test_the_sidecar_shows_each_workers_memory_by_slot(tmp_path: Path) -> 
     private = {s.labels["slot"]: s.value for s in families["rscore_worker_private_bytes"].samples}
     for slot in pids:
         assert private[slot] < pss[slot]  # PSS adds its share of the shared pages
+    # The scorer's cold start comes the same way (r_scorer.socket_files), by phase.
+    cold = {
+        s.labels["phase"]: s.value for s in families["rscore_scorer_cold_start_seconds"].samples
+    }
+    assert set(cold) == {"r_start", "packages", "model", "ready"}
+    assert cold["ready"] >= cold["r_start"] > 0
     written = {str(memory.slot): memory for memory in read_memory_file(memory_file)}
     for slot, pid in pids.items():
         assert written[slot].pid == pid
