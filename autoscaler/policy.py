@@ -393,7 +393,7 @@ def _utilization(obs: Observation, spec: ScalingSpec, service_s: float | None) -
     return spec.target_utilization if allowed is None else max(spec.target_utilization, allowed)
 
 
-def _capacity(obs: Observation, spec: ScalingSpec, service_s: float | None = None) -> float:
+def _capacity(obs: Observation, spec: ScalingSpec, service_s: float | None) -> float:
     """Busy workers one pod should carry."""
     utilization = _utilization(obs, spec, service_s)
     return obs.workers_per_pod * spec.target_concurrency_per_worker * utilization
@@ -405,6 +405,8 @@ def _concurrency_signal(
     spec: ScalingSpec,
     samples: tuple[tuple[float, float], ...],
     demand: _Demand | None,
+    *,
+    capacity: float,
 ) -> _Concurrency:
     now = obs.now
     panic_until = state.panic_until
@@ -416,7 +418,6 @@ def _concurrency_signal(
         mode = MODE_PANIC if panic_until is not None else MODE_STABLE
         return _Concurrency(None, None, None, panic_until, mode, "no data yet")
 
-    capacity = _capacity(obs, spec, demand.service_s)
     panic_avg = stable_avg if panic_avg is None else panic_avg
     drain = _drain(demand, spec, max(stable_avg, panic_avg), capacity)
     desired_stable = _pods_for(stable_avg + drain, capacity)
@@ -571,13 +572,12 @@ def _size_nodes(
     *,
     for_nodes: int,
     expected: float | None,
-    service_s: float | None,
+    capacity: float,
     reasons: list[str],
 ) -> tuple[int, int | None, float | None]:
     """(replicas, desired nodes, node scale-down pending since) for the pool, if any."""
     if spec.node_pool is None:
         return desired, None, None
-    capacity = _capacity(obs, spec, service_s)
     ahead = 0 if expected is None else _pods_for(expected, capacity)
     per_node = _pods_per_node(obs, spec.node_pool)
     nodes, since, why = _nodes(
@@ -632,7 +632,11 @@ def decide(
     samples = tuple((t, v) for t, v in state.samples if now - spec.stable_window_s < t <= now)
     if demand is not None:
         samples = (*samples, (now, demand.busy))
-    conc = _concurrency_signal(obs, state, spec, samples, demand)
+    # Busy workers a pod should carry: once a tick (the latency objective's bisection is
+    # the policy's costliest arithmetic), for the demand signal and the nodes alike.
+    service_s = state.service_s if demand is None else demand.service_s
+    capacity = _capacity(obs, spec, service_s)
+    conc = _concurrency_signal(obs, state, spec, samples, demand, capacity=capacity)
     reasons = [conc.reason]
     if curve is not None:
         reasons.append(
@@ -687,7 +691,6 @@ def decide(
         reasons.append(forecast_note)
     for_nodes = desired if conc.sustained is None else min(desired, conc.sustained)
     for_nodes = max(for_nodes, spec.min_replicas)
-    service_s = state.service_s if demand is None else demand.service_s
     replicas, nodes, since = _size_nodes(
         obs,
         state,
@@ -695,7 +698,7 @@ def decide(
         desired,
         for_nodes=for_nodes,
         expected=expected,
-        service_s=service_s,
+        capacity=capacity,
         reasons=reasons,
     )
 

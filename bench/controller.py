@@ -155,20 +155,10 @@ def populate(emu: KubeEmulator, autoscalers: int, pods: int, metrics_port: int) 
         for j in range(count):
             emu.make_pod(f"{name}-{j}", NS, labels={"app": name}, ready=True, pod_ip=pod_ip(k))
             k += 1
-        emu.put_object(
-            {
-                "apiVersion": "rscore.dev/v1alpha1",
-                "kind": "ScoringAutoscaler",
-                "metadata": {"name": name, "namespace": NS},
-                "spec": {
-                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-                    # Pinned: no controller here makes pods follow a new replica count,
-                    # so the decisions run in full but never move the world.
-                    "minReplicas": count,
-                    "maxReplicas": count,
-                    "metricsPort": metrics_port,
-                },
-            }
+        # Pinned: no controller here makes pods follow a new replica count, so the
+        # decisions run in full but never move the world.
+        emu.make_scoring_autoscaler(
+            name, NS, minReplicas=count, maxReplicas=count, metricsPort=metrics_port
         )
 
 
@@ -409,6 +399,30 @@ def _by_kind(requests: list[Any], ticks: float) -> dict[str, float]:
 
 # --- the two smaller measurements of issue 19 -------------------------------------------
 
+# What the two fleet-scale scenarios share: a 50 ms model on 4-worker pods, one a node,
+# kept between 40 and 400 pods, a 0.5-s SLO.
+_LARGE_REST = """[service]
+kind = "lognormal"
+mean_s = 0.05
+cv = 1.0
+[pods]
+workers = 4
+initial = {initial}
+max_queue = 256
+request_timeout_s = 5.0
+max_batch_rows = 1
+[nodes]
+kind = "cpu"
+pods_per_node = 1
+max_nodes = 400
+[policy]
+kind = "rscore"
+minReplicas = 40
+maxReplicas = 400
+[slo]
+latency_p99_s = 0.5
+"""
+
 LARGE_SCENARIOS = {
     # A compressed diurnal day at fleet scale: 1,000 to 5,000 req/s on up to 100 pods.
     "diurnal-large": """seed = 3
@@ -419,27 +433,8 @@ rate = 3000.0
 amplitude = 0.67
 period_s = 1800
 noise = 0.1
-[service]
-kind = "lognormal"
-mean_s = 0.05
-cv = 1.0
-[pods]
-workers = 4
-initial = 100
-max_queue = 256
-request_timeout_s = 5.0
-max_batch_rows = 1
-[nodes]
-kind = "cpu"
-pods_per_node = 1
-max_nodes = 400
-[policy]
-kind = "rscore"
-minReplicas = 40
-maxReplicas = 400
-[slo]
-latency_p99_s = 0.5
-""",
+"""
+    + _LARGE_REST.format(initial=100),
     # 1,000 req/s with 3x bursts of two minutes, on 40 to 60 pods.
     "mmpp-large": """seed = 4
 duration_s = 1800
@@ -447,27 +442,8 @@ duration_s = 1800
 kind = "mmpp"
 rates = [1000.0, 3000.0]
 mean_dwell_s = [300.0, 120.0]
-[service]
-kind = "lognormal"
-mean_s = 0.05
-cv = 1.0
-[pods]
-workers = 4
-initial = 60
-max_queue = 256
-request_timeout_s = 5.0
-max_batch_rows = 1
-[nodes]
-kind = "cpu"
-pods_per_node = 1
-max_nodes = 400
-[policy]
-kind = "rscore"
-minReplicas = 40
-maxReplicas = 400
-[slo]
-latency_p99_s = 0.5
-""",
+"""
+    + _LARGE_REST.format(initial=60),
 }
 
 

@@ -683,6 +683,20 @@ class KubeEmulator:
             return self.get_object("v1", "Pod", namespace, name) or {}
         return self.set_pod_ready(namespace, name, ready, pod_ip)
 
+    def make_scoring_autoscaler(self, name: str, namespace: str = "default", **spec: Any) -> JSON:
+        """A ScoringAutoscaler of the Deployment `name`, with these spec fields."""
+        return self.put_object(
+            {
+                "apiVersion": "rscore.dev/v1alpha1",
+                "kind": "ScoringAutoscaler",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {
+                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                    **spec,
+                },
+            }
+        )
+
     def make_deployment(
         self,
         name: str,

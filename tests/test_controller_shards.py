@@ -120,19 +120,7 @@ def _objects(emu: KubeEmulator, count: int) -> dict[str, int]:
     for i in range(count):
         name = f"model-{i}"
         emu.make_deployment(name, NS, replicas=1)
-        emu.put_object(
-            {
-                "apiVersion": "rscore.dev/v1alpha1",
-                "kind": "ScoringAutoscaler",
-                "metadata": {"name": name, "namespace": NS},
-                "spec": {
-                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-                    "minReplicas": 1,
-                    "maxReplicas": 3,
-                    "metricsPort": 1,
-                },
-            }
-        )
+        emu.make_scoring_autoscaler(name, NS, minReplicas=1, maxReplicas=3, metricsPort=1)
         shards[name] = shard_of(NS, name, SHARDS)
     return shards
 
