@@ -58,7 +58,7 @@ from r_scorer.memory import (
 from r_scorer.peer import ensure_socket_dir
 from r_scorer.socket_files import COLD_START_NAME, write_cold_start
 from r_scorer.worker import EXIT_CLEAN, EXIT_LOAD_FAILED
-from r_scorer.zygote_control import ForkedWorker, Zygote
+from r_scorer.zygote_control import ForkedWorker, Zygote, child_stdout
 
 log = logging.getLogger("rscore.supervisor")
 
@@ -281,7 +281,7 @@ class Supervisor:
             slot.process = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
-                stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else subprocess.DEVNULL,
+                stdout=child_stdout(),
                 pass_fds=(status_write,),
             )
         except BaseException:
@@ -451,11 +451,7 @@ class Supervisor:
         """Each loaded worker's memory now (and the zygote's, as slot -1)."""
         with self._lock:
             running = self._running()
-        return [
-            memory
-            for memory in (read_worker_memory(*entry) for entry in running)
-            if memory is not None
-        ]
+        return _read_memory(running)
 
     def _running(self) -> list[tuple[int, int, int]]:
         """(slot, pid, generation) of each loaded worker, and of a ready zygote."""
@@ -475,13 +471,8 @@ class Supervisor:
         if now - self._measured_at < MEASURE_EVERY_S:
             return
         self._measured_at = now
-        measured = [
-            memory
-            for memory in (read_worker_memory(*entry) for entry in self._running())
-            if memory is not None
-        ]
         try:
-            write_memory_file(self.memory_file, measured)
+            write_memory_file(self.memory_file, _read_memory(self._running()))
         except OSError as exc:
             log.debug("cannot write %s: %s", self.memory_file, exc)
 
@@ -635,9 +626,8 @@ def _parse_status(raw: bytes) -> dict[str, Any]:
     return status if isinstance(status, dict) else {"ready": False}
 
 
-def _has_fileno(stream: Any) -> bool:
-    try:
-        stream.fileno()
-    except (AttributeError, OSError, ValueError):
-        return False
-    return True
+def _read_memory(running: list[tuple[int, int, int]]) -> list[WorkerMemory]:
+    """The memory of each (slot, pid, generation) whose process is still there."""
+    return [
+        memory for memory in (read_worker_memory(*entry) for entry in running) if memory is not None
+    ]

@@ -156,7 +156,7 @@ class Zygote:
             self.process = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
-                stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else subprocess.DEVNULL,
+                stdout=child_stdout(),
                 pass_fds=(status_write, theirs.fileno()),
                 env={**os.environ, **SINGLE_THREAD_ENV},
             )
@@ -287,9 +287,10 @@ class Zygote:
             self._lost()
 
 
-def _has_fileno(stream: Any) -> bool:
+def child_stdout() -> int:
+    """A child process's stdout: our stderr if it has a file descriptor, else /dev/null
+    (also the supervisor's, for its spawned workers)."""
     try:
-        stream.fileno()
+        return sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):
-        return False
-    return True
+        return subprocess.DEVNULL
