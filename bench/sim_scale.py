@@ -2,7 +2,8 @@
 
 Issue 12's goal: a policy that runs to hundreds of pods must not make the simulator
 crawl; ten times the load (and the pods it brings) within ten times the time. The
-scenario's workload `scale` and its `max_nodes` are multiplied by each factor; the
+scenario's workload rate (`sim.validate.scaled_workload`: a trace's `scale`, any other
+kind's rate) and its `max_nodes` are multiplied by each factor; the
 policy is the scenario's. Prints one line per factor and the ratios; writes nothing.
 
     python -m bench.sim_scale [SCENARIO.toml] [--factors 1,10]
@@ -18,13 +19,14 @@ from pathlib import Path
 from bench.report import machine
 from sim.run import run_scenario
 from sim.scenario import Scenario, load_scenario
+from sim.validate import scaled_workload
 
 DEFAULT = Path(__file__).resolve().parent.parent / "examples" / "scenarios" / "nasa-day-rate.toml"
 
 
 def scaled(scenario: Scenario, factor: float) -> Scenario:
     """The scenario with `factor` times its traffic and room for `factor` times the nodes."""
-    workload = dataclasses.replace(scenario.workload, scale=scenario.workload.scale * factor)
+    workload = scaled_workload(scenario.workload, factor)
     nodes = dataclasses.replace(
         scenario.nodes, max_nodes=max(1, round(scenario.nodes.max_nodes * factor))
     )

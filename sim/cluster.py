@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 
 from sim.distributions import Delay
+from sim.sidecar import SidecarModel
 
 __all__ = [
     "ROUTING",
@@ -69,12 +70,7 @@ class PodSpec:
     @property
     def models_sidecar(self) -> bool:
         """Whether requests pass the sidecar's loop and share the pod's cores."""
-        return (
-            self.sidecar_s > 0
-            or self.sidecar_wake_s > 0
-            or self.http_s > 0
-            or self.cores is not None
-        )
+        return SidecarModel.of_pods(self).on
 
     @property
     def start_mean_s(self) -> float:

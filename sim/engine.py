@@ -938,13 +938,7 @@ class Engine:
                         p_n[p] -= 1
                         p_asum[p] -= member
                         p_sdone[p] += lat
-                    self.expire(p, t)
-                    if p_q[p]:
-                        self.start_calls(p, t)
-                    else:
-                        p_busy[p] -= 1
-                        if p_state[p] == DRAINING and p_n[p] == 0:
-                            self.release(p, t)
+                    self.next_call(p, t)  # the worker takes the next call, or idles
                 elif kind > END:
                     self.pod_event(kind, p, t, a)  # KILLED, BACK, ADMIT, REPLY
                 elif kind == SAMPLE:
@@ -955,6 +949,7 @@ class Engine:
                         end_t = max(end_t, self.last_answer())
                         break
                     self.sample(t)
+                    continue  # the end was checked just above
                 else:
                     if kind == END:
                         ending = self.ending = True
@@ -984,7 +979,7 @@ class Engine:
                     doomed += 1  # no call pushed: the watchdog's KILLED instead
                     self.doom(p, t, [start])
                 start = -1.0
-            elif ending and next_a == inf and self.in_system() == 0:
+            elif ending and next_a == inf and p_n[p] == 0 and self.in_system() == 0:
                 end_t = max(end_t, t)  # the last request inside has left
                 break
         # Counted once here rather than per event: the arrivals consumed, and the events
