@@ -358,13 +358,13 @@ def oracle_run(
             scenario, pods=dataclasses.replace(scenario.pods, initial=initial)
         )
 
-    def replay(headroom: float) -> bool:
-        result = engine_for(start(headroom), controller(headroom), progress=progress).run()
-        runs[headroom] = result
+    def replay(knob: float) -> bool:  # a headroom, or spare nodes without foresight
+        result = engine_for(start(knob), controller(knob), progress=progress).run()
+        runs[knob] = result
         summary = summarize(
             result, price_per_hour=nodes.price_per_hour, slo_p99_s=scenario.slo_p99_s
         )
-        tries.append({"headroom": headroom, **{k: summary[k] for k in _TRY_FIELDS}})
+        tries.append(_try_record(knob, summary, foresight=foresight))
         return bool(summary["slo_met"])
 
     if not foresight:
@@ -406,6 +406,13 @@ def oracle_run(
     return OracleRun(result, extra, lambda: controller(headroom))
 
 
+def _try_record(knob: float, summary: dict[str, Any], *, foresight: bool) -> dict[str, Any]:
+    """One replay as the summary lists it: its knob (headroom, or spare nodes without
+    foresight) and `_TRY_FIELDS`."""
+    named: dict[str, Any] = {"headroom": knob} if foresight else {"spare_nodes": int(knob)}
+    return {**named, **{k: summary[k] for k in _TRY_FIELDS}}
+
+
 def _reactive_search(
     replay: Callable[[float], bool],
     *,
@@ -425,8 +432,6 @@ def _reactive_search(
             break  # at max_nodes everywhere
         spare += 1
         met = replay(spare)
-    for attempt in tries:  # the knob of these replays is spare nodes, not headroom
-        attempt["spare_nodes"] = int(attempt.pop("headroom"))
     extra = {
         "pod_capacity_per_s": capacity,
         "oracle_spare_nodes": int(spare),

@@ -132,10 +132,10 @@ def test_the_reactive_oracle_adds_spare_nodes_until_it_meets_the_slo() -> None:
     assert reactive.result.node_seconds > 0
     summary = summarize(reactive.result, price_per_hour=s.nodes.price_per_hour, slo_p99_s=0.5)
     assert summary["slo_met"] == met[-1]
-    # Foresight is never dearer for the same SLO.
+    # Foresight meets the SLO, and is never dearer where both do.
     oracle = summarize(foreseeing.result, price_per_hour=s.nodes.price_per_hour, slo_p99_s=0.5)
-    if summary["slo_met"] and oracle["slo_met"]:
-        assert oracle["cost_usd"] <= summary["cost_usd"] * 1.0001
+    assert oracle["slo_met"]
+    assert not summary["slo_met"] or oracle["cost_usd"] <= summary["cost_usd"] * 1.0001
 
 
 def test_the_reactive_oracle_is_a_row_of_its_own() -> None:
