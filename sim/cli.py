@@ -210,7 +210,7 @@ def compare(
     duration_s: float | None,
 ) -> None:
     """Run SCENARIO.toml under several policies; write compare.json and compare.png."""
-    from sim.metrics import add_cost_vs_oracle
+    from sim.metrics import add_cost_vs_oracle, cold_start_note
     from sim.output import write_json, write_timeseries
     from sim.plots import plot_compare
     from sim.workload import describe
@@ -241,6 +241,9 @@ def compare(
                  out_dir / "compare.png")  # fmt: skip
     click.echo(describe(scenario.workload))  # the scale and scale_mode used
     click.echo(_table(summaries))
+    note = cold_start_note(summaries, scenario.pods.initial)
+    if note is not None:
+        click.echo(note, err=True)
     click.echo(f"wrote {out_dir / 'compare.json'} and {out_dir / 'compare.png'}", err=True)
 
 

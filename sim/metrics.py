@@ -19,6 +19,7 @@ from sim.engine import SAMPLE_S, RunResult
 __all__ = [
     "TIMESERIES_COLUMNS",
     "add_cost_vs_oracle",
+    "cold_start_note",
     "nearest_rank",
     "rank_or_none",
     "summarize",
@@ -95,6 +96,27 @@ def add_cost_vs_oracle(summaries: dict[str, dict[str, Any]]) -> None:
     base = oracle["cost_usd"] if oracle else None
     for summary in summaries.values():
         summary["cost_vs_oracle"] = summary["cost_usd"] / base if base else None
+
+
+def cold_start_note(summaries: dict[str, dict[str, Any]], initial_pods: int) -> str | None:
+    """A warning when the oracle started with more pods than every other policy.
+
+    The oracle's foresight reaches back before t = 0: it starts with the pods its plan
+    holds then, ordered ahead. Every other policy starts with `[pods] initial` and can
+    order nothing before the run; demand in the first provisioning time that so many
+    pods cannot carry fails them all but the oracle, whatever their policy."""
+    oracle = summaries.get("oracle")
+    if oracle is None:
+        return None
+    started = int(oracle.get("oracle_initial_pods") or 0)
+    if started <= initial_pods:
+        return None
+    return (
+        f"note: the oracle started with {started} pods ready (its plan's nodes, ordered "
+        f"before t = 0); the other policies with [pods] initial = {initial_pods}. If the "
+        f"pool serves this traffic before the trace begins, set initial = {started} so "
+        "that every policy starts where the oracle does."
+    )
 
 
 TIMESERIES_COLUMNS = (

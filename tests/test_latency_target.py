@@ -43,7 +43,7 @@ def test_one_worker_runs_exactly_as_busy_as_its_p99_allows() -> None:
     """Solve rho * exp(-(1 - rho) T / s) = 1 % for rho independently, by the closed form's
     fixed point, and compare."""
     service, objective = 0.2, 4.0
-    budget = OBJECTIVE_SHARE * objective - service  # 1.8 s of waiting, 9 service times
+    budget = OBJECTIVE_SHARE * objective - service  # 3.8 s of waiting, 19 service times
     rho = 0.5
     for _ in range(200):  # rho = 1 - s/T * ln(rho / TAIL): a contraction near the root
         rho = 1.0 - service / budget * math.log(rho / TAIL)
@@ -54,7 +54,7 @@ def test_one_worker_runs_exactly_as_busy_as_its_p99_allows() -> None:
     ("servers", "service_s", "objective_s", "expected"),
     [
         (2, 0.02, 1.0, MAX_UTILIZATION),  # 24 calls of slack: as busy as allowed
-        (2, 0.2, 0.3, None),  # half the objective is less than a call: no say
+        (2, 0.2, 0.2 / OBJECTIVE_SHARE, None),  # no wait fits beside a call: no say
         (2, None, 1.0, None),  # no service time yet
         (0, 0.02, 1.0, None),
         (2, 0.02, 0.0, None),

@@ -305,3 +305,29 @@ def test_a_missed_replay_adds_headroom_until_the_slo_is_met(
     assert len(chosen) == 1
     assert chosen[0]["cost_usd"] == pytest.approx(summary["cost_usd"])
     assert chosen[0]["cost_usd"] >= tries[0]["cost_usd"]  # headroom costs
+
+
+@pytest.mark.parametrize(
+    ("summaries", "initial", "warns_of"),
+    [
+        # No oracle compared: nothing to say.
+        ({"static": {"cost_usd": 1.0}}, 2, None),
+        # The oracle started where every policy did, or below: fair.
+        ({"oracle": {"oracle_initial_pods": 2}}, 2, None),
+        ({"oracle": {"oracle_initial_pods": 1}}, 3, None),
+        # Its plan held 5 pods at t = 0, ordered before the run; the others had 2.
+        ({"oracle": {"oracle_initial_pods": 5}}, 2, "set initial = 5"),
+    ],
+)
+def test_compare_warns_when_the_oracle_starts_with_more_pods(
+    summaries: dict[str, dict[str, Any]], initial: int, warns_of: str | None
+) -> None:
+    from sim.metrics import cold_start_note
+
+    note = cold_start_note(summaries, initial)
+    if warns_of is None:
+        assert note is None
+    else:
+        assert note is not None
+        assert warns_of in note
+        assert f"initial = {initial}" in note  # what the others started with
