@@ -12,10 +12,13 @@ Reads only the scenario file; never touches the clock or the random streams.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from autoscaler.policy import NodePoolSpec, ScalingSpec
 from autoscaler.spec import INTEGER_POLICY_FIELDS, POLICY_FIELDS
@@ -141,35 +144,32 @@ def _convert(table: dict[str, Any], where: str, base_dir: Path) -> dict[str, Any
     return out
 
 
-def _check_types(cls: type, kwargs: dict[str, Any], where: str) -> None:
-    """A number, an integer or a string where the spec's field is one: else an error
-    naming the key (rather than whatever a comparison inside the spec would raise)."""
-    for f in dataclasses.fields(cls):
-        if f.name not in kwargs:
-            continue
-        types = {t.strip() for t in str(f.type).split("|")}
-        value = kwargs[f.name]
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if "float" in types:
-            ok, kind = number, "a number"
-        elif "int" in types:
-            ok, kind = number and value == int(value), "an integer"
-            if ok:
-                kwargs[f.name] = int(value)
-        elif "str" in types:
-            ok, kind = isinstance(value, str), "a string"
-        else:
-            continue
-        if not ok:
-            raise ScenarioError(f"{where} {f.name} must be {kind}, got {value!r}")
+# msgspec's names for the types a scenario key may want, in the words of an error.
+_KINDS = {
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "bool": "true or false",
+    "null": "left out",
+}
+_EXPECTED = re.compile(r"^Expected `(?P<type>[^`]+)`, got `[^`]+` - at `\$\.(?P<key>[^`]+)`$")
 
 
 def _build(cls: type, kwargs: dict[str, Any], where: str) -> Any:
-    _check_types(cls, kwargs, where)
+    """The spec `cls` from a table's values, type-checked by msgspec against the spec's
+    annotations (strictly: no string is read as a number, no true as 1, no 2.5 as an
+    integer) and then by the spec's own checks; any failure names the table and key."""
     try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ScenarioError(f"{where}: {exc}") from None
+        return msgspec.convert(kwargs, cls, strict=True)
+    except msgspec.ValidationError as exc:
+        found = _EXPECTED.match(str(exc))
+        if found is None:  # the spec's own check (__post_init__) said what is wrong
+            raise ScenarioError(f"{where}: {exc}") from None
+        key = found["key"]
+        wanted = " or ".join(
+            _KINDS.get(name.strip(), name.strip()) for name in found["type"].split("|")
+        )
+        raise ScenarioError(f"{where} {key} must be {wanted}, got {kwargs.get(key)!r}") from None
 
 
 def parse_scenario(data: dict[str, Any], base_dir: Path) -> Scenario:

@@ -155,3 +155,27 @@ def test_every_scenario_key_is_in_the_docs() -> None:
         section = doc.split(f"### `[{table}]`", 1)[1].split("\n### ", 1)[0].split("\n## ")[0]
         documented = set(re.findall(r"^\| `(\w+)` \|", section, re.M))
         assert documented == {f.name for f in dataclasses.fields(cls)}, table
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        # Checked against the specs' annotations, strictly: TOML has types, and a
+        # string, a boolean or a fraction where a count belongs is a mistake to name.
+        ({"pods": {"workers": "2"}}, "[pods] workers must be an integer, got '2'"),
+        ({"pods": {"workers": True}}, "[pods] workers must be an integer, got True"),
+        ({"pods": {"initial": 1.5}}, "[pods] initial must be an integer, got 1.5"),
+        ({"pods": {"routing": 3}}, "[pods] routing must be a string, got 3"),
+        ({"workload": {"rate": "fast"}}, "[workload] rate must be a number, got 'fast'"),
+        ({"nodes": {"max_nodes": "3"}}, "[nodes] max_nodes must be an integer, got '3'"),
+        ({"controller": {"history_s": "1d"}}, "[controller] history_s must be a number"),
+        # The spec's own checks still speak for themselves.
+        ({"pods": {"workers": 0}}, "[pods]: pods: workers >= 1"),
+    ],
+)
+def test_values_of_the_wrong_type_name_the_table_the_key_and_the_type(
+    data: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ScenarioError) as caught:
+        parse_scenario(data, Path("."))
+    assert str(caught.value).startswith(message)
