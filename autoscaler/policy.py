@@ -560,7 +560,9 @@ def _forecast(
         profile,
         expected.demand,
         f"forecast {expected.demand:.2f} busy workers within {horizon:g}s "
-        f"({expected.basis}, x{expected.error_factor:.2f} for its error)",
+        f"({expected.basis}, x{expected.error_factor:.2f} for its error"
+        + (f", x{expected.level:.2f} as the last hour ran" if expected.level < 1 else "")
+        + ")",
     )
 
 

@@ -159,13 +159,55 @@ def test_error_headroom_grows_when_actual_exceeded_the_forecasts() -> None:
     assert surprised_ahead.demand > steady_ahead.demand * 1.4
 
 
-def test_forecasts_that_overshot_never_shrink_below_the_profile() -> None:
+def test_forecasts_that_overshot_leave_the_error_factor_at_one() -> None:
     quiet = days_of(office(), 2)
     quiet = run(quiet, at(2, 0), at(3, 0), lambda t: 0.5 * office()(t))
-    assert error_factor(quiet) == 1.0
+    assert error_factor(quiet) == 1.0  # headroom is never below the profile
     ahead = forecast(quiet, at(3, 8, 55), 300)
     assert ahead is not None
-    assert ahead.demand == ahead.base
+    # The last hour (Wednesday 23:00-24:00) ran 1 busy worker against 2 forecast: the
+    # level is (1 + 1) / (2 + 1) and the forecast follows it.
+    assert ahead.level == pytest.approx(2 / 3, abs=0.005)
+    assert ahead.demand == pytest.approx(ahead.base * ahead.level, abs=0.002)
+
+
+@pytest.mark.parametrize(
+    ("share", "level"),
+    [
+        (0.5, 11 / 21),  # a holiday at half: (10 + 1) / (20 + 1) for each of the last 4 slots
+        (0.8, 17 / 21),  # (16 + 1) / (20 + 1)
+        (0.9, 19 / 21),  # (18 + 1) / (20 + 1) = 0.905
+        (0.97, 1.0),  # (19.4 + 1) / (20 + 1) = 0.971: within the band, the profile holds
+        (0.2, fc.LEVEL_MIN),  # (4 + 1) / (20 + 1) = 0.24: the floor
+        (1.0, 1.0),  # as forecast
+        (1.5, 1.0),  # above: the error factor's job, the level stays 1
+    ],
+)
+def test_a_day_below_its_profile_is_followed_within_the_hour(share: float, level: float) -> None:
+    """Two office days, then a third at `share` of them until 12:05: the forecast for
+    12:05 (20 busy workers by the profile) is scaled by the last hour's ratios."""
+    profile = days_of(office(), 2)
+    profile = run(profile, at(2, 0), at(2, 12, 5), lambda t: share * office()(t))
+    assert fc.recent_level(profile) == pytest.approx(level, abs=0.005)
+    ahead = forecast(profile, at(2, 12, 5), 300)
+    assert ahead is not None
+    assert ahead.base == pytest.approx(20.0, abs=0.05)
+    assert ahead.level == fc.recent_level(profile)
+    assert ahead.demand == pytest.approx(ahead.base * ahead.error_factor * level, abs=0.01)
+
+
+def test_one_quiet_slot_in_the_last_hour_is_not_a_level() -> None:
+    """A slot far below its forecast among the last four leaves the level at 1 (the
+    others ran as forecast): a dip from 11:15 to 11:45, whose 11:30 slot peaked at half."""
+    profile = days_of(office(), 2)
+
+    def dip(t: float) -> float:
+        quiet = at(2, 11, 15) <= t < at(2, 11, 45)
+        return (0.5 if quiet else 1.0) * office()(t)
+
+    profile = run(profile, at(2, 0), at(2, 12, 5), dip)
+    assert min(profile.errors[-fc.LEVEL_WINDOW :]) < 0.7
+    assert fc.recent_level(profile) == 1.0
 
 
 def test_the_error_record_is_a_bounded_ring() -> None:
