@@ -78,6 +78,7 @@ class Controller:
         pods: PodCache | None = None,
         shards: int = 1,
         shard_index: int = 0,
+        status_heartbeat_s: float = 60.0,
     ) -> None:
         self.api = api
         self.metrics = metrics
@@ -103,6 +104,7 @@ class Controller:
         self.pods = pods  # the pod informer; None: pods are listed per tick
         self.shards, self.shard_index = shards, shard_index
         self._owners: dict[Key, bool] = {}  # the hash, once per object (events are many)
+        self.status_heartbeat_s = status_heartbeat_s  # readings alone: autoscaler.status
 
     def owns(self, key: Key) -> bool:
         """Is this ScoringAutoscaler this controller's shard's?"""
@@ -225,12 +227,16 @@ class Controller:
             sampling=self.sampling,
             scrape_slots=scrape_slots,
             pods=self.pods if self.pods is not None and self.pods.synced.is_set() else None,
+            status_heartbeat_s=self.status_heartbeat_s,
         )
 
         async def one(key: Key, obj: dict[str, Any]) -> None:
             try:
                 async with asyncio.timeout(self.reconcile_timeout_s):
-                    await reconcile(obj, self.memory.setdefault(key, Memory()), ctx)
+                    memory = self.memory.get(key)
+                    if memory is None:  # not setdefault: a Memory seeds a Random from urandom
+                        memory = self.memory[key] = Memory()
+                    await reconcile(obj, memory, ctx)
             except TimeoutError:
                 self.metrics.reconcile_timeouts.labels(*key).inc()
                 log.warning(
@@ -269,7 +275,13 @@ class Controller:
         # One session for the term: its connector keeps each pod's connection alive
         # between ticks (the sidecar's /metrics server keeps it), bounded per host.
         connector = aiohttp.TCPConnector(limit=limit or 0, limit_per_host=4, keepalive_timeout=30)
-        async with aiohttp.ClientSession(connector=connector) as session:
+        async with aiohttp.ClientSession(
+            connector=connector,
+            # Less per scrape: no cookie jar to consult or fill (pods set none), and no
+            # Accept-Encoding offered, so no pod spends CPU compressing its page.
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("Accept-Encoding",),
+        ) as session:
             try:
                 slot = self.clock()
                 while True:

@@ -23,6 +23,7 @@ from typing import Any
 
 from autoscaler.kube_io import ApiError, KubeApi
 from autoscaler.metrics import ControllerMetrics
+from autoscaler.observe import PodFacts, pod_facts
 from autoscaler.selector import equalities, parse_selector
 
 __all__ = ["PodCache"]
@@ -65,6 +66,8 @@ class PodCache:
         self._pods: dict[Key, dict[str, Any]] = {}
         self._by_label: dict[tuple[str, str, str], set[str]] = defaultdict(set)  # ns, k, v
         self._by_namespace: dict[str, set[str]] = defaultdict(set)
+        # Each pod's facts, read once per pod object (an event brings a new object).
+        self._facts: dict[Key, tuple[dict[str, Any], PodFacts]] = {}
 
     def __len__(self) -> int:
         return len(self._pods)
@@ -95,12 +98,14 @@ class PodCache:
         self._index(key, pod, add=True)
 
     def _drop(self, key: Key) -> None:
+        self._facts.pop(key, None)
         old = self._pods.pop(key, None)
         if old is not None:
             self._index(key, old, add=False)
 
     def _replace_all(self, pods: list[dict[str, Any]]) -> None:
         self._pods.clear()
+        self._facts.clear()
         self._by_label.clear()
         self._by_namespace.clear()
         for pod in pods:
@@ -118,6 +123,18 @@ class PodCache:
             candidates = self._by_namespace.get(namespace, set())
         pods = (self._pods[(namespace, name)] for name in sorted(candidates))
         return [pod for pod in pods if matches(_labels(pod))]
+
+    def select_facts(self, namespace: str, selector: str) -> list[PodFacts]:
+        """As `select`, each pod as `autoscaler.observe.pod_facts` reads it: read once
+        per pod object, not once per tick (a watch event replaces the object)."""
+        out = []
+        for pod in self.select(namespace, selector):
+            key = _key(pod)
+            cached = self._facts.get(key)
+            if cached is None or cached[0] is not pod:
+                cached = self._facts[key] = (pod, pod_facts(pod))
+            out.append(cached[1])
+        return out
 
     # --- list, then watch ------------------------------------------------------------------
 

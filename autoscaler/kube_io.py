@@ -225,6 +225,7 @@ class KubeApi:
         backoff_base_s: float = 0.2,
         backoff_cap_s: float = 2.0,
         rng: random.Random | None = None,
+        max_concurrent_calls: int = 64,
     ) -> None:
         self.api_client = api_client
         self.custom = client.CustomObjectsApi(api_client)
@@ -235,6 +236,10 @@ class KubeApi:
         self.backoff_cap_s = backoff_cap_s
         self._rng = rng or random.Random()
         self._resources: dict[tuple[str, str, str], str] = {}
+        # The reconciles' calls (a thousand at a tick's start) take at most this many of
+        # the client's connections (kubernetes_asyncio's pool: 100), so that the Lease's
+        # calls, which go around this bound, never queue behind a tick's work.
+        self._calls = asyncio.Semaphore(max_concurrent_calls)
 
     @classmethod
     async def connect(
@@ -261,10 +266,11 @@ class KubeApi:
         """`call()` with retries; a write's `guard` (still the leader?) is asked before
         every attempt, so that a retry never lands after the Lease is lost."""
         for attempt in range(1, self.attempts + 1):
-            if guard is not None and not guard():
-                raise NotLeading(operation)
             try:
-                return await call()
+                async with self._calls:
+                    if guard is not None and not guard():  # asked once a connection is ours
+                        raise NotLeading(operation)
+                    return await call()
             except (ApiException, TimeoutError, aiohttp.ClientError) as error:
                 status = self._count(operation, error)
                 retryable = status is None or status in RETRYABLE_STATUS
@@ -645,11 +651,16 @@ def _parsed_url(url: str) -> yarl.URL:
     return yarl.URL(url, encoded=True)
 
 
+@functools.lru_cache(maxsize=64)
+def _timeout(total_s: float) -> aiohttp.ClientTimeout:
+    """A scrape's timeout, made once per value (it is the same for every scrape)."""
+    return aiohttp.ClientTimeout(total=total_s)
+
+
 async def _metrics_page(session: aiohttp.ClientSession, url: str, timeout_s: float) -> str:
     """The text of a /metrics page; ScrapeError on a failed request or a non-200."""
     try:
-        timeout = aiohttp.ClientTimeout(total=timeout_s)
-        async with session.get(_parsed_url(url), timeout=timeout) as response:
+        async with session.get(_parsed_url(url), timeout=_timeout(timeout_s)) as response:
             if response.status != 200:
                 raise ScrapeError(f"{url} answered {response.status}")
             return await response.text()

@@ -42,6 +42,9 @@ class Options:
     pod_selector: str | None = None  # narrows the pod watch (a label all scoring pods carry)
     shards: int = 1
     shard_index: int | None = None  # None: the StatefulSet ordinal modulo shards
+    # A status whose only change is readings (the observed concurrency, the reason's
+    # figures) is written at most this often per object; 0: every change at once.
+    status_heartbeat_s: float = 60.0
 
     def sampling(self) -> SamplingPolicy:
         return SamplingPolicy(

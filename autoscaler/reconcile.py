@@ -43,12 +43,16 @@ from autoscaler.scrape import DemandTracker, PodDemand, PodScrape, ScrapeError, 
 from autoscaler.selector import SelectorError
 from autoscaler.spec import AutoscalerSettings, SpecError, settings_from_object
 from autoscaler.status import (
+    READINGS_ONLY,
+    UNCHANGED,
     Condition,
     event_body,
+    heartbeat_due,
     limit_condition,
     merge_conditions,
     profile_from_status,
     status_body,
+    status_change,
 )
 
 __all__ = ["Memory", "TickContext", "reconcile"]
@@ -71,6 +75,7 @@ class Memory:
     profile_saved: bool = False  # and the status holds the profile of this slot:
     profile_saved_slot: float | None = None  # the start of the slot occurrence it was in
     rotation: Rotation = field(default_factory=Rotation)  # which pods to scrape (sampling)
+    status_written_at: float | None = None  # this term's last status write (ctx.now)
 
 
 @dataclass(frozen=True)
@@ -88,17 +93,21 @@ class TickContext:
     sampling: SamplingPolicy = field(default_factory=SamplingPolicy)  # which pods to scrape
     scrape_slots: asyncio.Semaphore | None = None  # bounds concurrent scrapes (all objects)
     pods: PodCache | None = None  # the pod informer's cache, synced; None: list per tick
+    # Readings alone (the observed concurrency, figures in the reason) are written at most
+    # this often per object (`autoscaler.status.heartbeat_due`); 0: with every change.
+    status_heartbeat_s: float = 0.0
 
 
-async def _list_pods(ctx: TickContext, namespace: str, selector: str) -> list[dict[str, Any]]:
-    """The pods `selector` matches: from the informer's cache when there is one (a
-    selector it cannot read is asked of the API server, which says what is wrong)."""
+async def _list_pod_facts(ctx: TickContext, namespace: str, selector: str) -> list[PodFacts]:
+    """The pods `selector` matches, as `pod_facts` reads them: from the informer's cache
+    when there is one (read once per pod object, not per tick; a selector it cannot read
+    is asked of the API server, which says what is wrong)."""
     if ctx.pods is not None:
         try:
-            return ctx.pods.select(namespace, selector)
+            return ctx.pods.select_facts(namespace, selector)
         except SelectorError:
             pass
-    return await ctx.api.list_pods(namespace, selector)
+    return [pod_facts(p) for p in await ctx.api.list_pods(namespace, selector)]
 
 
 def _writable(ctx: TickContext) -> bool:
@@ -170,19 +179,31 @@ async def _write_status(
         demand_profile=None if saving is None else saving.to_dict(),
     )
     previous = obj.get("status") or {}
-    if all(previous.get(key) == value for key, value in body["status"].items()):
-        _profile_saved(memory, saving)
-        return  # unchanged: spare the API server a write per tick
+    change = status_change(previous, body["status"])
+    if change == UNCHANGED or (change == READINGS_ONLY and not _heartbeat_due(ctx, obj, memory)):
+        _profile_saved(memory, saving)  # the stored status holds it (or none is due)
+        return  # spare the API server (and our own watch) a write per tick
     try:
         await ctx.api.patch_status(_ns(obj), _name(obj), body, guard=ctx.may_write)
     except ApiError as error:  # a profile not saved is tried again next tick
         log.warning("status of %s/%s not written: %s", _ns(obj), _name(obj), error)
     else:
+        memory.status_written_at = ctx.now
         # As the merge patch did, so the next tick's conditions keep their times (and
         # the saved profile stays in the cached object).
         merged = {**previous, **body["status"]}
         obj["status"] = {key: value for key, value in merged.items() if value is not None}
         _profile_saved(memory, saving)
+
+
+def _heartbeat_due(ctx: TickContext, obj: dict[str, Any], memory: Memory) -> bool:
+    """Are the readings due to be written? Always at a term's first write (a new leader
+    brings the status up to date), then at this object's next heartbeat."""
+    if memory.status_written_at is None or ctx.status_heartbeat_s <= 0:
+        return True
+    return heartbeat_due(
+        _ns(obj), _name(obj), ctx.status_heartbeat_s, memory.status_written_at, ctx.now
+    )
 
 
 def _slot_of(profile: DemandProfile) -> float | None:
@@ -263,8 +284,7 @@ async def _unrouted(
     if activator is None:
         return 0.0
     try:
-        listed = await _list_pods(ctx, settings.namespace, activator.selector)
-        pods = [pod_facts(p) for p in listed]
+        pods = await _list_pod_facts(ctx, settings.namespace, activator.selector)
         urls = [metrics_url(p.pod_ip, activator.metrics_port) for p in pods if p.ready and p.pod_ip]
 
         async def held_by(url: str) -> float:
@@ -325,7 +345,7 @@ async def _observe(
         return None
 
     try:
-        pods = [pod_facts(p) for p in await _list_pods(ctx, ns, scale.selector)]
+        pods = await _list_pod_facts(ctx, ns, scale.selector)
         usage: dict[str, PodUsage] = {}
         if (
             settings.scaling.cpu_target_utilization is not None

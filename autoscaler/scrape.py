@@ -157,6 +157,15 @@ _SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^{}\\]*\})?[ \t]+(\S+)(?:[ 
 _LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"([^"\\]*)"\s*(?:,|$)')
 
 
+# A sample line's `name{labels}` already read whole by `_SAMPLE` in the plain form
+# `name{labels} value`: (name, its code label) if read, None if not. A pod's page repeats
+# its lines but for their values, so most lines skip the regular expression. Bounded:
+# cleared when full (heads are few per page; many only if labels carry unbounded values).
+_HEADS: dict[str, tuple[str, str] | None] = {}
+_HEADS_MAX = 1 << 16
+_UNSEEN = ("", "")
+
+
 def quick_samples(text: str) -> list[Sample] | None:
     """The samples read, in one pass over the page's lines, for a page in the plain
     form the sidecar writes; None for anything else (escapes in labels, a counter
@@ -164,6 +173,7 @@ def quick_samples(text: str) -> list[Sample] | None:
     prometheus_client's parser for its rules and its complaints. Never more lenient
     than the parser: a page it takes, this reads to the same samples."""
     out: list[Sample] = []
+    heads = _HEADS
     for line in text.splitlines():
         stripped = line.strip()
         if not stripped:
@@ -174,28 +184,41 @@ def quick_samples(text: str) -> list[Sample] | None:
             if typed and (len(parts) < 4 or parts[3] not in _TYPES):
                 return None
             continue
-        found = _SAMPLE.fullmatch(stripped)
-        if found is None:
-            return None  # no sample line: the parser says what is wrong
-        name = found.group(1)
-        if name not in READ:
-            if name in SAMPLES_USED:
-                return None  # `rscore_concurrency_seconds`: the parser's typing rules
+        head, _, raw = stripped.rpartition(" ")
+        # A known head and a value without any whitespace (printable, and no space:
+        # rpartition's) is a line `_SAMPLE` reads to that head's name and labels.
+        known = heads.get(head, _UNSEEN) if raw.isprintable() else _UNSEEN
+        if known is _UNSEEN:
+            found = _SAMPLE.fullmatch(stripped)
+            if found is None:
+                return None  # no sample line: the parser says what is wrong
+            name = found.group(1)
+            if name not in READ:
+                if name in SAMPLES_USED:
+                    return None  # `rscore_concurrency_seconds`: the parser's typing rules
+                known = None
+            else:
+                code = ""
+                if found.group(2):
+                    code_label = _code_label(found.group(2)[1:-1])
+                    if code_label is None:
+                        return None
+                    code = code_label
+                known = (name, code)
+            if found.end(2 if found.group(2) else 1) == len(head) and found.group(3) == raw:
+                if len(heads) >= _HEADS_MAX:
+                    heads.clear()
+                heads[head] = known
+            raw = found.group(3)
+        if known is None:
             continue
-        code = ""
-        if found.group(2):
-            code_label = _code_label(found.group(2)[1:-1])
-            if code_label is None:
-                return None
-            code = code_label
-        raw = found.group(3)
         if "_" in raw:  # float() takes 1_000; the format does not
             return None
         try:
             value = float(raw)
         except ValueError:
             return None
-        out.append((name, code, value))
+        out.append((known[0], known[1], value))
     return out
 
 

@@ -82,6 +82,7 @@ async def run(options: Options, stop: asyncio.Event | None = None) -> None:
             pods=pods,
             shards=options.shards,
             shard_index=shard,
+            status_heartbeat_s=options.status_heartbeat_s,
         )
         tasks = [asyncio.create_task(controller.watch_forever(), name="watch")]
         if pods is not None:

@@ -6,10 +6,20 @@ metav1.Condition and the HPA's names (AbleToScale, ScalingActive, ScalingLimited
 the forecast's demand profile (`demandProfile`, `autoscaler.forecast`'s JSON form, about
 8-19 KiB) so that a restarted controller or a new leader does not start from scratch;
 `profile_from_status` reads it back and never raises.
+
+A status is written when it changes (`status_change`), but not every change is worth a
+write at once: what the policy decided, the conditions' states and the wording of the
+reason and messages are; the readings that move every tick (the observed concurrency,
+the figures within the reason and the messages) ride along with those, or go on their
+own at a heartbeat, so a thousand ScoringAutoscalers at a steady load do not cost a
+write and a watch event each per tick.
 """
 
 from __future__ import annotations
 
+import math
+import re
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,12 +28,27 @@ from autoscaler.forecast import DemandProfile
 from autoscaler.policy import Recommendation
 
 __all__ = [
+    "CHANGED",
+    "READINGS",
+    "READINGS_ONLY",
+    "UNCHANGED",
     "Condition",
     "event_body",
+    "heartbeat_due",
     "merge_conditions",
     "profile_from_status",
     "status_body",
+    "status_change",
 ]
+
+# A status field that is a reading of the load (`status_change`): written at a heartbeat,
+# or along with a change of anything else. The reason and the conditions' messages are
+# readings in their figures only: a clause that comes or goes is a change.
+READINGS = frozenset({"observedConcurrency"})
+_FIGURES = re.compile(r"[-+]?[0-9][0-9.e+-]*")
+
+# Unchanged / only readings changed / something else changed.
+UNCHANGED, READINGS_ONLY, CHANGED = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -105,6 +130,54 @@ def status_body(
     if demand_profile is not None:
         status["demandProfile"] = dict(demand_profile)
     return {"status": status}
+
+
+def _wording(text: Any) -> Any:
+    return _FIGURES.sub("#", text) if isinstance(text, str) else text
+
+
+def _settled(field: str, value: Any) -> Any:
+    """A status field without its readings: the figures of the reason and of the
+    conditions' messages masked."""
+    if field == "reason":
+        return _wording(value)
+    if field == "conditions" and isinstance(value, list):
+        return [
+            {k: _wording(v) if k == "message" else v for k, v in c.items()}
+            if isinstance(c, dict)
+            else c
+            for c in value
+        ]
+    return value
+
+
+def status_change(previous: Mapping[str, Any], new: Mapping[str, Any]) -> int:
+    """How the `status` of a merge patch (`status_body`'s) differs from the stored one:
+    UNCHANGED, READINGS_ONLY (the observed concurrency, figures in the reason or the
+    conditions' messages) or CHANGED (a decision, a count, a condition's state, the
+    wording of the reason, a saved profile...)."""
+    readings = False
+    for field, value in new.items():
+        before = previous.get(field)
+        if before == value:
+            continue
+        if field in READINGS or _settled(field, before) == _settled(field, value):
+            readings = True
+            continue
+        return CHANGED
+    return READINGS_ONLY if readings else UNCHANGED
+
+
+def heartbeat_due(namespace: str, name: str, every_s: float, written_at: float, now: float) -> bool:
+    """Has this object's heartbeat come since its status was last written at `written_at`?
+
+    Each object beats on a grid of its own, `every_s` apart and shifted by a stable hash
+    of its name: a status written for its readings alone waits for the next beat, so it
+    is written at most once per `every_s`, and a thousand objects whose first writes came
+    in the same tick (a new term's) spread their heartbeats evenly over the interval
+    instead of coming back together."""
+    phase = every_s * zlib.crc32(f"{namespace}/{name}".encode()) / 0xFFFFFFFF
+    return math.floor((now - phase) / every_s) > math.floor((written_at - phase) / every_s)
 
 
 def profile_from_status(

@@ -3,16 +3,18 @@
 `python -m bench.controller --autoscalers N --pods P --shards S --ticks T --out DIR`
 starts the emulated API server (tests/kube_emulator.py, the one the tests use), puts N
 Deployments with their ScoringAutoscalers and P ready pods in it (P / N per Deployment),
-and serves every pod's `/metrics` from ONE aiohttp server bound to 0.0.0.0: each pod's
-IP is its own loopback address (127.x.y.z; all of 127.0.0.0/8 reaches a server bound to
-0.0.0.0). Every pod serves the same steady load, as a sidecar's page would show it
-(counters growing, histograms with their buckets); replicas are pinned (minReplicas =
+and serves every pod's `/metrics` from ONE aiohttp server bound to 0.0.0.0, in a
+process of its own (uvloop; apart from the emulator's event loop): each pod's IP is its
+own loopback address (127.x.y.z; all of 127.0.0.0/8 reaches a server bound to 0.0.0.0).
+Every pod serves the same steady load, as a sidecar's page would show it (counters
+growing, histograms with their buckets); replicas are pinned (minReplicas =
 maxReplicas), so every decision runs but the world never moves.
 
 It then runs S `rscore autoscaler` processes (one per shard, `--shards S --shard-index
 i`, each electing on its shard's Lease), lets them warm up (the informer's list, the
-first ticks), and measures T ticks: tick p50 and p99 (read from the controllers' own
-`rscore_autoscaler_tick_duration_seconds` histogram), overruns, CPU seconds per tick
+first round of every ScoringAutoscaler: `first_round_s`), and measures T ticks: tick
+p50 and p99 (read from the controllers' own `rscore_autoscaler_tick_duration_seconds`
+histogram), overruns, CPU seconds per tick
 (/proc/<pid>/stat), API requests per tick (the emulator's request log, watches
 excluded) and pod scrapes per tick. It writes DIR/controller.json and stops by itself
 (bounded by --timeout-s). The machine's load moves every figure: say what else ran.
@@ -116,33 +118,88 @@ def sidecar_page(elapsed_s: float) -> str:
 class Pods:
     """One server for every pod's /metrics: the pod is the local address connected to."""
 
+    PAGE_EVERY_S = 0.01  # the page is rendered afresh at most this often (all pods share it)
+
     def __init__(self) -> None:
         self.started = time.monotonic()
         self.scrapes = 0
         self.runner: web.AppRunner | None = None
         self.port = 0
+        self._page = b""
+        self._page_at = -1.0
 
     async def _metrics(self, request: web.Request) -> web.Response:
         self.scrapes += 1
-        return web.Response(
-            text=sidecar_page(time.monotonic() - self.started),
-            content_type="text/plain",
-            charset="utf-8",
-        )
+        now = time.monotonic()
+        if now - self._page_at >= self.PAGE_EVERY_S:  # a real pod renders on its own CPU
+            self._page = sidecar_page(now - self.started).encode()
+            self._page_at = now
+        return web.Response(body=self._page, content_type="text/plain", charset="utf-8")
 
-    async def start(self) -> None:
+    async def _count(self, request: web.Request) -> web.Response:
+        return web.json_response({"scrapes": self.scrapes})
+
+    async def start(self, port: int = 0) -> None:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/scrapes", self._count)  # the bench's own question
         self.runner = web.AppRunner(app, access_log=None, keepalive_timeout=75)
         await self.runner.setup()
         # 0.0.0.0: every address of 127.0.0.0/8 reaches it, one per pod
-        site = web.TCPSite(self.runner, "0.0.0.0", 0, backlog=4096)
+        site = web.TCPSite(self.runner, "0.0.0.0", port, backlog=4096)
         await site.start()
         self.port = self.runner.addresses[0][1]
 
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
+
+
+def _serve_pods() -> None:
+    """The pods' server as a process of its own (`_pods`): its port on stdout, then
+    serve until SIGTERM. Apart from the emulator, so that 10,000 scrapes a tick do not
+    queue the controllers' API calls behind them in one event loop (in a cluster, the
+    pods and the API server do not share a CPU either)."""
+    import uvloop
+
+    async def serve() -> None:
+        pods = Pods()
+        await pods.start()
+        print(pods.port, flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await pods.stop()
+
+    uvloop.run(serve())
+
+
+class PodsProcess:
+    """`Pods` in a child process: its port, its scrapes and its CPU seconds."""
+
+    def __init__(self) -> None:
+        self.proc: asyncio.subprocess.Process | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.controller", "_pods", cwd=ROOT,
+            stdout=subprocess.PIPE,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        self.port = int((await self.proc.stdout.readline()).decode())
+
+    async def scrapes(self, session: ClientSession) -> int:
+        async with session.get(f"http://127.0.0.1:{self.port}/scrapes") as response:
+            return int((await response.json())["scrapes"])
+
+    def cpu_s(self) -> float:
+        assert self.proc is not None
+        return cpu_seconds(self.proc.pid)
+
+    async def stop(self) -> None:
+        if self.proc is not None:
+            await _stop_controllers([self.proc])
 
 
 def populate(emu: KubeEmulator, autoscalers: int, pods: int, metrics_port: int) -> None:
@@ -225,11 +282,31 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# The controller's series the bench reads; its page has thousands more (a few per
+# ScoringAutoscaler), which are dropped before parsing: this process serves the API too.
+READ_SERIES = (
+    "rscore_autoscaler_tick_duration_seconds_bucket",
+    "rscore_autoscaler_ticks_total",
+    "rscore_autoscaler_tick_overruns_total",
+    "rscore_autoscaler_pod_scrapes_total",
+    "rscore_autoscaler_owned",
+    "rscore_autoscaler_leader",
+    "rscore_autoscaler_cached_pods",
+)
+
+
+DECIDED = "rscore_autoscaler_desired_replicas{"
+
+
 async def scrape_controller(session: ClientSession, port: int) -> dict[str, Any]:
     async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
         text = await response.text()
     out: dict[str, Any] = {"buckets": {}}
-    for family in text_string_to_metric_families(text):
+    every = text.splitlines()
+    # ScoringAutoscalers decided for at least once (a series each, set after the policy).
+    out["decided"] = sum(1 for line in every if line.startswith(DECIDED))
+    lines = [line for line in every if line.startswith(READ_SERIES)]
+    for family in text_string_to_metric_families("\n".join(lines) + "\n"):
         for s in family.samples:
             if s.name == "rscore_autoscaler_tick_duration_seconds_bucket":
                 out["buckets"][float(s.labels["le"])] = s.value
@@ -294,17 +371,25 @@ async def _states(session: ClientSession, shards: int) -> list[dict[str, Any]]:
 
 
 async def _warm(session: ClientSession, shards: int, bound_s: float) -> None:
-    """Until each shard leads, has synced its caches and ticked twice."""
+    """Until each shard leads, has synced its caches, ticked twice and decided for every
+    ScoringAutoscaler it owns once: the steady state is measured, not a term's first
+    round (every status written afresh, each with its demand profile), which is
+    reported on its own (`first_round_s`)."""
     deadline = time.monotonic() + bound_s
     while True:
         states: list[dict[str, Any]] = []
         with contextlib.suppress(Exception):  # not listening yet
             states = await _states(session, shards)
-        if states and all(s.get("rscore_autoscaler_ticks_total", 0) >= 2 for s in states):
+        if states and all(
+            s.get("rscore_autoscaler_ticks_total", 0) >= 2
+            and s.get("rscore_autoscaler_owned", 0) > 0
+            and s["decided"] >= s["rscore_autoscaler_owned"]
+            for s in states
+        ):
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"the controllers did not start ticking: {states}")
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)
 
 
 def _ticks(before: dict[str, Any], after: dict[str, Any]) -> float:
@@ -314,7 +399,7 @@ def _ticks(before: dict[str, Any], after: dict[str, Any]) -> float:
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pods = Pods()
+    pods = PodsProcess()
     await pods.start()
     async with KubeEmulator(history_window=max(10_000, 3 * args.pods)) as emu:
         populate(emu, args.autoscalers, args.pods, pods.port)
@@ -322,20 +407,25 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         procs = await _start_controllers(kubeconfig, args, out_dir)
         try:
             async with ClientSession(timeout=ClientTimeout(total=10)) as session:
+                started = time.monotonic()
                 await _warm(session, args.shards, args.timeout_s / 2)
+                first_round_s = time.monotonic() - started
                 before = await _states(session, args.shards)
                 cpu0 = [cpu_seconds(p.pid) for p in procs]
-                own0, requests0 = time.process_time(), len(emu.requests)
-                scrapes0, wall0 = pods.scrapes, time.monotonic()
+                own0, requests0 = time.process_time() + pods.cpu_s(), len(emu.requests)
+                scrapes0, wall0 = await pods.scrapes(session), time.monotonic()
                 while True:
-                    await asyncio.sleep(args.interval_s / 2)
+                    # Not too often: each look renders the controllers' whole /metrics
+                    # (Prometheus would scrape it every 15 s or so).
+                    await asyncio.sleep(max(args.interval_s, 4.0))
                     after = await _states(session, args.shards)
                     done = min(_ticks(b, a) for b, a in zip(before, after, strict=True))
                     if done >= args.ticks or time.monotonic() > wall0 + args.timeout_s / 2:
                         break
                 wall = time.monotonic() - wall0
                 cpu = [cpu_seconds(p.pid) - c for p, c in zip(procs, cpu0, strict=True)]
-                own = time.process_time() - own0
+                own = time.process_time() + pods.cpu_s() - own0
+                scraped = await pods.scrapes(session) - scrapes0
                 api = [r for r in emu.requests[requests0:] if not r.watch]
         finally:
             await _stop_controllers(procs)
@@ -360,9 +450,13 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "scrapes_per_tick": sum(s["scrapes_per_tick"] for s in shards),
         "sampling": args.sample,
         "wall_s": wall,
-        "pod_server_scrapes_per_s": (pods.scrapes - scrapes0) / wall,
-        # The emulator and the pods' server share this process: when it is busy, the
-        # controllers wait on it, and their ticks look longer than their own work.
+        # From the controllers' start to every ScoringAutoscaler decided for once (and
+        # two ticks): the first round, not measured in the figures above.
+        "first_round_s": first_round_s,
+        "pod_server_scrapes_per_s": scraped / wall,
+        # The emulator (this process) and the pods' server (a child process): when the
+        # machine is busy, the controllers wait on them, and their ticks look longer than
+        # their own work.
         "bench_cpu_s_per_tick": own / ticks_per_shard,
         "api_requests_by_kind": _by_kind(api, ticks_per_shard),
         "per_shard": shards,
@@ -517,6 +611,9 @@ def parse_time() -> None:
 def main() -> None:
     if sys.argv[1:2] == ["_controller"]:
         _run_controller(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["_pods"]:
+        _serve_pods()
         return
     if sys.argv[1:2] == ["parse"]:
         parse_time()

@@ -147,6 +147,15 @@ DEFAULTS = Options()  # the flags' defaults are the settings' own
     show_default="the StatefulSet ordinal modulo --shards",
     help="This replica's shard.",
 )
+@click.option(
+    "--status-heartbeat-s",
+    type=click.FloatRange(min=0),
+    default=DEFAULTS.status_heartbeat_s,
+    show_default=True,
+    help="A status whose only change is readings (observed concurrency, figures in its "
+    "reason) is written at most this often per ScoringAutoscaler; decisions and "
+    "conditions at once (0: every change at once).",
+)
 def autoscaler(**options: object) -> None:
     """Scale scoring Deployments (and their node pools) from ScoringAutoscaler objects."""
     import uvloop

@@ -218,6 +218,9 @@ async def test_two_controllers_with_leader_election_never_both_write(
 ) -> None:
     lease = ["--lease-duration-s", "3", "--renew-deadline-s", "2", "--retry-period-s", "1"]
     lease += ["--lease-namespace", NS]
+    # Every change of the readings written at once (no heartbeat): each tick of the
+    # leader writes, so a write by the wrong replica would show within a tick.
+    lease += ["--status-heartbeat-s", "0"]
     async with KubeEmulator() as emu:
         scene = await Scene.build(emu, replicas=2)
         try:

@@ -22,6 +22,7 @@ from autoscaler.controller import Controller
 from autoscaler.informer import PodCache
 from autoscaler.kube_io import KubeApi
 from autoscaler.metrics import ControllerMetrics
+from autoscaler.observe import PodFacts
 from autoscaler.selector import SelectorError, equalities, parse_selector
 
 pytestmark = pytest.mark.looptime
@@ -125,6 +126,37 @@ async def test_the_cache_selects_what_the_api_server_lists_and_follows_changes(a
         # The watch ends at its timeout and resumes from the last version seen.
         await eventually(lambda: _restarts(client, "pods_timeout") >= 1, timeout_s=60)
         assert _lists(emu) == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_pod_facts_are_read_once_per_pod_object(api) -> None:
+    """`select_facts` reads each pod's facts once per object the watch delivered: the same
+    facts tick after tick, new ones for a pod an event replaced, none for a deleted one."""
+    emu, client = api
+    _pods(emu)
+    cache = PodCache(client, client.metrics)
+    task = asyncio.create_task(cache.run_forever())
+    try:
+        await asyncio.wait_for(cache.synced.wait(), 10)
+        first = cache.select_facts("one", "app=a")
+        names = [p["metadata"]["name"] for p in cache.select("one", "app=a")]
+        assert [f.name for f in first] == names == ["p0", "p10", "p2", "p4", "p6", "p8"]
+        assert all(f.ready and f.pod_ip for f in first)
+        again = cache.select_facts("one", "app=a")
+        assert all(a is b for a, b in zip(first, again, strict=True))  # not read again
+        # A watch event replaces p2 (now unready), another deletes p4.
+        emu.set_pod_ready("one", "p2", False, "10.0.0.3")
+        emu.delete_object("v1", "Pod", "one", "p4")
+
+        def facts() -> dict[str, PodFacts]:
+            return {f.name: f for f in cache.select_facts("one", "app=a")}
+
+        await eventually(lambda: "p4" not in facts() and not facts()["p2"].ready)
+        after, before = facts(), {f.name: f for f in first}
+        assert after["p2"] is not before["p2"]
+        assert all(after[name] is before[name] for name in ("p0", "p10", "p6", "p8"))
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
