@@ -8,14 +8,21 @@ are scored by `predict()` in one Rscript process in the same run. Reported: the 
 end-to-end latency (body prebuilt; request sent, answer read), R's median predict()
 time, their ratio, and our overhead per row (end to end minus R's time, 1 worker).
 
-Then the throughput of 1-row requests (4 connections, one request after another each)
-on 2 workers of iris-rf: alone, and while one client sends 100,000-row requests back
-to back, with fan-out (`--min-chunk-rows` 10000, the default) and without it.
+The "before" is measured in the same run: the rscore of `--baseline COMMIT` (default:
+the last commit before issue 20's columnar path and fan-out), exported with `git
+archive` into a temporary folder, serves the same bodies with 1 worker, interleaved
+with the current code; the report gives both overheads per row and their ratio
+(`--no-baseline`: skip it).
 
-`--source DIR` serves the rscore found in DIR instead (a checkout of an older commit:
-before/after). Prints a markdown report and writes it to docs/benchmarks.md
-(`--no-write`: not). Loads only 127.0.0.1, bounds every wait, and ends each server's
-whole process group on exit.
+Then the throughput of 1-row requests (4 connections, one request after another each)
+on 2 workers of iris-rf: alone; while one client sends 100,000-row requests back to
+back, with fan-out (`--min-chunk-rows` 10000, the default) and without it; and, as a
+control, while another process runs R's predict() on those rows in a loop (a core
+taken by R with no rscore work in it: what the machine alone costs the 1-row requests).
+
+`--source DIR` serves the rscore found in DIR instead (a checkout of an older commit).
+Prints a markdown report and writes it to docs/benchmarks.md (`--no-write`: not). Loads
+only 127.0.0.1, bounds every wait, and ends each server's whole process group on exit.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +55,8 @@ JSON = {"Content-Type": "application/json"}
 START_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 300.0
 SIZES = (100_000, 1_000_000)
+# The last commit before issue 20 (columnar path, fan-out): the "before" of the report.
+BASELINE = "bae9ee2a0be96519cf80baf55570245abb6ca009"
 LIMITS = [
     "--max-body-bytes", str(256 << 20), "--max-body-bytes-in-flight", str(512 << 20),
     "--request-timeout-ms", str(int(REQUEST_TIMEOUT_S * 1000)),
@@ -84,7 +93,11 @@ values <- readBin(args[3], "double", n = nrows * length(columns))
 data <- as.data.frame(matrix(values, nrow = nrows))
 names(data) <- columns
 times <- replicate(as.integer(args[6]), system.time(predict(model, newdata = data))[["elapsed"]])
-cat(median(times))
+cat(median(times), "\n")
+flush(stdout())
+if (length(args) >= 7) {  # the control: predict() in a loop until this file is gone
+  while (file.exists(args[7])) invisible(predict(model, newdata = data))
+}
 """
 
 
@@ -97,21 +110,59 @@ def inputs(model: Model, rows: int) -> np.ndarray:
     return np.column_stack(columns)
 
 
+def _r_predict_command(folder: Path, model: Model, data: np.ndarray, repeats: int) -> list[str]:
+    values = folder / "inputs.bin"
+    values.write_bytes(np.ascontiguousarray(data.T, dtype="<f8").tobytes())
+    script = folder / "predict.R"
+    script.write_text(R_PREDICT)
+    names = ",".join(name for name, *_ in model.columns)
+    return [
+        "Rscript", str(script), str(BUILD / model.bundle), model.package, str(values),
+        str(len(data)), names, str(repeats),
+    ]  # fmt: skip
+
+
 def r_predict_seconds(model: Model, data: np.ndarray, repeats: int) -> float:
     """Median seconds of predict() on `data` in one Rscript process (inputs read first,
     not timed)."""
     with tempfile.TemporaryDirectory() as folder:
-        values = Path(folder) / "inputs.bin"
-        values.write_bytes(np.ascontiguousarray(data.T, dtype="<f8").tobytes())
-        script = Path(folder) / "predict.R"
-        script.write_text(R_PREDICT)
-        names = ",".join(name for name, *_ in model.columns)
-        result = subprocess.run(
-            ["Rscript", str(script), str(BUILD / model.bundle), model.package, str(values),
-             str(len(data)), names, str(repeats)],
-            capture_output=True, text=True, check=True, timeout=600,
-        )  # fmt: skip
+        command = _r_predict_command(Path(folder), model, data, repeats)
+        result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
     return float(result.stdout.strip())
+
+
+@contextlib.contextmanager
+def r_predicting(model: Model, data: np.ndarray) -> Iterator[None]:
+    """Another process running predict() on `data` in a loop while the block runs."""
+    with tempfile.TemporaryDirectory() as folder:
+        running = Path(folder) / "running"
+        running.touch()
+        command = [*_r_predict_command(Path(folder), model, data, 1), str(running)]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        try:
+            assert process.stdout is not None
+            process.stdout.read(1)  # its first (timed) predict() is done: it is looping
+            yield
+        finally:
+            running.unlink()
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+
+@contextlib.contextmanager
+def exported(commit: str) -> Iterator[Path]:
+    """The tree of `commit` in a temporary folder (`git archive`: the checkout, its
+    index and its branches are left alone)."""
+    with tempfile.TemporaryDirectory(prefix="rscore-baseline-") as folder:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", "--format=tar", commit],
+            capture_output=True, check=True, timeout=120,
+        )  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", folder], input=archive.stdout, check=True, timeout=120)
+        yield Path(folder)
 
 
 def body_of(model: Model, data: np.ndarray) -> bytes:
@@ -222,13 +273,14 @@ def load_average() -> str:
     return f"{os.getloadavg()[0]:.1f}"
 
 
-async def run(args: argparse.Namespace) -> str:
+async def run(args: argparse.Namespace, baseline: Path | None) -> str:
     load_before = load_average()
     cores = len(os.sched_getaffinity(0))
     worker_counts = [
         count for count in sorted({1, 2, cores}) if count in args.workers or not args.workers
     ]
     rows_out = []
+    overheads = []  # (bundle, rows, before us/row, after us/row)
     for model in MODELS:
         if args.models and model.bundle not in args.models:
             continue
@@ -237,43 +289,64 @@ async def run(args: argparse.Namespace) -> str:
             body = body_of(model, data)
             repeats = 3 if rows <= 100_000 else 1
             r_seconds = r_predict_seconds(model, data, repeats)
-            overhead_1 = None
-            for workers in worker_counts:
+            runs: list[tuple[str, int, Path | None]] = [
+                ("", workers, args.source) for workers in worker_counts
+            ]
+            if baseline is not None and 1 in worker_counts:
+                runs.insert(1, ("before: ", 1, baseline))  # right after the current 1 worker
+            per_row: dict[str, float] = {}
+            for label, workers, source in runs:
                 bundle = BUILD / model.bundle
-                async with served(bundle, workers, LIMITS, args.source) as (base, _, s):
-                    await post(s, base, body)  # warm: R's first call, the parse thread
-                    seconds = await latency(s, base, body, repeats)
+                async with served(bundle, workers, LIMITS, source) as (base, _, session):
+                    await post(session, base, body)  # warm: R's first call, the parse thread
+                    seconds = await latency(session, base, body, repeats)
+                overhead = ""
                 if workers == 1:
-                    overhead_1 = (seconds - r_seconds) / rows * 1e6
+                    per_row[label] = (seconds - r_seconds) / rows * 1e6
+                    overhead = f"{per_row[label]:.2f}"
                 line = (
-                    f"| {model.bundle} | {rows:,} | {len(body) / 1e6:.1f} | {workers} | "
-                    f"{r_seconds:.3f} | {seconds:.3f} | {seconds / r_seconds:.2f}x | "
-                    f"{'' if workers != 1 else f'{overhead_1:.2f}'} |"
+                    f"| {model.bundle} | {rows:,} | {len(body) / 1e6:.1f} | {label}{workers} | "
+                    f"{r_seconds:.3f} | {seconds:.3f} | {seconds / r_seconds:.2f}x | {overhead} |"
                 )
                 print(line, flush=True)
                 rows_out.append(line)
+            if "before: " in per_row and "" in per_row:
+                overheads.append((model.bundle, rows, per_row["before: "], per_row[""]))
     iris = MODELS[0]
-    big = body_of(iris, inputs(iris, 100_000))
+    iris_rows = inputs(iris, 100_000)
+    big = body_of(iris, iris_rows)
     throughput = []
-    for label, flags, send_big in (
+    for label, flags, load in (
         ()
         if args.no_throughput
         else (
-            ("1-row requests alone", [], False),
-            ("with 100,000-row requests, fan-out (default)", [], True),
-            ("with 100,000-row requests, no fan-out", ["--min-chunk-rows", "1000000"], True),
+            ("1-row requests alone", [], None),
+            ("with 100,000-row requests, fan-out (default)", [], "big"),
+            ("with 100,000-row requests, no fan-out", ["--min-chunk-rows", "1000000"], "big"),
+            ("control: R's predict() of those rows looping in another process", [], "r"),
         )
     ):
         served_iris = served(BUILD / iris.bundle, 2, [*LIMITS, *flags], args.source)
         async with served_iris as (base, _, session):
             await small_throughput(session, base, 1.0, None)  # warm
-            per_second, bigs = await small_throughput(
-                session, base, args.seconds, big if send_big else None
-            )
-        line = f"| {label} | {per_second:.0f} | {bigs} |"
+            with r_predicting(iris, iris_rows) if load == "r" else contextlib.nullcontext():
+                per_second, bigs = await small_throughput(
+                    session, base, args.seconds, big if load == "big" else None
+                )
+        line = f"| {label} | {per_second:.0f} | {bigs if load != 'r' else ''} |"
         print(line, flush=True)
         throughput.append(line)
     source = f" (`--source {args.source}`)" if args.source else ""
+    before = ""
+    if overheads:
+        ratios = "; ".join(
+            f"{bundle} {rows:,} rows: {old:.2f} -> {new:.2f} us ({old / new:.1f}x less)"
+            for bundle, rows, old, new in overheads
+        )
+        before = f"""
+*before*: the same bodies served by `--baseline {args.baseline[:12]}` (the last commit before
+issue 20) with 1 worker, in this run. Overhead per row, before -> now: {ratios}.
+"""
     return f"""## Big requests: end to end against R's own predict()
 
 `make bench-big` (`python -m bench.big`){source}, on {machine()}; load average
@@ -286,10 +359,10 @@ rows, 1 worker.
 | bundle | rows | body MB | workers | R predict() s | rscore s | ratio | overhead/row us |
 |---|---:|---:|---:|---:|---:|---:|---:|
 {chr(10).join(rows_out)}
-
+{before}
 1-row iris-rf requests on 2 workers (4 connections, one request after another each,
 {args.seconds:.0f} s), alone and while one more client sends 100,000-row requests back to
-back:
+back; the control row takes a core with R alone, for what the machine itself costs them:
 
 | load | 1-row requests/s | 100,000-row requests answered |
 |---|---:|---:|
@@ -305,12 +378,18 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="*", type=int, default=[], help="rows (default: both)")
     parser.add_argument("--workers", nargs="*", type=int, default=[], help="default: 1, 2, all")
     parser.add_argument("--no-throughput", action="store_true", help="latency table only")
+    parser.add_argument(
+        "--baseline", default=BASELINE, help="the commit whose rscore is the 'before'"
+    )
+    parser.add_argument("--no-baseline", action="store_true", help="no 'before' runs")
     parser.add_argument("--no-write", action="store_true", help="Keep docs/ as it is.")
     args = parser.parse_args()
-    report = asyncio.run(run(args))
+    with contextlib.ExitStack() as stack:
+        baseline = None if args.no_baseline else stack.enter_context(exported(args.baseline))
+        report = asyncio.run(run(args, baseline))
     print(report)
     whole = not (args.models or args.sizes or args.workers or args.no_throughput)
-    if not args.no_write and args.source is None and whole:
+    if not args.no_write and args.source is None and whole and not args.no_baseline:
         write_section("big", report)
 
 

@@ -3,12 +3,14 @@
     python -m bench.stages [--bundle examples/build/iris-rf] [--rows 100000] [--no-write]
 
 Loads the bundle into R in this process and runs the path a `dataframe_split` request
-takes through rscore, timing each stage (median of 3): parsing the body, building its
-frame, coercing to the prototype, encoding the worker protocol's request and decoding
-it, building the R data.frame, R's `.score()` (predict), converting its answer back,
-encoding and decoding the worker's reply, and the JSON response. The HTTP transfer
-and the socket are not in it (`make bench-big` measures end to end). Run with
-PYTHONPATH set to an older checkout to time that code instead.
+takes through rscore, timing each stage (median of 3): reading the body into columns
+(straight, `r_scorer.numeric_split`, where the sidecar does; else parsing it, building
+its frame and coercing to the prototype), encoding the worker protocol's request and
+decoding it, building the R data.frame, R's `.score()` (predict), converting its answer
+back (as JSON text for a long one, as the worker does), encoding and decoding the
+worker's reply, and the JSON response. The HTTP transfer and the socket are not in it
+(`make bench-big` measures end to end). Run with PYTHONPATH set to an older checkout to
+time that code instead (its stages are then the ones it has).
 """
 
 from __future__ import annotations
@@ -31,13 +33,22 @@ ROOT = Path(__file__).resolve().parent.parent
 def run(bundle: Path, rows: int, repeats: int) -> list[tuple[str, float]]:
     from r_scorer import protocol, rconvert
     from r_scorer.bundle import read_bundle
-    from r_scorer.payload import frame_from_document, parse_json
+    from r_scorer.payload import RequestLimits, frame_from_document, parse_json
     from r_scorer.prototype import coerce
     from r_scorer.rmodel import load_model
+
+    try:  # the sidecar's path since issue 20; an older checkout has only the general one
+        from r_scorer.numeric_split import numeric_split
+    except ImportError:
+        numeric_split = None
+    as_json = getattr(rconvert, "json_predictions", None)  # a long answer as JSON text
+    long_answer = rows >= getattr(protocol, "JSON_REPLY_ROWS", rows + 1)
+    written = getattr(protocol, "prediction_json", lambda predictions: predictions)
 
     model = load_model(read_bundle(bundle))
     (described,) = [m for m in MODELS if m.bundle == bundle.name]
     body = body_of(described, inputs(described, rows))
+    limits = RequestLimits(max_rows=max(rows, 1))
     timings: dict[str, list[float]] = {}
 
     def timed(stage: str, work: Callable[[], Any]) -> Any:
@@ -46,13 +57,22 @@ def run(bundle: Path, rows: int, repeats: int) -> list[tuple[str, float]]:
         timings.setdefault(stage, []).append(time.perf_counter() - started)
         return result
 
-    for _ in range(repeats):
+    def general() -> Any:
         document = timed("parse the body (orjson)", lambda: parse_json(body))
         frame = timed(
             "build its frame",
             lambda document=document: frame_from_document(document, model.prototype.known),
         )
-        typed = timed("coerce to the prototype", lambda frame=frame: coerce(frame, model.prototype))
+        return timed("coerce to the prototype", lambda frame=frame: coerce(frame, model.prototype))
+
+    for _ in range(repeats):
+        read = None
+        if numeric_split is not None:
+            read = timed(
+                "read the body into columns (numeric_split)",
+                lambda: numeric_split(body, model.prototype, limits),
+            )
+        typed = general() if read is None else read.frame
         framed = timed(
             "encode the worker request",
             lambda typed=typed: protocol.encode(protocol.score_request(1, typed, 5.0)),
@@ -71,9 +91,15 @@ def run(bundle: Path, rows: int, repeats: int) -> list[tuple[str, float]]:
                 model._score_function, model._state, data, model._label
             ),
         )
-        predictions = timed(
-            "convert the answer back", lambda answer=answer: rconvert.python_predictions(answer)
-        )
+        if as_json is not None and long_answer:
+            predictions = timed(
+                "convert the answer back (as JSON text)", lambda answer=answer: as_json(answer)
+            )
+        else:
+            predictions = timed(
+                "convert the answer back",
+                lambda answer=answer: rconvert.python_predictions(answer),
+            )
         reply = timed(
             "encode the reply (worker)",
             lambda predictions=predictions: protocol.encode(protocol.ok_reply(1, predictions, 0)),
@@ -81,7 +107,7 @@ def run(bundle: Path, rows: int, repeats: int) -> list[tuple[str, float]]:
         decoded = timed("decode the reply", lambda reply=reply: protocol.decode(reply[4:]))
         timed(
             "the JSON response",
-            lambda decoded=decoded: orjson.dumps({"predictions": decoded["predictions"]}),
+            lambda decoded=decoded: orjson.dumps({"predictions": written(decoded["predictions"])}),
         )
     return [(stage, statistics.median(times)) for stage, times in timings.items()]
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from r_scorer.bundle import read_bundle
 from r_scorer.payload import parse_body
+from r_scorer.protocol import prediction_list
 from r_scorer.prototype import coerce
 
 
@@ -20,4 +21,4 @@ def predict_offline(bundle: str | Path, body: bytes) -> list[Any]:
 
     model = load_model(read_bundle(bundle))
     frame = coerce(parse_body(body, model.prototype.known), model.prototype)
-    return model.score(frame).predictions
+    return prediction_list(model.score(frame).predictions)

@@ -64,7 +64,7 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class ScoreReply:
-    predictions: list[Any]
+    predictions: protocol.Predictions  # a long answer as its JSON text (JsonArray)
     r_seconds: float
 
 

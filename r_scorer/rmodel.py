@@ -21,6 +21,7 @@ from typing import Any
 
 from r_scorer.bundle import BundleSpec
 from r_scorer.errors import BundleError
+from r_scorer.protocol import Predictions
 from r_scorer.prototype import FACTOR, ORDERED, Column, Prototype, TypedFrame
 from r_scorer.rconsole import Console, RawConsole
 
@@ -77,7 +78,7 @@ _R_SOURCES = ("R/rscore.R", "R/adapters.R")  # in this order: adapters use rscor
 class ScoreResult:
     """Predictions, one per row, and the seconds spent inside R."""
 
-    predictions: list[Any]
+    predictions: Predictions  # a list, or (`score(as_json=True)`) a JsonArray
     r_seconds: float
 
 
@@ -112,8 +113,10 @@ class LoadedModel:
         # What a request runs, as its errors name it; built once, not per request.
         self._label = ri.StrSexpVector([label])
 
-    def score(self, frame: TypedFrame) -> ScoreResult:
-        """Score a coerced frame; raises ModelError with R's message on failure."""
+    def score(self, frame: TypedFrame, *, as_json: bool = False) -> ScoreResult:
+        """Score a coerced frame; raises ModelError with R's message on failure.
+        `as_json`: the predictions as their JSON text (a JsonArray), for the sidecar to
+        pass on unparsed."""
         from r_scorer import rconvert
 
         if frame.nrows == 0:
@@ -122,6 +125,8 @@ class LoadedModel:
         started = time.perf_counter()
         answer = self._score_in_r(self._score_function, self._state, data, self._label)
         r_seconds = time.perf_counter() - started
+        if as_json:
+            return ScoreResult(rconvert.json_predictions(answer), r_seconds)
         return ScoreResult(rconvert.python_predictions(answer), r_seconds)
 
     def describe(self) -> dict[str, Any]:

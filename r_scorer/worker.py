@@ -188,7 +188,7 @@ def _answer(message: dict[str, Any], model: Any, *, last: bool) -> dict[str, Any
             # way, where faulthandler's timer started and joined a thread per request.
             signal.setitimer(signal.ITIMER_REAL, float(timeout_s) + protocol.WATCHDOG_GRACE_S)
         try:
-            result = model.score(frame)
+            result = model.score(frame, as_json=frame.nrows >= protocol.JSON_REPLY_ROWS)
         finally:
             if timeout_s is not None:
                 signal.setitimer(signal.ITIMER_REAL, 0)

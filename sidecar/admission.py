@@ -15,7 +15,12 @@ worker's watchdog. A job is never handed to a worker that has gone: it waits for
 next one. A large request of a splittable model that finds other workers idle and
 nobody waiting is cut into contiguous chunks, one per idle worker (`fanout`), scored at
 once and joined in order; while it runs it counts once per chunk (it occupies that many
-workers). The decisions (room in the queue, how concurrency integrates over time) are
+workers). Idle here means quiet: a worker that answered another request (one not split)
+within the last `quiet_s` is serving a stream of requests, even if it is free at this
+instant, and takes no chunk; so under load a big request takes one worker. Nor is a
+request split whose R time, at the seconds per row measured on earlier large calls,
+would shrink by less than `min_saving_s` (an lm's: its chunks would cost more than R).
+The decisions (room in the queue, how concurrency integrates over time) are
 plain functions and a small class, tested with tables.
 
 Asyncio only; never touches HTTP (statuses are chosen by the handlers) or R.
@@ -35,9 +40,14 @@ from typing import Any, Protocol
 
 from r_scorer.errors import ModelError, ScoringError
 from r_scorer.pool import ModelInfo, ScoreReply
+from r_scorer.protocol import prediction_list
 from r_scorer.prototype import TypedFrame
 from sidecar.batching import can_join, merge_frames, signature, split_predictions
-from sidecar.config import DEFAULT_MIN_CHUNK_ROWS
+from sidecar.config import (
+    DEFAULT_FANOUT_QUIET_MS,
+    DEFAULT_FANOUT_SAVING_MS,
+    DEFAULT_MIN_CHUNK_ROWS,
+)
 from sidecar.errors import Overloaded, Unavailable
 from sidecar.fanout import chunk_bounds, join_predictions, slice_frame
 
@@ -124,6 +134,7 @@ class Turn:
     todo: deque[list[Job]]  # the R calls still to make, in order
     sent: list[Job] = field(default_factory=list)  # the members of the call in flight
     rows: int = 0  # rows of the call in flight
+    chunk: bool = False  # a chunk of a split request (its end leaves the worker quiet)
 
 
 class Dispatcher:
@@ -136,6 +147,8 @@ class Dispatcher:
         max_batch_rows: int = 256,
         max_batch_delay_s: float = 0.0,
         min_chunk_rows: int = DEFAULT_MIN_CHUNK_ROWS,
+        quiet_s: float = DEFAULT_FANOUT_QUIET_MS / 1000,
+        min_saving_s: float = DEFAULT_FANOUT_SAVING_MS / 1000,
         on_r_call: Callable[[int, float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -143,7 +156,16 @@ class Dispatcher:
             raise ValueError("max_queue_per_worker must be >= 0")
         if min_chunk_rows < 1:
             raise ValueError("min_chunk_rows must be >= 1")
+        if quiet_s < 0 or min_saving_s < 0:
+            raise ValueError("quiet_s and min_saving_s must be >= 0")
         self.min_chunk_rows = min_chunk_rows  # fan-out: the fewest rows a chunk may have
+        self.quiet_s = quiet_s  # fan-out: how long a worker has answered nobody else
+        self.min_saving_s = min_saving_s  # fan-out: R seconds a split must save at least
+        # R's seconds per row on calls of min_chunk_rows rows or more (a moving average);
+        # None until one is answered: the first large request is split if it may be.
+        self.seconds_per_row: float | None = None
+        # When each worker last ended a turn that was not a chunk: its last other request.
+        self._served_at: dict[ScoringLink, float] = {}
         if max_batch_rows < 1 or max_batch_delay_s < 0:
             raise ValueError("max_batch_rows must be >= 1 and max_batch_delay_s >= 0")
         self.max_queue_per_worker = max_queue_per_worker
@@ -222,6 +244,7 @@ class Dispatcher:
         been answered with WorkerCrashed by its link."""
         self._links.discard(link)
         self._idle.pop(link, None)
+        self._served_at.pop(link, None)
 
     async def close(self) -> None:
         """Shutdown: batches not sent yet will never be; their callers hear so."""
@@ -293,9 +316,15 @@ class Dispatcher:
         settle `job` (see `_chunk_done`). False, touching nothing, if it is not split."""
         if job.frame.nrows < 2 * self.min_chunk_rows or not self._idle or not link.model.splittable:
             return False  # the common case, decided without counting anything
-        links = [link]
+        if not self._quiet(link):
+            return False  # it is serving a stream of requests: the pod is not idle
+        per_row = self.seconds_per_row
+        if per_row is not None and job.frame.nrows * per_row / 2 < self.min_saving_s:
+            return False  # two chunks would save less R time than they cost
+        links: list[ScoringLink] = [link]
+        busy: list[ScoringLink] = []
         while (other := self._idle_link()) is not None:
-            links.append(other)
+            (links if self._quiet(other) else busy).append(other)
         bounds = chunk_bounds(
             job.frame.nrows,
             idle_workers=len(links),
@@ -303,7 +332,7 @@ class Dispatcher:
             splittable=link.model.splittable,
             min_chunk_rows=self.min_chunk_rows,
         )
-        for spare in reversed(links[len(bounds) :]):  # idle again, in their order
+        for spare in reversed([*links[len(bounds) :], *busy]):  # idle again
             self._idle[spare] = None
         if len(bounds) < 2:
             return False
@@ -322,8 +351,19 @@ class Dispatcher:
             chunk.future.add_done_callback(functools.partial(self._chunk_done, job, chunks))
         job.future.add_done_callback(functools.partial(self._split_done, chunks))
         for chunk_link, chunk in zip(links, chunks, strict=False):
-            self._begin(chunk_link, [chunk])
+            self._begin(chunk_link, [chunk], chunk=True)
         return True
+
+    def _learn_cost(self, rows: int, r_seconds: float) -> None:
+        """Fold a large call's seconds per row into the moving average (a third each)."""
+        measured = r_seconds / rows
+        known = self.seconds_per_row
+        self.seconds_per_row = measured if known is None else (2 * known + measured) / 3
+
+    def _quiet(self, link: ScoringLink) -> bool:
+        """Has `link` answered no other request (one not split) for `quiet_s`?"""
+        served_at = self._served_at.get(link)
+        return served_at is None or self._clock() - served_at >= self.quiet_s
 
     @staticmethod
     def _chunk_done(job: Job, chunks: list[Job], _: asyncio.Future[ScoreReply]) -> None:
@@ -405,8 +445,8 @@ class Dispatcher:
             rows += candidate.frame.nrows
         return joiners
 
-    def _begin(self, link: ScoringLink, batch: list[Job]) -> None:
-        self._next_call(Turn(link, batch, deque([batch])))
+    def _begin(self, link: ScoringLink, batch: list[Job], *, chunk: bool = False) -> None:
+        self._next_call(Turn(link, batch, deque([batch]), chunk=chunk))
 
     def _next_call(self, turn: Turn) -> None:
         """Send the turn's next R call, or end the turn if none is left. Callers that
@@ -463,10 +503,13 @@ class Dispatcher:
             return
         if self._on_r_call is not None:
             self._on_r_call(turn.rows, answer.r_seconds)
+        if turn.rows >= self.min_chunk_rows and answer.r_seconds > 0:  # 0: not measured
+            self._learn_cost(turn.rows, answer.r_seconds)
         if len(jobs) == 1:
             replies = [answer]
         else:
-            parts = split_predictions(answer.predictions, [job.frame.nrows for job in jobs])
+            predictions = prediction_list(answer.predictions)
+            parts = split_predictions(predictions, [job.frame.nrows for job in jobs])
             replies = [ScoreReply(part, answer.r_seconds) for part in parts]
         for job, job_reply in zip(jobs, replies, strict=True):
             if not job.future.done():
@@ -479,6 +522,8 @@ class Dispatcher:
         self._inflight -= len(turn.batch)
         self.concurrency.change(self._clock(), -len(turn.batch))
         link = turn.link
+        if not turn.chunk:
+            self._served_at[link] = self._clock()
         if link.usable and link in self._links:
             self._idle[link] = None
             self._pump()

@@ -7,7 +7,10 @@ into a status only here, at the edge. Middleware, outermost first: request conte
 (request id, timing, counting, error bodies), then (later) auth, so a rejected
 request is still counted but never takes a worker slot. A scoring request's body is
 held against the byte budget (`sidecar.body_budget`) from before it is read until it is
-answered; a large one is parsed and coerced on the parse thread, a small one inline.
+answered; a large one is parsed and coerced on the parse thread, a small one inline
+(a large `dataframe_split` of numbers read straight into columns there:
+`r_scorer.numeric_split`). A long answer is the worker's JSON text, written into the
+response unparsed.
 
 Never imports rpy2 or starts R; never blocks the event loop for longer than a small
 body's parse or one orjson call.
@@ -34,6 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from r_scorer.errors import BadRequest, ScoringError, TooLarge, quoted
 from r_scorer.liveness import LivenessBounds, liveness_problem
+from r_scorer.numeric_split import NumericSplit, numeric_split
 from r_scorer.payload import (
     Frame,
     RequestLimits,
@@ -41,6 +45,7 @@ from r_scorer.payload import (
     parse_json,
 )
 from r_scorer.pool import ModelInfo, WorkerLink, WorkerPool
+from r_scorer.protocol import Predictions, prediction_json, prediction_list
 from r_scorer.prototype import TypedFrame, coerce
 from sidecar import openapi, v2
 from sidecar.admission import Dispatcher
@@ -131,6 +136,8 @@ def create_app(
         max_batch_rows=config.max_batch_rows,
         max_batch_delay_s=config.max_batch_delay_ms / 1000,
         min_chunk_rows=config.min_chunk_rows,
+        quiet_s=config.fanout_quiet_ms / 1000,
+        min_saving_s=config.fanout_saving_ms / 1000,
         on_r_call=metrics.r_call,
         clock=clock,
     )
@@ -281,6 +288,8 @@ INLINE_PARSE_BYTES = 32 * 1024
 
 # What turns a parsed document into a Frame (and, for V2, the request's id).
 ToFrame = Callable[[Any], tuple[Frame, str | None]]
+# What reads a large body straight into its coerced frame, or None: the general path.
+FastParse = Callable[[bytes | bytearray], NumericSplit | None]
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ is 3x slower
@@ -300,22 +309,24 @@ async def score(request: web.Request) -> web.Response:
     def to_frame(document: Any) -> tuple[Frame, str | None]:
         return frame_from_document(document, known, limits), None
 
-    scoring_input = await read_input(request, model, to_frame)
+    scoring_input = await read_input(request, model, to_frame, numbers_first=True)
     predictions = await score_rows(request, scoring_input)
-    return json_response({"predictions": predictions})
+    # A long answer is the worker's JSON text, written into the response unparsed.
+    return json_response({"predictions": prediction_json(predictions)})
 
 
-async def score_rows(request: web.Request, scoring_input: ScoringInput) -> list[Any]:
+async def score_rows(request: web.Request, scoring_input: ScoringInput) -> Predictions:
     """Admit, wait (queue + scoring) within the request timeout, offer the sample to
     data collection, and return the predictions."""
     state = request.app[STATE]
     predictions = await _admit_and_wait(request, scoring_input.frame)
     if state.collector is not None and scoring_input.document is not None:
-        state.collector.offer(request[REQUEST_ID], scoring_input.document, predictions)
+        outputs = prediction_json(predictions)
+        state.collector.offer(request[REQUEST_ID], scoring_input.document, outputs)
     return predictions
 
 
-async def _admit_and_wait(request: web.Request, frame: TypedFrame) -> list[Any]:
+async def _admit_and_wait(request: web.Request, frame: TypedFrame) -> Predictions:
     state = request.app[STATE]
     timeout_s = state.config.request_timeout_ms / 1000
     deadline = request[ARRIVAL] + timeout_s
@@ -344,21 +355,38 @@ async def _admit_and_wait(request: web.Request, frame: TypedFrame) -> list[Any]:
     return reply.predictions
 
 
-async def read_input(request: web.Request, model: ModelInfo, to_frame: ToFrame) -> ScoringInput:
+async def read_input(
+    request: web.Request, model: ModelInfo, to_frame: ToFrame, *, numbers_first: bool = False
+) -> ScoringInput:
     """Read the body (within the byte budget), parse it, build its frame and coerce it
-    to the prototype: on the event loop if small, on the parse thread if not."""
+    to the prototype: on the event loop if small, on the parse thread if not. There,
+    with `numbers_first` (`/score`), a `dataframe_split` body of numbers is read straight
+    into columns (`r_scorer.numeric_split`), and any other goes the general way."""
     state = request.app[STATE]
     body = await read_body(request, state)
-    parse = (body, to_frame, model, state.collector is not None)
+    keep_document = state.collector is not None
     if len(body) <= INLINE_PARSE_BYTES:
-        return _parse_input(*parse)
+        return _parse_input(body, to_frame, model, keep_document)
+    fast = None
+    if numbers_first:
+        fast = functools.partial(numeric_split, prototype=model.prototype, limits=state.limits)
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(state.parse_executor, _parse_input, *parse)
+    return await loop.run_in_executor(
+        state.parse_executor, _parse_input, body, to_frame, model, keep_document, fast
+    )
 
 
 def _parse_input(
-    body: bytes | bytearray, to_frame: ToFrame, model: ModelInfo, keep_document: bool
+    body: bytes | bytearray,
+    to_frame: ToFrame,
+    model: ModelInfo,
+    keep_document: bool,
+    fast: FastParse | None = None,
 ) -> ScoringInput:
+    if fast is not None:
+        read = fast(body)
+        if read is not None:
+            return ScoringInput(read.frame, read.document if keep_document else None)
     document = parse_json(body)
     frame, inference_id = to_frame(document)
     typed = coerce(frame, model.prototype)
@@ -504,7 +532,7 @@ async def v2_infer(request: web.Request) -> web.Response:
         raise BadRequest(f"binary request body: {v2.BINARY_UNSUPPORTED}")
     to_frame = functools.partial(v2.frame_from_infer, limits=state.limits)
     scoring_input = await read_input(request, model, to_frame)
-    predictions = await score_rows(request, scoring_input)
+    predictions = prediction_list(await score_rows(request, scoring_input))
     return json_response(v2.infer_response(model, scoring_input.inference_id, predictions))
 
 

@@ -13,12 +13,28 @@ from pathlib import Path
 from r_scorer.liveness import DEFAULT_NO_WORKER_GRACE_S
 from r_scorer.payload import DEFAULT_MAX_COLUMNS, DEFAULT_MAX_ROWS
 
-__all__ = ["DEFAULT_MIN_CHUNK_ROWS", "SidecarConfig"]
+__all__ = [
+    "DEFAULT_FANOUT_QUIET_MS",
+    "DEFAULT_FANOUT_SAVING_MS",
+    "DEFAULT_MIN_CHUNK_ROWS",
+    "SidecarConfig",
+]
 
 # A chunk of fewer rows is not worth a worker: R's per-call cost (~1 ms) and the
 # protocol's stay well under the chunk's own time from here on (measured on iris-rf:
 # 10,000 rows take ~40 ms inside randomForest's predict()).
 DEFAULT_MIN_CHUNK_ROWS = 10_000
+# A worker is idle enough to take a chunk once it has answered no other request (one not
+# split) for this long. A pod serving a steady stream of small requests has workers idle
+# for moments between them (~1 ms at 1,000 requests/s): idle, but not unloaded, and a
+# split would stall that stream for the chunks' whole time. Back-to-back large requests
+# from one client still split: their chunks do not count.
+DEFAULT_FANOUT_QUIET_MS = 100.0
+# Split only when R's time for the request, as measured per row on earlier large calls,
+# would shrink by at least this much: a chunk costs its own request and answer, and the
+# answers' text is joined. An lm's 100,000 rows take ~4 ms in R (nothing to gain); a
+# random forest's ~400 ms.
+DEFAULT_FANOUT_SAVING_MS = 25.0
 
 
 @dataclass(frozen=True)
@@ -36,6 +52,8 @@ class SidecarConfig:
     max_batch_rows: int = 256  # rows of waiting requests merged into one R call
     max_batch_delay_ms: float = 0.0  # wait this long for a batch to gather (Triton: 0)
     min_chunk_rows: int = DEFAULT_MIN_CHUNK_ROWS  # fan-out over idle workers: rows a chunk
+    fanout_quiet_ms: float = DEFAULT_FANOUT_QUIET_MS  # fan-out: idle this long (no flag yet)
+    fanout_saving_ms: float = DEFAULT_FANOUT_SAVING_MS  # fan-out: R time saved at least
     no_worker_grace_s: float = DEFAULT_NO_WORKER_GRACE_S  # /healthz 503 past this (0: never)
     # Bytes of bodies read, parsed, queued or scored at once (docs/security.md: why 16 MiB).
     max_body_bytes_in_flight: int = 16 * 1024 * 1024

@@ -3,8 +3,9 @@
 A request of many rows for a splittable model (`[serving] splittable`, by default
 exactly when the model is batchable) may be cut into contiguous chunks, each scored by
 its own idle worker at once, and the answers joined back in order. Only idle workers
-are used, and only when nobody else waits: under load a big request takes one worker
-like any other, so the others' throughput does not drop. Each chunk has at least
+are used (quiet ones: the Dispatcher passes over a worker that answered another request
+within `quiet_s`), and only when nobody else waits: under load a big request takes one
+worker like any other. Answers that came as JSON text are joined as text. Each chunk has at least
 `min_chunk_rows` rows, so a split never costs more in per-call overhead than it saves.
 
 Pure: no asyncio, no R. Never reorders rows.
@@ -15,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from r_scorer.protocol import JsonArray, Predictions, prediction_list
 from r_scorer.prototype import TypedColumn, TypedFrame
 from sidecar.config import DEFAULT_MIN_CHUNK_ROWS
 
@@ -61,9 +63,12 @@ def slice_frame(frame: TypedFrame, start: int, stop: int) -> TypedFrame:
     return TypedFrame(columns, stop - start)
 
 
-def join_predictions(parts: Sequence[Sequence[Any]]) -> list[Any]:
-    """The chunks' predictions as one list, in chunk order."""
+def join_predictions(parts: Sequence[Predictions]) -> Predictions:
+    """The chunks' predictions as one answer, in chunk order: their JSON texts joined
+    as text when every chunk's came as text (long ones do), else one list."""
+    if all(isinstance(part, JsonArray) for part in parts):
+        return JsonArray.join([part for part in parts if isinstance(part, JsonArray)])
     joined: list[Any] = []
     for part in parts:
-        joined.extend(part)
+        joined.extend(prediction_list(part))
     return joined

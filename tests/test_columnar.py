@@ -194,3 +194,83 @@ def test_long_answers_read_back_as_value_by_value(r: Any, code: str) -> None:
     long = rconvert.python_values(vector)
     assert long == short
     assert [type(value) for value in long] == [type(value) for value in short]
+
+
+# --- answers as JSON text -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "c(rep(c(1.5, NA, NaN, Inf, -Inf, -0.25, 1/3, 1e300, 5e-324), 40))",
+        "seq(0.5, 400, by = 0.5)",
+        "rep(c(1L, NA, -7L), 100)",
+        "rep(c(1L, 2L, -7L), 100)",
+        "rep(c(TRUE, NA, FALSE), 100)",
+        "rep(c(TRUE, FALSE), 100)",
+        'rep(c("a", NA, "b", "\u00e9t\u00e9", "", "q\\"uote"), 60)',
+        'factor(rep(c("setosa", "virginica", NA), 100))',
+        "c(2.5, NA, 3L)",
+        "cbind(p = seq(0, 1, length.out = 300), q = rev(seq(0, 1, length.out = 300)))",
+        "data.frame(x = 1:300, y = rep(c('a', NA), 150))",
+    ],
+    ids=[
+        "double-non-finite", "double", "integer-na", "integer", "logical-na", "logical",
+        "character", "factor", "short", "matrix", "data-frame",
+    ],
+)  # fmt: skip
+def test_an_answer_as_json_text_is_what_its_values_encode_to(r: Any, code: str) -> None:
+    from r_scorer import rconvert
+
+    value = r.baseenv["eval"](r.parse(code))
+    nrows = r.baseenv["NROW"](value)[0]
+    answer = start_r()[".shape_result"](value, r.IntSexpVector([nrows]))
+    predictions = rconvert.python_predictions(answer)
+    as_json = rconvert.json_predictions(answer)
+    assert as_json.text == orjson.dumps(predictions)
+    assert as_json.count == len(predictions) == nrows
+    assert as_json.values() == predictions
+
+
+def test_a_json_answer_travels_as_its_text_and_is_never_parsed() -> None:
+    text = orjson.dumps([{"p": 0.5, "label": "a"}, None, 2.5] * 500)
+    reply = protocol.ok_reply(9, protocol.JsonArray(text, 1500), 0.25, last=True)
+    framed = protocol.encode(reply)
+    body = framed[protocol.HEADER.size :]
+    assert body[:1] == protocol.BINARY
+    assert body.endswith(text)
+    message = protocol.decode(body)
+    assert message["predictions"] == protocol.JsonArray(text, 1500)
+    assert (message["id"], message["ok"], message["r_seconds"], message["last"]) == (
+        9, True, 0.25, True,
+    )  # fmt: skip
+    assert protocol.prediction_list(message["predictions"]) == orjson.loads(text)
+    fragment = protocol.prediction_json(message["predictions"])
+    assert orjson.dumps({"predictions": fragment}) == b'{"predictions":' + text + b"}"
+
+
+@pytest.mark.parametrize(
+    ("head", "blob", "message"),
+    [
+        ({"id": 1, "ok": True, "predictions": {"json": 4, "count": 2}}, b"[1,2", "not an array"),
+        ({"id": 1, "ok": True, "predictions": {"json": 9, "count": 2}}, b"[1,2]", "fill"),
+        ({"id": 1, "ok": True, "predictions": {"json": 5, "count": 2}}, b"[1,2]]", "fill"),
+        ({"id": 1, "ok": True, "predictions": {"json": 5, "count": -1}}, b"[1,2]", "count"),
+        ({"id": 1, "ok": True, "predictions": {"json": "5", "count": 2}}, b"[1,2]", "json size"),
+    ],
+    ids=["not-array", "short", "trailing", "negative-count", "size-not-int"],
+)
+def test_a_malformed_json_answer_is_a_protocol_error(
+    head: dict[str, Any], blob: bytes, message: str
+) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        protocol.decode(_binary(head, blob))
+
+
+def test_json_answers_join_as_their_lists_would() -> None:
+    parts = [[1.5, None], [], ["a", {"k": [1, 2]}], [True]]
+    arrays = [protocol.JsonArray(orjson.dumps(part), len(part)) for part in parts]
+    joined = protocol.JsonArray.join(arrays)
+    assert joined.text == orjson.dumps([value for part in parts for value in part])
+    assert joined.count == 5
+    assert protocol.JsonArray.join([arrays[1]]) == protocol.JsonArray(b"[]", 0)

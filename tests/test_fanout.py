@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import itertools
 
+import orjson
 import pytest
 
+from r_scorer.protocol import JsonArray
 from r_scorer.prototype import TypedColumn, TypedFrame
 from sidecar.fanout import chunk_bounds, join_predictions, slice_frame
 
@@ -67,3 +69,11 @@ def test_slice_and_join_are_inverse() -> None:
     assert [part.nrows for part in parts] == [2, 1]
     assert parts[1].columns[1] == TypedColumn("f", "factor", [1])
     assert join_predictions([part.columns[0].values for part in parts]) == [1.0, 2.0, 3.0]
+
+
+def test_chunks_answered_as_json_text_join_as_text() -> None:
+    parts = [[1.5, None], ["a"], []]
+    arrays = [JsonArray(orjson.dumps(part), len(part)) for part in parts]
+    joined = join_predictions(arrays)
+    assert joined == JsonArray(b'[1.5,null,"a"]', 3)
+    assert join_predictions([arrays[0], ["b"]]) == [1.5, None, "b"]  # mixed: one list

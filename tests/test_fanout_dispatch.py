@@ -2,12 +2,15 @@
 worker links (no R, no sockets).
 
 What is pinned: a request is split only for a splittable model, only over idle workers
-and only when nobody else waits; chunks are contiguous and joined in order; one chunk's
+(idle meaning quiet: no other request answered for `quiet_s`) and only when nobody
+else waits; chunks are contiguous and joined in order; one chunk's
 failure (R's error, or its worker's death) is the request's answer, and nobody else's.
 The decision itself is tested as a table in tests/test_fanout.py.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 
@@ -96,6 +99,94 @@ async def test_a_busy_pod_does_not_split() -> None:
     await next_iteration()
     assert big.future.result().predictions == [2 * x for x in rows(40)]
     assert after.future.result().predictions == [6.0]
+
+
+async def test_a_pod_serving_a_stream_of_requests_does_not_split() -> None:
+    """Both workers free at this instant, but one answered a small request a moment ago:
+    the pod is serving a stream of requests, so the big request takes one worker. Once
+    no other request has been answered for `quiet_s`, the next big one is split."""
+    now = [0.0]
+    links = [SplittableLink(slot) for slot in range(2)]
+    jobs = dispatcher(*links, min_chunk_rows=4, quiet_s=0.1, clock=lambda: now[0])
+    await next_iteration()
+    small = submit(jobs, 1.0)
+    await next_iteration()
+    next(link for link in links if link.busy).answer(answered([1.0], 1.0))
+    assert small.future.result().predictions == [2.0]
+    now[0] += 0.05  # within quiet_s of that answer
+    big = submit(jobs, *rows(40))
+    await next_iteration()
+    (taken,) = [link for link in links if link.busy]
+    assert taken.sent[-1] == rows(40)  # whole, on one worker
+    taken.answer(answered(rows(40), 1.0))  # R is slow: a split is worth it
+    await next_iteration()
+    assert big.future.result().predictions == [2 * x for x in rows(40)]
+    now[0] += 0.1  # quiet: nobody else answered since (the big one was whole: it counts)
+    later = submit(jobs, *rows(40))
+    await next_iteration()
+    assert sorted(link.sent[-1] for link in links) == [rows(20), rows(20, 20.0)]
+    for link in links:
+        link.answer()
+    await next_iteration()
+    assert later.future.result().predictions == [2 * x for x in rows(40)]
+
+
+async def test_back_to_back_big_requests_each_split() -> None:
+    """A chunk is not another request: workers that just scored chunks split the next
+    big request at once."""
+    now = [0.0]
+    links = [SplittableLink(slot) for slot in range(2)]
+    jobs = dispatcher(*links, min_chunk_rows=4, quiet_s=0.1, clock=lambda: now[0])
+    await next_iteration()
+    for _ in range(2):
+        big = submit(jobs, *rows(40))
+        await next_iteration()
+        assert sorted(link.sent[-1] for link in links) == [rows(20), rows(20, 20.0)]
+        for link in links:
+            link.answer(answered(link.sent[-1], 1.0))
+        await next_iteration()
+        assert big.future.result().predictions == [2 * x for x in rows(40)]
+
+
+def test_quiet_s_and_min_saving_s_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="quiet_s"):
+        dispatcher(quiet_s=-1.0)
+    with pytest.raises(ValueError, match="min_saving_s"):
+        dispatcher(min_saving_s=-1.0)
+
+
+def answered(xs: list[float], r_seconds: float) -> dict[str, Any]:
+    return {"ok": True, "predictions": [2 * x for x in xs], "r_seconds": r_seconds}
+
+
+async def test_a_request_whose_r_time_is_too_short_to_gain_is_not_split() -> None:
+    """The first large request is split (nothing is known of R's cost yet); its chunks
+    teach R's seconds per row. At 1 ms per 20 rows, 40 rows save 1 ms in two chunks: under
+    min_saving_s, so the next 40 rows go whole; 400 rows save 10 ms: split."""
+    links = [SplittableLink(slot) for slot in range(2)]
+    jobs = dispatcher(*links, min_chunk_rows=4, min_saving_s=0.005, quiet_s=0)
+    await next_iteration()
+    first = submit(jobs, *rows(40))
+    await next_iteration()
+    for link in links:
+        link.answer(answered(link.sent[-1], 0.001))  # 20 rows in 1 ms
+    await next_iteration()
+    assert first.future.result().predictions == [2 * x for x in rows(40)]
+    assert jobs.seconds_per_row == pytest.approx(0.001 / 20)
+    again = submit(jobs, *rows(40))
+    await next_iteration()
+    (taken,) = [link for link in links if link.busy]
+    assert taken.sent[-1] == rows(40)
+    taken.answer(answered(rows(40), 0.002))
+    await next_iteration()
+    assert again.future.result().predictions == [2 * x for x in rows(40)]
+    large = submit(jobs, *rows(400))
+    await next_iteration()
+    assert sorted(link.sent[-1] for link in links) == [rows(200), rows(200, 200.0)]
+    for link in links:
+        link.answer()
+    await next_iteration()
+    assert large.future.result().predictions == [2 * x for x in rows(400)]
 
 
 async def test_only_idle_workers_are_used() -> None:
