@@ -90,7 +90,9 @@ def render(
         "open loop), replayed open-loop by a client in its own process, and the same send "
         "times simulated with the measured service times and the calibrated sidecar (its "
         "CPU per request and per R call, the workers waiting for it to read their replies, "
-        "the cores shared with the client and the machine's other runnable threads). "
+        "calls written at the end of the loop's iteration, the cores shared with the "
+        "client and the machine's other runnable threads): a prediction from what was "
+        "measured before each run, never fed the run's own times. "
         "Latencies "
         "are of the answered requests (ms); err = sim / real - 1; failures are 429 + 504 "
         "as a share of all requests, their error in points. met: `aim` within 5 %, `goal` "
@@ -128,23 +130,28 @@ def render(
         )
     lines += [
         "",
-        "What the pod did at each level (validate.json's `batches`, `pod_cpu`, `client`):",
+        "What the pod did at each level (validate.json's `batches`, `pod_cpu`, `client`, "
+        "`diagnostics`: R slowdown = the pod's mean time inside R per call over the "
+        "measurement's at the same rows per call, which the simulation does not use):",
         "",
     ]
     lines += [
         "| bundle | workload | level | requests per R call, real | sim | sidecar cores "
-        "| workers cores | client cores | other runnable threads | client lag p99 ms |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| workers cores | client cores | other runnable threads | client lag p99 ms "
+        "| R slowdown |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for bundle, workload, document in results:
         for entry in document["levels"]:
             b, cpu = entry["batches"], entry["pod_cpu"]
+            slowdown = (entry.get("diagnostics") or {}).get("r_slowdown")
             lines.append(
                 f"| {bundle} | {workload} | {entry['level']:g} "
                 f"| {b['real_requests_per_call']:.2f} | {b['sim_requests_per_call']:.2f} "
                 f"| {cpu['sidecar_cores']:.2f} | {cpu['workers_cores']:.2f} "
                 f"| {cpu['client_cores']:.2f} | {cpu['background_threads']:.2f} "
-                f"| {_ms(entry['client']['lag_p99_s'])} |"
+                f"| {_ms(entry['client']['lag_p99_s'])} "
+                f"| {'-' if slowdown is None else f'{slowdown:.2f}'} |"
             )
     met = [_met(e) for _, _, d in results for e in d["levels"]]
     lines += [

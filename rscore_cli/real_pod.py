@@ -39,7 +39,16 @@ START_TIMEOUT_S = 180.0  # R start and model load of every worker
 QUIET_TICK_S = 0.005  # the runnable threads' sampling period (quiet window, and runs)
 CLIENT_SLACK_S = 60.0  # beyond the plan's own length and timeout, before the client is killed
 
-__all__ = ["ClientRun", "CpuSample", "PodError", "Rig", "answers", "batch_counts", "free_port"]
+__all__ = [
+    "ClientRun",
+    "CpuSample",
+    "PodError",
+    "Rig",
+    "answers",
+    "batch_counts",
+    "free_port",
+    "r_seconds",
+]
 
 
 class PodError(RuntimeError):
@@ -107,6 +116,7 @@ class CpuSample:
     calls: int = 0  # R calls the pod made (its rscore_batch_rows histogram's count)
     rows: int = 0  # rows those calls scored (the histogram's sum)
     pod_wanting_s: float = 0.0  # seconds the pod's threads ran or waited for a core
+    r_s: float = 0.0  # seconds inside R (its rscore_scoring_duration_seconds' sum)
 
     def minus(self, before: CpuSample) -> CpuSample:
         return CpuSample(
@@ -117,6 +127,7 @@ class CpuSample:
             self.calls - before.calls,
             self.rows - before.rows,
             self.pod_wanting_s - before.pod_wanting_s,
+            self.r_s - before.r_s,
         )
 
     @property
@@ -231,7 +242,7 @@ class Rig:
     def cpu(self) -> CpuSample:
         """The CPU so far, and the R calls the pod made (read first: the scrape's own
         CPU falls outside the window it opens or closes)."""
-        calls, rows = self._r_calls()
+        calls, rows, r_s = self._r_calls()
         pod = self._processes.pid("pod")
         below = _descendants(pod)
         return CpuSample(
@@ -242,18 +253,21 @@ class Rig:
             calls,
             rows,
             _wanting_s([pod, *below]),
+            r_s,
         )
 
-    def _r_calls(self) -> tuple[int, int]:
-        """(R calls, rows) from the pod's rscore_batch_rows histogram; (0, 0) without a pod."""
+    def _r_calls(self) -> tuple[int, int, float]:
+        """(R calls, rows, seconds inside R) from the pod's rscore_batch_rows and
+        rscore_scoring_duration_seconds histograms; zeros without a pod."""
         if not self._metrics_port:
-            return 0, 0
+            return 0, 0, 0.0
         url = f"http://{HOST}:{self._metrics_port}/metrics"
         try:
             with urllib.request.urlopen(url, timeout=5.0) as response:
-                return batch_counts(response.read().decode())
+                exposition = response.read().decode()
         except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return 0, 0
+            return 0, 0, 0.0
+        return (*batch_counts(exposition), r_seconds(exposition))
 
     def idle_cpu(self, seconds: float) -> CpuSample:
         """What the pod spends with no request at all for `seconds` (its timers)."""
@@ -386,6 +400,15 @@ def batch_counts(exposition: str) -> tuple[int, int]:
         elif line.startswith("rscore_batch_rows_sum"):
             rows = float(line.rsplit(" ", 1)[1])
     return int(count), int(rows)
+
+
+def r_seconds(exposition: str) -> float:
+    """The sum of the rscore_scoring_duration_seconds histogram (seconds inside R over
+    every R call) in a Prometheus exposition; 0 without it."""
+    for line in exposition.splitlines():
+        if line.startswith("rscore_scoring_duration_seconds_sum"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def answers(url: str, data: bytes | None) -> bool:

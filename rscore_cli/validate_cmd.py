@@ -21,7 +21,10 @@ Steps (docs/simulator.md, "Validation", says why each is there):
    which the runnable threads of other processes are counted, against the pod; the
    very send times the pod saw are simulated (one pod, its settings, the measured
    service, the calibrated sidecar sharing the cores with those threads and the
-   client; and, for comparison, without the sidecar model);
+   client; and, for comparison, without the sidecar model); and, as a diagnostic the
+   simulation does not use, the pod's own mean time inside R per call over the level
+   (its rscore_scoring_duration_seconds histogram) against the measurement's at the
+   same rows per call (validate.json's `diagnostics`, `r_slowdown`);
 6. write validate.json, validate.png (real vs simulated latency CDF per level),
    calibrated.toml (the [service] and [pods] keys to paste into a scenario) and print
    the table.
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from rscore_cli.real_pod import ClientRun, Rig
+    from sim.measure import Fit
     from sim.scenario import Scenario
     from sim.service import ServiceSpec
     from sim.validate import Calibration, PodSettings
@@ -180,6 +184,7 @@ class _Pod:
     connections: int
     say: Callable[[str], None]
     runs_dir: Path  # each level's per-request record
+    inside_r: Fit | None  # the measurement's mean time inside R per call (diagnostics only)
 
     @property
     def timeout_s(self) -> float:
@@ -212,7 +217,7 @@ def run_validation(ask: _Ask, say: Callable[[str], None]) -> tuple[dict[str, Any
     from r_scorer.cores import detect_usable_cores
     from r_scorer.timing import measure_bundle
     from rscore_cli.real_pod import Rig
-    from sim.measure import fit_measurement, simulator_keys, write_results
+    from sim.measure import fit_inside_r, fit_measurement, simulator_keys, write_results
     from sim.service import ServiceSpec
     from sim.validate import PodSettings
     from sim.workload import describe
@@ -222,6 +227,10 @@ def run_validation(ask: _Ask, say: Callable[[str], None]) -> tuple[dict[str, Any
     measured = out_dir / "measure"
     measurement = measure_bundle(bundle, requests=requests, worker_log=measured / "worker.log")
     fit = fit_measurement(measurement)
+    try:  # what the pod's own time inside R is set against, per level (a diagnostic)
+        inside_r: Fit | None = fit_inside_r(measurement)
+    except ValueError:
+        inside_r = None
     write_results(measurement, fit, measured)
     keys = simulator_keys(measurement, fit)
     service = ServiceSpec(
@@ -252,7 +261,9 @@ def run_validation(ask: _Ask, say: Callable[[str], None]) -> tuple[dict[str, Any
         rig.wait_ready(body)
         runs = out_dir / "runs"
         runs.mkdir(exist_ok=True)
-        pod = _Pod(rig, body, settings, service, rows, scenario.seed, connections, say, runs)
+        pod = _Pod(
+            rig, body, settings, service, rows, scenario.seed, connections, say, runs, inside_r
+        )
         calibration, sweep = _calibrate(pod)
         entries, curves = [], []
         for level in ask.levels:
@@ -282,6 +293,11 @@ def run_validation(ask: _Ask, say: Callable[[str], None]) -> tuple[dict[str, Any
             "mean_s": keys["mean_s"],
             "per_row_s": keys["per_row_s"],
             "fit": {"a_s": fit.a_s, "c_s": fit.c_s, "r2": fit.r2},
+            # The mean time inside R per call on the batch size, which each level's
+            # diagnostics set the pod's own against (None: the measurement has none).
+            "inside_r_fit": None
+            if inside_r is None
+            else {"a_s": inside_r.a_s, "c_s": inside_r.c_s, "r2": inside_r.r2},
         },
         "calibration": {**calibration.as_json(), "sweep": sweep},
         "client": {"kind": CLIENT, "connections": connections},
@@ -423,6 +439,7 @@ def _level(
         cores_left,
         errors,
         level_entry,
+        r_diagnostics,
         real_stats,
         run_stats,
         schedule,
@@ -498,6 +515,12 @@ def _level(
         "sim_calls": simulated.calls,
         "sim_requests_per_call": simulated.served / max(1, simulated.calls),
     }
+    # What the real run shows of the pod that the simulation was not given (it predicts
+    # from the measurement and the calibration, made before): how R ran in the pod.
+    entry["diagnostics"] = r_diagnostics(pod.inside_r, run.cpu.r_s, run.cpu.calls, run.cpu.rows)
+    slowdown = entry["diagnostics"]["r_slowdown"]
+    if slowdown is not None:
+        pod.say(f"level {level:g}: R took {slowdown:.2f}x the measured time per call in the pod")
     return entry, _Level(level, run.latencies(), simulated.latencies, bare.latencies)
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "Fit",
     "Timings",
     "fit_batch_cost",
+    "fit_inside_r",
     "fit_measurement",
     "results",
     "service_fragment",
@@ -102,6 +103,24 @@ def fit_measurement(measurement: Timings) -> Fit:
     """`fit_batch_cost` of the median call time at each batch size measured."""
     sizes = sorted(measurement.batch_s)
     return fit_batch_cost(sizes, [float(np.median(measurement.batch_s[size])) for size in sizes])
+
+
+def fit_inside_r(measurement: Timings) -> Fit:
+    """`fit_batch_cost` of the *mean* time inside R at each batch size measured, the
+    one-row sample among them: what `rscore sim validate` sets the pod's own R time
+    against (its metrics give a sum of seconds inside R over a count of calls, a mean).
+    Falls back to the one-row mean alone (slope 0) when fewer than two sizes were timed
+    inside R."""
+    samples = {size: list(values) for size, values in measurement.batch_r_s.items() if values}
+    if measurement.single_r_s:
+        samples[1] = [*samples.get(1, []), *measurement.single_r_s]
+    if not samples:
+        raise ValueError("the measurement has no time inside R")
+    sizes = sorted(samples)
+    means = [float(np.mean(samples[size])) for size in sizes]
+    if len(sizes) < 2:
+        return Fit(means[0], 0.0, 1.0)
+    return fit_batch_cost(sizes, means)
 
 
 def _stats(values: Sequence[float]) -> dict[str, float]:

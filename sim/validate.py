@@ -13,6 +13,9 @@ clock); this module gets what was measured and does the rest, purely:
 - the simulation of the very request times the pod saw, one pod with its settings and
   the calibrated sidecar, its loop and R workers sharing the usable cores with those
   threads (`sidecar_model`, `simulate`);
+- a diagnostic the simulation does not use: how much slower (or faster) R ran per call
+  in the pod over a level than in the measurement at the same rows per call
+  (`r_diagnostics`, from the pod's own time inside R and sim.measure's `fit_inside_r`);
 - the statistics of both runs in one shape (`Stats`, `real_stats`, `run_stats`), the
   errors (`errors`: latencies relative, sim / real - 1; failures in percentage points),
   validate.json's document and the printed table.
@@ -33,6 +36,7 @@ import numpy as np
 from sim.cluster import ControllerSpec, NodeSpec, PodSpec
 from sim.distributions import Streams
 from sim.engine import Engine, RunResult
+from sim.measure import Fit
 from sim.metrics import rank_or_none
 from sim.policies import StaticController
 from sim.service import ServiceSpec
@@ -52,6 +56,7 @@ __all__ = [
     "fit_sidecar",
     "http_seconds",
     "level_entry",
+    "r_diagnostics",
     "real_stats",
     "relative_error",
     "run_stats",
@@ -276,6 +281,34 @@ def http_seconds(real_median_s: float, simulated_median_s: float) -> float:
     return max(0.0, real_median_s - simulated_median_s)
 
 
+def r_diagnostics(inside_r: Fit | None, r_s: float, calls: int, rows: int) -> dict[str, Any]:
+    """How R ran in the pod over a level, against the measurement (a diagnostic: the
+    simulation never uses it, it predicts the pod from what was measured before).
+
+    `r_s`, `calls`, `rows`: the seconds inside R, the R calls and their rows the pod
+    made over the level (its rscore_scoring_duration_seconds and rscore_batch_rows
+    histograms' deltas); `inside_r`: the measurement's mean time inside R per call at a
+    batch size (sim.measure.fit_inside_r). `r_slowdown` is the pod's mean time inside R
+    per call over the measurement's at the pod's mean rows per call: above 1 when R ran
+    slower in the pod (the cores it shared with the sidecar, the client and the
+    machine's other work, or a machine that drifted since the measurement). None where
+    there is nothing to go by (no call, no time inside R, no measurement of it)."""
+    real = r_s / calls if calls > 0 and r_s > 0 else None
+    per_call = rows / calls if calls > 0 else None
+    measured = (
+        inside_r.a_s + inside_r.c_s * per_call
+        if inside_r is not None and per_call is not None
+        else None
+    )
+    slowdown = real / measured if real is not None and measured and measured > 0 else None
+    return {
+        "r_slowdown": slowdown,
+        "real_r_s_per_call": real,
+        "measured_r_s_per_call": measured,
+        "rows_per_call": per_call,
+    }
+
+
 def validation_pods(settings: PodSettings) -> PodSpec:
     """The simulated pod: one, ready, with the real pod's settings."""
     return PodSpec(
@@ -360,12 +393,16 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:+.1f}%"
 
 
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
 def table(levels: Sequence[dict[str, Any]]) -> str:
     """The printed table: per level, real and simulated p50/p99 (ms), 429+504 rates and
-    the errors."""
+    the errors; and the diagnostic `r_slowdown` (`r_diagnostics`), where there is one."""
     rows = [[
         "level", "rate/s", "real p50", "sim p50", "err", "real p99", "sim p99", "err",
-        "real fail", "sim fail", "err pts",
+        "real fail", "sim fail", "err pts", "R slowdown",
     ]]  # fmt: skip
     for entry in levels:
         real, sim, error = entry["real"], entry["sim"], entry["error"]
@@ -376,8 +413,14 @@ def table(levels: Sequence[dict[str, Any]]) -> str:
             _ms(real["p50_s"]), _ms(sim["p50_s"]), _pct(error["p50"]),
             _ms(real["p99_s"]), _ms(sim["p99_s"]), _pct(error["p99"]),
             f"{real_fail:.2f}%", f"{sim_fail:.2f}%", f"{error['failure_rate_points']:+.2f}",
+            _times(entry.get("diagnostics", {}).get("r_slowdown")),
         ])  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    lines.insert(1, "(latencies in ms; err: sim / real - 1; err pts: failure rates' difference)")
+    lines.insert(
+        1,
+        "(latencies in ms; err: sim / real - 1; err pts: failure rates' difference; "
+        "R slowdown: the pod's time inside R per call over the measurement's, "
+        "a diagnostic the simulation does not use)",
+    )
     return "\n".join(lines)

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 
 from rscore_cli import validate_cmd
 from rscore_cli.main import cli
-from rscore_cli.real_pod import answers, batch_counts, free_port
+from rscore_cli.real_pod import answers, batch_counts, free_port, r_seconds
 from rscore_cli.replay_client import Plan, parse_response_head, run_plan
 from sim.scenario import load_scenario, parse_scenario
 from sim.validate import (
@@ -182,6 +182,18 @@ def test_batch_counts_read_the_pods_batch_histogram() -> None:
     assert batch_counts("rscore_requests_total 3.0\n") == (0, 0)
 
 
+def test_r_seconds_read_the_pods_scoring_histogram() -> None:
+    exposition = (
+        "# TYPE rscore_scoring_duration_seconds histogram\n"
+        'rscore_scoring_duration_seconds_bucket{le="+Inf"} 12.0\n'
+        "rscore_scoring_duration_seconds_count 12.0\n"
+        "rscore_scoring_duration_seconds_sum 0.0375\n"
+        "rscore_request_duration_seconds_sum 9.0\n"
+    )
+    assert r_seconds(exposition) == pytest.approx(0.0375)
+    assert r_seconds("rscore_requests_total 3.0\n") == 0.0
+
+
 # --- the client ---------------------------------------------------------------------
 
 
@@ -300,6 +312,15 @@ def test_real_numbers_come_from_every_request_of_the_schedule(
         assert batches["sim_calls"] > 0
         assert entry["pod_cpu"]["sidecar_cores"] > 0
         assert entry["pod_cpu"]["workers_cores"] > 0  # the R workers, below a zygote or not
+        # The diagnostic: the pod's own time inside R over the level (its scoring
+        # histogram) against the measurement's, at the rows per call the pod made.
+        diagnostics = entry["diagnostics"]
+        assert diagnostics["rows_per_call"] >= document["pod"]["rows_per_request"]
+        for key in ("r_slowdown", "real_r_s_per_call", "measured_r_s_per_call"):
+            assert 0 < diagnostics[key] < math.inf, key
+        assert diagnostics["r_slowdown"] == pytest.approx(
+            diagnostics["real_r_s_per_call"] / diagnostics["measured_r_s_per_call"]
+        )
 
 
 def test_errors_are_computed_from_the_file_s_own_numbers(
