@@ -64,7 +64,7 @@ $(STAMPS)/debian: Makefile scripts/install-debian-packages
 # The same script installs the project into the container images (docker/).
 $(STAMPS)/python: pyproject.toml scripts/install-python $(STAMPS)/debian
 	@echo "installing rscore and its test tools into $(VENV)"
-	@PYTHON=$(PYTHON) scripts/install-python $(VENV) -e '.[test]'
+	@PYTHON=$(PYTHON) scripts/install-python $(VENV) -e '.[all,test]'
 	@mkdir -p $(STAMPS) && touch $@
 
 $(STAMPS)/examples: examples/build_examples.R $(STAMPS)/debian

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import machine, write_section
-from sim.metrics import add_cost_vs_oracle
-from sim.run import run_scenario
-from sim.scenario import load_scenario
+from rscore.sim.metrics import add_cost_vs_oracle
+from rscore.sim.run import run_scenario
+from rscore.sim.scenario import load_scenario
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "examples" / "scenarios"
 POLICIES = ("static", "rscore", "kpa", "hpa", "oracle", "reactive-oracle")

@@ -185,7 +185,7 @@ async def served(
     if source is None:
         program = [str(Path(sys.executable).parent / "rscore")]
     else:
-        program = [sys.executable, "-c", "from rscore_cli.main import cli; cli()"]
+        program = [sys.executable, "-c", "from rscore.cli.main import cli; cli()"]
     command = [
         *program, "serve", str(bundle), "--auth", "none", "--host", HOST, "--port", str(port),
         "--metrics-port", str(free_port()), "--workers", str(workers), *flags,

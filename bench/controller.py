@@ -242,7 +242,7 @@ def controller_command(kubeconfig: Path, port: int, args: argparse.Namespace, i:
         rscore = Path(sys.executable).with_name("rscore")
         return [str(rscore), "autoscaler", *flags, *scale]
     # The flags of the scale options are not on `rscore autoscaler` yet: run the same
-    # `autoscaler.serve.run` through this module (same Options, same process model).
+    # `rscore.autoscaler.serve.run` through this module (same Options, same process model).
     return [sys.executable, "-m", "bench.controller", "_controller", *flags, *scale]
 
 
@@ -250,8 +250,8 @@ def _run_controller(argv: list[str]) -> None:
     """`rscore autoscaler`'s body, for the options its CLI does not offer yet."""
     import uvloop
 
-    from autoscaler.serve import Options, run
-    from r_scorer.logs import configure_json_logging
+    from rscore.autoscaler.serve import Options, run
+    from rscore.r_scorer.logs import configure_json_logging
 
     parser = argparse.ArgumentParser()
     for flag in ("--kubeconfig", "--metrics-host", "--lease-namespace"):
@@ -542,11 +542,11 @@ mean_dwell_s = [300.0, 120.0]
 
 
 def _simulate(job: tuple[str, bool]) -> dict[str, Any]:
-    from autoscaler.sampling import SamplingPolicy
-    from sim.engine import engine_for
-    from sim.metrics import summarize
-    from sim.policies import RscoreController
-    from sim.scenario import load_scenario, scaling_spec
+    from rscore.autoscaler.sampling import SamplingPolicy
+    from rscore.sim.engine import engine_for
+    from rscore.sim.metrics import summarize
+    from rscore.sim.policies import RscoreController
+    from rscore.sim.scenario import load_scenario, scaling_spec
 
     path, sampling = job
     scenario = load_scenario(Path(path)).with_policy("rscore")
@@ -588,7 +588,7 @@ def parse_time() -> None:
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from autoscaler.scrape import READ, parse_pod_metrics, used_lines
+    from rscore.autoscaler.scrape import READ, parse_pod_metrics, used_lines
 
     def full(text: str) -> list[tuple[str, float]]:
         families = text_string_to_metric_families(text)

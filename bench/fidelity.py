@@ -14,7 +14,7 @@ per R call, real and simulated; the CPU of the sidecar, the workers and the clie
 other processes' runnable threads). Prints the report and writes it to
 docs/benchmarks.md (section `fidelity`) unless `--no-write`.
 
-Each validation is a process of its own (`python -m rscore_cli sim validate`), bounded
+Each validation is a process of its own (`python -m rscore.cli sim validate`), bounded
 in time; with the default 15 s per level the whole run takes about 8 minutes (7.3 at
 10 s on a busy 2-core machine). Loads
 only 127.0.0.1 and leaves no process behind (validate ends its pod and clients).
@@ -47,7 +47,7 @@ VALIDATE_BOUND_S = 300.0  # one validation at 20 s per level takes about two min
 def validate(bundle: Path, scenario: Path, out: Path, duration_s: float, levels: str) -> Any:
     """One `rscore sim validate` run; its validate.json."""
     command = [
-        sys.executable, "-m", "rscore_cli", "sim", "validate", str(bundle), str(scenario),
+        sys.executable, "-m", "rscore.cli", "sim", "validate", str(bundle), str(scenario),
         "--out", str(out), "--duration-s", f"{duration_s:g}", "--levels", levels,
     ]  # fmt: skip
     bound = VALIDATE_BOUND_S + 3 * len(levels.split(",")) * duration_s

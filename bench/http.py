@@ -47,8 +47,8 @@ import aiohttp
 import uvloop
 
 from bench.report import machine, percentile, write_section
-from rscore_cli import processes
-from rscore_cli.processes import free_port
+from rscore.cli import processes
+from rscore.cli.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"  # the only address this benchmark ever starts servers on or loads
@@ -71,7 +71,7 @@ class BenchError(RuntimeError):
 
 
 class Processes(processes.Processes):
-    """The servers this benchmark starts (rscore_cli.processes: each in its own process
+    """The servers this benchmark starts (rscore.cli.processes: each in its own process
     group, all ended by `close()`); one that exits raises BenchError."""
 
     def __init__(self, log_dir: Path) -> None:
@@ -385,12 +385,12 @@ async def measure_overhead(
     side (as many workers as `rscore serve` starts by default; without and with the
     sidecar's `timeout_s`), and the echo server: each at `rate` for `duration_s` in
     1-second slices, all taking turns."""
-    from r_scorer.cores import detect_usable_cores
-    from r_scorer.errors import ScoringError
-    from r_scorer.payload import parse_body
-    from r_scorer.pool import WorkerPool
-    from r_scorer.prototype import coerce
-    from r_scorer.supervisor import Supervisor
+    from rscore.r_scorer.cores import detect_usable_cores
+    from rscore.r_scorer.errors import ScoringError
+    from rscore.r_scorer.payload import parse_body
+    from rscore.r_scorer.pool import WorkerPool
+    from rscore.r_scorer.prototype import coerce
+    from rscore.r_scorer.supervisor import Supervisor
 
     def correct(predictions: list[Any]) -> bool:
         return len(predictions) == 1 and abs(float(predictions[0]) - expected) <= AGREEMENT
@@ -688,7 +688,7 @@ def main() -> int:
             return 130
         finally:
             processes.close()
-    from r_scorer.cores import detect_usable_cores
+    from rscore.r_scorer.cores import detect_usable_cores
 
     report = render(
         args,
@@ -735,7 +735,7 @@ def overhead_only(args: argparse.Namespace) -> int:
             return 130
         finally:
             processes.close()
-    from r_scorer.cores import detect_usable_cores
+    from rscore.r_scorer.cores import detect_usable_cores
 
     print("\n".join(render_overhead(args, detect_usable_cores(), overhead)))
     return 0

@@ -40,12 +40,12 @@ import orjson
 import uvloop
 
 from bench.report import machine, write_section
-from r_scorer.memory import WorkerMemory
-from r_scorer.payload import parse_body
-from r_scorer.pool import WorkerLink, WorkerPool
-from r_scorer.prototype import TypedFrame, coerce
-from r_scorer.supervisor import QUICK_DEATH_S, ZYGOTE_SLOT, Supervisor
-from r_scorer.zygote_control import SINGLE_THREAD_ENV
+from rscore.r_scorer.memory import WorkerMemory
+from rscore.r_scorer.payload import parse_body
+from rscore.r_scorer.pool import WorkerLink, WorkerPool
+from rscore.r_scorer.prototype import TypedFrame, coerce
+from rscore.r_scorer.supervisor import QUICK_DEATH_S, ZYGOTE_SLOT, Supervisor
+from rscore.r_scorer.zygote_control import SINGLE_THREAD_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "build"

@@ -17,7 +17,7 @@ import tracemalloc
 import orjson
 
 from bench.report import machine, write_section
-from r_scorer.payload import parse_body
+from rscore.r_scorer.payload import parse_body
 
 INPUTS = ("wt", "hp", "qsec")
 SIZES = (1_000, 10_000, 100_000)

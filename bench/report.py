@@ -7,7 +7,7 @@ import statistics
 import subprocess
 from pathlib import Path
 
-from rscore_cli.processes import machine as host
+from rscore.cli.processes import machine as host
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -28,7 +28,7 @@ def summary_ms(values: list[float]) -> dict[str, float]:
 
 
 def machine() -> str:
-    """The machine (rscore_cli.processes.machine) and R's version."""
+    """The machine (rscore.cli.processes.machine) and R's version."""
     r_version = subprocess.run(
         ["R", "--version"], capture_output=True, text=True, check=False
     ).stdout.splitlines()[:1]

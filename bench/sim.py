@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 
 from bench.report import machine, write_section
-from sim.erlang import mmc_mean_wait
-from sim.metrics import summarize
-from sim.run import run_scenario
-from sim.scenario import Scenario, parse_scenario
+from rscore.sim.erlang import mmc_mean_wait
+from rscore.sim.metrics import summarize
+from rscore.sim.run import run_scenario
+from rscore.sim.scenario import Scenario, parse_scenario
 
 SERVERS, RHO, MU = 4, 0.8, 1.0
 LAMBDA = RHO * SERVERS * MU
@@ -128,8 +128,8 @@ def nasa_scenario(scale: float, max_nodes: int, policy: str) -> Scenario:
 def scale_run(scale: float, max_nodes: int, policy: str) -> dict[str, float]:
     """One NASA day: wall and CPU seconds of the whole run (scenario to summary), with
     the events, the requests and the pods it made."""
-    from sim.engine import engine_for
-    from sim.run import make_controller
+    from rscore.sim.engine import engine_for
+    from rscore.sim.run import make_controller
 
     scenario = nasa_scenario(scale, max_nodes, policy)
     start, cpu = time.perf_counter(), time.process_time()

@@ -46,7 +46,7 @@ import orjson
 
 from bench.http import HOST, ROOT, BenchError, Processes, _log_dir, free_port
 from bench.report import machine, percentile, write_section
-from rscore_cli.processes import children
+from rscore.cli.processes import children
 
 BUNDLE = ROOT / "examples" / "build" / "mtcars-lm"
 MAX_BODY_BYTES = 262_144  # the server's --max-body-bytes here: oversized bodies stay cheap

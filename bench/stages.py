@@ -4,7 +4,7 @@
 
 Loads the bundle into R in this process and runs the path a `dataframe_split` request
 takes through rscore, timing each stage (median of 3): reading the body into columns
-(straight, `r_scorer.numeric_split`, where the sidecar does; else parsing it, building
+(straight, `rscore.r_scorer.numeric_split`, where the sidecar does; else parsing it, building
 its frame and coercing to the prototype), encoding the worker protocol's request and
 decoding it, building the R data.frame, R's `.score()` (predict), converting its answer
 back (as JSON text for a long one, as the worker does), encoding and decoding the
@@ -31,14 +31,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(bundle: Path, rows: int, repeats: int) -> list[tuple[str, float]]:
-    from r_scorer import protocol, rconvert
-    from r_scorer.bundle import read_bundle
-    from r_scorer.payload import RequestLimits, frame_from_document, parse_json
-    from r_scorer.prototype import coerce
-    from r_scorer.rmodel import load_model
+    from rscore.r_scorer import protocol, rconvert
+    from rscore.r_scorer.bundle import read_bundle
+    from rscore.r_scorer.payload import RequestLimits, frame_from_document, parse_json
+    from rscore.r_scorer.prototype import coerce
+    from rscore.r_scorer.rmodel import load_model
 
     try:  # the sidecar's path since issue 20; an older checkout has only the general one
-        from r_scorer.numeric_split import numeric_split
+        from rscore.r_scorer.numeric_split import numeric_split
     except ImportError:
         numeric_split = None
     as_json = getattr(rconvert, "json_predictions", None)  # a long answer as JSON text

@@ -21,10 +21,10 @@ import orjson
 import uvloop
 
 from bench.report import machine, summary_ms, write_section
-from r_scorer.payload import parse_body
-from r_scorer.pool import WorkerPool
-from r_scorer.prototype import coerce
-from r_scorer.supervisor import Supervisor
+from rscore.r_scorer.payload import parse_body
+from rscore.r_scorer.pool import WorkerPool
+from rscore.r_scorer.prototype import coerce
+from rscore.r_scorer.supervisor import Supervisor
 
 ROW = {"wt": 2.62, "hp": 110, "qsec": 16.46}
 
@@ -56,8 +56,8 @@ async def measure_protocol(bundle: Path, requests: int, warmup: int) -> dict[str
 
 
 def measure_in_process(bundle: Path, requests: int, warmup: int) -> dict[str, list[float]]:
-    from r_scorer.bundle import read_bundle
-    from r_scorer.rmodel import load_model
+    from rscore.r_scorer.bundle import read_bundle
+    from rscore.r_scorer.rmodel import load_model
 
     model = load_model(read_bundle(bundle))
     frame = coerce(parse_body(orjson.dumps({"data": [ROW]})), model.prototype)

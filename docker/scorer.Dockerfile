@@ -21,12 +21,7 @@ COPY scripts/install-debian-packages scripts/install-python scripts/image-requir
 # r-base-dev and python3-dev: rpy2 compiles against R's and Python's headers here.
 RUN scripts/install-debian-packages python3 python3-venv python3-dev r-base-core r-base-dev
 COPY pyproject.toml README.md ./
-COPY r_scorer r_scorer
-COPY sidecar sidecar
-COPY autoscaler autoscaler
-COPY activator activator
-COPY sim sim
-COPY rscore_cli rscore_cli
+COPY rscore rscore
 # The project's dependencies without the autoscaler's and the simulator's
 # (scripts/image-requirements says why), then the project itself; pip goes at the end.
 # The package index comes as build secrets (make images passes the host's pip settings;

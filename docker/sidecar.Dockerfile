@@ -15,12 +15,7 @@ WORKDIR /src
 COPY scripts/install-debian-packages scripts/install-python scripts/image-requirements scripts/
 RUN scripts/install-debian-packages python3 python3-venv
 COPY pyproject.toml README.md ./
-COPY r_scorer r_scorer
-COPY sidecar sidecar
-COPY autoscaler autoscaler
-COPY activator activator
-COPY sim sim
-COPY rscore_cli rscore_cli
+COPY rscore rscore
 # The project's dependencies without those only R workers and the simulator's plots use
 # (scripts/image-requirements says why each is left out), then the project itself.
 # The package index comes as build secrets, as in docker/scorer.Dockerfile.

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from sidecar import access_log
+from rscore.sidecar import access_log
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The activator over real sockets: a real aiohttp upstream on 127.0.0.1 that comes up
 (or answers 503) whenever the test says, the activator's real proxy and metrics sites
-(`activator.serve.serve`, in this process, or `rscore activator` as a process where
+(`rscore.activator.serve.serve`, in this process, or `rscore activator` as a process where
 signals matter), and real HTTP clients.
 
 What it proves: a request sent while no pod is ready is held and answered 200 once one
@@ -34,9 +34,9 @@ from multidict import CIMultiDict
 from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
-from activator.hold import HoldLimits
-from activator.proxy import ProxyConfig
-from activator.serve import Listen, serve
+from rscore.activator.hold import HoldLimits
+from rscore.activator.proxy import ProxyConfig
+from rscore.activator.serve import Listen, serve
 
 RSCORE = Path(sys.executable).with_name("rscore")
 HOST = "127.0.0.1"
@@ -131,7 +131,7 @@ class Running:
 async def activator(
     upstream: str, *, scheme: str = "http", listen: Listen | None = None, **config: Any
 ) -> AsyncIterator[Running]:
-    """`activator.serve.serve` on free ports of 127.0.0.1, stopped (and drained) on exit."""
+    """`rscore.activator.serve.serve` on free ports of 127.0.0.1, stopped (and drained) on exit."""
     listen = listen or Listen(host=HOST, port=free_port(), metrics_port=free_port())
     stop = asyncio.Event()
     task = asyncio.create_task(serve(ProxyConfig(upstream=upstream, **config), listen, stop))

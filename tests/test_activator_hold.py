@@ -1,11 +1,11 @@
-"""activator.hold, the activator's decisions, as tables of cases: plain numbers in, an
+"""rscore.activator.hold, the activator's decisions, as tables of cases: plain numbers in, an
 action out. The proxy (tests/test_activator.py) only carries these out."""
 
 from __future__ import annotations
 
 import pytest
 
-from activator.hold import (
+from rscore.activator.hold import (
     Action,
     Attempt,
     HoldLimits,

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from test_crd import apply_defaults, crd_schema, validation_errors
 
-from autoscaler.spec import settings_from_object
-from sim.scenario import parse_scenario
-from sim.tune import propose, scoring_autoscaler
+from rscore.autoscaler.spec import settings_from_object
+from rscore.sim.scenario import parse_scenario
+from rscore.sim.tune import propose, scoring_autoscaler
 
 
 def scenario(**pods: Any) -> Any:

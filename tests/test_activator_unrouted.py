@@ -1,4 +1,4 @@
-"""autoscaler.unrouted: an activator's /metrics page as held requests, and the rule that
+"""rscore.autoscaler.unrouted: an activator's /metrics page as held requests, and the rule that
 unknown held demand never scales anything down. Pure functions, tables of cases."""
 
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from prometheus_client import generate_latest
 
-from activator.metrics import ActivatorMetrics
-from autoscaler.policy import Recommendation, hold_when_unknown
-from autoscaler.scrape import ScrapeError
-from autoscaler.unrouted import held_requests
+from rscore.activator.metrics import ActivatorMetrics
+from rscore.autoscaler.policy import Recommendation, hold_when_unknown
+from rscore.autoscaler.scrape import ScrapeError
+from rscore.autoscaler.unrouted import held_requests
 
 PAGE = """# HELP rscore_activator_held_requests Requests held now, waiting for a ready pod
 # TYPE rscore_activator_held_requests gauge

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.admission import ConcurrencyIntegral, queue_has_room
-from sidecar.errors import STATUS_BY_CODE
+from rscore.sidecar.admission import ConcurrencyIntegral, queue_has_room
+from rscore.sidecar.errors import STATUS_BY_CODE
 
 
 @pytest.mark.parametrize(

@@ -34,13 +34,13 @@ from multidict import CIMultiDictProxy
 from prometheus_client import CollectorRegistry, generate_latest
 from pythonjsonlogger.json import JsonFormatter
 
-from r_scorer.logs import LOG_FORMAT
-from r_scorer.pool import WorkerPool
-from r_scorer.supervisor import Supervisor
-from sidecar.access_log import JsonAccessLogger
-from sidecar.app import SidecarConfig, create_app
-from sidecar.auth import AuthConfig, Authenticator, Credentials, Unauthorized, authenticate
-from sidecar.credentials import (
+from rscore.r_scorer.logs import LOG_FORMAT
+from rscore.r_scorer.pool import WorkerPool
+from rscore.r_scorer.supervisor import Supervisor
+from rscore.sidecar.access_log import JsonAccessLogger
+from rscore.sidecar.app import SidecarConfig, create_app
+from rscore.sidecar.auth import AuthConfig, Authenticator, Credentials, Unauthorized, authenticate
+from rscore.sidecar.credentials import (
     TokenPolicy,
     VerificationKeys,
     generate_jwk_pair,
@@ -51,7 +51,7 @@ from sidecar.credentials import (
     mint_token,
     write_keys_file,
 )
-from sidecar.watch import MISSING_GRACE_S, RETRIES_AFTER_FAILURE, FileWatcher
+from rscore.sidecar.watch import MISSING_GRACE_S, RETRIES_AFTER_FAILURE, FileWatcher
 
 NOW = 1_900_000_000  # March 2030: not the real time
 AUD = "rscore-test"

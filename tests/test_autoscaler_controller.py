@@ -1,4 +1,4 @@
-"""The controller in this process (autoscaler.serve.run) against the emulated API server
+"""The controller in this process (rscore.autoscaler.serve.run) against the emulated API server
 through the real kubernetes_asyncio client, with real /metrics servers as pods.
 
 Real time, on the event loop's clock (the controller's and the pods' clock too): waits
@@ -21,7 +21,7 @@ from fake_pods import free_port
 from helpers import eventually
 from kube_emulator import KubeEmulator
 
-from autoscaler.serve import Options, run
+from rscore.autoscaler.serve import Options, run
 
 SA_WATCH = r"/scoringautoscalers$"  # the controller also watches pods
 
@@ -314,10 +314,10 @@ async def test_an_invalid_spec_is_reported_and_nothing_scales(cluster) -> None:
 
 
 async def test_kinds_outside_the_table_are_found_through_discovery(cluster, monkeypatch) -> None:
-    import autoscaler.kube_io
+    import rscore.autoscaler.kube_io
 
     emu, scene, kubeconfig = cluster
-    monkeypatch.setattr(autoscaler.kube_io, "WELL_KNOWN_RESOURCES", {})
+    monkeypatch.setattr(rscore.autoscaler.kube_io, "WELL_KNOWN_RESOURCES", {})
     scene.add_autoscaler(nodePool={"maxNodes": 5, "podsPerNode": 2})
     scene.set_total_concurrency(8)
     async with controller(kubeconfig):
@@ -425,9 +425,9 @@ async def test_a_watch_that_keeps_answering_410_is_retried_with_backoff(cluster)
 
 @pytest.mark.parametrize("how", ["relist", "event"])
 def test_an_object_recreated_under_its_name_starts_without_memory(how: str) -> None:
-    from autoscaler.controller import Controller
-    from autoscaler.metrics import ControllerMetrics
-    from autoscaler.reconcile import Memory
+    from rscore.autoscaler.controller import Controller
+    from rscore.autoscaler.metrics import ControllerMetrics
+    from rscore.autoscaler.reconcile import Memory
 
     def obj(uid: str) -> dict[str, Any]:
         return {"metadata": {"namespace": NS, "name": APP, "uid": uid}, "spec": {}}

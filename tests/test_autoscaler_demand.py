@@ -1,4 +1,4 @@
-"""autoscaler.scrape.pod_demand and DemandTracker: from two pages to a pod's demand.
+"""rscore.autoscaler.scrape.pod_demand and DemandTracker: from two pages to a pod's demand.
 
 The pages come from the real sidecar metrics code (SidecarMetrics over a real Dispatcher,
 rendered by prometheus_client), and from hand-made PodScrapes for the edge cases.
@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from autoscaler.batch_cost import CallCounts
-from autoscaler.scrape import DemandTracker, PodScrape, parse_pod_metrics, pod_demand
-from r_scorer.pool import ModelInfo, WorkerPool
-from r_scorer.prototype import Prototype
-from sidecar.admission import Dispatcher
-from sidecar.metrics import SidecarMetrics
+from rscore.autoscaler.batch_cost import CallCounts
+from rscore.autoscaler.scrape import DemandTracker, PodScrape, parse_pod_metrics, pod_demand
+from rscore.r_scorer.pool import ModelInfo, WorkerPool
+from rscore.r_scorer.prototype import Prototype
+from rscore.sidecar.admission import Dispatcher
+from rscore.sidecar.metrics import SidecarMetrics
 
 
 class Clock:

@@ -1,7 +1,7 @@
 """The forecast in the controller: learnt from the ticks, kept in the ScoringAutoscaler's
 status, restored by a new controller, and ordering nodes ahead of a periodic load.
 
-The controller (autoscaler.controller.Controller, ticked by the test) runs against the
+The controller (rscore.autoscaler.controller.Controller, ticked by the test) runs against the
 emulated API server through the real kubernetes_asyncio client, with real /metrics
 servers as pods. Its wall clock is the test's: a simulated morning is a few dozen ticks.
 """
@@ -20,10 +20,10 @@ import pytest
 from autoscaler_scene import APP, NS, Scene
 from kube_emulator import KubeEmulator
 
-from autoscaler.controller import Controller
-from autoscaler.forecast import DemandProfile, forecast
-from autoscaler.kube_io import KubeApi
-from autoscaler.metrics import ControllerMetrics
+from rscore.autoscaler.controller import Controller
+from rscore.autoscaler.forecast import DemandProfile, forecast
+from rscore.autoscaler.kube_io import KubeApi
+from rscore.autoscaler.metrics import ControllerMetrics
 
 pytestmark = pytest.mark.slow  # simulated mornings of real ticks against the emulator
 

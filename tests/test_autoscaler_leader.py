@@ -1,5 +1,5 @@
-"""Leader election (autoscaler.leader), and the write guard and Retry-After of
-autoscaler.kube_io, against the emulated API server through the real kubernetes_asyncio
+"""Leader election (rscore.autoscaler.leader), and the write guard and Retry-After of
+rscore.autoscaler.kube_io, against the emulated API server through the real kubernetes_asyncio
 client.
 
 The event loop runs on fake time (looptime): sleeps, timeouts and the emulator's delays
@@ -20,10 +20,10 @@ from helpers import eventually
 from kube_emulator import KubeEmulator
 from kubernetes_asyncio import config
 
-from autoscaler.kube_io import ApiError, KubeApi, LeaseRecord, NotLeading
-from autoscaler.leader import Leadership
-from autoscaler.metrics import ControllerMetrics
-from autoscaler.spec import TargetRef
+from rscore.autoscaler.kube_io import ApiError, KubeApi, LeaseRecord, NotLeading
+from rscore.autoscaler.leader import Leadership
+from rscore.autoscaler.metrics import ControllerMetrics
+from rscore.autoscaler.spec import TargetRef
 
 
 def idle_work(ended: asyncio.Event | None = None) -> Callable[[Callable[[], bool]], Any]:

@@ -1,4 +1,4 @@
-"""autoscaler.observe: pods and PodMetrics (plain dicts) to PodFacts, PodUsage and the
+"""rscore.autoscaler.observe: pods and PodMetrics (plain dicts) to PodFacts, PodUsage and the
 policy's Observation."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from autoscaler.observe import PodFacts, PodUsage, build_observation, pod_facts, pod_usage
-from autoscaler.policy import Observation, PodSample
-from autoscaler.scrape import PodDemand
+from rscore.autoscaler.observe import PodFacts, PodUsage, build_observation, pod_facts, pod_usage
+from rscore.autoscaler.policy import Observation, PodSample
+from rscore.autoscaler.scrape import PodDemand
 
 MI = 2**20
 

@@ -1,4 +1,4 @@
-"""autoscaler.quantity: Kubernetes resource quantities as millicores and bytes."""
+"""rscore.autoscaler.quantity: Kubernetes resource quantities as millicores and bytes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from autoscaler.quantity import cpu_millicores, memory_bytes, parse_quantity
+from rscore.autoscaler.quantity import cpu_millicores, memory_bytes, parse_quantity
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""autoscaler.scrape: a pod's /metrics page as a PodScrape, and concurrency between two.
+"""rscore.autoscaler.scrape: a pod's /metrics page as a PodScrape, and concurrency between two.
 
 Pages come from the real sidecar metrics code (SidecarMetrics + its scrape-time collector
 over a real Dispatcher, rendered by prometheus_client) and from hand-written text.
@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from autoscaler.scrape import (
+from rscore.autoscaler.scrape import (
     PodScrape,
     ScrapeError,
     average_concurrency,
@@ -24,9 +24,9 @@ from autoscaler.scrape import (
     quick_samples,
     used_lines,
 )
-from r_scorer.pool import WorkerPool
-from sidecar.admission import Dispatcher
-from sidecar.metrics import SidecarMetrics
+from rscore.r_scorer.pool import WorkerPool
+from rscore.sidecar.admission import Dispatcher
+from rscore.sidecar.metrics import SidecarMetrics
 
 REQUIRED = (
     "rscore_concurrency_seconds_total",

@@ -1,4 +1,4 @@
-"""autoscaler.spec: a ScoringAutoscaler object as AutoscalerSettings, or a SpecError.
+"""rscore.autoscaler.spec: a ScoringAutoscaler object as AutoscalerSettings, or a SpecError.
 
 Defaults and field names are the CRD's (manifests/crd/scoringautoscalers.yaml).
 """
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from autoscaler.policy import NodePoolSpec, ScalingSpec
-from autoscaler.spec import (
+from rscore.autoscaler.policy import NodePoolSpec, ScalingSpec
+from rscore.autoscaler.spec import (
     DEFAULT_METRICS_PORT,
     ActivatorRef,
     AutoscalerSettings,

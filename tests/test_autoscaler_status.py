@@ -1,5 +1,5 @@
-"""autoscaler.status: conditions, the status merge patch and Events; and the pure backoff
-of autoscaler.kube_io (`retry_delay`) that decides when a failed write is tried again."""
+"""rscore.autoscaler.status: conditions, the status merge patch and Events; and the pure backoff
+of rscore.autoscaler.kube_io (`retry_delay`) that decides when a failed write is tried again."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from autoscaler.kube_io import retry_delay
-from autoscaler.policy import MODE_PANIC, MODE_STABLE, Recommendation
-from autoscaler.status import (
+from rscore.autoscaler.kube_io import retry_delay
+from rscore.autoscaler.policy import MODE_PANIC, MODE_STABLE, Recommendation
+from rscore.autoscaler.status import (
     Condition,
     event_body,
     limit_condition,
@@ -342,7 +342,7 @@ def test_event_about_an_object_without_metadata() -> None:
     assert body["involvedObject"]["name"] is None
 
 
-# --- retry_delay (autoscaler.kube_io) ----------------------------------------------------
+# --- retry_delay (rscore.autoscaler.kube_io) ----------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""autoscaler.batch_cost: the cost of an R call against its rows, fitted from the pods'
+"""rscore.autoscaler.batch_cost: the cost of an R call against its rows, fitted from the pods'
 intervals, and what a request costs once batches form.
 
 Worked numbers: a call costs a = 80 ms plus c = 4 ms per row (the diurnal scenario's
@@ -13,7 +13,7 @@ import random
 
 import pytest
 
-from autoscaler.batch_cost import (
+from rscore.autoscaler.batch_cost import (
     MAX_RELATIVE_ERROR,
     MIN_INTERVALS,
     BatchCostFit,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from r_scorer.prototype import TypedColumn, TypedFrame
-from sidecar.batching import can_join, merge_frames, signature, split_predictions
+from rscore.r_scorer.prototype import TypedColumn, TypedFrame
+from rscore.sidecar.batching import can_join, merge_frames, signature, split_predictions
 
 
 def frame(nrows: int, *, kinds: tuple[tuple[str, str], ...] = (("x", "numeric"),)) -> TypedFrame:

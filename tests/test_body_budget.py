@@ -25,10 +25,10 @@ import pytest
 from click.testing import CliRunner
 from test_sidecar import JSON, Served, ServeFactory, serve, slow_bundle  # noqa: F401  (fixtures)
 
-from rscore_cli.main import cli
-from sidecar.app import INLINE_PARSE_BYTES, STATE, SidecarConfig
-from sidecar.body_budget import BodyBudget, BodyHold
-from sidecar.heap import (
+from rscore.cli.main import cli
+from rscore.sidecar.app import INLINE_PARSE_BYTES, STATE, SidecarConfig
+from rscore.sidecar.body_budget import BodyBudget, BodyHold
+from rscore.sidecar.heap import (
     TRIM_AFTER_BYTES,
     HeapTrimmer,
     malloc_trim,

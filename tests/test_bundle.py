@@ -2,7 +2,7 @@
 
 import pytest
 
-from r_scorer.bundle import (
+from rscore.r_scorer.bundle import (
     CONFIG_FILE,
     MODEL_FILE,
     SCRIPT_FILE,
@@ -10,7 +10,7 @@ from r_scorer.bundle import (
     read_bundle,
     spec_from_config,
 )
-from r_scorer.errors import BundleError
+from rscore.r_scorer.errors import BundleError
 
 
 def make_bundle(tmp_path, name="iris-glm", toml=None, model=True, script=False):

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from r_scorer.bundle import read_bundle
-from r_scorer.errors import BundleError
-from r_scorer.payload import parse_body
-from r_scorer.prototype import coerce
-from r_scorer.rmodel import load_model
+from rscore.r_scorer.bundle import read_bundle
+from rscore.r_scorer.errors import BundleError
+from rscore.r_scorer.payload import parse_body
+from rscore.r_scorer.prototype import coerce
+from rscore.r_scorer.rmodel import load_model
 
 pytestmark = pytest.mark.real_r  # markers: pyproject.toml
 

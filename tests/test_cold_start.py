@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from r_scorer.errors import BundleError
-from r_scorer.socket_files import COLD_START_NAME, read_cold_start
-from r_scorer.supervisor import Supervisor
+from rscore.r_scorer.errors import BundleError
+from rscore.r_scorer.socket_files import COLD_START_NAME, read_cold_start
+from rscore.r_scorer.supervisor import Supervisor
 
 pytestmark = pytest.mark.real_r
 

@@ -32,7 +32,7 @@ from test_collector import (
     wait_for,
 )
 
-from sidecar.collector import (
+from rscore.sidecar.collector import (
     FILE_MODE,
     FOLDER_MODE,
     CollectedFile,
@@ -252,7 +252,7 @@ def test_files_from_an_earlier_run_count_and_go_first(
 
 
 def test_the_cli_flags_reach_the_collector_config() -> None:
-    from rscore_cli.main import _sidecar_config, cli
+    from rscore.cli.main import _sidecar_config, cli
 
     command = cli.commands["sidecar"]
     flags = ["--collect-max-bytes", "12345", "--collect-max-record-bytes", "678"]
@@ -267,7 +267,7 @@ def test_the_cli_flags_reach_the_collector_config() -> None:
 @pytest.mark.parametrize("name", ["max_bytes", "max_record_bytes"])
 @pytest.mark.parametrize("value", [0, -5, 2.5, True])
 def test_the_caps_must_be_positive_integers(tmp_path: Path, name: str, value: object) -> None:
-    from sidecar.collector import DataCollector
+    from rscore.sidecar.collector import DataCollector
 
     with pytest.raises(ValueError, match=name):
         DataCollector(

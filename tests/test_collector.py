@@ -20,7 +20,7 @@ import prometheus_client
 import pytest
 from prometheus_client import CollectorRegistry
 
-from sidecar.collector import DataCollector
+from rscore.sidecar.collector import DataCollector
 
 MODEL = "iris-rf"
 PID = os.getpid()

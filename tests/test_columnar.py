@@ -15,10 +15,10 @@ import numpy as np
 import orjson
 import pytest
 
-from r_scorer import protocol
-from r_scorer.errors import ProtocolError, SchemaMismatch
-from r_scorer.payload import parse_body
-from r_scorer.prototype import (
+from rscore.r_scorer import protocol
+from rscore.r_scorer.errors import ProtocolError, SchemaMismatch
+from rscore.r_scorer.payload import parse_body
+from rscore.r_scorer.prototype import (
     COLUMNAR_ROWS,
     FACTOR,
     NUMERIC,
@@ -28,8 +28,8 @@ from r_scorer.prototype import (
     TypedFrame,
     coerce,
 )
-from r_scorer.rmodel import start_r
-from sidecar.batching import merge_frames
+from rscore.r_scorer.rmodel import start_r
+from rscore.sidecar.batching import merge_frames
 
 LONG = COLUMNAR_ROWS * 3
 
@@ -158,7 +158,7 @@ def r_identical(r: Any, a: Any, b: Any) -> bool:
 def test_columnar_r_vectors_are_identical_to_value_by_value(
     r: Any, kind: str, values: list[Any]
 ) -> None:
-    from r_scorer import rconvert
+    from rscore.r_scorer import rconvert
 
     levels = ("a", "b")
     columnar = rconvert.r_vector(kind, values, levels)
@@ -186,7 +186,7 @@ def test_columnar_r_vectors_are_identical_to_value_by_value(
     ids=["double", "integer", "logical", "character"],
 )
 def test_long_answers_read_back_as_value_by_value(r: Any, code: str) -> None:
-    from r_scorer import rconvert
+    from rscore.r_scorer import rconvert
 
     vector = r.baseenv["eval"](r.parse(code))
     assert len(vector) >= COLUMNAR_ROWS
@@ -220,7 +220,7 @@ def test_long_answers_read_back_as_value_by_value(r: Any, code: str) -> None:
     ],
 )  # fmt: skip
 def test_an_answer_as_json_text_is_what_its_values_encode_to(r: Any, code: str) -> None:
-    from r_scorer import rconvert
+    from rscore.r_scorer import rconvert
 
     value = r.baseenv["eval"](r.parse(code))
     nrows = r.baseenv["NROW"](value)[0]

@@ -1,5 +1,5 @@
 """A large `dataframe_split` body of numbers read straight into columns
-(r_scorer.numeric_split): exactly the general path's frame when it reads a body, and
+(rscore.r_scorer.numeric_split): exactly the general path's frame when it reads a body, and
 None (the general path runs, with its error message) for anything it does not cover or
 that is not valid JSON; over many generated bodies (hostile ones among them), always one
 or the other, never a body the general path refuses. No R.
@@ -16,11 +16,11 @@ import numpy as np
 import orjson
 import pytest
 
-from r_scorer import numeric_split as numeric_split_module
-from r_scorer.errors import ScoringError
-from r_scorer.numeric_split import MIN_BODY_BYTES, PIECE_VALUES, numeric_split
-from r_scorer.payload import RequestLimits, parse_body, parse_json
-from r_scorer.prototype import INTEGER, NUMERIC, Column, Prototype, TypedFrame, coerce
+from rscore.r_scorer import numeric_split as numeric_split_module
+from rscore.r_scorer.errors import ScoringError
+from rscore.r_scorer.numeric_split import MIN_BODY_BYTES, PIECE_VALUES, numeric_split
+from rscore.r_scorer.payload import RequestLimits, parse_body, parse_json
+from rscore.r_scorer.prototype import INTEGER, NUMERIC, Column, Prototype, TypedFrame, coerce
 
 NAMES = ["a", "b", "c", "d"]
 PROTOTYPE = Prototype(tuple(Column(name, NUMERIC) for name in NAMES), "terms")

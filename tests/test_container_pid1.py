@@ -21,7 +21,7 @@ pytestmark = pytest.mark.real_r
 
 SUPERVISE = """
 import json, os, sys
-from r_scorer.supervisor import Supervisor
+from rscore.r_scorer.supervisor import Supervisor
 supervisor = Supervisor(sys.argv[1], sys.argv[2], workers=1)
 try:
     model = supervisor.start()

@@ -1,4 +1,4 @@
-"""Which pods a tick scrapes (autoscaler.sampling), and that the pods left out stand in
+"""Which pods a tick scrapes (rscore.autoscaler.sampling), and that the pods left out stand in
 for exactly what the policy's own extrapolation of missing pods would give, without
 holding scale-downs."""
 
@@ -10,8 +10,8 @@ import random
 
 import pytest
 
-from autoscaler.policy import Observation, PodSample, PolicyState, ScalingSpec, decide
-from autoscaler.sampling import (
+from rscore.autoscaler.policy import Observation, PodSample, PolicyState, ScalingSpec, decide
+from rscore.autoscaler.sampling import (
     Choice,
     Rotation,
     SamplingPolicy,
@@ -22,7 +22,7 @@ from autoscaler.sampling import (
     select,
     stand_ins,
 )
-from autoscaler.scrape import DemandTracker, PodDemand, PodScrape
+from rscore.autoscaler.scrape import DemandTracker, PodDemand, PodScrape
 
 DEFAULT = SamplingPolicy()
 

@@ -1,4 +1,4 @@
-"""Shards (autoscaler.shards): ScoringAutoscalers split by a stable hash, each shard
+"""Shards (rscore.autoscaler.shards): ScoringAutoscalers split by a stable hash, each shard
 electing its leader on a Lease of its own; a shard whose leader dies is taken over by
 its standby within the lease duration, and its objects never have two writers.
 
@@ -19,11 +19,11 @@ import pytest
 from helpers import eventually
 from kube_emulator import KubeEmulator, RecordedRequest
 
-from autoscaler.controller import Controller
-from autoscaler.kube_io import KubeApi
-from autoscaler.leader import Leadership
-from autoscaler.metrics import ControllerMetrics
-from autoscaler.shards import ShardError, lease_name, ordinal_of, shard_index, shard_of
+from rscore.autoscaler.controller import Controller
+from rscore.autoscaler.kube_io import KubeApi
+from rscore.autoscaler.leader import Leadership
+from rscore.autoscaler.metrics import ControllerMetrics
+from rscore.autoscaler.shards import ShardError, lease_name, ordinal_of, shard_index, shard_of
 
 pytestmark = pytest.mark.looptime
 

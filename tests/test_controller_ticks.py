@@ -1,4 +1,4 @@
-"""Ticks that cannot pile up (autoscaler.ticks, autoscaler.controller): the grid, an
+"""Ticks that cannot pile up (rscore.autoscaler.ticks, rscore.autoscaler.controller): the grid, an
 overrun that skips ticks instead of queueing them, and each ScoringAutoscaler reconciled
 within its own bound so that a slow one never delays the others.
 
@@ -20,10 +20,10 @@ from autoscaler_scene import APP, NS, Scene, autoscaler_object
 from helpers import eventually
 from kube_emulator import KubeEmulator
 
-from autoscaler.controller import Controller
-from autoscaler.kube_io import KubeApi, MayWrite
-from autoscaler.metrics import ControllerMetrics
-from autoscaler.ticks import NextTick, next_tick, tick_budget_s
+from rscore.autoscaler.controller import Controller
+from rscore.autoscaler.kube_io import KubeApi, MayWrite
+from rscore.autoscaler.metrics import ControllerMetrics
+from rscore.autoscaler.ticks import NextTick, next_tick, tick_budget_s
 
 pytestmark = pytest.mark.looptime
 

@@ -1,4 +1,4 @@
-"""Pods from a watch, not a list per tick (autoscaler.informer, autoscaler.selector):
+"""Pods from a watch, not a list per tick (rscore.autoscaler.informer, rscore.autoscaler.selector):
 the cache agrees with the API server's own label selection, follows every change,
 re-lists after 410 Gone, and a tick reads no pods from the API server however many
 there are.
@@ -18,12 +18,12 @@ from autoscaler_scene import NS, Scene
 from helpers import eventually
 from kube_emulator import KubeEmulator
 
-from autoscaler.controller import Controller
-from autoscaler.informer import PodCache
-from autoscaler.kube_io import KubeApi
-from autoscaler.metrics import ControllerMetrics
-from autoscaler.observe import PodFacts
-from autoscaler.selector import SelectorError, equalities, parse_selector
+from rscore.autoscaler.controller import Controller
+from rscore.autoscaler.informer import PodCache
+from rscore.autoscaler.kube_io import KubeApi
+from rscore.autoscaler.metrics import ControllerMetrics
+from rscore.autoscaler.observe import PodFacts
+from rscore.autoscaler.selector import SelectorError, equalities, parse_selector
 
 pytestmark = pytest.mark.looptime
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from r_scorer.cores import parse_cpu_max, usable_cores
+from rscore.r_scorer.cores import parse_cpu_max, usable_cores
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The ScoringAutoscaler CRD (manifests/crd) against autoscaler.policy, offline.
+"""The ScoringAutoscaler CRD (manifests/crd) against rscore.autoscaler.policy, offline.
 
 The API server is the first line of validation and the policy the last: whatever one
 accepts the other must accept too, and a field the user leaves out must mean the same
@@ -23,7 +23,7 @@ import pytest
 import yaml
 from openapi_schema_validator import OAS30Validator
 
-from autoscaler.policy import NodePoolSpec, ScalingSpec
+from rscore.autoscaler.policy import NodePoolSpec, ScalingSpec
 
 CRD_FILE = Path(__file__).resolve().parent.parent / "manifests" / "crd" / "scoringautoscalers.yaml"
 
@@ -432,9 +432,9 @@ def test_status_refused(status: dict[str, Any]) -> None:
 
 
 def test_min_replicas_zero_without_an_activator_is_refused_by_both() -> None:
-    """The API server (CEL rule) and the controller (autoscaler.spec) agree: at zero pods
+    """The API server (CEL rule) and the controller (rscore.autoscaler.spec) agree: at zero pods
     only an activator holds and reports the first request."""
-    from autoscaler.spec import SpecError, settings_from_object
+    from rscore.autoscaler.spec import SpecError, settings_from_object
 
     refused = minimal(minReplicas=0)
     errors = validation_errors(refused)

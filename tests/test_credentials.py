@@ -1,4 +1,4 @@
-"""sidecar.credentials: keys files, and JWTs including every attack a verifier must refuse.
+"""rscore.sidecar.credentials: keys files, and JWTs including every attack a verifier must refuse.
 
 Attack tokens are built with PyJWT where PyJWT will sign them, and with plain base64 and
 hmac where it will not (alg none, an RSA public key used as an HMAC secret, tampering).
@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from jwt_segments import b64, seg, unb64
 
-from sidecar import credentials
-from sidecar.credentials import (
+from rscore.sidecar import credentials
+from rscore.sidecar.credentials import (
     CredentialError,
     TokenPolicy,
     TokenRejected,

@@ -15,11 +15,11 @@ from typing import Any
 import orjson
 import pytest
 
-from r_scorer.bundle import read_bundle
-from r_scorer.errors import BundleError, ModelError
-from r_scorer.payload import parse_body
-from r_scorer.prototype import coerce
-from r_scorer.rmodel import LoadedModel, load_model, start_r
+from rscore.r_scorer.bundle import read_bundle
+from rscore.r_scorer.errors import BundleError, ModelError
+from rscore.r_scorer.payload import parse_body
+from rscore.r_scorer.prototype import coerce
+from rscore.r_scorer.rmodel import LoadedModel, load_model, start_r
 
 pytestmark = pytest.mark.real_r  # markers: pyproject.toml
 

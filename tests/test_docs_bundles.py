@@ -18,10 +18,10 @@ from typing import Any
 import orjson
 import pytest
 
-from r_scorer.bundle import read_bundle
-from r_scorer.payload import parse_body
-from r_scorer.prototype import coerce
-from r_scorer.rmodel import load_model
+from rscore.r_scorer.bundle import read_bundle
+from rscore.r_scorer.payload import parse_body
+from rscore.r_scorer.prototype import coerce
+from rscore.r_scorer.rmodel import load_model
 
 pytestmark = pytest.mark.real_r  # markers: pyproject.toml
 

@@ -110,7 +110,8 @@ BLOCKS: dict[tuple[str, str], Skip | Run] = {
     ),
     (
         "README.md",
-        "python -m r_scorer --bundle /models/my-model --socket-dir /run/rscore/private --workers 2",
+        "python -m rscore.r_scorer --bundle /models/my-model --socket-dir /run/rscore/private"
+        " --workers 2",
     ): Skip("a pod's two long-running containers: /models/my-model exists only in the image"),
     ("README.md", "make setup"): Run(leave_out=KUBE_LEFT_OUT),  # the credentials it makes
     (

@@ -1,7 +1,7 @@
 """Shutdown under load: SIGTERM to everything at once loses no accepted request.
 
 Real processes: `rscore serve` in its own process group, or the pod's two containers
-(`python -m r_scorer` and `python -m sidecar`) signalled at the same moment, as the
+(`python -m rscore.r_scorer` and `python -m rscore.sidecar`) signalled at the same moment, as the
 kubelet does. Clients are real aiohttp clients on 127.0.0.1.
 """
 
@@ -124,7 +124,7 @@ async def test_sigterm_to_rscore_serves_process_group_loses_nothing(
 ) -> None:
     port, metrics_port = free_port(), free_port()
     server = await start(
-        "-m", "rscore_cli", "serve", str(slow_bundle), "--workers", "2",
+        "-m", "rscore.cli", "serve", str(slow_bundle), "--workers", "2",
         "--port", str(port), "--metrics-port", str(metrics_port), "--auth", "none",
         log=tmp_path / "serve.log",
     )  # fmt: skip
@@ -148,11 +148,11 @@ async def test_sigterm_to_both_pod_containers_at_once_loses_nothing(
     port, metrics_port = free_port(), free_port()
     socket_dir = tmp_path / "run"
     scorer = await start(
-        "-m", "r_scorer", "--bundle", str(slow_bundle), "--socket-dir", str(socket_dir),
+        "-m", "rscore.r_scorer", "--bundle", str(slow_bundle), "--socket-dir", str(socket_dir),
         "--workers", "2", log=tmp_path / "scorer.log",
     )  # fmt: skip
     sidecar = await start(
-        "-m", "sidecar", "--socket-dir", str(socket_dir), "--port", str(port),
+        "-m", "rscore.sidecar", "--socket-dir", str(socket_dir), "--port", str(port),
         "--metrics-port", str(metrics_port), "--auth", "none", log=tmp_path / "sidecar.log",
     )  # fmt: skip
     try:
@@ -173,14 +173,14 @@ async def test_sigterm_to_both_pod_containers_at_once_loses_nothing(
 
 
 def worker_pids(session_id: int) -> set[int]:
-    """The R worker processes (`python -m r_scorer.worker`) in a process session."""
+    """The R worker processes (`python -m rscore.r_scorer.worker`) in a process session."""
     pids = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             command = (entry / "cmdline").read_bytes().split(b"\0")
-            if b"r_scorer.worker" in command and os.getsid(int(entry.name)) == session_id:
+            if b"rscore.r_scorer.worker" in command and os.getsid(int(entry.name)) == session_id:
                 pids.add(int(entry.name))
         except (OSError, ProcessLookupError):
             continue  # gone meanwhile
@@ -205,7 +205,7 @@ async def test_a_restarted_worker_drains_like_the_first_ones(
     thread, which ended there): 502 for the request in R, 504 for the queued."""
     port, metrics_port = free_port(), free_port()
     server = await start(
-        "-m", "rscore_cli", "serve", str(slow_bundle), "--workers", "2",
+        "-m", "rscore.cli", "serve", str(slow_bundle), "--workers", "2",
         "--port", str(port), "--metrics-port", str(metrics_port), "--auth", "none",
         log=tmp_path / "serve.log",
     )  # fmt: skip

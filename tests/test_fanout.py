@@ -11,9 +11,9 @@ import itertools
 import orjson
 import pytest
 
-from r_scorer.protocol import JsonArray
-from r_scorer.prototype import TypedColumn, TypedFrame
-from sidecar.fanout import chunk_bounds, join_predictions, slice_frame
+from rscore.r_scorer.protocol import JsonArray
+from rscore.r_scorer.prototype import TypedColumn, TypedFrame
+from rscore.sidecar.fanout import chunk_bounds, join_predictions, slice_frame
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from r_scorer.errors import ModelError, WorkerCrashed
-from r_scorer.pool import ModelInfo
-from r_scorer.prototype import Prototype
+from rscore.r_scorer.errors import ModelError, WorkerCrashed
+from rscore.r_scorer.pool import ModelInfo
+from rscore.r_scorer.prototype import Prototype
 from tests.test_fast_path import FakeLink, dispatcher, next_iteration, submit
 
 

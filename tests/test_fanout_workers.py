@@ -4,7 +4,7 @@ request whole; a busy pod does not split; a chunk's R error or its worker's deat
 that request's answer only.
 
 Real subprocesses, real R, a real socket; the Dispatcher wired to the pool as the
-sidecar wires it (sidecar/app.py).
+sidecar wires it (rscore/sidecar/app.py).
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ import orjson
 import pytest
 from helpers import eventually
 
-from r_scorer.errors import ModelError, WorkerCrashed
-from r_scorer.payload import Frame, parse_body
-from r_scorer.pool import SOCKET_NAME, WorkerLink, WorkerPool
-from r_scorer.protocol import JSON_REPLY_ROWS, JsonArray
-from r_scorer.prototype import TypedFrame, coerce
-from r_scorer.supervisor import Supervisor
-from sidecar.admission import Dispatcher
+from rscore.r_scorer.errors import ModelError, WorkerCrashed
+from rscore.r_scorer.payload import Frame, parse_body
+from rscore.r_scorer.pool import SOCKET_NAME, WorkerLink, WorkerPool
+from rscore.r_scorer.protocol import JSON_REPLY_ROWS, JsonArray
+from rscore.r_scorer.prototype import TypedFrame, coerce
+from rscore.r_scorer.supervisor import Supervisor
+from rscore.sidecar.admission import Dispatcher
 
 pytestmark = pytest.mark.real_r  # markers: pyproject.toml
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from r_scorer.errors import ModelError, WorkerCrashed
-from r_scorer.pool import ModelInfo, WorkerLink
-from r_scorer.prototype import Prototype, TypedColumn, TypedFrame
-from sidecar.admission import Dispatcher, Job
-from sidecar.errors import Overloaded
+from rscore.r_scorer.errors import ModelError, WorkerCrashed
+from rscore.r_scorer.pool import ModelInfo, WorkerLink
+from rscore.r_scorer.prototype import Prototype, TypedColumn, TypedFrame
+from rscore.sidecar.admission import Dispatcher, Job
+from rscore.sidecar.errors import Overloaded
 
 OnAnswer = Callable[[asyncio.Future[dict[str, Any]]], None]
 

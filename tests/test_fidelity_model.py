@@ -1,5 +1,5 @@
 """The diagnostic `rscore sim validate` reports per level and the simulation does not
-use: how R ran in the pod against the measurement (`r_diagnostics`, from sim.measure's
+use: how R ran in the pod against the measurement (`r_diagnostics`, from rscore.sim.measure's
 `fit_inside_r`). Hand-checkable cases; no test asserts how close the simulator comes to
 a real pod (that is `make bench-fidelity`'s job)."""
 
@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from sim.measure import Fit, fit_inside_r
-from sim.validate import r_diagnostics, table
+from rscore.sim.measure import Fit, fit_inside_r
+from rscore.sim.validate import r_diagnostics, table
 
 
 @dataclass
 class Timed:
-    """What a measurement timed (sim.measure.Timings), as plain lists."""
+    """What a measurement timed (rscore.sim.measure.Timings), as plain lists."""
 
     bundle: Path = Path("bundle")
     model: str = "m"

@@ -1,4 +1,4 @@
-"""autoscaler.forecast: the demand profile behind predictive pre-warm, offline.
+"""rscore.autoscaler.forecast: the demand profile behind predictive pre-warm, offline.
 
 Simulated days of ticks go through `observe`; `forecast` must then cover the peaks that
 come, widen its headroom when it was wrong, fall back from the day-of-week to the
@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from test_crd import minimal, validation_errors
 
-from autoscaler import forecast as fc
-from autoscaler.forecast import DemandProfile, Forecast, error_factor, forecast, observe
-from autoscaler.status import profile_from_status
+from rscore.autoscaler import forecast as fc
+from rscore.autoscaler.forecast import DemandProfile, Forecast, error_factor, forecast, observe
+from rscore.autoscaler.status import profile_from_status
 
 MONDAY = datetime(2026, 11, 30, tzinfo=UTC).timestamp()  # 00:00 UTC
 HOUR = 3600.0

@@ -14,9 +14,18 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 REQUIREMENTS = ROOT / "scripts" / "image-requirements"
 PIP_CONFIG = ROOT / "scripts" / "pip-build-config"
-# scripts/image-requirements' LEFT_OUT, as the modules they provide.
-PYTHON_LEFT_OUT = ["rpy2", "cachetools", "matplotlib", "tqdm"]
-SCORER_LEFT_OUT = ["kubernetes_asyncio", "matplotlib", "tqdm"]
+# What each image's extras leave out (scripts/image-requirements), as the modules the
+# left-out distributions provide.
+PYTHON_LEFT_OUT = ["rpy2", "cachetools", "matplotlib", "tqdm", "msgspec"]
+SCORER_LEFT_OUT = [
+    "kubernetes_asyncio",
+    "matplotlib",
+    "tqdm",
+    "msgspec",
+    "aiohttp",
+    "jwt",
+    "yaml",
+]
 
 
 def _image_requirement_names(role: str) -> set[str]:
@@ -44,11 +53,20 @@ def test_the_python_image_carries_no_r() -> None:
     ("left_out", "module", "commands"),
     [
         (PYTHON_LEFT_OUT, module, ("sidecar", "autoscaler", "activator"))
-        for module in ("sidecar.app", "autoscaler.serve", "activator.serve", "r_scorer.pool")
+        for module in (
+            "rscore.sidecar.app",
+            "rscore.autoscaler.serve",
+            "rscore.activator.serve",
+            "rscore.r_scorer.pool",
+        )
     ]
     + [
         (SCORER_LEFT_OUT, module, ("scorer", "scorer-live"))
-        for module in ("r_scorer.supervisor", "r_scorer.worker", "r_scorer.liveness")
+        for module in (
+            "rscore.r_scorer.supervisor",
+            "rscore.r_scorer.worker",
+            "rscore.r_scorer.liveness",
+        )
     ],
 )
 def test_each_images_processes_start_without_what_it_leaves_out(
@@ -59,7 +77,7 @@ def test_each_images_processes_start_without_what_it_leaves_out(
         f"for name in {left_out!r}: sys.modules[name] = None\n"
         f"import {module}\n"
         "from click.testing import CliRunner\n"
-        "from rscore_cli.main import cli\n"
+        "from rscore.cli.main import cli\n"
         f"for command in {commands!r}:\n"
         "    result = CliRunner().invoke(cli, [command, '--help'])\n"
         "    assert result.exit_code == 0, (command, result.output, result.exception)\n"
@@ -78,18 +96,17 @@ def test_each_images_processes_start_without_what_it_leaves_out(
 def test_the_scorer_image_carries_no_autoscaler_client() -> None:
     names = _image_requirement_names("scorer")
     assert "kubernetes-asyncio" not in names
-    assert {"rpy2", "cachetools", "aiohttp"} <= names
+    assert {"rpy2", "cachetools", "orjson"} <= names
+    assert not {"aiohttp", "matplotlib", "msgspec"} & names
 
 
-def test_an_unknown_left_out_name_is_an_error(tmp_path: Path) -> None:
-    # The script reads pyproject.toml beside it: a copy without rpy2 must be refused.
+def test_a_missing_extra_is_an_error(tmp_path: Path) -> None:
+    # The script reads pyproject.toml beside it: a copy without the `serve` extra is refused.
     (tmp_path / "scripts").mkdir()
     script = tmp_path / "scripts" / "image-requirements"
     script.write_text(REQUIREMENTS.read_text())
     pyproject = (ROOT / "pyproject.toml").read_text()
-    (tmp_path / "pyproject.toml").write_text(
-        "\n".join(line for line in pyproject.splitlines() if '"rpy2' not in line)
-    )
+    (tmp_path / "pyproject.toml").write_text(pyproject.replace("\nserve = [", "\nserved = ["))
     result = subprocess.run(
         [sys.executable, str(script), "python"],
         capture_output=True,
@@ -98,7 +115,16 @@ def test_an_unknown_left_out_name_is_an_error(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode != 0
-    assert "not in pyproject.toml: ['rpy2']" in result.stderr
+    assert "no such extra in pyproject.toml: ['serve']" in result.stderr
+
+
+def test_each_image_installs_its_extras_and_every_core_dependency() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = {r.split(">")[0].split("=")[0] for r in project["dependencies"]}
+    assert core <= _image_requirement_names("python")
+    assert core <= _image_requirement_names("scorer")
 
 
 def test_pip_settings_go_to_files_outside_the_repository(tmp_path: Path) -> None:

@@ -22,18 +22,25 @@ import pytest
 from test_activator import HOST, Upstream, activator
 from test_sidecar import ServeFactory, post_score, serve, slow_bundle  # noqa: F401  (fixtures)
 
-from r_scorer.errors import MAX_LISTED, MAX_QUOTED_CHARS, BadRequest, SchemaMismatch, listed, quoted
-from r_scorer.payload import Frame, frame_from_document
-from r_scorer.prototype import FACTOR, NUMERIC, Column, Prototype, coerce
-from sidecar import v2
-from sidecar.credentials import (
+from rscore.r_scorer.errors import (
+    MAX_LISTED,
+    MAX_QUOTED_CHARS,
+    BadRequest,
+    SchemaMismatch,
+    listed,
+    quoted,
+)
+from rscore.r_scorer.payload import Frame, frame_from_document
+from rscore.r_scorer.prototype import FACTOR, NUMERIC, Column, Prototype, coerce
+from rscore.sidecar import v2
+from rscore.sidecar.credentials import (
     DEFAULT_MAX_LIFETIME_S,
     TokenPolicy,
     TokenRejected,
     load_secret,
     verify_token,
 )
-from sidecar.http_hardening import SERVER_NAME
+from rscore.sidecar.http_hardening import SERVER_NAME
 
 WAIT_S = 20.0
 
@@ -184,7 +191,7 @@ def test_the_maximum_lifetime_must_be_positive_and_finite(bad: float) -> None:
 
 
 def test_the_cli_flag_reaches_the_policy(tmp_path: Path) -> None:
-    from rscore_cli.main import _auth_config, cli
+    from rscore.cli.main import _auth_config, cli
 
     secret = tmp_path / "secret"
     secret.write_bytes(SECRET)

@@ -16,11 +16,11 @@ import orjson
 import pytest
 from helpers import assert_same_predictions
 
-from r_scorer.bundle import read_bundle
-from r_scorer.errors import SchemaMismatch
-from r_scorer.payload import Frame, parse_body
-from r_scorer.prototype import DATE, DATETIME, Column, Prototype, coerce
-from r_scorer.rmodel import load_model
+from rscore.r_scorer.bundle import read_bundle
+from rscore.r_scorer.errors import SchemaMismatch
+from rscore.r_scorer.payload import Frame, parse_body
+from rscore.r_scorer.prototype import DATE, DATETIME, Column, Prototype, coerce
+from rscore.r_scorer.rmodel import load_model
 
 pytestmark = pytest.mark.real_r  # markers: pyproject.toml
 

@@ -38,8 +38,8 @@ from test_auth import (  # noqa: F401  (bundle and serve are fixtures)
     write_json,
 )
 
-from sidecar.auth import AuthConfig, Authenticator, Unauthorized, reread
-from sidecar.credentials import (
+from rscore.sidecar.auth import AuthConfig, Authenticator, Unauthorized, reread
+from rscore.sidecar.credentials import (
     CredentialError,
     CredentialFileMissing,
     generate_jwk_pair,
@@ -47,7 +47,7 @@ from sidecar.credentials import (
     mint_token,
     parse_keys_file,
 )
-from sidecar.watch import ReloadError
+from rscore.sidecar.watch import ReloadError
 
 KEY_A = "primary-key-0123456789ABCDEF"
 KEY_B = "secondary-key-abcdefghijklmn"

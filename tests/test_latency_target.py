@@ -1,4 +1,4 @@
-"""autoscaler.latency_target: how busy a pod may run within the latency objective, and
+"""rscore.autoscaler.latency_target: how busy a pod may run within the latency objective, and
 the policy using it. Checked against closed forms: Erlang C for one and two servers, and
 the M/M/1 wait tail P(W > t) = rho * exp(-(mu - lambda) t)."""
 
@@ -8,14 +8,14 @@ import math
 
 import pytest
 
-from autoscaler.latency_target import (
+from rscore.autoscaler.latency_target import (
     MAX_UTILIZATION,
     OBJECTIVE_SHARE,
     TAIL,
     objective_utilization,
     wait_tail,
 )
-from autoscaler.policy import Observation, PodSample, PolicyState, ScalingSpec, decide
+from rscore.autoscaler.policy import Observation, PodSample, PolicyState, ScalingSpec, decide
 
 
 @pytest.mark.parametrize(

@@ -27,16 +27,16 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from r_scorer.liveness import (
+from rscore.r_scorer.liveness import (
     LIVENESS_NAME,
     LivenessBounds,
     liveness_problem,
     probe_file,
     write_liveness_file,
 )
-from r_scorer.pool import SOCKET_NAME, WorkerLink, WorkerPool
-from r_scorer.supervisor import Supervisor
-from sidecar.app import SidecarConfig, create_app
+from rscore.r_scorer.pool import SOCKET_NAME, WorkerLink, WorkerPool
+from rscore.r_scorer.supervisor import Supervisor
+from rscore.sidecar.app import SidecarConfig, create_app
 
 BOUNDS = LivenessBounds(no_worker_grace_s=60.0, monitor_stall_s=30.0)
 
@@ -205,7 +205,7 @@ def _generation(pool: WorkerPool) -> int:
 
 def scorer_live(socket_dir: Path) -> tuple[int, str]:
     done = subprocess.run(
-        [sys.executable, "-m", "rscore_cli", "scorer-live", "--socket-dir", str(socket_dir)],
+        [sys.executable, "-m", "rscore.cli", "scorer-live", "--socket-dir", str(socket_dir)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -222,7 +222,7 @@ async def scorer(
     pool = WorkerPool(socket_dir / SOCKET_NAME)
     await pool.start()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rscore_cli", "scorer", str(bundle),
+        sys.executable, "-m", "rscore.cli", "scorer", str(bundle),
         "--socket-dir", str(socket_dir), "--workers", "1",
         "--no-worker-grace-s", str(grace_s),
         # Spawned: these tests make a restart reload the bundle (a fork needs none;
@@ -344,8 +344,8 @@ _FD_STARVED = textwrap.dedent(
     """
     import fcntl, os, resource, signal, sys, threading
     from pathlib import Path
-    from r_scorer.liveness import LIVENESS_NAME, LivenessBounds
-    from r_scorer.supervisor import Supervisor
+    from rscore.r_scorer.liveness import LIVENESS_NAME, LivenessBounds
+    from rscore.r_scorer.supervisor import Supervisor
 
     bundle, folder, grace = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
     supervisor = Supervisor(

@@ -29,7 +29,7 @@ import pytest
 import yaml
 from test_crd import apply_defaults, crd_schema, load_crd, validation_errors
 
-from rscore_cli.main import cli
+from rscore.cli.main import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBECTL = Path(sys.executable).parent / "kubectl"
@@ -237,7 +237,7 @@ def test_scoring_autoscaler_passes_the_crd_and_targets_the_deployment(target: st
 @pytest.mark.parametrize("target", OVERLAYS)
 def test_the_controller_reads_the_shipped_scoring_autoscaler(target: str) -> None:
     """What the API server stores (the CRD's defaults applied) is what the controller parses."""
-    from autoscaler.spec import settings_from_object
+    from rscore.autoscaler.spec import settings_from_object
 
     stored = apply_defaults(crd_schema(), only(render(target), "ScoringAutoscaler"))
     settings = settings_from_object(stored)
@@ -253,7 +253,7 @@ def test_the_controller_reads_the_shipped_scoring_autoscaler(target: str) -> Non
 
 
 def test_the_controller_deployment_args_parse_as_rscore_autoscaler() -> None:
-    from rscore_cli.autoscaler_cmd import autoscaler
+    from rscore.cli.autoscaler_cmd import autoscaler
 
     deployment = only(render("autoscaler"), "Deployment")
     ctr = container(deployment["spec"]["template"]["spec"], "autoscaler")
@@ -368,7 +368,7 @@ def test_liveness_outwaits_a_model_reload(target: str, tmp_path: Path) -> None:
     that bound outlasts a reload as slow as the startupProbe allows plus the supervisor's
     longest restart back-off. The r-scorer's probe is `rscore scorer-live` on the same
     socket folder (an exec probe: no health port on the pod's network)."""
-    from r_scorer.supervisor import MAX_BACKOFF_S
+    from rscore.r_scorer.supervisor import MAX_BACKOFF_S
 
     objs = render(target)
     spec = pod(objs)
@@ -536,7 +536,7 @@ def test_gpu_overlay_requests_a_gpu_on_the_gpu_pool() -> None:
 
 # --- the autoscaler install ---------------------------------------------------------------
 
-# Exactly what the controller calls (autoscaler/kube_io.py, autoscaler/leader.py).
+# Exactly what the controller calls (rscore/autoscaler/kube_io.py, rscore/autoscaler/leader.py).
 CLUSTER_RULES = {
     ("rscore.dev", "scoringautoscalers", ("get", "list", "watch")),
     ("rscore.dev", "scoringautoscalers/status", ("get", "patch", "update")),
@@ -675,10 +675,9 @@ def test_image_installs_through_the_setup_scripts(dockerfile: str) -> None:
     # The project itself, with its dependencies or (the Python-only image, which names its
     # own: scripts/image-requirements) without.
     assert re.search(r"scripts/install-python /opt/rscore (--no-deps )?\.", runs)
-    # Every package setuptools installs is copied in, and every source copied exists.
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "packages"
-    ]
+    # The one namespace setuptools installs is copied in, and every source copied exists.
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    packages = {name.removesuffix(".*") for name in find["find"]["include"]}
     copied = []
     for word, rest in steps:
         if word == "COPY" and not rest.startswith("--from"):
@@ -698,7 +697,7 @@ def _stage_arg(steps: list[tuple[str, str]], name: str) -> str:
 def test_makefile_setup_uses_the_same_install_script() -> None:
     makefile = (ROOT / "Makefile").read_text()
     recipe = makefile.split("$(STAMPS)/python:", 1)[1].split("\n\n", 1)[0]
-    assert "scripts/install-python $(VENV) -e '.[test]'" in recipe
+    assert "scripts/install-python $(VENV) -e '.[all,test]'" in recipe
 
 
 def test_scorer_image_has_the_makefiles_model_packages() -> None:
@@ -787,7 +786,7 @@ def test_rscore_parses_the_activators_flags(target: str) -> None:
 
 @pytest.mark.parametrize("target", OVERLAYS)
 def test_the_scoring_autoscaler_reads_this_models_activators_only(target: str) -> None:
-    from autoscaler.spec import settings_from_object
+    from rscore.autoscaler.spec import settings_from_object
 
     objs = render(target)
     stored = apply_defaults(crd_schema(), only(objs, "ScoringAutoscaler"))
@@ -834,8 +833,8 @@ def test_the_sharded_install_is_the_install_with_a_statefulset_of_two_replicas_a
     """manifests/autoscaler-sharded: every built-in object valid; the controller a
     StatefulSet whose ordinals give each shard two replicas (one leads, one stands by),
     allowed exactly its shards' Leases; the rest as in manifests/autoscaler."""
-    from autoscaler.serve import Options
-    from autoscaler.shards import lease_name, shard_index
+    from rscore.autoscaler.serve import Options
+    from rscore.autoscaler.shards import lease_name, shard_index
 
     sharded, plain = render("autoscaler-sharded"), render("autoscaler")
     for obj in sharded:

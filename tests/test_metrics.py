@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.metrics import LATENCY_BUCKETS, ROW_BUCKETS, SidecarMetrics
+from rscore.sidecar.metrics import LATENCY_BUCKETS, ROW_BUCKETS, SidecarMetrics
 
 REQUESTS = [(200, 0.0005), (200, 0.0012), (500, 0.3), (429, 0.0), (200, 31.0), (200, 1.0)]
 R_CALLS = [(1, 0.0004), (3, 0.002), (4096, 5.0), (5000, 0.0005), (0, 0.0)]

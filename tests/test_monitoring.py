@@ -22,10 +22,10 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from activator.metrics import ActivatorMetrics
-from autoscaler.metrics import ControllerMetrics
-from r_scorer.pool import WorkerPool
-from sidecar.app import SidecarConfig, create_app
+from rscore.activator.metrics import ActivatorMetrics
+from rscore.autoscaler.metrics import ControllerMetrics
+from rscore.r_scorer.pool import WorkerPool
+from rscore.sidecar.app import SidecarConfig, create_app
 
 MONITORING = Path(__file__).resolve().parent.parent / "manifests" / "monitoring"
 RULE = MONITORING / "prometheusrule.yaml"

@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from r_scorer.name_cache import (
+from rscore.r_scorer.name_cache import (
     DEFAULT_NAME_CACHE_BYTES,
     NameCache,
     name_set_bytes,
@@ -105,7 +105,7 @@ def test_least_recently_used_sets_go_past_the_byte_bound(
 _OBJECT_SIZES = textwrap.dedent(
     """
     import json, sys
-    from r_scorer.rmodel import start_r
+    from rscore.r_scorer.rmodel import start_r
     start_r()
     import rpy2.rinterface as ri
     object_size = ri.baseenv["getNamespace"](ri.StrSexpVector(["utils"]))["object.size"]
@@ -142,12 +142,12 @@ def test_the_estimate_is_rs_own_object_size() -> None:
 _MANY_NAME_SETS = textwrap.dedent(
     """
     import gc, json, os, sys
-    from r_scorer.rmodel import start_r
+    from rscore.r_scorer.rmodel import start_r
     start_r()
     import rpy2.rinterface as ri
-    from r_scorer import rconvert
-    from r_scorer.name_cache import NameCache, name_set_bytes
-    from r_scorer.prototype import NUMERIC, TypedColumn, TypedFrame
+    from rscore.r_scorer import rconvert
+    from rscore.r_scorer.name_cache import NameCache, name_set_bytes
+    from rscore.r_scorer.prototype import NUMERIC, TypedColumn, TypedFrame
 
     if len(sys.argv) > 3:
         rconvert._names = NameCache(int(sys.argv[3]), ri.StrSexpVector)

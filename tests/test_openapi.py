@@ -11,12 +11,12 @@ from openapi_schema_validator import OAS30Validator, validate
 from openapi_spec_validator import validate as validate_spec
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
-from r_scorer.errors import BadRequest, SchemaMismatch
-from r_scorer.payload import frame_from_document
-from r_scorer.pool import ModelInfo
-from r_scorer.prototype import Column, Prototype, coerce
-from sidecar.openapi import openapi_document
-from sidecar.v2 import frame_from_infer, infer_response, model_metadata, v2_error
+from rscore.r_scorer.errors import BadRequest, SchemaMismatch
+from rscore.r_scorer.payload import frame_from_document
+from rscore.r_scorer.pool import ModelInfo
+from rscore.r_scorer.prototype import Column, Prototype, coerce
+from rscore.sidecar.openapi import openapi_document
+from rscore.sidecar.v2 import frame_from_infer, infer_response, model_metadata, v2_error
 
 CHECKED = ModelInfo(
     "iris",

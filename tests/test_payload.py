@@ -6,8 +6,8 @@ import math
 import orjson
 import pytest
 
-from r_scorer.errors import BadRequest
-from r_scorer.payload import (
+from rscore.r_scorer.errors import BadRequest
+from rscore.r_scorer.payload import (
     BODY_FORMATS,
     MAX_UNCHECKED_COLUMNS,
     Frame,

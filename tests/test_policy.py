@@ -1,4 +1,4 @@
-"""autoscaler.policy: tables of single decisions, then scenarios that step `now`.
+"""rscore.autoscaler.policy: tables of single decisions, then scenarios that step `now`.
 
 Unless a case says otherwise the spec is the CRD default with max_replicas=100 and pods
 have 4 workers, so one pod's capacity is 4 workers * 1.0 * 0.7 = 2.8 concurrent requests.
@@ -10,7 +10,7 @@ import dataclasses
 
 import pytest
 
-from autoscaler.policy import (
+from rscore.autoscaler.policy import (
     MODE_PANIC,
     MODE_STABLE,
     NodePoolSpec,

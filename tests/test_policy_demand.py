@@ -1,6 +1,6 @@
-"""autoscaler.policy's demand signal: arrival rate x service time, not queue length.
+"""rscore.autoscaler.policy's demand signal: arrival rate x service time, not queue length.
 
-Pods report what `autoscaler.scrape.pod_demand` reads from their pages: arrivals per
+Pods report what `rscore.autoscaler.scrape.pod_demand` reads from their pages: arrivals per
 second, seconds in R per request, the queue now. Unless a case says otherwise, pods have
 2 workers and the spec is the CRD default (utilization 0.7): one pod carries 1.4 busy
 workers.
@@ -13,8 +13,8 @@ from dataclasses import replace
 
 import pytest
 
-from autoscaler.batch_cost import BatchCostFit, CallCounts
-from autoscaler.policy import (
+from rscore.autoscaler.batch_cost import BatchCostFit, CallCounts
+from rscore.autoscaler.policy import (
     MODE_PANIC,
     MODE_STABLE,
     NodePoolSpec,

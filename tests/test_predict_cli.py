@@ -16,7 +16,7 @@ from helpers import assert_same_predictions
 
 pytestmark = [pytest.mark.real_r, pytest.mark.e2e]  # markers: pyproject.toml
 
-RSCORE = [sys.executable, "-m", "rscore_cli"]
+RSCORE = [sys.executable, "-m", "rscore.cli"]
 
 SCORING_CASES = [
     "lm",  # NA input -> null output

@@ -4,7 +4,7 @@ import signal
 
 import pytest
 
-from r_scorer.errors import (
+from rscore.r_scorer.errors import (
     ERRORS_BY_CODE,
     BadRequest,
     BundleError,
@@ -15,7 +15,7 @@ from r_scorer.errors import (
     WorkerCrashed,
     error_from_json,
 )
-from r_scorer.protocol import (
+from rscore.r_scorer.protocol import (
     HEADER,
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
@@ -28,8 +28,8 @@ from r_scorer.protocol import (
     ok_reply,
     score_request,
 )
-from r_scorer.prototype import TypedColumn, TypedFrame
-from r_scorer.supervisor import MAX_BACKOFF_S, describe_exit, restart_delay
+from rscore.r_scorer.prototype import TypedColumn, TypedFrame
+from rscore.r_scorer.supervisor import MAX_BACKOFF_S, describe_exit, restart_delay
 
 FRAME = TypedFrame(
     (

@@ -2,9 +2,9 @@
 
 import pytest
 
-from r_scorer.errors import SchemaMismatch
-from r_scorer.payload import Frame, frame_from_document, frame_from_records
-from r_scorer.prototype import (
+from rscore.r_scorer.errors import SchemaMismatch
+from rscore.r_scorer.payload import Frame, frame_from_document, frame_from_records
+from rscore.r_scorer.prototype import (
     ANY,
     CHARACTER,
     FACTOR,

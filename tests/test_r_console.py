@@ -16,10 +16,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from r_scorer.payload import parse_body
-from r_scorer.pool import SOCKET_NAME, WorkerPool
-from r_scorer.prototype import coerce
-from r_scorer.rconsole import LogConsole
+from rscore.r_scorer.payload import parse_body
+from rscore.r_scorer.pool import SOCKET_NAME, WorkerPool
+from rscore.r_scorer.prototype import coerce
+from rscore.r_scorer.rconsole import LogConsole
 
 CHATTY_SCORE_R = """\
 packageStartupMessage("chatty package says hi")
@@ -45,7 +45,7 @@ async def test_worker_logs_rs_console_as_json_lines(tmp_path: Path) -> None:
     pool = WorkerPool(tmp_path / SOCKET_NAME)
     await pool.start()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rscore_cli", "scorer", str(bundle),
+        sys.executable, "-m", "rscore.cli", "scorer", str(bundle),
         "--socket-dir", str(tmp_path), "--workers", "1",
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

@@ -17,8 +17,9 @@ import orjson
 import pytest
 from test_sidecar import JSON, ServeFactory, serve, slow_bundle  # noqa: F401  (fixtures)
 
-from r_scorer.errors import BadRequest, SchemaMismatch, ScoringError, TooLarge
-from r_scorer.payload import (
+from rscore.cli.main import cli
+from rscore.r_scorer.errors import BadRequest, SchemaMismatch, ScoringError, TooLarge
+from rscore.r_scorer.payload import (
     DEFAULT_MAX_COLUMNS,
     DEFAULT_MAX_ROWS,
     NO_LIMITS,
@@ -27,10 +28,9 @@ from r_scorer.payload import (
     parse_body,
     parse_json,
 )
-from r_scorer.prototype import ANY, CHARACTER, FACTOR, NUMERIC, Column, Prototype, coerce
-from rscore_cli.main import cli
-from sidecar.app import SidecarConfig
-from sidecar.v2 import frame_from_infer
+from rscore.r_scorer.prototype import ANY, CHARACTER, FACTOR, NUMERIC, Column, Prototype, coerce
+from rscore.sidecar.app import SidecarConfig
+from rscore.sidecar.v2 import frame_from_infer
 
 LIMITS = RequestLimits(max_rows=3, max_columns=2)
 

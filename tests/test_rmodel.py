@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from r_scorer.bundle import read_bundle
-from r_scorer.errors import BundleError, ModelError
-from r_scorer.payload import parse_body
-from r_scorer.prototype import Column, Prototype, coerce
-from r_scorer.rmodel import LoadedModel, load_model
+from rscore.r_scorer.bundle import read_bundle
+from rscore.r_scorer.errors import BundleError, ModelError
+from rscore.r_scorer.payload import parse_body
+from rscore.r_scorer.prototype import Column, Prototype, coerce
+from rscore.r_scorer.rmodel import LoadedModel, load_model
 
 pytestmark = pytest.mark.real_r  # markers: pyproject.toml
 
@@ -254,8 +254,8 @@ def test_the_models_package_is_attached_in_a_fresh_r(
 ) -> None:
     # A fresh process: this one's R has attached packages for earlier tests.
     program = (
-        "import sys; from r_scorer.bundle import read_bundle; "
-        "from r_scorer.rmodel import load_model; "
+        "import sys; from rscore.r_scorer.bundle import read_bundle; "
+        "from rscore.r_scorer.rmodel import load_model; "
         "print(','.join(load_model(read_bundle(sys.argv[1])).packages))"
     )
     result = subprocess.run(

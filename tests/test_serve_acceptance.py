@@ -1,7 +1,8 @@
 """Acceptance: the real commands as subprocesses, driven by real clients.
 
-`rscore serve` (and the pod's two containers, `python -m r_scorer` and `python -m sidecar`)
-run exactly as an operator starts them, on free ports of 127.0.0.1, logging JSON lines to
+`rscore serve` (and the pod's two containers, `python -m rscore.r_scorer` and
+`python -m rscore.sidecar`) run exactly as an operator starts them, on free ports of
+127.0.0.1, logging JSON lines to
 stderr (kept in a file per process and shown when a test fails). Clients are the ones users
 have: plain HTTP, tritonclient's V2 client, promtool, and the schemathesis CLI. Predictions
 are compared with R's own (expected.json from tests/fixtures/build_bundles.R, or Rscript).
@@ -267,7 +268,7 @@ def servers(test_bundles: Path, logs_dir: Path) -> Iterator[Callable[[str], Serv
             proc = Proc(
                 f"serve-{case}",
                 [
-                    "rscore_cli", "serve", str(test_bundles / case),
+                    "rscore.cli", "serve", str(test_bundles / case),
                     "--workers", str(WORKERS.get(case, 1)),
                     *sidecar_args(port, metrics_port), "--auth", "none",
                 ],
@@ -551,7 +552,7 @@ def test_schemathesis_finds_no_server_error(
 
 
 # Found by schemathesis --checks all (ST204): 405 answers had no Allow header (RFC 9110
-# requires one); sidecar.app.request_context rebuilt aiohttp's error and dropped it.
+# requires one); rscore.sidecar.app.request_context rebuilt aiohttp's error and dropped it.
 @pytest.mark.parametrize(
     ("method", "path", "allowed"), [("GET", "/score", "POST"), ("DELETE", "/readyz", "GET")]
 )
@@ -620,10 +621,11 @@ def test_pod_scorer_and_sidecar_in_either_order_and_scorer_restart(
     bundle, request, expected = mtcars
     port, metrics_port = free_ports(2)
     scorer_args = [
-        "r_scorer", "--bundle", str(bundle), "--socket-dir", "{socket_dir}", "--workers", "2",
+        "rscore.r_scorer", "--bundle", str(bundle), "--socket-dir", "{socket_dir}",
+        "--workers", "2",
     ]  # fmt: skip
     sidecar_cmd = [
-        "sidecar", "--socket-dir", "{socket_dir}", "--request-timeout-ms", "1500",
+        "rscore.sidecar", "--socket-dir", "{socket_dir}", "--request-timeout-ms", "1500",
         *sidecar_args(port, metrics_port), "--auth", "none",
     ]  # fmt: skip
 
@@ -717,7 +719,7 @@ def test_serve_of_a_folder_that_is_no_bundle_exits_1_with_a_json_error(
         bundle.mkdir()
     else:
         bundle = test_bundles / folder
-    result = run_cli("rscore_cli", "serve", str(bundle), "--workers", "1", "--auth", "none")
+    result = run_cli("rscore.cli", "serve", str(bundle), "--workers", "1", "--auth", "none")
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
     logs = [json.loads(line) for line in lines]  # every stderr line is JSON
@@ -735,13 +737,15 @@ def test_serve_auth_keys_without_a_keys_file_makes_one_and_requires_its_key(
     """ARCHITECTURE.md: never open by accident. `rscore serve` makes a 0600 key file, says
     where, and serves with it; the sidecar alone refuses to start without credentials."""
     env = {**CHILD_ENV, "XDG_CONFIG_HOME": str(tmp_path / "config")}  # never the real home
-    refused = run_cli("sidecar", "--socket-dir", str(tmp_path / "sock"), "--auth", "keys", env=env)
+    refused = run_cli(
+        "rscore.sidecar", "--socket-dir", str(tmp_path / "sock"), "--auth", "keys", env=env
+    )
     assert refused.returncode == 2, refused.stderr
     assert "--keys-file" in refused.stderr, refused.stderr
 
     port, metrics_port = free_ports(2)
     bundle = test_bundles / "glm-factors"
-    args = ["rscore_cli", "serve", str(bundle), "--workers", "1", "--auth", "keys"]
+    args = ["rscore.cli", "serve", str(bundle), "--workers", "1", "--auth", "keys"]
     proc = Proc("serve-auth-keys", [*args, *sidecar_args(port, metrics_port)], logs_dir, env)
     try:
         server = Server(proc, port, metrics_port)

@@ -25,7 +25,7 @@ from certs import SecretVolume, make_ca, serial_of
 
 pytestmark = [pytest.mark.real_r, pytest.mark.e2e]  # markers: pyproject.toml
 
-RSCORE = [sys.executable, "-m", "rscore_cli"]
+RSCORE = [sys.executable, "-m", "rscore.cli"]
 ROW = {"data": [{"wt": 2.62, "hp": 110, "qsec": 16.46}]}
 
 

@@ -22,10 +22,10 @@ from helpers import assert_same_predictions, eventually
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from r_scorer.pool import WorkerPool
-from r_scorer.supervisor import Supervisor
-from sidecar.admission import Dispatcher
-from sidecar.app import STATE, SidecarConfig, create_app, create_metrics_app
+from rscore.r_scorer.pool import WorkerPool
+from rscore.r_scorer.supervisor import Supervisor
+from rscore.sidecar.admission import Dispatcher
+from rscore.sidecar.app import STATE, SidecarConfig, create_app, create_metrics_app
 
 pytestmark = pytest.mark.real_r  # markers: pyproject.toml
 

@@ -22,8 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_fanout_workers import HOLD_SCORE_R
 from test_sidecar import ServeFactory, _collected, serve  # noqa: F401  (fixtures)
 
-from r_scorer.protocol import JSON_REPLY_ROWS
-from sidecar.app import SidecarConfig
+from rscore.r_scorer.protocol import JSON_REPLY_ROWS
+from rscore.sidecar.app import SidecarConfig
 
 pytestmark = pytest.mark.real_r
 

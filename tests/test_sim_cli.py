@@ -12,8 +12,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from sim import cli
-from sim.cli import sim
+from rscore.sim import cli
+from rscore.sim.cli import sim
 
 SCENARIO = """
 seed = 11

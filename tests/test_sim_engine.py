@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sim.run import run_scenario
-from sim.scenario import parse_scenario
+from rscore.sim.run import run_scenario
+from rscore.sim.scenario import parse_scenario
 
 CONSTANT_1S = {"kind": "lognormal", "mean_s": 1.0, "cv": 0.0}
 
@@ -173,7 +173,7 @@ def test_gpu_pool_puts_one_pod_per_node() -> None:
 
 
 def test_timeseries_buckets_add_up() -> None:
-    from sim.metrics import timeseries
+    from rscore.sim.metrics import timeseries
 
     data = {
         "duration_s": 300.0,
@@ -227,7 +227,7 @@ class Recorder:
 def test_the_concurrency_counter_is_the_exact_integral_of_requests_inside() -> None:
     """What the policy reads (rscore_concurrency_seconds_total) at every tick equals the
     integral of queued + in-flight requests up to then, rebuilt from the answers."""
-    from sim.engine import engine_for
+    from rscore.sim.engine import engine_for
 
     scenario = parse_scenario(
         {
@@ -266,7 +266,7 @@ def test_watchdog_ends_a_call_past_its_deadline_and_the_worker_restarts(
     tmp_path: Path,
 ) -> None:
     # Calls of 3 s, a 1 s timeout: r0's call is still in R at its deadline + 0.5 s (the
-    # worker's watchdog, r_scorer/worker.py): the worker ends at 1.5 and restarts in 2 s.
+    # worker's watchdog, rscore/r_scorer/worker.py): the worker ends at 1.5 and restarts in 2 s.
     # r1 waits in the queue and leaves at its deadline (1.1). r2 (3.0) waits for the
     # restarted worker (3.5); its call is ended at 4.5 in turn.
     r = run(
@@ -300,8 +300,8 @@ def test_a_call_that_ends_within_the_grace_keeps_its_worker(tmp_path: Path) -> N
 
 
 def test_watchdog_grace_is_the_workers() -> None:
-    from r_scorer.protocol import WATCHDOG_GRACE_S as worker_grace
-    from sim.engine import WATCHDOG_GRACE_S
+    from rscore.r_scorer.protocol import WATCHDOG_GRACE_S as worker_grace
+    from rscore.sim.engine import WATCHDOG_GRACE_S
 
     assert worker_grace == WATCHDOG_GRACE_S
 
@@ -335,7 +335,7 @@ def test_least_loaded_does_not_count_requests_gone_at_their_deadline(tmp_path: P
     # Pods A and B, one worker each, busy for good (10 s calls ended by the watchdog at
     # 1.5 s, 100 s restarts). r0 -> A, r1 -> B, r2 waits at A and leaves at its deadline
     # (1.02). At 2.0 A and B hold nothing: r3 goes to A (the first), not to B.
-    from sim.engine import engine_for
+    from rscore.sim.engine import engine_for
 
     scenario = parse_scenario(
         {
@@ -368,7 +368,7 @@ class _Flapping:
         self.checks = 0
 
     def tick(self, view: Any) -> tuple[int, int | None]:
-        from sim.engine import DRAINING, GONE, PENDING, READY, REMOVED, STARTING, UP
+        from rscore.sim.engine import DRAINING, GONE, PENDING, READY, REMOVED, STARTING, UP
 
         e = self.engine
         states = e.p_state
@@ -407,7 +407,7 @@ class _Flapping:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_live_pods_and_nodes_match_a_scan_of_history_under_a_flapping_policy(seed: int) -> None:
-    from sim.engine import engine_for
+    from rscore.sim.engine import engine_for
 
     data = {
         "seed": seed,
@@ -429,8 +429,8 @@ def test_live_pods_and_nodes_match_a_scan_of_history_under_a_flapping_policy(see
 
 
 def test_desired_replicas_is_the_last_decision_at_each_sample() -> None:
-    from sim.engine import RunResult
-    from sim.metrics import timeseries
+    from rscore.sim.engine import RunResult
+    from rscore.sim.metrics import timeseries
 
     empty = np.empty(0)
     result = RunResult(
@@ -454,8 +454,8 @@ def test_events_at_one_instant_leave_in_kind_then_push_order_never_by_payload() 
     # sequence number in each heap entry, the heap never compares them.
     import heapq
 
-    from sim.engine import APPLY, DONEB, TICK, engine_for
-    from sim.policies import StaticController
+    from rscore.sim.engine import APPLY, DONEB, TICK, engine_for
+    from rscore.sim.policies import StaticController
 
     scenario = parse_scenario(
         {"duration_s": 1, "workload": {"rate": 1.0}, "policy": {"kind": "static"}}, Path(".")
@@ -479,9 +479,9 @@ def test_events_at_one_instant_leave_in_kind_then_push_order_never_by_payload() 
 def test_a_run_counts_every_arrival_and_every_event() -> None:
     # The run counts its requests and events once at the end (not per event): the
     # same numbers as counting them one by one, which the result lets one redo.
-    from sim.cluster import PodSpec
-    from sim.service import ServiceSpec
-    from sim.validate import simulate
+    from rscore.sim.cluster import PodSpec
+    from rscore.sim.service import ServiceSpec
+    from rscore.sim.validate import simulate
 
     times = np.sort(np.random.default_rng(3).random(3000) * 100)
     service = ServiceSpec(kind="lognormal", mean_s=0.3, cv=3.0)

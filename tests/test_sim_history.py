@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from test_sim_oracle import BURSTY as ORACLE_BURSTY
 
-from autoscaler import forecast
-from sim.history import learned_profile
-from sim.metrics import summarize
-from sim.oracle import MAX_REACTIVE_REPLAYS, oracle_run
-from sim.run import run_scenario
-from sim.scenario import Scenario, ScenarioError, parse_scenario
+from rscore.autoscaler import forecast
+from rscore.sim.history import learned_profile
+from rscore.sim.metrics import summarize
+from rscore.sim.oracle import MAX_REACTIVE_REPLAYS, oracle_run
+from rscore.sim.run import run_scenario
+from rscore.sim.scenario import Scenario, ScenarioError, parse_scenario
 
 DAY = 86_400
 SURGE_START, SURGE_END = 10 * 3600, 10 * 3600 + 600  # 10:00 to 10:10 every day

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from rscore_cli.main import cli
-from sim.cli import sim
-from sim.measure import fit_batch_cost
-from sim.scenario import load_scenario
-from sim.service import load_measured_times
+from rscore.cli.main import cli
+from rscore.sim.cli import sim
+from rscore.sim.measure import fit_batch_cost
+from rscore.sim.scenario import load_scenario
+from rscore.sim.service import load_measured_times
 
 pytestmark = pytest.mark.real_r  # markers: pyproject.toml
 

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sim.distributions import Streams
-from sim.engine import ClusterView, engine_for
-from sim.metrics import summarize
-from sim.oracle import (
+from rscore.sim.distributions import Streams
+from rscore.sim.engine import ClusterView, engine_for
+from rscore.sim.metrics import summarize
+from rscore.sim.oracle import (
     burst_delay_s,
     nodes_needed,
     oracle_bound,
@@ -25,9 +25,9 @@ from sim.oracle import (
     pods_needed,
     start_leads,
 )
-from sim.policies import OracleController
-from sim.scenario import Scenario, parse_scenario
-from sim.workload import counts_per_bin
+from rscore.sim.policies import OracleController
+from rscore.sim.scenario import Scenario, parse_scenario
+from rscore.sim.workload import counts_per_bin
 
 
 def scenario(**tables: Any) -> Scenario:
@@ -270,7 +270,7 @@ def test_the_replayed_oracle_meets_the_slo_where_a_per_minute_plan_does_not() ->
 
 
 def test_the_oracle_row_is_its_replay() -> None:
-    from sim.run import run_scenario
+    from rscore.sim.run import run_scenario
 
     s = scenario(**{**BURSTY, "duration_s": 300.0})
     run = run_scenario(s)
@@ -289,15 +289,15 @@ def test_a_missed_replay_adds_headroom_until_the_slo_is_met(
 ) -> None:
     """A plan counting on 1.6 x what a pod carries misses; the replays lower the share
     of the capacity it counts on until one meets the SLO, and report each try."""
-    import sim.oracle
+    import rscore.sim.oracle
 
     s = scenario(**{**BURSTY, "duration_s": 600.0})
-    true = sim.oracle.pod_capacity(s)
-    monkeypatch.setattr(sim.oracle, "pod_capacity", lambda _: 1.6 * true)
-    oracle = sim.oracle.oracle_run(s)
+    true = rscore.sim.oracle.pod_capacity(s)
+    monkeypatch.setattr(rscore.sim.oracle, "pod_capacity", lambda _: 1.6 * true)
+    oracle = rscore.sim.oracle.oracle_run(s)
     tries = oracle.extra["oracle_tries"]
     assert not tries[0]["slo_met"]
-    assert 2 <= len(tries) <= sim.oracle.MAX_REPLAYS
+    assert 2 <= len(tries) <= rscore.sim.oracle.MAX_REPLAYS
     assert oracle.extra["oracle_headroom"] < 1.0
     summary = summarize(oracle.result, price_per_hour=s.nodes.price_per_hour, slo_p99_s=0.5)
     assert summary["slo_met"]
@@ -322,7 +322,7 @@ def test_a_missed_replay_adds_headroom_until_the_slo_is_met(
 def test_compare_warns_when_the_oracle_starts_with_more_pods(
     summaries: dict[str, dict[str, Any]], initial: int, warns_of: str | None
 ) -> None:
-    from sim.metrics import cold_start_note
+    from rscore.sim.metrics import cold_start_note
 
     note = cold_start_note(summaries, initial)
     if warns_of is None:

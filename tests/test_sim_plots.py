@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from matplotlib.transforms import Bbox
 
-import sim.plots
-from sim.plots import plot_compare, plot_run
+import rscore.sim.plots
+from rscore.sim.plots import plot_compare, plot_run
 
 
 def series(buckets: int = 60, desired: bool = True) -> dict[str, np.ndarray]:
@@ -53,7 +53,7 @@ class Saved:
 def figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, Saved]:
     """The figures as they are saved, by file name (then saved as usual)."""
     saved: dict[str, Saved] = {}
-    real_save = sim.plots._save
+    real_save = rscore.sim.plots._save
 
     def keep(fig: plt.Figure, path: Path) -> Path:
         fig.canvas.draw()  # lay it out, so that positions are final
@@ -66,7 +66,7 @@ def figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, Saved]:
             )
         return real_save(fig, path)
 
-    monkeypatch.setattr(sim.plots, "_save", keep)
+    monkeypatch.setattr(rscore.sim.plots, "_save", keep)
     return saved
 
 

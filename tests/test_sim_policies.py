@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.policy import ScalingSpec
-from sim.engine import ClusterView, PodView
-from sim.policies import HpaController, KpaController, RscoreController
-from sim.scenario import parse_scenario
+from rscore.autoscaler.policy import ScalingSpec
+from rscore.sim.engine import ClusterView, PodView
+from rscore.sim.policies import HpaController, KpaController, RscoreController
+from rscore.sim.scenario import parse_scenario
 
 
 def view(
@@ -137,7 +137,7 @@ def test_hpa_syncs_every_15_s_whatever_the_controller_interval() -> None:
         "controller": {"interval_s": 2.0},
         "policy": {"kind": "hpa"},
     }
-    from sim.run import run_scenario
+    from rscore.sim.run import run_scenario
 
     times = [t for t, _, _ in run_scenario(parse_scenario(data, Path("."))).result.decisions]
     assert times[:4] == pytest.approx([15.0, 30.0, 45.0, 60.0])

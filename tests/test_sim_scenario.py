@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from autoscaler.policy import NodePoolSpec
-from sim.distributions import Delay
-from sim.run import run_scenario
-from sim.scenario import ScenarioError, load_scenario, parse_scenario, scaling_spec
+from rscore.autoscaler.policy import NodePoolSpec
+from rscore.sim.distributions import Delay
+from rscore.sim.run import run_scenario
+from rscore.sim.scenario import ScenarioError, load_scenario, parse_scenario, scaling_spec
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "scenarios"
 
@@ -145,9 +145,9 @@ def test_every_scenario_key_is_in_the_docs() -> None:
     import dataclasses
     import re
 
-    from sim.cluster import ControllerSpec, NodeSpec, PodSpec
-    from sim.service import ServiceSpec
-    from sim.workload import WorkloadSpec
+    from rscore.sim.cluster import ControllerSpec, NodeSpec, PodSpec
+    from rscore.sim.service import ServiceSpec
+    from rscore.sim.workload import WorkloadSpec
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "simulator.md").read_text()
     for table, cls in [("workload", WorkloadSpec), ("service", ServiceSpec), ("pods", PodSpec),

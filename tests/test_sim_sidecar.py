@@ -1,4 +1,4 @@
-"""The sidecar model of the engine (`[pods] sidecar_s`, `http_s`, `cores`; sim.sidecar):
+"""The sidecar model of the engine (`[pods] sidecar_s`, `http_s`, `cores`; rscore.sim.sidecar):
 hand-checkable cases, and conservation of requests under overload with it on."""
 
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim.cluster import PodSpec
-from sim.service import ServiceSpec
-from sim.sidecar import SidecarModel, core_share, loop_turn
-from sim.validate import simulate
+from rscore.sim.cluster import PodSpec
+from rscore.sim.service import ServiceSpec
+from rscore.sim.sidecar import SidecarModel, core_share, loop_turn
+from rscore.sim.validate import simulate
 
 CONSTANT_1S = ServiceSpec(kind="lognormal", mean_s=1.0, cv=0.0, per_row_s=0.1)
 
@@ -101,7 +101,7 @@ def test_requests_the_loop_admits_in_one_iteration_share_the_call() -> None:
     [
         # Turns of 0.1 s (sidecar_s 0.2, half on the way in and half out); a call of k
         # rows costs 0.9 + 0.1 k s. The loop writes a call given to an idle worker when
-        # it is through the turns already waiting (sidecar/admission.py's
+        # it is through the turns already waiting (rscore/sidecar/admission.py's
         # _send_assigned); the requests those admit join the call.
         # A lone request finds the loop idle: written at once, [0.1, 1.1], out at 1.2.
         (1, 4, [0.0], [1.2], 1),

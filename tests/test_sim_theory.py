@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sim.erlang import erlang_b, erlang_c, mmc_mean_wait, mmck_blocking
-from sim.run import run_scenario
-from sim.scenario import parse_scenario
+from rscore.sim.erlang import erlang_b, erlang_c, mmc_mean_wait, mmck_blocking
+from rscore.sim.run import run_scenario
+from rscore.sim.scenario import parse_scenario
 
 # The first 600 s of ../shared/traces' code-completion trace (the runs here last 600 s),
 # vendored so that a clone alone runs them: tests/fixtures/traces/README.md.
@@ -239,7 +239,7 @@ class _Sampler:
 def test_littles_law_with_an_independent_count_of_requests_inside() -> None:
     """L sampled from the pod's head count (not from the sojourn bookkeeping) matches
     lambda x W from the answers' latencies."""
-    from sim.engine import engine_for
+    from rscore.sim.engine import engine_for
 
     s = scenario(duration_s=2000.0, **CASES["static M/M/2"])
     sampler = _Sampler()

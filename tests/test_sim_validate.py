@@ -1,6 +1,6 @@
 """`rscore sim validate`: the simulator against a real `rscore serve`.
 
-The arithmetic (sim.validate) on tables of cases; the open-loop client against the echo
+The arithmetic (rscore.sim.validate) on tables of cases; the open-loop client against the echo
 server; and one short real validation (two levels of a couple of seconds against a
 real pod of the example lm) whose file is checked for its shape and for errors that
 come from its own real and simulated numbers. No test asserts how large the error is:
@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from rscore_cli import validate_cmd
-from rscore_cli.main import cli
-from rscore_cli.real_pod import answers, batch_counts, free_port, r_seconds
-from rscore_cli.replay_client import Plan, parse_response_head, run_plan
-from sim.scenario import load_scenario, parse_scenario
-from sim.validate import (
+from rscore.cli import validate_cmd
+from rscore.cli.main import cli
+from rscore.cli.real_pod import answers, batch_counts, free_port, r_seconds
+from rscore.cli.replay_client import Plan, parse_response_head, run_plan
+from rscore.sim.scenario import load_scenario, parse_scenario
+from rscore.sim.validate import (
     STAT_KEYS,
     LoopSample,
     Stats,
@@ -41,7 +41,7 @@ from sim.validate import (
     scaled_workload,
     schedule,
 )
-from sim.workload import WorkloadSpec
+from rscore.sim.workload import WorkloadSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = ROOT / "examples" / "scenarios" / "validate" / "poisson.toml"
@@ -221,7 +221,7 @@ def test_a_response_the_client_cannot_read_is_refused(head: bytes) -> None:
 def echo_port() -> Any:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "rscore_cli.echo_server", "--port", str(port)],
+        [sys.executable, "-m", "rscore.cli.echo_server", "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim.service import ServiceSpec
-from sim.workload import WorkloadSpec, arrival_blocks, load_trace
+from rscore.sim.service import ServiceSpec
+from rscore.sim.workload import WorkloadSpec, arrival_blocks, load_trace
 
 # The full traces live beside the repository (../shared/traces); a clone alone has the
 # samples cut from them in tests/fixtures/traces (their README says how).
@@ -186,7 +186,7 @@ def test_empirical_file_errors_name_the_line(tmp_path: Path) -> None:
 def test_empirical_service_defaults_to_the_measured_mean(tmp_path: Path) -> None:
     """Without `mean_s`, an empirical service keeps the measured times (docs: "default
     the measured mean"); other kinds default to 0.05 s."""
-    from sim.scenario import parse_scenario
+    from rscore.sim.scenario import parse_scenario
 
     path = tmp_path / "times.txt"
     path.write_text("0.2\n0.4\n")
@@ -342,7 +342,7 @@ def test_rate_mode_of_timestamps_counts_requests_per_window(tmp_path: Path) -> N
 
 
 def test_counts_per_bin_sees_the_arrivals_of_the_run_in_rate_mode(tmp_path: Path) -> None:
-    from sim.workload import counts_per_bin
+    from rscore.sim.workload import counts_per_bin
 
     path = counts_file(tmp_path, [0, 5, 1, 9, 2] * 1000)
     spec = WorkloadSpec("trace", path=path, scale=30.0, scale_mode="rate", rate_window_s=7.0)
@@ -366,7 +366,7 @@ def test_counts_per_bin_sees_the_arrivals_of_the_run_in_rate_mode(tmp_path: Path
 def test_bad_scale_settings_are_one_line_errors_naming_the_key(
     tmp_path: Path, workload: dict[str, object], key: str
 ) -> None:
-    from sim.scenario import ScenarioError, parse_scenario
+    from rscore.sim.scenario import ScenarioError, parse_scenario
 
     counts_file(tmp_path, [1, 2, 3])
     data = {"workload": {"kind": "trace", "path": "counts.txt", **workload}}
@@ -376,9 +376,9 @@ def test_bad_scale_settings_are_one_line_errors_naming_the_key(
 
 
 def test_scale_mode_defaults_to_multiply_and_is_recorded(tmp_path: Path) -> None:
-    from sim.run import run_scenario
-    from sim.scenario import parse_scenario
-    from sim.workload import describe
+    from rscore.sim.run import run_scenario
+    from rscore.sim.scenario import parse_scenario
+    from rscore.sim.workload import describe
 
     counts_file(tmp_path, [2, 0, 4] * 20)
     workload = {"kind": "trace", "path": "counts.txt", "scale": 3}

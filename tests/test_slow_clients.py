@@ -1,6 +1,6 @@
 """Slow and idle clients, and too many of them: deadlines, the connection cap, the drain.
 
-The decisions (`sidecar.client_limits`) are tested with tables. The mechanism runs
+The decisions (`rscore.sidecar.client_limits`) are tested with tables. The mechanism runs
 over real sockets: an aiohttp app behind a `GuardedSite` in this process, on the stdlib
 loop and on uvloop (what `rscore serve` runs), plain and TLS; then `rscore serve` and
 the activator end to end. Every case that used to hold its connection forever (an idle
@@ -37,15 +37,15 @@ from prometheus_client import CollectorRegistry
 from test_activator import metric_value
 from test_drain import slow_bundle  # noqa: F401  (a fixture)
 
-from activator.proxy import ProxyConfig
-from activator.serve import Listen as ActivatorListen
-from activator.serve import serve as serve_activator
-from sidecar.client_deadlines import (
+from rscore.activator.proxy import ProxyConfig
+from rscore.activator.serve import Listen as ActivatorListen
+from rscore.activator.serve import serve as serve_activator
+from rscore.sidecar.client_deadlines import (
     ClientGuard,
     GuardedSite,
     runner_options,
 )
-from sidecar.client_limits import (
+from rscore.sidecar.client_limits import (
     ClientLimits,
     ConnectionCap,
     FdBudget,
@@ -546,7 +546,7 @@ async def rscore_serve(bundle: Path, tmp_path: Path, *flags: str) -> AsyncIterat
     port, metrics_port = free_port(), free_port()
     log = os.open(tmp_path / "serve.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rscore_cli", "serve", str(bundle), "--port", str(port),
+        sys.executable, "-m", "rscore.cli", "serve", str(bundle), "--port", str(port),
         "--metrics-port", str(metrics_port), "--keys-file", str(keys), *flags,
         stdout=asyncio.subprocess.DEVNULL, stderr=log, start_new_session=True,
     )  # fmt: skip

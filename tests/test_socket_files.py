@@ -1,4 +1,4 @@
-"""r_scorer.socket_files: the scorer's state files beside its socket, and the sidecar's
+"""rscore.r_scorer.socket_files: the scorer's state files beside its socket, and the sidecar's
 cold-start gauge read from one. No R: the files are written here as the scorer would."""
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from r_scorer.socket_files import (
+from rscore.r_scorer.socket_files import (
     COLD_START_NAME,
     COLD_START_PHASES,
     read_cold_start,
     replace_json,
     write_cold_start,
 )
-from sidecar.admission import Dispatcher
-from sidecar.metrics import SidecarMetrics
+from rscore.sidecar.admission import Dispatcher
+from rscore.sidecar.metrics import SidecarMetrics
 
 COLD = {"r_start_s": 0.41, "packages_s": 0.12, "model_s": 0.03, "ready_s": 0.93}
 

@@ -25,16 +25,16 @@ from pathlib import Path
 
 import pytest
 
-from r_scorer import protocol
-from r_scorer.errors import ConfigurationError
-from r_scorer.peer import (
+from rscore.r_scorer import protocol
+from rscore.r_scorer.errors import ConfigurationError
+from rscore.r_scorer.peer import (
     PeerCredentials,
     ensure_socket_dir,
     peer_credentials,
     peer_problem,
     socket_dir_problem,
 )
-from r_scorer.pool import SOCKET_NAME, WorkerPool
+from rscore.r_scorer.pool import SOCKET_NAME, WorkerPool
 
 OTHER_UID = 65534  # nobody
 ME = os.geteuid()
@@ -140,7 +140,7 @@ async def test_the_pool_will_not_listen_in_a_folder_others_may_write(tmp_path: P
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "rscore_cli", *args],
+        [sys.executable, "-m", "rscore.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -300,7 +300,7 @@ async def test_a_worker_refuses_to_serve_a_socket_of_another_user(tmp_path: Path
             line = await asyncio.wait_for(listener.stdout.readline(), 30)
             assert line == b"listening\n"
             worker = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "r_scorer.worker",
+                sys.executable, "-m", "rscore.r_scorer.worker",
                 "--bundle", str(bundle), "--socket", str(path),
                 stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip

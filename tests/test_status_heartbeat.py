@@ -1,4 +1,4 @@
-"""A status is written when something worth writing changed (autoscaler.status): a
+"""A status is written when something worth writing changed (rscore.autoscaler.status): a
 decision, a count, a condition's state or the wording of its reason at once; readings
 alone (the observed concurrency, the figures in the reason and the messages) at most once
 per heartbeat per object, on a grid shifted by the object's name.
@@ -24,11 +24,11 @@ import pytest
 from autoscaler_scene import APP, NS, Scene
 from kube_emulator import KubeEmulator
 
-from autoscaler.controller import Controller
-from autoscaler.kube_io import KubeApi
-from autoscaler.metrics import ControllerMetrics
-from autoscaler.options import Options
-from autoscaler.status import (
+from rscore.autoscaler.controller import Controller
+from rscore.autoscaler.kube_io import KubeApi
+from rscore.autoscaler.metrics import ControllerMetrics
+from rscore.autoscaler.options import Options
+from rscore.autoscaler.status import (
     CHANGED,
     READINGS_ONLY,
     UNCHANGED,
@@ -208,14 +208,14 @@ def test_a_thousand_objects_spread_their_beats_over_the_period() -> None:
 
 @pytest.mark.parametrize(("args", "expected"), [([], 60.0), (["--status-heartbeat-s", "0"], 0.0)])
 def test_the_heartbeat_is_a_flag_of_rscore_autoscaler(args: list[str], expected: float) -> None:
-    from rscore_cli.autoscaler_cmd import autoscaler
+    from rscore.cli.autoscaler_cmd import autoscaler
 
     context = autoscaler.make_context("autoscaler", args)
     assert Options(**context.params).status_heartbeat_s == expected
 
 
 def test_a_negative_heartbeat_is_refused() -> None:
-    from rscore_cli.autoscaler_cmd import autoscaler
+    from rscore.cli.autoscaler_cmd import autoscaler
 
     with pytest.raises(click.BadParameter):
         autoscaler.make_context("autoscaler", ["--status-heartbeat-s", "-1"])

@@ -1,4 +1,4 @@
-"""sidecar.tls against real handshakes: an aiohttp server on 127.0.0.1 with the
+"""rscore.sidecar.tls against real handshakes: an aiohttp server on 127.0.0.1 with the
 stdlib `ssl` client, real certificates, real files, a real Secret-volume rotation."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from certs import CA, FFDHE2048_PEM, Issued, SecretVolume, make_ca, serial_of
 
-from sidecar.tls import (
+from rscore.sidecar.tls import (
     ReloadingTLS,
     TLSConfigError,
     is_loopback,

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from r_scorer.errors import BadRequest, ModelError
-from r_scorer.payload import Frame
-from r_scorer.pool import ModelInfo
-from r_scorer.prototype import Column, Prototype, coerce
-from sidecar.v2 import (
+from rscore.r_scorer.errors import BadRequest, ModelError
+from rscore.r_scorer.payload import Frame
+from rscore.r_scorer.pool import ModelInfo
+from rscore.r_scorer.prototype import Column, Prototype, coerce
+from rscore.sidecar.v2 import (
     BINARY_UNSUPPORTED,
     frame_from_infer,
     infer_response,

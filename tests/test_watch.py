@@ -1,4 +1,4 @@
-"""sidecar.watch on real files: in-place writes, rename-over writes, the Kubernetes
+"""rscore.sidecar.watch on real files: in-place writes, rename-over writes, the Kubernetes
 Secret-volume swap, files missing for a while, callbacks that fail."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from certs import SecretVolume
 
-from sidecar.watch import FileWatcher, ReloadError, file_identity
+from rscore.sidecar.watch import FileWatcher, ReloadError, file_identity
 
 TICK_S = 0.05
 TIMEOUT_S = 5.0  # the contract's bound on picking up a change

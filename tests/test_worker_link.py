@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from r_scorer import protocol
-from r_scorer.errors import WorkerCrashed
-from r_scorer.pool import WorkerLink, WorkerPool
-from r_scorer.prototype import TypedColumn, TypedFrame
+from rscore.r_scorer import protocol
+from rscore.r_scorer.errors import WorkerCrashed
+from rscore.r_scorer.pool import WorkerLink, WorkerPool
+from rscore.r_scorer.prototype import TypedColumn, TypedFrame
 
 FRAME = TypedFrame((TypedColumn("x", "numeric", [1.0]),), 1)
 MODEL = {"name": "m", "version": "1", "batchable": True, "packages": [], "prototype": {}}

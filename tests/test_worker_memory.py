@@ -1,4 +1,4 @@
-"""What each worker costs in memory (r_scorer.memory) and the sidecar's gauges of it.
+"""What each worker costs in memory (rscore.r_scorer.memory) and the sidecar's gauges of it.
 
 The smaps_rollup parser and the memory file by cases; then real R: forked workers
 share the model's pages (each holds privately a small part of a model that spawned
@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from test_workers import score, started
 
-from r_scorer.memory import (
+from rscore.r_scorer.memory import (
     MEMORY_NAME,
     Memory,
     WorkerMemory,
@@ -27,8 +27,8 @@ from r_scorer.memory import (
     read_process_memory,
     write_memory_file,
 )
-from sidecar.admission import Dispatcher
-from sidecar.metrics import SidecarMetrics
+from rscore.sidecar.admission import Dispatcher
+from rscore.sidecar.metrics import SidecarMetrics
 
 ROLLUP = """\
 55d4f7e3c000-7ffd5a1f2000 ---p 00000000 00:00 0                          [rollup]
@@ -132,7 +132,7 @@ async def test_the_sidecar_shows_each_workers_memory_by_slot(tmp_path: Path) -> 
     private = {s.labels["slot"]: s.value for s in families["rscore_worker_private_bytes"].samples}
     for slot in pids:
         assert private[slot] < pss[slot]  # PSS adds its share of the shared pages
-    # The scorer's cold start comes the same way (r_scorer.socket_files), by phase.
+    # The scorer's cold start comes the same way (rscore.r_scorer.socket_files), by phase.
     cold = {
         s.labels["phase"]: s.value for s in families["rscore_scorer_cold_start_seconds"].samples
     }

@@ -1,4 +1,4 @@
-"""Memory as well as CPU limits the pods a node holds (sim.cluster), by cases.
+"""Memory as well as CPU limits the pods a node holds (rscore.sim.cluster), by cases.
 
 A node fits min(pods by CPU, pods by memory), at least one; `pods_per_node`, when a
 scenario gives it, is taken as is. A scenario's [nodes] names the pod's memory.
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sim.cluster import NodeSpec, pods_that_fit
-from sim.scenario import ScenarioError, parse_scenario
+from rscore.sim.cluster import NodeSpec, pods_that_fit
+from rscore.sim.scenario import ScenarioError, parse_scenario
 
 
 @pytest.mark.parametrize(

@@ -21,11 +21,11 @@ import orjson
 import pytest
 from helpers import assert_same_predictions, eventually
 
-from r_scorer.errors import BundleError, ModelError, WorkerCrashed
-from r_scorer.payload import parse_body
-from r_scorer.pool import SOCKET_NAME, WorkerLink, WorkerPool
-from r_scorer.prototype import TypedFrame, coerce
-from r_scorer.supervisor import Supervisor
+from rscore.r_scorer.errors import BundleError, ModelError, WorkerCrashed
+from rscore.r_scorer.payload import parse_body
+from rscore.r_scorer.pool import SOCKET_NAME, WorkerLink, WorkerPool
+from rscore.r_scorer.prototype import TypedFrame, coerce
+from rscore.r_scorer.supervisor import Supervisor
 
 pytestmark = pytest.mark.real_r  # markers: pyproject.toml
 
@@ -217,7 +217,7 @@ async def scorer_process(
     pool = WorkerPool(tmp_path / SOCKET_NAME)
     await pool.start()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rscore_cli", "scorer", str(bundle),
+        sys.executable, "-m", "rscore.cli", "scorer", str(bundle),
         "--socket-dir", str(tmp_path), "--workers", str(workers), *flags,
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
@@ -295,7 +295,7 @@ async def test_rscore_scorer_reports_a_bad_bundle_and_exits(
     test_bundles: Path, tmp_path: Path
 ) -> None:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rscore_cli", "scorer", str(test_bundles / "bad-no-predict"),
+        sys.executable, "-m", "rscore.cli", "scorer", str(test_bundles / "bad-no-predict"),
         "--socket-dir", str(tmp_path), "--workers", "1",
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

@@ -24,9 +24,9 @@ from helpers import assert_same_predictions
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from r_scorer.pool import WorkerPool
-from r_scorer.supervisor import Supervisor
-from sidecar.app import SidecarConfig, create_app, create_metrics_app
+from rscore.r_scorer.pool import WorkerPool
+from rscore.r_scorer.supervisor import Supervisor
+from rscore.sidecar.app import SidecarConfig, create_app, create_metrics_app
 
 pytestmark = pytest.mark.real_r  # markers: pyproject.toml
 

@@ -1,4 +1,4 @@
-"""Workers forked from one warmed zygote (`--worker-start fork`, r_scorer.zygote).
+"""Workers forked from one warmed zygote (`--worker-start fork`, rscore.r_scorer.zygote).
 
 The pure decisions (what makes a loaded process unsafe to fork, the made-up warm-up
 row) by tables; then real R: a restart is a fork of the zygote, a dead zygote brings
@@ -17,10 +17,10 @@ import pytest
 from test_liveness import scorer_live
 from test_workers import _wait_for_generation, score, scorer_process, started
 
-from r_scorer.errors import BundleError
-from r_scorer.prototype import Column, Prototype
-from r_scorer.supervisor import Supervisor
-from r_scorer.zygote import fork_safety_problems, process_title, warm_up_row
+from rscore.r_scorer.errors import BundleError
+from rscore.r_scorer.prototype import Column, Prototype
+from rscore.r_scorer.supervisor import Supervisor
+from rscore.r_scorer.zygote import fork_safety_problems, process_title, warm_up_row
 
 # --- pure ------------------------------------------------------------------------------
 
@@ -110,8 +110,13 @@ async def test_a_dead_worker_is_forked_again_from_the_zygote(tmp_path: Path) -> 
         assert all(_parent_of(link.pid) == zygote_pid for link in pool.workers)
         for link in pool.workers:  # ps shows a worker as a worker, with its slot
             words = Path(f"/proc/{link.pid}/cmdline").read_bytes().split(b"\0")
-            assert words[1:5] == [b"-m", b"r_scorer.worker", b"--slot", str(link.slot).encode()]
-        assert b"r_scorer.zygote" in Path(f"/proc/{zygote_pid}/cmdline").read_bytes()
+            assert words[1:5] == [
+                b"-m",
+                b"rscore.r_scorer.worker",
+                b"--slot",
+                str(link.slot).encode(),
+            ]
+        assert b"rscore.r_scorer.zygote" in Path(f"/proc/{zygote_pid}/cmdline").read_bytes()
         doomed = pool.workers[0]
         os.kill(doomed.pid, signal.SIGKILL)
         back = await asyncio.wait_for(_wait_for_generation(pool, doomed.slot, 2), 60)

@@ -1,0 +1,5 @@
+"""`python -m rscore.cli` is `rscore`."""
+
+from rscore.cli.main import cli
+
+cli()

@@ -1,5 +1,0 @@
-"""`python -m rscore_cli` is `rscore`."""
-
-from rscore_cli.main import cli
-
-cli()

@@ -1,5 +1,0 @@
-"""The aiohttp sidecar: HTTP API, auth, TLS, admission, batching, metrics, drain.
-
-Talks to R only through the client side of the worker protocol (`r_scorer.pool`) and the
-pure conversions in `r_scorer.payload` / `r_scorer.prototype`; it never imports rpy2.
-"""
