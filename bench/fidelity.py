@@ -90,7 +90,7 @@ def render(
         "open loop), replayed open-loop by a client in its own process, and the same send "
         "times simulated with the measured service times and the calibrated sidecar (its "
         "CPU per request and per R call, the workers waiting for it to read their replies, "
-        "calls written at the end of the loop's iteration, the cores shared with the "
+        "the cores shared with the "
         "client and the machine's other runnable threads): a prediction from what was "
         "measured before each run, never fed the run's own times. "
         "Latencies "

@@ -74,73 +74,18 @@ def test_a_request_pays_two_loop_turns_and_the_http_path() -> None:
 
 def test_an_idle_loop_wakes_and_a_busy_one_does_not() -> None:
     # Wake-ups of 0.05: r0's turn finds the loop idle ([0, 0.15]); r1's, at the same
-    # instant, finds it busy ([0.15, 0.25]). r0's call is written at the end of the
-    # loop's iteration (0.25, after r1's turn, which takes the other idle worker): calls
-    # [0.25, 1.25] both; the first answer wakes the loop again ([1.25, 1.4]) and the
-    # second finds it busy ([1.4, 1.5]).
+    # instant, finds it busy ([0.15, 0.25]). Calls [0.15, 1.15] and [0.25, 1.25]; r0's
+    # answer wakes the loop again ([1.15, 1.3]) and r1's finds it busy ([1.3, 1.4]).
     spec = pods(sidecar_s=0.2, sidecar_wake_s=0.05)
     result = simulate(np.array([0.0, 0.0]), CONSTANT_1S, spec)
-    assert sorted(result.latencies.tolist()) == pytest.approx([1.4, 1.5])
-
-
-def test_requests_the_loop_admits_in_one_iteration_share_the_call() -> None:
-    # One worker, batches of up to 4 rows. Three requests at once: turns [0, 0.1],
-    # [0.1, 0.2], [0.2, 0.3]. r0 finds the worker idle at 0.1, but its call is written
-    # when the loop is through the turns already waiting (0.3), by when r1 and r2 are
-    # queued: one call of 3 rows, 0.9 + 0.1 * 3 = 1.2 s ([0.3, 1.5]); answers [1.5, 1.6],
-    # [1.6, 1.7], [1.7, 1.8]. (Written at once, r0 would be alone in [0.1, 1.1] and the
-    # others would wait for it.)
-    spec = PodSpec(workers=1, request_timeout_s=60.0, max_batch_rows=4, sidecar_s=0.2)
-    result = simulate(np.array([0.0, 0.0, 0.0]), CONSTANT_1S, spec)
-    assert result.calls == 1
-    assert sorted(result.latencies.tolist()) == pytest.approx([1.6, 1.7, 1.8])
-
-
-@pytest.mark.parametrize(
-    ("workers", "max_rows", "arrivals", "latencies", "calls"),
-    [
-        # Turns of 0.1 s (sidecar_s 0.2, half on the way in and half out); a call of k
-        # rows costs 0.9 + 0.1 k s. The loop writes a call given to an idle worker when
-        # it is through the turns already waiting (rscore/sidecar/admission.py's
-        # _send_assigned); the requests those admit join the call.
-        # A lone request finds the loop idle: written at once, [0.1, 1.1], out at 1.2.
-        (1, 4, [0.0], [1.2], 1),
-        # Far apart: each finds the loop idle, alone in its call.
-        (1, 4, [0.0, 5.0], [1.2, 1.2], 2),
-        # One worker busy with r0 ([0.1, 1.1]); r1 and r2 arrive at 0.5: turns
-        # [0.5, 0.6] and [0.6, 0.7]. r1 takes the idle worker at 0.6, but its call is
-        # written at 0.7 with r2, admitted meanwhile: one call of 2 rows, [0.7, 1.8].
-        # Answers: r0 [1.1, 1.2]; r1 [1.8, 1.9], r2 [1.9, 2.0] (from 0.5: 1.4, 1.5).
-        (2, 4, [0.0, 0.5, 0.5], [1.2, 1.4, 1.5], 2),
-        # Three at once, one worker: r0 is given the worker at 0.1, written at 0.3 with
-        # r1 and r2: one call of 3 rows, [0.3, 1.5]; answers [1.5, 1.6] ... [1.7, 1.8].
-        (1, 4, [0.0, 0.0, 0.0], [1.6, 1.7, 1.8], 1),
-        # Three at once, two workers: each idle worker takes one request first (r0 at
-        # 0.1, r1 at 0.2), both written at 0.3, when r2 (admitted at 0.3) joins r0's
-        # call: [0.3, 1.4] of 2 rows and r1's [0.3, 1.3]. Answers: r1 [1.3, 1.4]; r0
-        # [1.4, 1.5], r2 [1.5, 1.6].
-        (2, 4, [0.0, 0.0, 0.0], [1.4, 1.5, 1.6], 2),
-        # Calls of one row: r0 is written at 0.2 alone ([0.2, 1.2]); r1, queued behind
-        # it, takes the worker when the reply is read (1.2): [1.2, 2.2], out [2.2, 2.3].
-        (1, 1, [0.0, 0.0], [1.3, 2.3], 2),
-    ],
-)
-def test_calls_are_written_at_the_end_of_the_loops_iteration(
-    workers: int, max_rows: int, arrivals: list[float], latencies: list[float], calls: int
-) -> None:
-    spec = PodSpec(workers=workers, request_timeout_s=60.0, max_batch_rows=max_rows, sidecar_s=0.2)
-    result = simulate(np.array(arrivals), CONSTANT_1S, spec)
-    assert sorted(result.latencies.tolist()) == pytest.approx(latencies)
-    assert result.calls == calls
-    assert result.timeout_times.size == result.reject_times.size == 0
+    assert sorted(result.latencies.tolist()) == pytest.approx([1.3, 1.4])
 
 
 def test_the_loop_is_one_fifo_server() -> None:
-    # r0 parsed [0, 0.1], r1 waits for it: [0.1, 0.2]; r0's call is written at the end
-    # of that iteration, beside r1's on the other worker: calls [0.2, 1.2]; answers
-    # written one after the other, [1.2, 1.3] and [1.3, 1.4].
+    # r0 parsed [0, 0.1], r1 waits for it: [0.1, 0.2]; calls [0.1, 1.1] and [0.2, 1.2];
+    # answers written [1.1, 1.2] and [1.2, 1.3].
     result = simulate(np.array([0.0, 0.0]), CONSTANT_1S, pods(sidecar_s=0.2))
-    assert sorted(result.latencies.tolist()) == pytest.approx([1.3, 1.4])
+    assert sorted(result.latencies.tolist()) == pytest.approx([1.2, 1.3])
 
 
 def test_calls_share_the_pods_cores() -> None:
@@ -163,15 +108,12 @@ def test_the_loop_runs_slower_while_workers_hold_the_cores() -> None:
 
 
 def test_a_request_whose_deadline_passes_in_the_loop_is_a_504() -> None:
-    # Turns of 1 s: r0 is admitted at 1, r1 at 2 and r2 at 3, past their 1.5 s deadline:
-    # 504s there, never scored. r0's call is written at the end of the loop's iteration
-    # (3, after the turns that were waiting) and ends past its deadline: a 504 too.
+    # Turns of 1 s: r0 is admitted at 1, r1 at 2 and r2 at 3, past their 1.5 s deadline.
     spec = PodSpec(workers=2, request_timeout_s=1.5, sidecar_s=2.0)
     fast = ServiceSpec(kind="lognormal", mean_s=0.1, cv=0.0)
     result = simulate(np.array([0.0, 0.0, 0.0]), fast, spec)
-    assert result.timeout_times.tolist() == pytest.approx([1.5, 1.5, 1.5])
-    assert result.calls == 1
-    assert result.latencies.size == 0
+    assert result.timeout_times.tolist() == pytest.approx([1.5, 1.5])
+    assert result.latencies.size == 1
 
 
 def test_every_request_is_answered_once_under_overload_with_the_sidecar() -> None:
@@ -192,14 +134,13 @@ def test_every_request_is_answered_once_under_overload_with_the_sidecar() -> Non
 
 def test_a_worker_takes_its_next_call_once_the_loop_has_read_its_reply() -> None:
     # One worker, turns of 0.1 and 0.5 s of loop work per R call: r0 parsed [0, 0.1],
-    # its call written after r1's turn [0.1, 0.2] (no batching: r1 waits): [0.2, 1.2].
-    # The reply is read [1.2, 1.7], r0's answer written [1.7, 1.8]; only then (1.7) does
-    # r1's call start [1.7, 2.7], its reply read [2.7, 3.2] and its answer written
-    # [3.2, 3.3].
+    # its call [0.1, 1.1]; r1 parsed [0.1, 0.2] waits. The reply is read [1.1, 1.6],
+    # r0's answer written [1.6, 1.7]; only then (1.6) does r1's call start [1.6, 2.6],
+    # its reply read [2.6, 3.1] and its answer written [3.1, 3.2].
     loop = SidecarModel(request_s=0.2, call_s=0.5)
     spec = PodSpec(workers=1, request_timeout_s=60.0)
     result = simulate(np.array([0.0, 0.0]), CONSTANT_1S, spec, sidecar=loop)
-    assert sorted(result.latencies.tolist()) == pytest.approx([1.8, 3.3])
+    assert sorted(result.latencies.tolist()) == pytest.approx([1.7, 3.2])
     assert result.calls == 2
 
 

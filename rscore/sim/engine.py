@@ -22,9 +22,7 @@ behind it too, up to `max_batch_rows` rows; the call costs `a + c * rows`.
 
 When the pods' spec asks (`PodSpec.models_sidecar`), or the caller hands a
 `rscore.sim.sidecar.SidecarModel` (`rscore sim validate` measures one), requests also pass the
-sidecar's event loop: admission waits for the loop's first turn (an ADMIT event); a
-request given to an idle worker is written at the end of the loop's iteration, after
-the turns already waiting, with the requests those admit meanwhile (a SEND event); a
+sidecar's event loop: admission waits for the loop's first turn (an ADMIT event), a
 call's reply waits for the loop to read it before its worker takes the next call (a
 REPLY event), an answer leaves after its second turn and the HTTP path, and calls and
 turns share the pod's cores. Those requests take the methods below (`through_loop`,
@@ -69,8 +67,9 @@ __all__ = ["ClusterView", "Controller", "Engine", "PodView", "RunResult"]
 # order is total and deterministic, and never compares payloads. Kinds after END concern
 # one pod's requests (`pod_event`); those from TICK to SAMPLE, the cluster
 # (`cluster_event`).
-(DONE1, DONEB, TICK, APPLY, POD_READY, NODE_READY, SAMPLE, END,
- KILLED, BACK, ADMIT, REPLY, SEND) = range(13)  # fmt: skip
+DONE1, DONEB, TICK, APPLY, POD_READY, NODE_READY, SAMPLE, END, KILLED, BACK, ADMIT, REPLY = range(
+    12
+)
 # Pod states.
 PENDING, STARTING, READY, DRAINING, GONE = range(5)
 # Node states.
@@ -199,9 +198,6 @@ class Engine:
         self.loop_model = SidecarModel.of_pods(pods) if sidecar is None else sidecar
         self.sidecar = self.loop_model.on
         self.p_loop: list[float] = []
-        # Requests given to an idle worker by the loop whose call is not written yet (the
-        # sidecar writes them at the end of the loop's iteration: a SEND event).
-        self.p_send: list[deque[float]] = []
         self.latest_answer = 0.0
         self.ready: list[int] = []  # ready pods, in the order they became ready
         self.pending: deque[int] = deque()  # pods waiting for a node slot
@@ -279,11 +275,10 @@ class Engine:
             self.gone_sojourn += timeout
             self.timeout_times.append(a + timeout)
 
-    def start_calls(self, p: int, t: float, head: float | None = None) -> None:
-        """Pod p has a free worker and a non-empty queue (or a request given to the
-        worker, `head`): start one call (rare path)."""
+    def start_calls(self, p: int, t: float) -> None:
+        """Pod p has a free worker and a non-empty queue: start one call (rare path)."""
         q = self.p_q[p]
-        members = [q.popleft() if head is None else head]
+        members = [q.popleft()]
         cut = t - self.pods.request_timeout_s
         while q and len(members) < self.batch_k:
             if q[0] <= cut:
@@ -413,17 +408,9 @@ class Engine:
             self._leave(p, t, a)
             self.timeout_times.append(a + timeout)
         elif self.p_busy[p] < self.pods.workers and not q:
-            # An idle worker is given the request now, but the sidecar writes the call at
-            # the end of the loop's iteration (rscore/sidecar/admission.py's _send_assigned),
-            # after the turns already waiting for the loop: the requests those admit
-            # join its call (each idle worker takes one request first).
             self.p_busy[p] += 1
-            if self.p_loop[p] > t:
-                self.p_send[p].append(a)
-                self.push(self.p_loop[p], SEND, p)
-            else:
-                q.append(a)
-                self.start_calls(p, t)
+            q.append(a)
+            self.start_calls(p, t)
         elif len(q) < self.pods.max_queue * self.pods.workers:
             q.append(a)
         else:
@@ -564,7 +551,6 @@ class Engine:
         self.p_merged.append(0)
         self.p_ready_at.append(math.inf)
         self.p_loop.append(0.0)
-        self.p_send.append(deque())
         return p
 
     def bind_pending(self, t: float) -> None:
@@ -751,13 +737,11 @@ class Engine:
             self.node_ready(a, t)
 
     def pod_event(self, kind: int, p: int, t: float, a: Any) -> None:
-        """KILLED, BACK, ADMIT, REPLY or SEND on pod p, popped at t with payload a."""
+        """KILLED, BACK, ADMIT or REPLY on pod p, popped at t with payload a."""
         if kind == ADMIT:
             self.loop_admit(p, t, a)
         elif kind == REPLY:
             self.next_call(p, t)
-        elif kind == SEND:
-            self.start_calls(p, t, self.p_send[p].popleft())
         elif kind == KILLED:
             self.killed(p, t, a)
         else:
@@ -956,7 +940,7 @@ class Engine:
                         p_sdone[p] += lat
                     self.next_call(p, t)  # the worker takes the next call, or idles
                 elif kind > END:
-                    self.pod_event(kind, p, t, a)  # KILLED, BACK, ADMIT, REPLY, SEND
+                    self.pod_event(kind, p, t, a)  # KILLED, BACK, ADMIT, REPLY
                 elif kind == SAMPLE:
                     # Requests held at the gateway expire here too: a policy that never
                     # ticks (static) must not keep them, and the run forever.
