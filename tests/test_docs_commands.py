@@ -20,6 +20,7 @@ import signal
 import ssl
 import subprocess
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -38,6 +39,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINKED = (".venv", "examples", "Makefile", "scripts")
 FENCE = re.compile(r"^```sh\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 TRAILING_COMMENT = re.compile(r"\s{2,}#[^'\"]*$")
+SCENARIO = re.compile(r"examples/scenarios/[\w./-]+\.toml")
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,9 @@ def test_sh_block_runs(block: Block, tmp_path: Path) -> None:
         commands.append(shortened)
     served = [i for i, c in enumerate(commands) if re.match(r"(\.venv/bin/)?rscore serve ", c)]
     assert len(served) <= 1, commands
+    missing = missing_traces(commands)
+    if missing:  # a clone alone: the traces live beside it, in ../shared/traces
+        pytest.skip(f"needs {', '.join(missing)}, not beside this clone")
     if plan.prepare:
         run_shell([plan.prepare], tmp_path)
     if not served:
@@ -168,6 +173,19 @@ def test_sh_block_runs(block: Block, tmp_path: Path) -> None:
             after = [c.replace("127.0.0.1:8000", f"127.0.0.1:{port}") for c in commands[at + 1 :]]
             output = run_shell(after, tmp_path)
     assert plan.expect in output, output
+
+
+def missing_traces(commands: list[str]) -> list[str]:
+    """The trace files that the scenarios the commands name read and that are not there."""
+    missing = []
+    for scenario in sorted({m for c in commands for m in SCENARIO.findall(c)}):
+        path = ROOT / scenario
+        if not path.is_file():
+            continue  # the command's own error is the test's to report
+        trace = tomllib.loads(path.read_text()).get("workload", {}).get("path")
+        if trace is not None and not (path.parent / trace).exists():
+            missing.append(str(Path(trace).name))
+    return missing
 
 
 def run_shell(commands: list[str], cwd: Path) -> str:
