@@ -172,12 +172,15 @@ def heartbeat_due(namespace: str, name: str, every_s: float, written_at: float, 
     """Has this object's heartbeat come since its status was last written at `written_at`?
 
     Each object beats on a grid of its own, `every_s` apart and shifted by a stable hash
-    of its name: a status written for its readings alone waits for the next beat, so it
-    is written at most once per `every_s`, and a thousand objects whose first writes came
-    in the same tick (a new term's) spread their heartbeats evenly over the interval
-    instead of coming back together."""
+    of its name: a status written for its readings alone waits for the next beat, so a
+    thousand objects whose first writes came in the same tick (a new term's) spread their
+    heartbeats evenly over the interval instead of coming back together. A beat that
+    comes less than half a period after a write (one made for another reason, or a
+    term's first) is let pass for the next: readings are written at most once per
+    `every_s / 2`, and once per `every_s` at a steady load."""
     phase = every_s * zlib.crc32(f"{namespace}/{name}".encode()) / 0xFFFFFFFF
-    return math.floor((now - phase) / every_s) > math.floor((written_at - phase) / every_s)
+    after = written_at + every_s / 2  # the beats before this are let pass
+    return math.floor((now - phase) / every_s) > math.floor((after - phase) / every_s)
 
 
 def profile_from_status(
