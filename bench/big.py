@@ -185,7 +185,14 @@ async def served(
     if source is None:
         program = [str(Path(sys.executable).parent / "rscore")]
     else:
-        program = [sys.executable, "-c", "from rscore.cli.main import cli; cli()"]
+        # The command as that tree names it (before the move under rscore/: rscore_cli),
+        # and refused if it would come from anywhere but that tree (an installed copy).
+        entry = "rscore.cli.main" if (source / "rscore" / "cli").is_dir() else "rscore_cli.main"
+        program = [
+            sys.executable, "-c",
+            f"import importlib; m = importlib.import_module({entry!r}); "
+            f"assert m.__file__.startswith({str(source)!r}), m.__file__; m.cli()",
+        ]  # fmt: skip
     command = [
         *program, "serve", str(bundle), "--auth", "none", "--host", HOST, "--port", str(port),
         "--metrics-port", str(free_port()), "--workers", str(workers), *flags,
