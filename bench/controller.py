@@ -139,14 +139,14 @@ class Pods:
     async def _count(self, request: web.Request) -> web.Response:
         return web.json_response({"scrapes": self.scrapes})
 
-    async def start(self, port: int = 0) -> None:
+    async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/scrapes", self._count)  # the bench's own question
         self.runner = web.AppRunner(app, access_log=None, keepalive_timeout=75)
         await self.runner.setup()
         # 0.0.0.0: every address of 127.0.0.0/8 reaches it, one per pod
-        site = web.TCPSite(self.runner, "0.0.0.0", port, backlog=4096)
+        site = web.TCPSite(self.runner, "0.0.0.0", 0, backlog=4096)
         await site.start()
         self.port = self.runner.addresses[0][1]
 
@@ -401,35 +401,37 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     pods = PodsProcess()
     await pods.start()
-    async with KubeEmulator(history_window=max(10_000, 3 * args.pods)) as emu:
-        populate(emu, args.autoscalers, args.pods, pods.port)
-        kubeconfig = emu.write_kubeconfig(out_dir / "kubeconfig")
-        procs = await _start_controllers(kubeconfig, args, out_dir)
-        try:
-            async with ClientSession(timeout=ClientTimeout(total=10)) as session:
-                started = time.monotonic()
-                await _warm(session, args.shards, args.timeout_s / 2)
-                first_round_s = time.monotonic() - started
-                before = await _states(session, args.shards)
-                cpu0 = [cpu_seconds(p.pid) for p in procs]
-                own0, requests0 = time.process_time() + pods.cpu_s(), len(emu.requests)
-                scrapes0, wall0 = await pods.scrapes(session), time.monotonic()
-                while True:
-                    # Not too often: each look renders the controllers' whole /metrics
-                    # (Prometheus would scrape it every 15 s or so).
-                    await asyncio.sleep(max(args.interval_s, 4.0))
-                    after = await _states(session, args.shards)
-                    done = min(_ticks(b, a) for b, a in zip(before, after, strict=True))
-                    if done >= args.ticks or time.monotonic() > wall0 + args.timeout_s / 2:
-                        break
-                wall = time.monotonic() - wall0
-                cpu = [cpu_seconds(p.pid) - c for p, c in zip(procs, cpu0, strict=True)]
-                own = time.process_time() + pods.cpu_s() - own0
-                scraped = await pods.scrapes(session) - scrapes0
-                api = [r for r in emu.requests[requests0:] if not r.watch]
-        finally:
-            await _stop_controllers(procs)
-            await pods.stop()
+    try:  # the pods' process goes whatever fails once it runs
+        async with KubeEmulator(history_window=max(10_000, 3 * args.pods)) as emu:
+            populate(emu, args.autoscalers, args.pods, pods.port)
+            kubeconfig = emu.write_kubeconfig(out_dir / "kubeconfig")
+            procs = await _start_controllers(kubeconfig, args, out_dir)
+            try:
+                async with ClientSession(timeout=ClientTimeout(total=10)) as session:
+                    started = time.monotonic()
+                    await _warm(session, args.shards, args.timeout_s / 2)
+                    first_round_s = time.monotonic() - started
+                    before = await _states(session, args.shards)
+                    cpu0 = [cpu_seconds(p.pid) for p in procs]
+                    own0, requests0 = time.process_time() + pods.cpu_s(), len(emu.requests)
+                    scrapes0, wall0 = await pods.scrapes(session), time.monotonic()
+                    while True:
+                        # Not too often: each look renders the controllers' whole /metrics
+                        # (Prometheus would scrape it every 15 s or so).
+                        await asyncio.sleep(max(args.interval_s, 4.0))
+                        after = await _states(session, args.shards)
+                        done = min(_ticks(b, a) for b, a in zip(before, after, strict=True))
+                        if done >= args.ticks or time.monotonic() > wall0 + args.timeout_s / 2:
+                            break
+                    wall = time.monotonic() - wall0
+                    cpu = [cpu_seconds(p.pid) - c for p, c in zip(procs, cpu0, strict=True)]
+                    own = time.process_time() + pods.cpu_s() - own0
+                    scraped = await pods.scrapes(session) - scrapes0
+                    api = [r for r in emu.requests[requests0:] if not r.watch]
+            finally:
+                await _stop_controllers(procs)
+    finally:
+        await pods.stop()
     with (out_dir / "api-requests.jsonl").open("w") as dump:
         for r in api:
             dump.write(json.dumps({"at": r.at, "method": r.method, "path": r.path}) + "\n")

@@ -9,8 +9,7 @@ its frame and coercing to the prototype), encoding the worker protocol's request
 decoding it, building the R data.frame, R's `.score()` (predict), converting its answer
 back (as JSON text for a long one, as the worker does), encoding and decoding the
 worker's reply, and the JSON response. The HTTP transfer and the socket are not in it
-(`make bench-big` measures end to end). Run with PYTHONPATH set to an older checkout to
-time that code instead (its stages are then the ones it has).
+(`make bench-big` measures end to end; its "before" rows time an older checkout).
 """
 
 from __future__ import annotations
@@ -33,17 +32,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def run(bundle: Path, rows: int, repeats: int) -> list[tuple[str, float]]:
     from rscore.r_scorer import protocol, rconvert
     from rscore.r_scorer.bundle import read_bundle
+    from rscore.r_scorer.numeric_split import numeric_split
     from rscore.r_scorer.payload import RequestLimits, frame_from_document, parse_json
     from rscore.r_scorer.prototype import coerce
     from rscore.r_scorer.rmodel import load_model
 
-    try:  # the sidecar's path since issue 20; an older checkout has only the general one
-        from rscore.r_scorer.numeric_split import numeric_split
-    except ImportError:
-        numeric_split = None
-    as_json = getattr(rconvert, "json_predictions", None)  # a long answer as JSON text
-    long_answer = rows >= getattr(protocol, "JSON_REPLY_ROWS", rows + 1)
-    written = getattr(protocol, "prediction_json", lambda predictions: predictions)
+    long_answer = rows >= protocol.JSON_REPLY_ROWS  # the worker sends it as JSON text
 
     model = load_model(read_bundle(bundle))
     (described,) = [m for m in MODELS if m.bundle == bundle.name]
@@ -66,12 +60,10 @@ def run(bundle: Path, rows: int, repeats: int) -> list[tuple[str, float]]:
         return timed("coerce to the prototype", lambda frame=frame: coerce(frame, model.prototype))
 
     for _ in range(repeats):
-        read = None
-        if numeric_split is not None:
-            read = timed(
-                "read the body into columns (numeric_split)",
-                lambda: numeric_split(body, model.prototype, limits),
-            )
+        read = timed(
+            "read the body into columns (numeric_split)",
+            lambda: numeric_split(body, model.prototype, limits),
+        )
         typed = general() if read is None else read.frame
         framed = timed(
             "encode the worker request",
@@ -91,9 +83,10 @@ def run(bundle: Path, rows: int, repeats: int) -> list[tuple[str, float]]:
                 model._score_function, model._state, data, model._label
             ),
         )
-        if as_json is not None and long_answer:
+        if long_answer:
             predictions = timed(
-                "convert the answer back (as JSON text)", lambda answer=answer: as_json(answer)
+                "convert the answer back (as JSON text)",
+                lambda answer=answer: rconvert.json_predictions(answer),
             )
         else:
             predictions = timed(
@@ -107,7 +100,9 @@ def run(bundle: Path, rows: int, repeats: int) -> list[tuple[str, float]]:
         decoded = timed("decode the reply", lambda reply=reply: protocol.decode(reply[4:]))
         timed(
             "the JSON response",
-            lambda decoded=decoded: orjson.dumps({"predictions": written(decoded["predictions"])}),
+            lambda decoded=decoded: orjson.dumps(
+                {"predictions": protocol.prediction_json(decoded["predictions"])}
+            ),
         )
     return [(stage, statistics.median(times)) for stage, times in timings.items()]
 

@@ -408,6 +408,26 @@ def test_the_one_pass_read_gives_the_parsers_samples(text: str) -> None:
     assert comparable(quick) == comparable(parsed_samples(text))
 
 
+@pytest.mark.parametrize("text", QUICK_PAGES.values(), ids=QUICK_PAGES.keys())
+def test_a_cold_and_a_warm_read_give_the_same_samples(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """quick_samples remembers the heads of lines it has read: the second read of a page
+    (every head known) must give what the first (none known) gave, and the parser."""
+    from rscore.autoscaler import scrape
+
+    monkeypatch.setattr(scrape, "_HEADS", {})
+
+    def comparable(samples: list[tuple[str, str, float]] | None) -> list[str]:
+        assert samples is not None
+        return sorted(repr((n, c, float(v))) for n, c, v in samples)  # NaN != NaN
+
+    cold = comparable(quick_samples(text))
+    assert scrape._HEADS  # the first read filled the cache
+    warm = comparable(quick_samples(text))
+    assert cold == warm == comparable(parsed_samples(text))
+
+
 @pytest.mark.parametrize(
     "line",
     [

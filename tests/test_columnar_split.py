@@ -101,6 +101,18 @@ def test_the_document_kept_for_data_collection_is_the_body() -> None:
     assert orjson.dumps(read.document) == orjson.dumps(parse_json(body))
 
 
+def test_without_data_collection_no_document_is_built() -> None:
+    body = split_body(values(), indent=2)
+    kept, bare = (
+        numeric_split(body, PROTOTYPE, LIMITS, keep_document=keep) for keep in (True, False)
+    )
+    assert kept is not None
+    assert bare is not None
+    assert kept.document is not None
+    assert bare.document is None
+    assert_same_frame(bare.frame, kept.frame)
+
+
 def test_the_document_of_a_pretty_printed_body_stays_on_one_line() -> None:
     """Data collection writes one document per line (JSON Lines)."""
     body = split_body(values(), indent=2).replace(b"\n", b"\r\n")

@@ -71,6 +71,34 @@ async def test_a_big_numeric_body_answers_exactly_as_the_general_path(
     assert fast == general  # exactly: the same values, in the same order
 
 
+async def test_a_big_numeric_body_is_read_by_the_fast_path(
+    serve: ServeFactory,  # noqa: F811
+    example_bundles: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """/score reads a large all-number body with numeric_split (not the general path),
+    and without the data-collection document when nothing collects."""
+    from rscore.sidecar import app
+
+    reads: list[Any] = []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        reads.append((app_numeric_split(*args, **kwargs), kwargs))
+        return reads[-1][0]
+
+    app_numeric_split = app.numeric_split
+    monkeypatch.setattr(app, "numeric_split", spy)
+    served = await serve(example_bundles / "mtcars-lm", workers=2, config=SPLIT)
+    status, answer = await post(served, split_body("mtcars-lm", table("mtcars-lm")))
+    assert status == 200
+    assert len(answer["predictions"]) == ROWS
+    ((read, kwargs),) = reads
+    assert read is not None
+    assert read.frame.nrows == ROWS
+    assert kwargs["keep_document"] is False
+    assert read.document is None
+
+
 async def test_the_big_request_is_split_over_the_idle_workers(
     serve: ServeFactory,  # noqa: F811
     example_bundles: Path,

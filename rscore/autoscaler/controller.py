@@ -26,6 +26,7 @@ import aiohttp
 from rscore.autoscaler.informer import PodCache
 from rscore.autoscaler.kube_io import ApiError, KubeApi, MayWrite
 from rscore.autoscaler.metrics import ControllerMetrics
+from rscore.autoscaler.options import Options
 from rscore.autoscaler.reconcile import Memory, TickContext, reconcile
 from rscore.autoscaler.sampling import SamplingPolicy
 from rscore.autoscaler.shards import shard_of
@@ -78,7 +79,7 @@ class Controller:
         pods: PodCache | None = None,
         shards: int = 1,
         shard_index: int = 0,
-        status_heartbeat_s: float = 60.0,
+        status_heartbeat_s: float = Options.status_heartbeat_s,
     ) -> None:
         self.api = api
         self.metrics = metrics

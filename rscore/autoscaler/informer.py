@@ -67,7 +67,7 @@ class PodCache:
         self._by_label: dict[tuple[str, str, str], set[str]] = defaultdict(set)  # ns, k, v
         self._by_namespace: dict[str, set[str]] = defaultdict(set)
         # Each pod's facts, read once per pod object (an event brings a new object).
-        self._facts: dict[Key, tuple[dict[str, Any], PodFacts]] = {}
+        self._facts: dict[Key, PodFacts] = {}  # dropped whenever the pod is replaced
 
     def __len__(self) -> int:
         return len(self._pods)
@@ -94,6 +94,7 @@ class PodCache:
         old = self._pods.get(key)
         if old is not None:
             self._index(key, old, add=False)
+            self._facts.pop(key, None)
         self._pods[key] = pod
         self._index(key, pod, add=True)
 
@@ -130,10 +131,10 @@ class PodCache:
         out = []
         for pod in self.select(namespace, selector):
             key = _key(pod)
-            cached = self._facts.get(key)
-            if cached is None or cached[0] is not pod:
-                cached = self._facts[key] = (pod, pod_facts(pod))
-            out.append(cached[1])
+            facts = self._facts.get(key)
+            if facts is None:
+                facts = self._facts[key] = pod_facts(pod)
+            out.append(facts)
         return out
 
     # --- list, then watch ------------------------------------------------------------------

@@ -29,7 +29,6 @@ from rscore.autoscaler.policy import Recommendation
 
 __all__ = [
     "CHANGED",
-    "READINGS",
     "READINGS_ONLY",
     "UNCHANGED",
     "Condition",
@@ -44,7 +43,7 @@ __all__ = [
 # A status field that is a reading of the load (`status_change`): written at a heartbeat,
 # or along with a change of anything else. The reason and the conditions' messages are
 # readings in their figures only: a clause that comes or goes is a change.
-READINGS = frozenset({"observedConcurrency"})
+_READINGS = frozenset({"observedConcurrency"})
 _FIGURES = re.compile(r"[-+]?[0-9][0-9.e+-]*")
 
 # Unchanged / only readings changed / something else changed.
@@ -161,7 +160,7 @@ def status_change(previous: Mapping[str, Any], new: Mapping[str, Any]) -> int:
         before = previous.get(field)
         if before == value:
             continue
-        if field in READINGS or _settled(field, before) == _settled(field, value):
+        if field in _READINGS or _settled(field, before) == _settled(field, value):
             readings = True
             continue
         return CHANGED

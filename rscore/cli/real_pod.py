@@ -267,7 +267,8 @@ class Rig:
                 exposition = response.read().decode()
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return 0, 0, 0.0
-        return (*batch_counts(exposition), r_seconds(exposition))
+        samples = _read_samples(exposition)  # one pass for both
+        return (*batch_counts(exposition, samples), r_seconds(exposition, samples))
 
     def idle_cpu(self, seconds: float) -> CpuSample:
         """What the pod spends with no request at all for `seconds` (its timers)."""
@@ -391,24 +392,34 @@ def _read_line(stream: IO[bytes], deadline: float) -> bytes | None:
     return line.strip() if line else None
 
 
-def batch_counts(exposition: str) -> tuple[int, int]:
-    """(count, sum) of the rscore_batch_rows histogram in a Prometheus exposition."""
-    count = rows = 0.0
+# The samples the validation reads from the pod's page (`_r_calls`): histogram sums and
+# counts, unlabelled.
+_READ = ("rscore_batch_rows_count", "rscore_batch_rows_sum", "rscore_scoring_duration_seconds_sum")
+
+
+def _read_samples(exposition: str) -> dict[str, float]:
+    """`_READ`'s samples found in a Prometheus exposition, in one pass over its lines."""
+    found: dict[str, float] = {}
     for line in exposition.splitlines():
-        if line.startswith("rscore_batch_rows_count"):
-            count = float(line.rsplit(" ", 1)[1])
-        elif line.startswith("rscore_batch_rows_sum"):
-            rows = float(line.rsplit(" ", 1)[1])
-    return int(count), int(rows)
+        name, _, value = line.partition(" ")
+        if name in _READ:
+            found[name] = float(value.rsplit(" ", 1)[-1])
+    return found
 
 
-def r_seconds(exposition: str) -> float:
+def batch_counts(exposition: str, samples: dict[str, float] | None = None) -> tuple[int, int]:
+    """(count, sum) of the rscore_batch_rows histogram in a Prometheus exposition."""
+    found = _read_samples(exposition) if samples is None else samples
+    return int(found.get("rscore_batch_rows_count", 0.0)), int(
+        found.get("rscore_batch_rows_sum", 0.0)
+    )
+
+
+def r_seconds(exposition: str, samples: dict[str, float] | None = None) -> float:
     """The sum of the rscore_scoring_duration_seconds histogram (seconds inside R over
     every R call) in a Prometheus exposition; 0 without it."""
-    for line in exposition.splitlines():
-        if line.startswith("rscore_scoring_duration_seconds_sum"):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    found = _read_samples(exposition) if samples is None else samples
+    return found.get("rscore_scoring_duration_seconds_sum", 0.0)
 
 
 def answers(url: str, data: bytes | None) -> bool:

@@ -78,17 +78,23 @@ _OPEN, _CLOSE = ord("["), ord("]")
 @dataclass(frozen=True, slots=True)
 class NumericSplit:
     """A body read here: its frame, coerced to the prototype, and the document for data
-    collection (`data` as the body's own text, an orjson.Fragment, on one line)."""
+    collection (`data` as the body's own text, an orjson.Fragment, on one line), or None
+    when not asked for (`keep_document`)."""
 
     frame: TypedFrame
-    document: dict[str, Any]
+    document: dict[str, Any] | None
 
 
 def numeric_split(
-    body: bytes | bytearray, prototype: Prototype, limits: RequestLimits
+    body: bytes | bytearray,
+    prototype: Prototype,
+    limits: RequestLimits,
+    *,
+    keep_document: bool = True,
 ) -> NumericSplit | None:
     """The body's frame if it is a large all-number `dataframe_split` for a model of
-    numeric inputs; else None (take the general path)."""
+    numeric inputs; else None (take the general path). The document for data collection
+    is built only when `keep_document` (its one-line copy of `data` costs a pass)."""
     if len(body) < MIN_BODY_BYTES or not prototype.checked:
         return None
     if any(column.kind not in (NUMERIC, INTEGER) for column in prototype.columns):
@@ -129,6 +135,8 @@ def numeric_split(
         if column.kind == INTEGER and not _whole_within_r(block):
             return None  # the general path names the row
         columns.append(TypedColumn(column.name, column.kind, block))
+    if not keep_document:
+        return NumericSplit(TypedFrame(tuple(columns), nrows), None)
     document["dataframe_split"]["data"] = orjson.Fragment(_one_line(text))
     return NumericSplit(TypedFrame(tuple(columns), nrows), document)
 

@@ -170,16 +170,25 @@ def _r_function(name: str) -> Any:
     return ri.baseenv[name]
 
 
-def _columnar_values(vector: Any, rtype: Any) -> list[Any]:
-    """python_values for a long vector: one block copy and numpy, no R call per value."""
+def _block(vector: Any, rtype: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """A double, integer or logical vector as one block copy: (its values, where they
+    are missing: NA, NaN, Inf); None for any other type."""
     if rtype == ri.RTYPES.REALSXP:
         numbers = _numbers(vector, np.float64, "REAL")
-        return _with_none(numbers.tolist(), ~np.isfinite(numbers))
+        return numbers, ~np.isfinite(numbers)
     if rtype in (ri.RTYPES.INTSXP, ri.RTYPES.LGLSXP):
         accessor = "INTEGER" if rtype == ri.RTYPES.INTSXP else "LOGICAL"
         codes = _numbers(vector, np.int32, accessor)
-        values = codes.tolist() if rtype == ri.RTYPES.INTSXP else (codes != 0).tolist()
-        return _with_none(values, codes == _NA_INT)
+        return (codes if rtype == ri.RTYPES.INTSXP else codes != 0), codes == _NA_INT
+    return None
+
+
+def _columnar_values(vector: Any, rtype: Any) -> list[Any]:
+    """python_values for a long vector: one block copy and numpy, no R call per value."""
+    block = _block(vector, rtype)
+    if block is not None:
+        values, missing = block
+        return _with_none(values.tolist(), missing)
     # Strings: R's codes into the distinct values (a hash in R), each distinct one
     # converted once.
     distinct = _r_function("unique")(vector)
@@ -251,15 +260,13 @@ def _numeric_block(vector: Any) -> np.ndarray | None:
     python_values' would be written; None for a string vector, or an integer or logical
     one with NA (numpy has no NA for those)."""
     rtype = vector.typeof
+    block = _block(vector, rtype)
+    if block is None:
+        return None
+    values, missing = block
     if rtype == ri.RTYPES.REALSXP:
-        return _numbers(vector, np.float64, "REAL")  # orjson writes non-finite as null
-    if rtype not in (ri.RTYPES.INTSXP, ri.RTYPES.LGLSXP):
-        return None
-    accessor = "INTEGER" if rtype == ri.RTYPES.INTSXP else "LOGICAL"
-    codes = _numbers(vector, np.int32, accessor)
-    if (codes == _NA_INT).any():
-        return None
-    return codes if rtype == ri.RTYPES.INTSXP else codes != 0
+        return values  # orjson writes non-finite as null
+    return None if missing.any() else values
 
 
 def r_argument(value: Any) -> Any:

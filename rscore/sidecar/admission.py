@@ -520,10 +520,11 @@ class Dispatcher:
         for job in turn.batch:
             job.state = JobState.DONE
         self._inflight -= len(turn.batch)
-        self.concurrency.change(self._clock(), -len(turn.batch))
+        now = self._clock()
+        self.concurrency.change(now, -len(turn.batch))
         link = turn.link
         if not turn.chunk:
-            self._served_at[link] = self._clock()
+            self._served_at[link] = now
         if link.usable and link in self._links:
             self._idle[link] = None
             self._pump()

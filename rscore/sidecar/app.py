@@ -369,7 +369,12 @@ async def read_input(
         return _parse_input(body, to_frame, model, keep_document)
     fast = None
     if numbers_first:
-        fast = functools.partial(numeric_split, prototype=model.prototype, limits=state.limits)
+        fast = functools.partial(
+            numeric_split,
+            prototype=model.prototype,
+            limits=state.limits,
+            keep_document=keep_document,
+        )
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(
         state.parse_executor, _parse_input, body, to_frame, model, keep_document, fast
@@ -386,7 +391,7 @@ def _parse_input(
     if fast is not None:
         read = fast(body)
         if read is not None:
-            return ScoringInput(read.frame, read.document if keep_document else None)
+            return ScoringInput(read.frame, read.document)
     document = parse_json(body)
     frame, inference_id = to_frame(document)
     typed = coerce(frame, model.prototype)

@@ -13,10 +13,8 @@ engine models both when a pod's spec asks (`PodSpec.models_sidecar`):
   call only once the loop has read the reply (rscore/sidecar/admission.py starts the next call
   from the reply's callback): a busy loop idles the workers, and batches grow behind
   it, as they do in the real pod. A request the loop gives to an idle worker is written
-  when the loop is through the turns already waiting (rscore/sidecar/admission.py writes the
-  jobs given out in an iteration at its end, `_send_assigned`), with the requests those
-  turns admit meanwhile: under a backlog, batches form as in the real pod even with a
-  worker idle. A turn that finds the loop idle costs `wake_s` more
+  at once (docs/simulator.md says why writing it at the end of the loop's iteration
+  was reverted). A turn that finds the loop idle costs `wake_s` more
   (the loop wakes: a fresh iteration, its poll and its callbacks). Per-call work is
   why a pod that batches little spends more sidecar CPU per request than a saturated
   one: the cost per request is `request_s + call_s * calls / requests`;
