@@ -204,6 +204,27 @@ def test_a_value_that_is_not_a_number_is_left_to_the_general_path(new: bytes) ->
         general(body)
 
 
+@pytest.mark.parametrize(
+    "new",
+    [ROW, b"[null,-0,1E+2,123456789012345678901234567890]", REFUSED["empty value"]],
+    ids=["read", "read-by-orjson", "refused"],
+)
+def test_a_bytearray_body_is_read_in_place_and_left_as_it_was(new: bytes) -> None:
+    """The sidecar's body is a bytearray, read without a copy: the commas around each
+    piece stand in for its brackets while it is read, and are put back, whether the
+    body is read or refused."""
+    body = mutated(ROW, new)
+    lent = bytearray(body)
+    read = numeric_split(lent, PROTOTYPE, LIMITS)
+    assert lent == body
+    if new is REFUSED["empty value"]:
+        assert read is None
+        return
+    assert read is not None
+    assert_same_frame(read.frame, general(body))
+    assert orjson.loads(orjson.dumps(read.document)) == orjson.loads(body)
+
+
 def test_null_and_exponents_are_read_as_json_reads_them() -> None:
     body = mutated(ROW, b"[null,-0,1E+2,-2.5e-3]")
     read = numeric_split(body, PROTOTYPE, LIMITS)
