@@ -29,10 +29,12 @@ from rscore.cli.main import cli
 from rscore.sidecar.app import INLINE_PARSE_BYTES, STATE, SidecarConfig
 from rscore.sidecar.body_budget import BodyBudget, BodyHold
 from rscore.sidecar.heap import (
+    LONGEST_DEFERRAL_S,
+    QUIET_S,
     TRIM_AFTER_BYTES,
     HeapTrimmer,
+    keep_freed_memory_for_trim,
     malloc_trim,
-    return_large_blocks_at_once,
 )
 
 WAIT_S = 30.0  # bound of every poll: only a failing test waits this long
@@ -115,28 +117,111 @@ class QueuedExecutor(Executor):
             fn()
 
 
+class FakeTimer:
+    def __init__(self, due: float, callback: Callable[[], None]) -> None:
+        self.due, self.callback, self.cancelled = due, callback, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeTimers:
+    """call_later and a clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.armed: list[FakeTimer] = []
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> FakeTimer:
+        self.armed.append(FakeTimer(self.now + delay, callback))
+        return self.armed[-1]
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        due = [timer for timer in self.armed if timer.due <= self.now]
+        self.armed = [timer for timer in self.armed if timer.due > self.now]
+        for timer in due:
+            if not timer.cancelled:
+                timer.callback()
+
+
+# (seconds since the last step, body bytes answered) ...; "run" runs the queued trims.
+Step = tuple[float, int | str]
+ONE_MIB = TRIM_AFTER_BYTES
+
+
 @pytest.mark.parametrize(
-    ("answered", "run_between", "trims"),
+    ("steps", "trims"),
     [
-        ([100, 1000, TRIM_AFTER_BYTES - 1], False, 0),  # small bodies never trim
-        ([TRIM_AFTER_BYTES], False, 1),
-        ([TRIM_AFTER_BYTES, 10 * TRIM_AFTER_BYTES, TRIM_AFTER_BYTES], False, 1),  # one waits
-        ([TRIM_AFTER_BYTES, TRIM_AFTER_BYTES], True, 2),  # after it ran, the next asks again
+        ([(0, 100), (0, 1000), (0, ONE_MIB - 1), (5, "run")], 0),  # small bodies never trim
+        ([(0, ONE_MIB), (QUIET_S - 0.01, "run")], 0),  # not yet quiet
+        ([(0, ONE_MIB), (QUIET_S, "run")], 1),
+        # a burst: each body pushes the trim back; one trim once it is over
+        ([(0, ONE_MIB), (0.3, 10 * ONE_MIB), (0.3, ONE_MIB), (0.3, "run"), (0.3, "run")], 1),
+        # a stream without a pause: trimmed LONGEST_DEFERRAL_S after its first body
+        ([(0, ONE_MIB)] + [(0.2, ONE_MIB)] * 60 + [(0, "run")], 1),
+        # two bursts apart: a trim after each
+        ([(0, ONE_MIB), (1, "run"), (5, ONE_MIB), (1, "run")], 2),
+        # a trim still queued (the parse thread busy) is not queued twice
+        ([(0, ONE_MIB), (1, ONE_MIB), (1, ONE_MIB), (1, "run")], 1),
     ],
-    ids=["small", "one-large", "burst", "one-after-another"],
+    ids=["small", "not-quiet-yet", "one-large", "burst", "stream", "two-bursts", "one-queued"],
 )
-def test_large_bodies_trim_the_heap_with_one_trim_waiting_at_most(
-    answered: list[int], run_between: bool, trims: int
-) -> None:
+def test_large_bodies_trim_the_heap_once_they_stop(steps: list[Step], trims: int) -> None:
     executor = QueuedExecutor()
-    calls: list[None] = []
-    trimmer = HeapTrimmer(executor, lambda: calls.append(None))
-    for body_bytes in answered:
-        trimmer.answered(body_bytes)
-        if run_between:
+    timers = FakeTimers()
+    calls: list[float] = []
+    trimmer = HeapTrimmer(
+        executor,
+        lambda: calls.append(timers.now),
+        call_later=timers.call_later,
+        clock=lambda: timers.now,
+    )
+    for seconds, what in steps:
+        timers.advance(seconds)
+        if what == "run":
             executor.run_queued()
-    executor.run_queued()
+        else:
+            assert isinstance(what, int)
+            trimmer.answered(what)
     assert len(calls) == trimmer.trims == trims
+
+
+def test_a_steady_stream_is_trimmed_within_the_longest_deferral() -> None:
+    executor = QueuedExecutor()
+    timers = FakeTimers()
+    trimmer = HeapTrimmer(executor, lambda: None, call_later=timers.call_later,
+                          clock=lambda: timers.now)  # fmt: skip
+    while timers.now < LONGEST_DEFERRAL_S - 0.2:
+        trimmer.answered(ONE_MIB)
+        timers.advance(0.2)
+        assert not executor.queued
+    trimmer.answered(ONE_MIB)
+    timers.advance(0.2)
+    assert len(executor.queued) == 1
+
+
+async def test_a_response_lets_go_of_its_body_once_written() -> None:
+    """aiohttp holds a keep-alive connection's last response until its next request:
+    a large answer must not stay resident that long."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from rscore.sidecar.app import json_response
+
+    answered: list[web.Response] = []
+
+    async def handler(_: web.Request) -> web.Response:
+        answered.append(json_response({"predictions": list(range(100_000))}))
+        return answered[-1]
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    async with TestClient(TestServer(app)) as client:
+        response = await client.get("/")
+        assert (await response.json())["predictions"][-1] == 99_999
+        assert int(response.headers["Content-Length"]) > 500_000
+        assert answered[0].body is None  # the connection is still open (keep-alive)
 
 
 def test_without_malloc_trim_nothing_is_submitted() -> None:
@@ -151,7 +236,7 @@ def test_malloc_trim_and_mallopt_are_found_on_glibc() -> None:
     trim = malloc_trim()
     assert trim is not None
     trim()
-    assert return_large_blocks_at_once()
+    assert keep_freed_memory_for_trim()
 
 
 # --- the flag -----------------------------------------------------------------------

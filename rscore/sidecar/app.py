@@ -272,8 +272,18 @@ def _from_http_exception(http_error: web.HTTPException) -> ScoringError:
     return BadRequest(http_error.reason)
 
 
+class WrittenOnce(web.Response):
+    """A response that lets go of its body once written. aiohttp keeps a keep-alive
+    connection's last response until its next request: a large answer (MBs) would
+    stay resident, on every such connection, as long as the client keeps it open."""
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        await super().write_eof(data)
+        self.body = None
+
+
 def json_response(body: Any, *, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+    return WrittenOnce(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
 # --- scoring ----------------------------------------------------------------------

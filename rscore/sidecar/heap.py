@@ -1,35 +1,63 @@
-"""Handing the memory of large request bodies back to the system once they are answered.
+"""Handing the memory of large request bodies back to the system once a burst of them is
+over, and not before.
 
 CPython frees a large body's objects when its request is done, but glibc's malloc keeps
 the freed pages in its arenas (the parse thread has an arena of its own), so without
 help the sidecar's resident memory stays near its peak after a burst of large bodies.
-`malloc_trim(0)` returns those pages. `HeapTrimmer` runs it after a request whose body
-was at least TRIM_AFTER_BYTES is answered, on the given executor (the parse thread: it
-walks every arena, so never on the event loop), with at most one trim waiting.
-`return_large_blocks_at_once()`, called once at start, keeps glibc from moving large
-blocks (a body's bytes, the pointer arrays of its columns) into the heap, where freeing
-them returns nothing.
+`malloc_trim(0)` returns those pages. `HeapTrimmer` runs it on the given executor (the
+parse thread: it walks every arena, so never on the event loop) once no body of at
+least TRIM_AFTER_BYTES has been answered for QUIET_S, or LONGEST_DEFERRAL_S after the
+first one left untrimmed while they keep coming.
 
-Where the C library has neither (musl, macOS) both do nothing. Never frees or touches
-memory itself.
+Why not sooner: a page handed back costs a page fault when it is used again (~3 us per
+4 KiB page on this machine's VM), and a 100,000-row request allocates ~16 MB on its
+way through the sidecar: returned after each request (a trim per request, or glibc's
+own mmap and trim thresholds left low), back-to-back 2 MB requests took 46 ms each
+instead of 24 (docs/benchmarks.md, bench-big). `keep_freed_memory_for_trim()`, called
+once at start, fixes glibc's thresholds so blocks up to MMAP_THRESHOLD_BYTES come from
+the arenas and freed memory stays there for the next request until the trim; only
+larger blocks are mappings of their own, returned at free.
+
+Where the C library has neither call (musl, macOS) both do nothing. Never frees or
+touches memory itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import functools
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
+from typing import Protocol
 
 log = logging.getLogger("rscore.heap")
 
-M_MMAP_THRESHOLD = -3  # mallopt's parameter, from glibc's malloc.h
-MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's own starting value, kept
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # mallopt's, from malloc.h
+# Blocks this large or larger are mappings of their own, returned as soon as freed: a
+# body of tens of MB is rare enough that faulting its pages in again costs little.
+MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # glibc's own ceiling for its moving threshold
+# Freed memory at the top of an arena is returned only past this (glibc's default is
+# 128 KiB, which hands a large request's memory back at every free): the trim does it.
+TRIM_THRESHOLD_BYTES = 1024 * 1024 * 1024
 
 # A 1-row request is ~100 bytes and is never worth a trim; a body of 1 MiB leaves
 # ~10 MiB of freed objects behind (see rscore.sidecar.body_budget).
 TRIM_AFTER_BYTES = 1024 * 1024
+# No large body answered for this long: the burst is over, trim.
+QUIET_S = 0.5
+# Large bodies answered without a pause this long: trim anyway (what a steady stream
+# holds is its working set, but a stream that shrinks should not keep its peak).
+LONGEST_DEFERRAL_S = 10.0
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+CallLater = Callable[[float, Callable[[], None]], Timer]  # asyncio's loop.call_later
 
 
 @functools.cache
@@ -44,14 +72,14 @@ def malloc_trim() -> Callable[[], None] | None:
     return lambda: trim(0)
 
 
-def return_large_blocks_at_once() -> bool:
-    """Fix glibc's mmap threshold at 128 KiB; False where there is no mallopt.
+def keep_freed_memory_for_trim() -> bool:
+    """Fix glibc's mmap threshold at MMAP_THRESHOLD_BYTES and its trim threshold at
+    TRIM_THRESHOLD_BYTES; False where there is no mallopt.
 
-    glibc raises the threshold (up to 32 MiB) each time it frees a mapped block, so
-    after the first large body every later one's big blocks come from the heap and
-    stay there when freed; fixed, each block of 128 KiB or more is a mapping of its
-    own, returned at free. Measured (ten 9 MB bodies at once, no byte budget, answered
-    and then trimmed): 87-111 MiB resident afterwards instead of 115-164 MiB.
+    Left to itself glibc starts both low (128 KiB: every large block a mapping,
+    returned at free, faulted in again by the next request) and raises them as large
+    blocks are freed, so memory is kept or not depending on the history. Fixed, what a
+    request frees stays for the next one, and `HeapTrimmer` decides when it goes back.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -59,22 +87,52 @@ def return_large_blocks_at_once() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    mapped = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    one_arena = mallopt(M_ARENA_MAX, 1)
+    return bool(mapped and one_arena and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
 
 
 class HeapTrimmer:
-    """Trims the heap on `executor` after large bodies; at most one trim waits. With
-    `trim` None (no malloc_trim here) it does nothing."""
+    """Trims the heap on `executor` once large bodies stop (QUIET_S without one) or have
+    gone LONGEST_DEFERRAL_S untrimmed; at most one trim waits. With `trim` None (no
+    malloc_trim here) it does nothing. `call_later` arms the timer (the running event
+    loop's by default); `clock` is the one it counts in."""
 
-    def __init__(self, executor: Executor, trim: Callable[[], None] | None) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        trim: Callable[[], None] | None,
+        *,
+        call_later: CallLater | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._executor = executor
         self._trim = trim
+        self._call_later = call_later
+        self._clock = clock
+        self._timer: Timer | None = None
+        self._untrimmed_since: float | None = None  # the first large body since a trim
         self._waiting = False
         self.trims = 0  # how many ran: for tests and curiosity
 
     def answered(self, body_bytes: int) -> None:
-        """A request whose body held `body_bytes` was answered: trim if it was large."""
-        if self._trim is None or body_bytes < TRIM_AFTER_BYTES or self._waiting:
+        """A request whose body held `body_bytes` was answered: (re)arm the trim if it
+        was large."""
+        if self._trim is None or body_bytes < TRIM_AFTER_BYTES:
+            return
+        now = self._clock()
+        if self._untrimmed_since is None:
+            self._untrimmed_since = now
+        due = min(now + QUIET_S, self._untrimmed_since + LONGEST_DEFERRAL_S)
+        if self._timer is not None:
+            self._timer.cancel()
+        call_later = self._call_later or asyncio.get_running_loop().call_later
+        self._timer = call_later(max(0.0, due - now), self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        self._untrimmed_since = None
+        if self._waiting:
             return
         self._waiting = True
         try:

@@ -71,7 +71,7 @@ async def _serve(
     supervisor_factory: SupervisorFactory | None,
     auth: AuthConfig,
 ) -> None:
-    heap.return_large_blocks_at_once()  # the memory of large bodies comes back
+    heap.keep_freed_memory_for_trim()  # large requests reuse memory; a trim returns it
     own_folder = None
     if listen.socket_path is None:  # rscore serve: a private folder, removed on exit
         own_folder = tempfile.TemporaryDirectory(prefix="rscore-")
