@@ -296,6 +296,8 @@ READ_SERIES = (
 
 
 DECIDED = "rscore_autoscaler_desired_replicas{"
+# Per ScoringAutoscaler: ticks that skipped it, its reconcile still running from before.
+SKIPPED = "rscore_autoscaler_overruns_total{"
 
 
 async def scrape_controller(session: ClientSession, port: int) -> dict[str, Any]:
@@ -305,6 +307,9 @@ async def scrape_controller(session: ClientSession, port: int) -> dict[str, Any]
     every = text.splitlines()
     # ScoringAutoscalers decided for at least once (a series each, set after the policy).
     out["decided"] = sum(1 for line in every if line.startswith(DECIDED))
+    out["skipped"] = sum(
+        float(line.rsplit(" ", 1)[1]) for line in every if line.startswith(SKIPPED)
+    )
     lines = [line for line in every if line.startswith(READ_SERIES)]
     for family in text_string_to_metric_families("\n".join(lines) + "\n"):
         for s in family.samples:
@@ -447,6 +452,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "tick_p50_s": max(p50s) if p50s else None,
         "tick_p99_s": max(p99s) if p99s else None,
         "overruns": sum(s["overruns"] for s in shards),
+        # Reconciles a tick could not start, the object's last one still running (a tick
+        # waits for its reconciles up to 80 % of the interval, then lets them finish
+        # in the background): the share of ScoringAutoscalers decided each tick is
+        # 1 - skipped / autoscalers.
+        "skipped_per_tick": sum(s["skipped_per_tick"] for s in shards),
         "cpu_s_per_tick": sum(s["cpu_s_per_tick"] for s in shards),
         "api_requests_per_tick": len(api) / ticks_per_shard,
         "scrapes_per_tick": sum(s["scrapes_per_tick"] for s in shards),
@@ -478,6 +488,7 @@ def _shard(i: int, before: dict[str, Any], after: dict[str, Any], cpu: float) ->
         "tick_p50_s": quantile(before["buckets"], after["buckets"], 0.5),
         "tick_p99_s": quantile(before["buckets"], after["buckets"], 0.99),
         "overruns": int(increase("rscore_autoscaler_tick_overruns_total")),
+        "skipped_per_tick": increase("skipped") / max(ticks, 1),
         "cpu_s_per_tick": cpu / max(ticks, 1),
         "scrapes_per_tick": increase("rscore_autoscaler_pod_scrapes_total") / max(ticks, 1),
         "cached_pods": int(after.get("rscore_autoscaler_cached_pods", 0)),
