@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from rscore.autoscaler.observe import PodFacts, PodUsage, build_observation, pod_facts, pod_usage
+from rscore.autoscaler.observe import (
+    SCALE_REREAD_S,
+    PodFacts,
+    PodUsage,
+    build_observation,
+    pod_facts,
+    pod_usage,
+    scale_read_due,
+)
 from rscore.autoscaler.policy import Observation, PodSample
 from rscore.autoscaler.scrape import PodDemand
 
@@ -411,3 +419,46 @@ def test_from_pod_dicts_to_observation() -> None:
     assert sample == PodSample("iris-0", 2.0, 300.0, 600.0, 300.0 * MI, 576.0 * MI, 4.0, 0.25, 1.0)
     assert observation.pending_pods == 1
     assert observation.pod_cpu_request_millicores == 600.0
+
+
+# --- when a tick reads the target's /scale -------------------------------------------
+
+
+def _pods(running: int, terminating: int = 0, pending: int = 0) -> list[PodFacts]:
+    def one(i: int, *, ready: bool, pending: bool, terminating: bool) -> PodFacts:
+        return PodFacts(f"p{i}", ready, pending, terminating, None, None, 0.0, 0.0)
+
+    return (
+        [one(i, ready=True, pending=False, terminating=False) for i in range(running)]
+        + [one(100 + i, ready=False, pending=True, terminating=False) for i in range(pending)]
+        + [one(200 + i, ready=False, pending=False, terminating=True) for i in range(terminating)]
+    )
+
+
+@pytest.mark.parametrize(
+    ("replicas", "read_at", "now", "pods", "due"),
+    [
+        (None, None, 0.0, _pods(3), True),  # never read this term
+        (3, 0.0, 2.0, None, True),  # no cache of pods to compare with
+        (3, 0.0, 2.0, _pods(3), False),  # the pods agree: the last read stands
+        (3, 0.0, 2.0, _pods(3, terminating=2), False),  # going pods are not replicas
+        (3, 0.0, 2.0, _pods(2, pending=1), False),  # a pending pod is one
+        (3, 0.0, 2.0, _pods(2), True),  # one short: scaled down by someone, or one died
+        (3, 0.0, 2.0, _pods(4), True),  # one over: scaled up by someone, or a rollout
+        (3, 0.0, 2.0, _pods(0), True),
+        (3, 0.0, SCALE_REREAD_S - 0.001, _pods(3), False),
+        (3, 0.0, SCALE_REREAD_S, _pods(3), True),  # agreeing pods, but read long ago
+    ],
+    ids=[
+        "never-read", "no-cache", "agree", "terminating", "pending", "short", "over", "none",
+        "just-fresh", "stale",
+    ],
+)  # fmt: skip
+def test_the_scale_is_read_again_only_when_the_pods_disagree_or_it_is_old(
+    replicas: int | None,
+    read_at: float | None,
+    now: float,
+    pods: list[PodFacts] | None,
+    due: bool,
+) -> None:
+    assert scale_read_due(replicas, read_at, now, pods) is due

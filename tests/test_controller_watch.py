@@ -249,9 +249,51 @@ async def test_api_reads_per_tick_stay_flat_as_pods_grow(tmp_path: Path) -> None
             await asyncio.gather(*tasks, return_exceptions=True)
             await client.close()
             await scene.close()
-    # One read per ScoringAutoscaler per tick (its /scale), with 2 pods or 12; the
-    # pods come from the watch, never from a list.
-    assert few == many == ["GET scale"] * 4, (few, many)
+    # The pods come from the watch, never from a list. While 2 pods stand for 12 replicas
+    # (moving), each tick reads the /scale again; once the 12 pods are there, the last
+    # read stands (rscore.autoscaler.observe.scale_read_due): no read at all.
+    assert few == ["GET scale"] * 4, few
+    assert many == [], many
+
+
+async def test_a_scale_by_someone_else_is_seen_as_its_pods_change(tmp_path: Path) -> None:
+    """With the last /scale read standing (the pods agree with it), `kubectl scale` by
+    someone else shows in the pod watch: the next tick reads the /scale, sees 5, and
+    puts the target back where the policy wants it (12, pinned)."""
+    async with KubeEmulator() as emu:
+        scene = await Scene.build(emu, replicas=12)
+        await scene.sync_pods()
+        metrics = ControllerMetrics()
+        client = await KubeApi.connect(emu.write_kubeconfig(tmp_path / "kubeconfig"), metrics)
+        cache = PodCache(client, metrics)
+        scene.add_autoscaler(minReplicas=12, maxReplicas=12)
+        controller = Controller(client, metrics, interval_s=1.0, pods=cache)
+        tasks = [
+            asyncio.create_task(controller.watch_forever()),
+            asyncio.create_task(cache.run_forever()),
+        ]
+        try:
+            await cache.synced.wait()
+            await controller.synced.wait()
+            tasks.append(asyncio.create_task(controller.lead(lambda: True)))
+            assert await _reads_over(emu, controller, ticks=3) == []  # after the first read
+            deployment = emu.get_object("apps/v1", "Deployment", NS, "scorer")
+            assert deployment is not None
+            deployment["spec"]["replicas"] = 5  # `kubectl scale --replicas=5`
+            emu.put_object(deployment)
+            await scene.sync_pods()  # its ReplicaSet removes 7 pods
+            await eventually(lambda: scene.replicas == 12, timeout_s=30)
+            scale_patches = [
+                r for r in emu.requests if r.method == "PATCH" and r.path.endswith("/scale")
+            ]
+            assert scale_patches, "the target was not put back"
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await client.close()
+            await scene.close()
+    assert metrics.registry.get_sample_value("rscore_autoscaler_scale_reads_total") >= 2
 
 
 async def _reads_over(emu: KubeEmulator, controller: Controller, ticks: int) -> list[str]:

@@ -49,6 +49,12 @@ class ControllerMetrics:
         self.scrapes = Counter(
             "rscore_autoscaler_pod_scrapes", "Pod /metrics scrapes attempted", registry=r
         )
+        self.scale_reads = Counter(
+            "rscore_autoscaler_scale_reads",
+            "Reads of a target's /scale (a tick reads it only when its pods disagree with "
+            "the last read, or every 30 s)",
+            registry=r,
+        )
         self.sampled_pods = Gauge(
             "rscore_autoscaler_sampled_pods",
             "Ready pods scraped at the last tick (a sample of them above the threshold)",

@@ -7,7 +7,7 @@ controller: Ready condition True, an IP, and not being deleted.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,19 @@ from rscore.autoscaler.policy import Observation, PodSample
 from rscore.autoscaler.quantity import cpu_millicores, memory_bytes
 from rscore.autoscaler.scrape import PodDemand
 
-__all__ = ["PodFacts", "PodUsage", "build_observation", "pod_facts", "pod_usage"]
+__all__ = [
+    "SCALE_REREAD_S",
+    "PodFacts",
+    "PodUsage",
+    "build_observation",
+    "pod_facts",
+    "pod_usage",
+    "scale_read_due",
+]
+
+# The longest a tick goes on the last /scale read while the pods agree with it: a
+# change no pod shows (a new selector matching as many pods) is seen within this.
+SCALE_REREAD_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -141,3 +153,26 @@ def _sample(pod: PodFacts, demand: PodDemand | None, usage: PodUsage | None) -> 
         queue_depth=None if demand is None else demand.queue_depth,
         calls=None if demand is None else demand.calls,
     )
+
+
+def scale_read_due(
+    replicas: int | None,
+    read_at: float | None,
+    now: float,
+    pods: Sequence[PodFacts] | None,
+    reread_s: float = SCALE_REREAD_S,
+) -> bool:
+    """Must this tick read the target's /scale, or will the last read (`replicas`, at
+    `read_at`) do? Reading it every tick is an API request per ScoringAutoscaler per tick
+    (1,000 at a 2 s interval: 500 a second, which API Priority and Fairness would
+    throttle), while the pod watch already shows what the replicas do. The last read
+    stands while the pods its selector matches (`pods`, from the watch's cache; None
+    when there is none) are as many as its replicas, not counting terminating ones;
+    it is read again when there is none, no cache to compare with, a count that
+    differs (a rollout, a scale by anyone, pods starting or going), or once `reread_s`
+    have passed."""
+    if replicas is None or read_at is None or pods is None:
+        return True
+    if now - read_at >= reread_s:
+        return True
+    return sum(1 for pod in pods if not pod.terminating) != replicas

@@ -37,7 +37,13 @@ from rscore.autoscaler.kube_io import (
     scrape_pod,
 )
 from rscore.autoscaler.metrics import ControllerMetrics
-from rscore.autoscaler.observe import PodFacts, PodUsage, build_observation, pod_facts
+from rscore.autoscaler.observe import (
+    PodFacts,
+    PodUsage,
+    build_observation,
+    pod_facts,
+    scale_read_due,
+)
 from rscore.autoscaler.policy import MODE_PANIC, Observation, PolicyState, Recommendation, decide
 from rscore.autoscaler.sampling import Rotation, SamplingPolicy, sampled_demand
 from rscore.autoscaler.scrape import DemandTracker, PodDemand, PodScrape, ScrapeError, metrics_url
@@ -77,6 +83,8 @@ class Memory:
     profile_saved_slot: float | None = None  # the start of the slot occurrence it was in
     rotation: Rotation = field(default_factory=Rotation)  # which pods to scrape (sampling)
     status_written_at: float | None = None  # this term's last status write (ctx.now)
+    scale: Scale | None = None  # the target's /scale as last read (or written) this term
+    scale_read_at: float | None = None  # when it was read (ctx.now)
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,19 @@ async def _list_pod_facts(ctx: TickContext, namespace: str, selector: str) -> li
         except SelectorError:
             pass
     return [pod_facts(p) for p in await ctx.api.list_pods(namespace, selector)]
+
+
+def _cached_pod_facts(
+    ctx: TickContext, namespace: str, scale: Scale | None
+) -> list[PodFacts] | None:
+    """The pods the last /scale read's selector matches, from the informer's cache;
+    None without a cache, a read, or a selector the cache can read."""
+    if ctx.pods is None or scale is None or not scale.selector:
+        return None
+    try:
+        return ctx.pods.select_facts(namespace, scale.selector)
+    except SelectorError:
+        return None
 
 
 def _writable(ctx: TickContext) -> bool:
@@ -331,12 +352,22 @@ async def _observe(
 ) -> tuple[Observation, Scale] | None:
     """This tick's observation, or None after reporting why there is none."""
     ns, target = settings.namespace, settings.target
-    try:
-        scale = await ctx.api.get_scale(ns, target)
-    except ApiError as error:
-        message = f"reading the scale of {target}: {error}"
-        await _fail(ctx, obj, memory, Condition("AbleToScale", False, "FailedGetScale", message))
-        return None
+    scale, pods = memory.scale, _cached_pod_facts(ctx, ns, memory.scale)
+    if scale_read_due(
+        None if scale is None else scale.replicas, memory.scale_read_at, ctx.now, pods
+    ):
+        try:
+            scale = await ctx.api.get_scale(ns, target)
+        except ApiError as error:
+            memory.scale = None
+            message = f"reading the scale of {target}: {error}"
+            await _fail(
+                ctx, obj, memory, Condition("AbleToScale", False, "FailedGetScale", message)
+            )
+            return None
+        memory.scale, memory.scale_read_at, pods = scale, ctx.now, None
+        ctx.metrics.scale_reads.inc()
+    assert scale is not None  # read above when there was none
     memory.failing.discard("FailedGetScale")
     if not scale.selector:
         message = f"{target} reports no status.selector in its /scale"
@@ -346,7 +377,8 @@ async def _observe(
         return None
 
     try:
-        pods = await _list_pod_facts(ctx, ns, scale.selector)
+        if pods is None:
+            pods = await _list_pod_facts(ctx, ns, scale.selector)
         usage: dict[str, PodUsage] = {}
         if (
             settings.scaling.cpu_target_utilization is not None
@@ -437,6 +469,8 @@ async def _act(
         memory.failing.discard(f"FailedRescale-{what}")
         memory.last_scale_time = ctx.now_iso
         current[what] = desired
+        if what == "pods" and memory.scale is not None:  # what the next tick compares with
+            memory.scale = replace(memory.scale, replicas=desired)
         ctx.metrics.scale_operations.labels(*_labels(settings), what, direction).inc()
         reason = ("ScaledUp" if direction == "up" else "ScaledDown") + (
             "Nodes" if what == "nodes" else ""
