@@ -45,6 +45,7 @@ from rscore.r_scorer.payload import parse_body
 from rscore.r_scorer.pool import WorkerLink, WorkerPool
 from rscore.r_scorer.prototype import TypedFrame, coerce
 from rscore.r_scorer.supervisor import QUICK_DEATH_S, ZYGOTE_SLOT, Supervisor
+from rscore.r_scorer.worker import IDLE_TRIM_S
 from rscore.r_scorer.zygote_control import SINGLE_THREAD_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,7 +78,8 @@ class Run:
     workers: int
     ready_s: float = 0.0
     at_start: list[WorkerMemory] = field(default_factory=list)
-    after: list[WorkerMemory] = field(default_factory=list)
+    after: list[WorkerMemory] = field(default_factory=list)  # at rest: trimmed when idle
+    busy: list[WorkerMemory] = field(default_factory=list)  # right after the last request
     requests: int = 0
     requests_s: float = 0.0
     restarts_s: list[float] = field(default_factory=list)
@@ -126,6 +128,9 @@ async def measure(
             )
             run.requests = args.requests_per_worker * args.workers
             run.requests_s = run.requests / (time.perf_counter() - began)
+            run.busy = supervisor.measure_memory()
+            # At rest: a worker idle for IDLE_TRIM_S hands its freed heap back.
+            await asyncio.sleep(IDLE_TRIM_S + 0.5)
             run.after = supervisor.measure_memory()
             for link in list(pool.workers)[: args.restarts]:
                 run.restarts_s.append(await _restart(pool, supervisor, link))
@@ -158,9 +163,10 @@ async def _restart(pool: WorkerPool, supervisor: Supervisor, link: WorkerLink) -
 def table(runs: list[Run]) -> str:
     lines = [
         "| model | start | worker PSS at start | total PSS at start | private per worker at "
-        "start | after requests: worker PSS | total PSS | private per worker | added per "
-        "worker, start / after | restart (median, max) | req/s | ready |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "start | after requests, at rest: worker PSS | total PSS | private per worker | "
+        "private per worker, busy | added per worker, start / after | restart (median, "
+        "max) | req/s | ready |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     spawned = {run.model: run for run in runs if run.mode == "spawn"}
     for run in runs:
@@ -185,6 +191,7 @@ def table(runs: list[Run]) -> str:
             f"| {run.mean(run.after, 'pss_bytes') / MB:.0f} MB "
             f"| {run.total_pss(run.after) / MB:.0f} MB "
             f"| {run.mean(run.after, 'private_bytes') / MB:.1f} MB "
+            f"| {run.mean(run.busy, 'private_bytes') / MB:.1f} MB "
             f"| {added} | {restarts} | {run.requests_s:.0f} | {run.ready_s:.2f} s |"
         )
     return "\n".join(lines)
@@ -195,7 +202,9 @@ def report(runs: list[Run], args: argparse.Namespace, command: str) -> str:
         "## Workers' memory: spawned vs forked from a zygote\n\n"
         f"`{command}` on {machine()}. {args.workers} workers per run; each answered "
         f"{args.requests_per_worker} 1-row requests (closed loop, one caller per worker) "
-        "between the two measurements. PSS and private bytes from /proc/PID/smaps_rollup; "
+        "between the two measurements; *after* is at rest, 1.5 s after the last request (a "
+        "worker idle for 1 s hands its freed heap back: malloc_trim), *busy* right after "
+        "it. PSS and private bytes from /proc/PID/smaps_rollup; "
         "the total counts the zygote. *Added per worker*: a forked worker's private "
         "bytes over one spawned worker's PSS (what the first worker costs: R, packages, "
         "model). Restart: SIGKILL to the successor's hello on the socket. Both ways run "

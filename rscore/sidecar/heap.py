@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import functools
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Protocol
+
+from rscore.r_scorer.heap_trim import malloc_trim
 
 log = logging.getLogger("rscore.heap")
 
@@ -57,19 +58,13 @@ class Timer(Protocol):
     def cancel(self) -> None: ...
 
 
+__all__ = [
+    "HeapTrimmer",
+    "keep_freed_memory_for_trim",
+    "malloc_trim",
+]
+
 CallLater = Callable[[float, Callable[[], None]], Timer]  # asyncio's loop.call_later
-
-
-@functools.cache
-def malloc_trim() -> Callable[[], None] | None:
-    """glibc's malloc_trim(0) (ctypes releases the GIL around it), or None."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim  # the process's own symbols: libc's
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return lambda: trim(0)
 
 
 def keep_freed_memory_for_trim() -> bool:
