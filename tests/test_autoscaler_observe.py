@@ -11,6 +11,7 @@ from rscore.autoscaler.observe import (
     SCALE_REREAD_S,
     PodFacts,
     PodUsage,
+    active_pods,
     build_observation,
     pod_facts,
     pod_usage,
@@ -424,7 +425,9 @@ def test_from_pod_dicts_to_observation() -> None:
 # --- when a tick reads the target's /scale -------------------------------------------
 
 
-def _pods(running: int, terminating: int = 0, pending: int = 0) -> list[PodFacts]:
+def _pods(
+    running: int, terminating: int = 0, pending: int = 0, finished: int = 0
+) -> list[PodFacts]:
     def one(i: int, *, ready: bool, pending: bool, terminating: bool) -> PodFacts:
         return PodFacts(f"p{i}", ready, pending, terminating, None, None, 0.0, 0.0)
 
@@ -432,6 +435,8 @@ def _pods(running: int, terminating: int = 0, pending: int = 0) -> list[PodFacts
         [one(i, ready=True, pending=False, terminating=False) for i in range(running)]
         + [one(100 + i, ready=False, pending=True, terminating=False) for i in range(pending)]
         + [one(200 + i, ready=False, pending=False, terminating=True) for i in range(terminating)]
+        # Failed or Succeeded (an evicted pod): neither ready, pending nor terminating.
+        + [one(300 + i, ready=False, pending=False, terminating=False) for i in range(finished)]
     )
 
 
@@ -443,6 +448,7 @@ def _pods(running: int, terminating: int = 0, pending: int = 0) -> list[PodFacts
         (3, 0.0, 2.0, _pods(3), False),  # the pods agree: the last read stands
         (3, 0.0, 2.0, _pods(3, terminating=2), False),  # going pods are not replicas
         (3, 0.0, 2.0, _pods(2, pending=1), False),  # a pending pod is one
+        (3, 0.0, 2.0, _pods(3, finished=2), False),  # an evicted pod is not
         (3, 0.0, 2.0, _pods(2), True),  # one short: scaled down by someone, or one died
         (3, 0.0, 2.0, _pods(4), True),  # one over: scaled up by someone, or a rollout
         (3, 0.0, 2.0, _pods(0), True),
@@ -450,7 +456,8 @@ def _pods(running: int, terminating: int = 0, pending: int = 0) -> list[PodFacts
         (3, 0.0, SCALE_REREAD_S, _pods(3), True),  # agreeing pods, but read long ago
     ],
     ids=[
-        "never-read", "no-cache", "agree", "terminating", "pending", "short", "over", "none",
+        "never-read", "no-cache", "agree", "terminating", "pending", "finished", "short",
+        "over", "none",
         "just-fresh", "stale",
     ],
 )  # fmt: skip
@@ -462,3 +469,15 @@ def test_the_scale_is_read_again_only_when_the_pods_disagree_or_it_is_old(
     due: bool,
 ) -> None:
     assert scale_read_due(replicas, read_at, now, pods) is due
+
+
+def test_a_pod_that_has_finished_is_not_an_active_one() -> None:
+    evicted = {
+        "metadata": {"name": "web-1"},
+        "status": {"phase": "Failed", "reason": "Evicted"},
+    }
+    running_not_ready = {
+        "metadata": {"name": "web-2"},
+        "status": {"phase": "Running", "podIP": "10.0.0.2", "conditions": []},
+    }
+    assert active_pods([pod_facts(evicted), pod_facts(running_not_ready)]) == 1

@@ -153,7 +153,9 @@ ONE_MIB = TRIM_AFTER_BYTES
 @pytest.mark.parametrize(
     ("steps", "trims"),
     [
-        ([(0, 100), (0, 1000), (0, ONE_MIB - 1), (5, "run")], 0),  # small bodies never trim
+        ([(0, 100), (0, 1000), (0, 20_000), (5, "run")] * 100, 0),  # small ones never do
+        ([(0, ONE_MIB - 1), (5, "run")], 0),  # under a MiB in all
+        ([(0, 644_000), (0.1, 644_000), (QUIET_S, "run")], 1),  # large bodies add up
         ([(0, ONE_MIB), (QUIET_S - 0.01, "run")], 0),  # not yet quiet
         ([(0, ONE_MIB), (QUIET_S, "run")], 1),
         # a burst: each body pushes the trim back; one trim once it is over
@@ -165,7 +167,17 @@ ONE_MIB = TRIM_AFTER_BYTES
         # a trim still queued (the parse thread busy) is not queued twice
         ([(0, ONE_MIB), (1, ONE_MIB), (1, ONE_MIB), (1, "run")], 1),
     ],
-    ids=["small", "not-quiet-yet", "one-large", "burst", "stream", "two-bursts", "one-queued"],
+    ids=[
+        "small",
+        "under-a-mib",
+        "adding-up",
+        "not-quiet-yet",
+        "one-large",
+        "burst",
+        "stream",
+        "two-bursts",
+        "one-queued",
+    ],
 )
 def test_large_bodies_trim_the_heap_once_they_stop(steps: list[Step], trims: int) -> None:
     executor = QueuedExecutor()

@@ -25,6 +25,8 @@ from rscore.autoscaler.metrics import ControllerMetrics
 from rscore.autoscaler.observe import PodFacts
 from rscore.autoscaler.selector import SelectorError, equalities, parse_selector
 
+WAIT_S = 30.0  # bound of every wait: only a failing test waits this long
+
 pytestmark = pytest.mark.looptime
 
 
@@ -294,6 +296,47 @@ async def test_a_scale_by_someone_else_is_seen_as_its_pods_change(tmp_path: Path
             await client.close()
             await scene.close()
     assert metrics.registry.get_sample_value("rscore_autoscaler_scale_reads_total") >= 2
+
+
+async def test_a_new_scale_target_is_read_at_the_next_tick(tmp_path: Path) -> None:
+    """The last /scale read is its target's: when the spec names another target, the
+    next tick reads that one (not the old one's pods and replicas) and scales it."""
+    async with KubeEmulator() as emu:
+        scene = await Scene.build(emu, replicas=3)
+        emu.make_deployment("other", NS, replicas=1)
+        metrics = ControllerMetrics()
+        client = await KubeApi.connect(emu.write_kubeconfig(tmp_path / "kubeconfig"), metrics)
+        cache = PodCache(client, metrics)
+        scene.add_autoscaler(minReplicas=3, maxReplicas=3)
+        controller = Controller(client, metrics, interval_s=1.0, pods=cache)
+        tasks = [
+            asyncio.create_task(controller.watch_forever()),
+            asyncio.create_task(cache.run_forever()),
+        ]
+        try:
+            await cache.synced.wait()
+            await controller.synced.wait()
+            tasks.append(asyncio.create_task(controller.lead(lambda: True)))
+            assert await _reads_over(emu, controller, ticks=2) == []  # 3 pods, 3 replicas
+            autoscaler = emu.get_object("rscore.dev/v1alpha1", "ScoringAutoscaler", NS, "scorer")
+            assert autoscaler is not None
+            autoscaler["spec"]["scaleTargetRef"]["name"] = "other"
+            emu.put_object(autoscaler)
+            reads = await _reads_over(emu, controller, ticks=2)
+
+            def other_replicas() -> int:
+                other = emu.get_object("apps/v1", "Deployment", NS, "other")
+                assert other is not None
+                return int(other["spec"]["replicas"])
+
+            await eventually(lambda: other_replicas() == 3, timeout_s=WAIT_S)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await client.close()
+            await scene.close()
+    assert "GET scale" in reads, reads
 
 
 async def _reads_over(emu: KubeEmulator, controller: Controller, ticks: int) -> list[str]:

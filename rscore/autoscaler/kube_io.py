@@ -219,9 +219,11 @@ def _read_environment_once(api_client: ApiClient) -> None:
     """kubernetes_asyncio's session trusts the environment: aiohttp then looks for
     ~/.netrc and reads the proxy variables, each on a thread, for every call (two thread
     hops per call, a tenth of the controller's CPU at 1,000 ScoringAutoscalers). The API
-    server's proxy is read from the environment once, here, as kubectl reads it
-    (HTTP_PROXY / HTTPS_PROXY for the server's scheme, NO_PROXY), and the session stops
-    looking; netrc was never a way to authenticate to an API server."""
+    server's proxy is read from the environment once, here (HTTP_PROXY / HTTPS_PROXY for
+    the server's scheme, NO_PROXY by host name and domain suffix, as Python's urllib
+    reads them: a CIDR entry in NO_PROXY, which kubectl understands, is not, as it was
+    not by aiohttp before), and the session stops looking; netrc was never a way to
+    authenticate to an API server."""
     rest = api_client.rest_client
     server = yarl.URL(api_client.configuration.host or "")
     if not rest.proxy and server.host:

@@ -19,6 +19,7 @@ __all__ = [
     "SCALE_REREAD_S",
     "PodFacts",
     "PodUsage",
+    "active_pods",
     "build_observation",
     "pod_facts",
     "pod_usage",
@@ -26,7 +27,9 @@ __all__ = [
 ]
 
 # The longest a tick goes on the last /scale read while the pods agree with it: a
-# change no pod shows (a new selector matching as many pods) is seen within this.
+# change no pod shows (a new selector matching as many pods) is seen within this. Each
+# object's own period is drawn between half this and this, so that objects first read
+# together do not all read again in the same tick.
 SCALE_REREAD_S = 30.0
 
 
@@ -166,13 +169,19 @@ def scale_read_due(
     `read_at`) do? Reading it every tick is an API request per ScoringAutoscaler per tick
     (1,000 at a 2 s interval: 500 a second, which API Priority and Fairness would
     throttle), while the pod watch already shows what the replicas do. The last read
-    stands while the pods its selector matches (`pods`, from the watch's cache; None
-    when there is none) are as many as its replicas, not counting terminating ones;
-    it is read again when there is none, no cache to compare with, a count that
-    differs (a rollout, a scale by anyone, pods starting or going), or once `reread_s`
-    have passed."""
+    stands while the active pods its selector matches (`pods`, from the watch's cache;
+    None when there is none) are as many as its replicas; it is read again when there
+    is none, no cache to compare with, a count that differs (a rollout, a scale by
+    anyone, pods starting or going), or once `reread_s` have passed."""
     if replicas is None or read_at is None or pods is None:
         return True
     if now - read_at >= reread_s:
         return True
-    return sum(1 for pod in pods if not pod.terminating) != replicas
+    return active_pods(pods) != replicas
+
+
+def active_pods(pods: Sequence[PodFacts]) -> int:
+    """The pods a workload counts as its replicas: ready or on their way (pending, or
+    running but not ready); not those being deleted, nor those that have finished
+    (Failed or Succeeded: an evicted pod stays until it is collected)."""
+    return sum(1 for pod in pods if pod.ready or pod.pending)

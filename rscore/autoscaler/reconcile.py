@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -38,8 +39,10 @@ from rscore.autoscaler.kube_io import (
 )
 from rscore.autoscaler.metrics import ControllerMetrics
 from rscore.autoscaler.observe import (
+    SCALE_REREAD_S,
     PodFacts,
     PodUsage,
+    active_pods,
     build_observation,
     pod_facts,
     scale_read_due,
@@ -48,7 +51,7 @@ from rscore.autoscaler.policy import MODE_PANIC, Observation, PolicyState, Recom
 from rscore.autoscaler.sampling import Rotation, SamplingPolicy, sampled_demand
 from rscore.autoscaler.scrape import DemandTracker, PodDemand, PodScrape, ScrapeError, metrics_url
 from rscore.autoscaler.selector import SelectorError
-from rscore.autoscaler.spec import AutoscalerSettings, SpecError, settings_from_object
+from rscore.autoscaler.spec import AutoscalerSettings, SpecError, TargetRef, settings_from_object
 from rscore.autoscaler.status import (
     READINGS_ONLY,
     UNCHANGED,
@@ -84,7 +87,13 @@ class Memory:
     rotation: Rotation = field(default_factory=Rotation)  # which pods to scrape (sampling)
     status_written_at: float | None = None  # this term's last status write (ctx.now)
     scale: Scale | None = None  # the target's /scale as last read (or written) this term
+    scale_of: TargetRef | None = None  # the target it was read from (a spec may change it)
     scale_read_at: float | None = None  # when it was read (ctx.now)
+    # This object's longest wait between two reads (scale_read_due): drawn once, so that
+    # objects first read in the same tick do not all read again in the same tick.
+    scale_reread_s: float = field(
+        default_factory=lambda: random.uniform(SCALE_REREAD_S / 2, SCALE_REREAD_S)
+    )
 
 
 @dataclass(frozen=True)
@@ -352,10 +361,11 @@ async def _observe(
 ) -> tuple[Observation, Scale] | None:
     """This tick's observation, or None after reporting why there is none."""
     ns, target = settings.namespace, settings.target
+    if memory.scale_of != target:  # a new scaleTargetRef: what was read is another's
+        memory.scale = None
     scale, pods = memory.scale, _cached_pod_facts(ctx, ns, memory.scale)
-    if scale_read_due(
-        None if scale is None else scale.replicas, memory.scale_read_at, ctx.now, pods
-    ):
+    replicas = None if scale is None else scale.replicas
+    if scale_read_due(replicas, memory.scale_read_at, ctx.now, pods, memory.scale_reread_s):
         try:
             scale = await ctx.api.get_scale(ns, target)
         except ApiError as error:
@@ -365,8 +375,11 @@ async def _observe(
                 ctx, obj, memory, Condition("AbleToScale", False, "FailedGetScale", message)
             )
             return None
-        memory.scale, memory.scale_read_at, pods = scale, ctx.now, None
+        memory.scale, memory.scale_of, memory.scale_read_at = scale, target, ctx.now
+        pods = None
         ctx.metrics.scale_reads.inc()
+    elif scale is not None and pods is not None:  # the pods agree: they are its status
+        scale = replace(scale, status_replicas=active_pods(pods))
     assert scale is not None  # read above when there was none
     memory.failing.discard("FailedGetScale")
     if not scale.selector:

@@ -217,8 +217,9 @@ def _answer(message: dict[str, Any], model: Any, *, last: bool) -> dict[str, Any
 def _arrives_within(connection: socket.socket, seconds: float | None) -> bool:
     """Does a request (or the sidecar's hang-up) arrive within `seconds` (None: wait)?
     One poll when one is already waiting: what a busy worker pays per request."""
-    readable, _, _ = select.select([connection], [], [], seconds)
-    return bool(readable)
+    poller = select.poll()  # not select(): it refuses descriptors past 1023
+    poller.register(connection.fileno(), select.POLLIN)
+    return bool(poller.poll(None if seconds is None else seconds * 1000))
 
 
 def _receive(connection: socket.socket, size: int) -> bytes:

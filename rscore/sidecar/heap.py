@@ -2,21 +2,25 @@
 over, and not before.
 
 CPython frees a large body's objects when its request is done, but glibc's malloc keeps
-the freed pages in its arenas (the parse thread has an arena of its own), so without
-help the sidecar's resident memory stays near its peak after a burst of large bodies.
-`malloc_trim(0)` returns those pages. `HeapTrimmer` runs it on the given executor (the
-parse thread: it walks every arena, so never on the event loop) once no body of at
-least TRIM_AFTER_BYTES has been answered for QUIET_S, or LONGEST_DEFERRAL_S after the
-first one left untrimmed while they keep coming.
+the freed pages in its arena, so without help the sidecar's resident memory stays near
+its peak after a burst of large bodies. `malloc_trim(0)` returns those pages.
+`HeapTrimmer` runs it on the given executor (the parse thread) once bodies of at least
+COUNTED_BODY_BYTES adding up to TRIM_AFTER_BYTES have been answered since the last
+trim and none has been for QUIET_S, or LONGEST_DEFERRAL_S after the first of them
+while they keep coming.
 
 Why not sooner: a page handed back costs a page fault when it is used again (~3 us per
 4 KiB page on this machine's VM), and a 100,000-row request allocates ~16 MB on its
 way through the sidecar: returned after each request (a trim per request, or glibc's
 own mmap and trim thresholds left low), back-to-back 2 MB requests took 46 ms each
-instead of 24 (docs/benchmarks.md, bench-big). `keep_freed_memory_for_trim()`, called
+instead of 22 (docs/benchmarks.md, bench-big). `keep_freed_memory_for_trim()`, called
 once at start, fixes glibc's thresholds so blocks up to MMAP_THRESHOLD_BYTES come from
-the arenas and freed memory stays there for the next request until the trim; only
-larger blocks are mappings of their own, returned at free.
+the arena and freed memory stays there for the next request until the trim (only
+larger blocks are mappings of their own, returned at free), and keeps one arena: the
+parse thread's own would keep its top after a trim. The price of the one arena: a trim
+holds its lock while it walks the free memory (~6 ms per 100 MB freed, measured), and
+any thread that allocates meanwhile, the event loop's too, waits; it runs once a burst
+is over, not per request.
 
 Where the C library has neither call (musl, macOS) both do nothing. Never frees or
 touches memory itself.
@@ -44,9 +48,12 @@ MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # glibc's own ceiling for its moving th
 # 128 KiB, which hands a large request's memory back at every free): the trim does it.
 TRIM_THRESHOLD_BYTES = 1024 * 1024 * 1024
 
-# A 1-row request is ~100 bytes and is never worth a trim; a body of 1 MiB leaves
-# ~10 MiB of freed objects behind (see rscore.sidecar.body_budget).
+# A body of 1 MiB leaves ~10 MiB of freed objects behind (see rscore.sidecar.body_budget):
+# bodies adding up to this since the last trim are worth one.
 TRIM_AFTER_BYTES = 1024 * 1024
+# Bodies smaller than this are not counted: parsed on the event loop (the sidecar's
+# INLINE_PARSE_BYTES), they leave a few KB each, which the next requests reuse.
+COUNTED_BODY_BYTES = 32 * 1024
 # No large body answered for this long: the burst is over, trim.
 QUIET_S = 0.5
 # Large bodies answered without a pause this long: trim anyway (what a steady stream
@@ -88,10 +95,10 @@ def keep_freed_memory_for_trim() -> bool:
 
 
 class HeapTrimmer:
-    """Trims the heap on `executor` once large bodies stop (QUIET_S without one) or have
-    gone LONGEST_DEFERRAL_S untrimmed; at most one trim waits. With `trim` None (no
-    malloc_trim here) it does nothing. `call_later` arms the timer (the running event
-    loop's by default); `clock` is the one it counts in."""
+    """Trims the heap on `executor` once large bodies adding up to TRIM_AFTER_BYTES stop
+    (QUIET_S without one) or have gone LONGEST_DEFERRAL_S untrimmed; at most one trim
+    waits. With `trim` None (no malloc_trim here) it does nothing. `call_later` arms the
+    timer (the running event loop's by default); `clock` is the one it counts in."""
 
     def __init__(
         self,
@@ -107,17 +114,21 @@ class HeapTrimmer:
         self._clock = clock
         self._timer: Timer | None = None
         self._untrimmed_since: float | None = None  # the first large body since a trim
+        self._untrimmed_bytes = 0  # and the bytes of all of them
         self._waiting = False
         self.trims = 0  # how many ran: for tests and curiosity
 
     def answered(self, body_bytes: int) -> None:
-        """A request whose body held `body_bytes` was answered: (re)arm the trim if it
-        was large."""
-        if self._trim is None or body_bytes < TRIM_AFTER_BYTES:
+        """A request whose body held `body_bytes` was answered: count it if it was large,
+        and (re)arm the trim once the large bodies since the last add up."""
+        if self._trim is None or body_bytes < COUNTED_BODY_BYTES:
             return
         now = self._clock()
         if self._untrimmed_since is None:
             self._untrimmed_since = now
+        self._untrimmed_bytes += body_bytes
+        if self._untrimmed_bytes < TRIM_AFTER_BYTES:
+            return
         due = min(now + QUIET_S, self._untrimmed_since + LONGEST_DEFERRAL_S)
         if self._timer is not None:
             self._timer.cancel()
@@ -126,7 +137,7 @@ class HeapTrimmer:
 
     def _due(self) -> None:
         self._timer = None
-        self._untrimmed_since = None
+        self._untrimmed_since, self._untrimmed_bytes = None, 0
         if self._waiting:
             return
         self._waiting = True
