@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from autoscaler_scene import APP, NS, Scene, autoscaler_object
+from autoscaler_scene import APP, NS, POOL, Scene, autoscaler_object
 from fake_pods import free_port
 from helpers import eventually
 from kube_emulator import KubeEmulator
@@ -494,9 +494,20 @@ async def test_memory_limits_the_pods_a_node_holds(cluster) -> None:
         emu.put_object(pod)
     scene.add_autoscaler(nodePool={"maxNodes": 5, "scaleDownDelaySeconds": 60})
     scene.set_total_concurrency(8)
+
+    def pool_reads() -> int:
+        return sum(
+            1
+            for r in emu.requests
+            if r.method == "GET" and r.path.endswith(f"/machinedeployments/{POOL}/scale")
+        )
+
     async with controller(kubeconfig):
         await eventually(lambda: scene.replicas == 6 and scene.nodes == 3)
+        await eventually(lambda: pool_reads() >= 4)  # a read of the pool each tick
     assert "nodes: ceil(6/2)" in scene.status()["reason"]
     node_reads = [r for r in emu.requests if r.path == "/api/v1/nodes/gpu-node-1"]
-    assert node_reads
+    # The node was read once, not every tick: its allocatable is fixed at registration
+    # (read again after ALLOCATABLE_REREAD_S, or for another node).
+    assert len(node_reads) == 1
     assert {r.status for r in node_reads} == {200}

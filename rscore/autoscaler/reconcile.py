@@ -69,6 +69,7 @@ __all__ = ["Memory", "TickContext", "reconcile"]
 
 log = logging.getLogger("rscore.autoscaler")
 COMPONENT = "rscore-autoscaler"
+ALLOCATABLE_REREAD_S = 300.0  # a resized or re-registered node is seen within this
 
 
 @dataclass
@@ -88,6 +89,8 @@ class Memory:
     status_written_at: float | None = None  # this term's last status write (ctx.now)
     scale: Scale | None = None  # the target's /scale as last read (or written) this term
     scale_of: TargetRef | None = None  # the target it was read from (a spec may change it)
+    # The node the pods run on, what it can allocate, and when that was read (ctx.now).
+    allocatable: tuple[str, NodeAllocatable, float] | None = None
     scale_read_at: float | None = None  # when it was read (ctx.now)
     # This object's longest wait between two reads (scale_read_due): drawn once, so that
     # objects first read in the same tick do not all read again in the same tick.
@@ -342,7 +345,7 @@ async def _unrouted(
 
 
 async def _node_pool_state(
-    ctx: TickContext, settings: AutoscalerSettings, pods: list[PodFacts]
+    ctx: TickContext, settings: AutoscalerSettings, memory: Memory, pods: list[PodFacts]
 ) -> tuple[int | None, NodeAllocatable]:
     """(current nodes, what a node running the pods can allocate) for the node pool."""
     assert settings.node_pool_target is not None
@@ -352,8 +355,19 @@ async def _node_pool_state(
     if pool is not None and pool.pods_per_node is None:
         node_name = next((p.node_name for p in pods if p.node_name), None)
         if node_name:
-            allocatable = await ctx.api.node_allocatable(node_name)
+            allocatable = await _allocatable(ctx, memory, node_name)
     return pool_scale.replicas, allocatable
+
+
+async def _allocatable(ctx: TickContext, memory: Memory, node_name: str) -> NodeAllocatable:
+    """What `node_name` can allocate: read once per node, again after ALLOCATABLE_REREAD_S
+    (a node's allocatable is fixed when its kubelet registers it), not every tick."""
+    known = memory.allocatable
+    if known is not None and known[0] == node_name and ctx.now - known[2] < ALLOCATABLE_REREAD_S:
+        return known[1]
+    allocatable = await ctx.api.node_allocatable(node_name)
+    memory.allocatable = (node_name, allocatable, ctx.now)
+    return allocatable
 
 
 async def _observe(
@@ -400,7 +414,7 @@ async def _observe(
             usage = await ctx.api.list_pod_usage(ns, scale.selector)
         current_nodes, allocatable = None, NodeAllocatable(None, None)
         if settings.node_pool_target is not None:
-            current_nodes, allocatable = await _node_pool_state(ctx, settings, pods)
+            current_nodes, allocatable = await _node_pool_state(ctx, settings, memory, pods)
     except ApiError as error:
         message = f"observing {target}: {error}"
         await _fail(
