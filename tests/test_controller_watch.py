@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -223,14 +225,32 @@ def _lists(emu: KubeEmulator) -> int:
 # --- a tick reads no pods from the API server ---------------------------------------------
 
 
-async def test_api_reads_per_tick_stay_flat_as_pods_grow(tmp_path: Path) -> None:
+@dataclass
+class Leading:
+    """A controller leading over a Scene: its pod cache and metrics, the emulator."""
+
+    emu: KubeEmulator
+    scene: Scene
+    cache: PodCache
+    controller: Controller
+    metrics: ControllerMetrics
+
+
+@asynccontextmanager
+async def leading(
+    tmp_path: Path, *, replicas: int, pinned: int, with_pods: bool = False
+) -> AsyncIterator[Leading]:
+    """A Scene of `replicas` (their pods made when `with_pods`), one ScoringAutoscaler
+    pinned at `pinned` replicas, and a controller leading over it (1 s ticks) once its
+    pod cache and its ScoringAutoscaler watch are synced; all stopped at the end."""
     async with KubeEmulator() as emu:
-        scene = await Scene.build(emu, replicas=2)
+        scene = await Scene.build(emu, replicas=replicas)
+        if with_pods:
+            await scene.sync_pods()
         metrics = ControllerMetrics()
         client = await KubeApi.connect(emu.write_kubeconfig(tmp_path / "kubeconfig"), metrics)
         cache = PodCache(client, metrics)
-        # Pinned at 12 pods: the first tick scales 2 -> 12, then nothing moves.
-        scene.add_autoscaler(minReplicas=12, maxReplicas=12)
+        scene.add_autoscaler(minReplicas=pinned, maxReplicas=pinned)
         controller = Controller(client, metrics, interval_s=1.0, pods=cache)
         tasks = [
             asyncio.create_task(controller.watch_forever()),
@@ -240,17 +260,23 @@ async def test_api_reads_per_tick_stay_flat_as_pods_grow(tmp_path: Path) -> None
             await cache.synced.wait()
             await controller.synced.wait()
             tasks.append(asyncio.create_task(controller.lead(lambda: True)))
-            few = await _reads_over(emu, controller, ticks=4)
-            await eventually(lambda: scene.replicas == 12)
-            await scene.sync_pods()  # 12 pods now, each with its metrics server
-            await eventually(lambda: len(cache.select(NS, "app=scorer")) == 12)
-            many = await _reads_over(emu, controller, ticks=4)
+            yield Leading(emu, scene, cache, controller, metrics)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await client.close()
             await scene.close()
+
+
+async def test_api_reads_per_tick_stay_flat_as_pods_grow(tmp_path: Path) -> None:
+    # Pinned at 12 pods: the first tick scales 2 -> 12, then nothing moves.
+    async with leading(tmp_path, replicas=2, pinned=12) as run:
+        few = await _reads_over(run.emu, run.controller, ticks=4)
+        await eventually(lambda: run.scene.replicas == 12)
+        await run.scene.sync_pods()  # 12 pods now, each with its metrics server
+        await eventually(lambda: len(run.cache.select(NS, "app=scorer")) == 12)
+        many = await _reads_over(run.emu, run.controller, ticks=4)
     # The pods come from the watch, never from a list. While 2 pods stand for 12 replicas
     # (moving), each tick reads the /scale again; once the 12 pods are there, the last
     # read stands (rscore.autoscaler.observe.scale_read_due): no read at all.
@@ -262,80 +288,41 @@ async def test_a_scale_by_someone_else_is_seen_as_its_pods_change(tmp_path: Path
     """With the last /scale read standing (the pods agree with it), `kubectl scale` by
     someone else shows in the pod watch: the next tick reads the /scale, sees 5, and
     puts the target back where the policy wants it (12, pinned)."""
-    async with KubeEmulator() as emu:
-        scene = await Scene.build(emu, replicas=12)
-        await scene.sync_pods()
-        metrics = ControllerMetrics()
-        client = await KubeApi.connect(emu.write_kubeconfig(tmp_path / "kubeconfig"), metrics)
-        cache = PodCache(client, metrics)
-        scene.add_autoscaler(minReplicas=12, maxReplicas=12)
-        controller = Controller(client, metrics, interval_s=1.0, pods=cache)
-        tasks = [
-            asyncio.create_task(controller.watch_forever()),
-            asyncio.create_task(cache.run_forever()),
+    async with leading(tmp_path, replicas=12, pinned=12, with_pods=True) as run:
+        emu = run.emu
+        assert await _reads_over(emu, run.controller, ticks=3) == []  # after the first read
+        deployment = emu.get_object("apps/v1", "Deployment", NS, "scorer")
+        assert deployment is not None
+        deployment["spec"]["replicas"] = 5  # `kubectl scale --replicas=5`
+        emu.put_object(deployment)
+        await run.scene.sync_pods()  # its ReplicaSet removes 7 pods
+        await eventually(lambda: run.scene.replicas == 12, timeout_s=WAIT_S)
+        scale_patches = [
+            r for r in emu.requests if r.method == "PATCH" and r.path.endswith("/scale")
         ]
-        try:
-            await cache.synced.wait()
-            await controller.synced.wait()
-            tasks.append(asyncio.create_task(controller.lead(lambda: True)))
-            assert await _reads_over(emu, controller, ticks=3) == []  # after the first read
-            deployment = emu.get_object("apps/v1", "Deployment", NS, "scorer")
-            assert deployment is not None
-            deployment["spec"]["replicas"] = 5  # `kubectl scale --replicas=5`
-            emu.put_object(deployment)
-            await scene.sync_pods()  # its ReplicaSet removes 7 pods
-            await eventually(lambda: scene.replicas == 12, timeout_s=30)
-            scale_patches = [
-                r for r in emu.requests if r.method == "PATCH" and r.path.endswith("/scale")
-            ]
-            assert scale_patches, "the target was not put back"
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await client.close()
-            await scene.close()
-    assert metrics.registry.get_sample_value("rscore_autoscaler_scale_reads_total") >= 2
+        assert scale_patches, "the target was not put back"
+    assert run.metrics.registry.get_sample_value("rscore_autoscaler_scale_reads_total") >= 2
 
 
 async def test_a_new_scale_target_is_read_at_the_next_tick(tmp_path: Path) -> None:
     """The last /scale read is its target's: when the spec names another target, the
     next tick reads that one (not the old one's pods and replicas) and scales it."""
-    async with KubeEmulator() as emu:
-        scene = await Scene.build(emu, replicas=3)
+    async with leading(tmp_path, replicas=3, pinned=3) as run:
+        emu = run.emu
         emu.make_deployment("other", NS, replicas=1)
-        metrics = ControllerMetrics()
-        client = await KubeApi.connect(emu.write_kubeconfig(tmp_path / "kubeconfig"), metrics)
-        cache = PodCache(client, metrics)
-        scene.add_autoscaler(minReplicas=3, maxReplicas=3)
-        controller = Controller(client, metrics, interval_s=1.0, pods=cache)
-        tasks = [
-            asyncio.create_task(controller.watch_forever()),
-            asyncio.create_task(cache.run_forever()),
-        ]
-        try:
-            await cache.synced.wait()
-            await controller.synced.wait()
-            tasks.append(asyncio.create_task(controller.lead(lambda: True)))
-            assert await _reads_over(emu, controller, ticks=2) == []  # 3 pods, 3 replicas
-            autoscaler = emu.get_object("rscore.dev/v1alpha1", "ScoringAutoscaler", NS, "scorer")
-            assert autoscaler is not None
-            autoscaler["spec"]["scaleTargetRef"]["name"] = "other"
-            emu.put_object(autoscaler)
-            reads = await _reads_over(emu, controller, ticks=2)
+        assert await _reads_over(emu, run.controller, ticks=2) == []  # 3 pods, 3 replicas
+        autoscaler = emu.get_object("rscore.dev/v1alpha1", "ScoringAutoscaler", NS, "scorer")
+        assert autoscaler is not None
+        autoscaler["spec"]["scaleTargetRef"]["name"] = "other"
+        emu.put_object(autoscaler)
+        reads = await _reads_over(emu, run.controller, ticks=2)
 
-            def other_replicas() -> int:
-                other = emu.get_object("apps/v1", "Deployment", NS, "other")
-                assert other is not None
-                return int(other["spec"]["replicas"])
+        def other_replicas() -> int:
+            other = emu.get_object("apps/v1", "Deployment", NS, "other")
+            assert other is not None
+            return int(other["spec"]["replicas"])
 
-            await eventually(lambda: other_replicas() == 3, timeout_s=WAIT_S)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await client.close()
-            await scene.close()
+        await eventually(lambda: other_replicas() == 3, timeout_s=WAIT_S)
     assert "GET scale" in reads, reads
 
 
