@@ -89,14 +89,14 @@ class Memory:
     status_written_at: float | None = None  # this term's last status write (ctx.now)
     scale: Scale | None = None  # the target's /scale as last read (or written) this term
     scale_of: TargetRef | None = None  # the target it was read from (a spec may change it)
-    # The node the pods run on, what it can allocate, and when that was read (ctx.now).
-    allocatable: tuple[str, NodeAllocatable, float] | None = None
     scale_read_at: float | None = None  # when it was read (ctx.now)
     # This object's longest wait between two reads (scale_read_due): drawn once, so that
     # objects first read in the same tick do not all read again in the same tick.
     scale_reread_s: float = field(
         default_factory=lambda: random.uniform(SCALE_REREAD_S / 2, SCALE_REREAD_S)
     )
+    # The node the pods run on, what it can allocate, and when that was read (ctx.now).
+    allocatable: tuple[str, NodeAllocatable, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -123,23 +123,21 @@ async def _list_pod_facts(ctx: TickContext, namespace: str, selector: str) -> li
     """The pods `selector` matches, as `pod_facts` reads them: from the informer's cache
     when there is one (read once per pod object, not per tick; a selector it cannot read
     is asked of the API server, which says what is wrong)."""
-    if ctx.pods is not None:
-        try:
-            return ctx.pods.select_facts(namespace, selector)
-        except SelectorError:
-            pass
+    cached = _cached_pod_facts(ctx, namespace, selector)
+    if cached is not None:
+        return cached
     return [pod_facts(p) for p in await ctx.api.list_pods(namespace, selector)]
 
 
 def _cached_pod_facts(
-    ctx: TickContext, namespace: str, scale: Scale | None
+    ctx: TickContext, namespace: str, selector: str | None
 ) -> list[PodFacts] | None:
-    """The pods the last /scale read's selector matches, from the informer's cache;
-    None without a cache, a read, or a selector the cache can read."""
-    if ctx.pods is None or scale is None or not scale.selector:
+    """The pods `selector` matches, from the informer's cache; None without a cache, a
+    selector, or a selector the cache can read."""
+    if ctx.pods is None or not selector:
         return None
     try:
-        return ctx.pods.select_facts(namespace, scale.selector)
+        return ctx.pods.select_facts(namespace, selector)
     except SelectorError:
         return None
 
@@ -377,7 +375,8 @@ async def _observe(
     ns, target = settings.namespace, settings.target
     if memory.scale_of != target:  # a new scaleTargetRef: what was read is another's
         memory.scale = None
-    scale, pods = memory.scale, _cached_pod_facts(ctx, ns, memory.scale)
+    scale = memory.scale
+    pods = None if scale is None else _cached_pod_facts(ctx, ns, scale.selector)
     replicas = None if scale is None else scale.replicas
     if scale_read_due(replicas, memory.scale_read_at, ctx.now, pods, memory.scale_reread_s):
         try:
