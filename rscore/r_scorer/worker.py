@@ -41,14 +41,14 @@ from rscore.r_scorer.peer import peer_credentials, peer_problem
 from rscore.r_scorer.rconsole import LogConsole
 
 EXIT_CLEAN = 0  # recycled, or drained after SIGTERM
+EXIT_LOAD_FAILED = 3
+_PR_SET_PDEATHSIG = 1
 # No request for this long after one: the worker hands the heap memory its requests
 # freed back to the system (glibc's malloc_trim). A forked worker's private memory
 # after serving is partly that: iris-rf, 2,000 one-row requests, 45.5 -> 30.7 MB
 # (`python -m bench.fork_heap_probe`). Never while busy: a page handed back costs a
 # fault when the next request needs it.
 IDLE_TRIM_S = 1.0
-EXIT_LOAD_FAILED = 3
-_PR_SET_PDEATHSIG = 1
 
 log = logging.getLogger(f"rscore.worker.{os.getpid()}")
 _r_log = logging.getLogger("rscore.r")  # R's console: print(), message(), warnings
@@ -173,17 +173,22 @@ def _begin_drain(_signum: int, _frame: object) -> None:
 def _serve(connection: socket.socket, model: Any, served: int, max_requests: int) -> int:
     """Answer requests until the sidecar leaves (PeerGone) or the worker is due to recycle."""
     trim = malloc_trim()
+    trim_due = trim is not None  # once per idle spell: after a request, until it is done
+    arrival = select.poll()  # not select(): it refuses descriptors past 1023
+    arrival.register(connection.fileno(), select.POLLIN)
     while True:
-        if trim is not None and not _arrives_within(connection, IDLE_TRIM_S):
+        # One poll when a request (or the sidecar's hang-up) is already waiting: what a
+        # busy worker pays per request.
+        if trim_due and not arrival.poll(IDLE_TRIM_S * 1000):
+            assert trim is not None
             trim()  # idle: what the last requests freed goes back (see IDLE_TRIM_S)
-            _arrives_within(connection, None)
-            trim = None  # until the next request
+            trim_due = False
         length = protocol.frame_length(_receive(connection, protocol.HEADER.size))
         message = protocol.decode(_receive(connection, length))
         served += 1
         last = 0 < max_requests <= served
         connection.sendall(protocol.encode(_answer(message, model, last=last)))
-        trim = malloc_trim()
+        trim_due = trim is not None
         if last:
             log.info("recycling after %d requests", served)
             return served
@@ -212,14 +217,6 @@ def _answer(message: dict[str, Any], model: Any, *, last: bool) -> dict[str, Any
         log.exception("internal error scoring request %s", request_id)
         return protocol.error_reply(request_id, "internal_error", repr(exc), last=last)
     return protocol.ok_reply(request_id, result.predictions, result.r_seconds, last=last)
-
-
-def _arrives_within(connection: socket.socket, seconds: float | None) -> bool:
-    """Does a request (or the sidecar's hang-up) arrive within `seconds` (None: wait)?
-    One poll when one is already waiting: what a busy worker pays per request."""
-    poller = select.poll()  # not select(): it refuses descriptors past 1023
-    poller.register(connection.fileno(), select.POLLIN)
-    return bool(poller.poll(None if seconds is None else seconds * 1000))
 
 
 def _receive(connection: socket.socket, size: int) -> bytes:
