@@ -186,6 +186,7 @@ def test_large_bodies_trim_the_heap_once_they_stop(steps: list[Step], trims: int
     trimmer = HeapTrimmer(
         executor,
         lambda: calls.append(timers.now),
+        parsed_inline_up_to=INLINE_PARSE_BYTES,
         call_later=timers.call_later,
         clock=lambda: timers.now,
     )
@@ -202,8 +203,8 @@ def test_large_bodies_trim_the_heap_once_they_stop(steps: list[Step], trims: int
 def test_a_steady_stream_is_trimmed_within_the_longest_deferral() -> None:
     executor = QueuedExecutor()
     timers = FakeTimers()
-    trimmer = HeapTrimmer(executor, lambda: None, call_later=timers.call_later,
-                          clock=lambda: timers.now)  # fmt: skip
+    trimmer = HeapTrimmer(executor, lambda: None, parsed_inline_up_to=INLINE_PARSE_BYTES,
+                          call_later=timers.call_later, clock=lambda: timers.now)  # fmt: skip
     while timers.now < LONGEST_DEFERRAL_S - 0.2:
         trimmer.answered(ONE_MIB)
         timers.advance(0.2)
@@ -238,7 +239,9 @@ async def test_a_response_lets_go_of_its_body_once_written() -> None:
 
 def test_without_malloc_trim_nothing_is_submitted() -> None:
     executor = QueuedExecutor()
-    HeapTrimmer(executor, None).answered(10 * TRIM_AFTER_BYTES)
+    HeapTrimmer(executor, None, parsed_inline_up_to=INLINE_PARSE_BYTES).answered(
+        10 * TRIM_AFTER_BYTES
+    )
     assert executor.queued == []
 
 

@@ -105,7 +105,9 @@ class SidecarState:
         self.parse_executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="rscore-parse"
         )
-        self.heap_trimmer = HeapTrimmer(self.parse_executor, malloc_trim())
+        self.heap_trimmer = HeapTrimmer(
+            self.parse_executor, malloc_trim(), parsed_inline_up_to=INLINE_PARSE_BYTES
+        )
 
 
 STATE = web.AppKey("rscore_state", SidecarState)

@@ -4,9 +4,9 @@ over, and not before.
 CPython frees a large body's objects when its request is done, but glibc's malloc keeps
 the freed pages in its arena, so without help the sidecar's resident memory stays near
 its peak after a burst of large bodies. `malloc_trim(0)` returns those pages.
-`HeapTrimmer` runs it on the given executor (the parse thread) once bodies of at least
-COUNTED_BODY_BYTES adding up to TRIM_AFTER_BYTES have been answered since the last
-trim and none has been for QUIET_S, or LONGEST_DEFERRAL_S after the first of them
+`HeapTrimmer` runs it on the given executor (the parse thread) once bodies too large to
+be parsed on the event loop, adding up to TRIM_AFTER_BYTES, have been answered since
+the last trim and none has been for QUIET_S, or LONGEST_DEFERRAL_S after the first of them
 while they keep coming.
 
 Why not sooner: a page handed back costs a page fault when it is used again (~3 us per
@@ -38,6 +38,8 @@ from typing import Protocol
 
 from rscore.r_scorer.heap_trim import malloc_trim
 
+__all__ = ["HeapTrimmer", "keep_freed_memory_for_trim", "malloc_trim"]
+
 log = logging.getLogger("rscore.heap")
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # mallopt's, from malloc.h
@@ -51,9 +53,6 @@ TRIM_THRESHOLD_BYTES = 1024 * 1024 * 1024
 # A body of 1 MiB leaves ~10 MiB of freed objects behind (see rscore.sidecar.body_budget):
 # bodies adding up to this since the last trim are worth one.
 TRIM_AFTER_BYTES = 1024 * 1024
-# Bodies smaller than this are not counted: parsed on the event loop (the sidecar's
-# INLINE_PARSE_BYTES), they leave a few KB each, which the next requests reuse.
-COUNTED_BODY_BYTES = 32 * 1024
 # No large body answered for this long: the burst is over, trim.
 QUIET_S = 0.5
 # Large bodies answered without a pause this long: trim anyway (what a steady stream
@@ -65,18 +64,12 @@ class Timer(Protocol):
     def cancel(self) -> None: ...
 
 
-__all__ = [
-    "HeapTrimmer",
-    "keep_freed_memory_for_trim",
-    "malloc_trim",
-]
-
 CallLater = Callable[[float, Callable[[], None]], Timer]  # asyncio's loop.call_later
 
 
 def keep_freed_memory_for_trim() -> bool:
     """Fix glibc's mmap threshold at MMAP_THRESHOLD_BYTES and its trim threshold at
-    TRIM_THRESHOLD_BYTES; False where there is no mallopt.
+    TRIM_THRESHOLD_BYTES, with one arena; False where there is no mallopt.
 
     Left to itself glibc starts both low (128 KiB: every large block a mapping,
     returned at free, faulted in again by the next request) and raises them as large
@@ -97,19 +90,23 @@ def keep_freed_memory_for_trim() -> bool:
 class HeapTrimmer:
     """Trims the heap on `executor` once large bodies adding up to TRIM_AFTER_BYTES stop
     (QUIET_S without one) or have gone LONGEST_DEFERRAL_S untrimmed; at most one trim
-    waits. With `trim` None (no malloc_trim here) it does nothing. `call_later` arms the
-    timer (the running event loop's by default); `clock` is the one it counts in."""
+    waits. Bodies of at most `parsed_inline_up_to` bytes (parsed on the event loop; they
+    leave a few KB each, which the next requests reuse) are not counted. With `trim`
+    None (no malloc_trim here) it does nothing. `call_later` arms the timer (the running
+    event loop's by default); `clock` is the one it counts in."""
 
     def __init__(
         self,
         executor: Executor,
         trim: Callable[[], None] | None,
         *,
+        parsed_inline_up_to: int,
         call_later: CallLater | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._executor = executor
         self._trim = trim
+        self._parsed_inline_up_to = parsed_inline_up_to
         self._call_later = call_later
         self._clock = clock
         self._timer: Timer | None = None
@@ -121,7 +118,7 @@ class HeapTrimmer:
     def answered(self, body_bytes: int) -> None:
         """A request whose body held `body_bytes` was answered: count it if it was large,
         and (re)arm the trim once the large bodies since the last add up."""
-        if self._trim is None or body_bytes < COUNTED_BODY_BYTES:
+        if self._trim is None or body_bytes <= self._parsed_inline_up_to:
             return
         now = self._clock()
         if self._untrimmed_since is None:
