@@ -6,31 +6,30 @@ Loads the bundle's model into R through rpy2 (as the zygote does), warms it, col
 garbage, forks, and in the child predicts one row `--requests` times, printing the
 child's private and proportional memory (`/proc/self/smaps_rollup`) along the way,
 then after glibc's `malloc_trim(0)`, and the mappings that hold most of its private
-dirty pages. What it showed on iris-rf (2026-12-07): 1.7 MB private at the fork, 47
-after 300 predictions, 50 after 2,300; `malloc_trim(0)` took back 4 of them; 39 MB
-of it is in the `[heap]` mapping, R's own heap, so it is pages of the zygote's heap
-the child wrote to, not freed memory glibc keeps. Prints only; writes nothing.
+dirty pages. What it showed on iris-rf (2026-12-07): 2.0 MB private at the fork, 42.1
+after 300 predictions, 45.5 after 2,000; `malloc_trim(0)` took back 15 of them (30.7);
+26 MB of the rest is in the `[heap]` mapping: pages of the zygote's heap the child
+wrote to, not freed memory glibc keeps. Prints only; writes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import sys
 from pathlib import Path
+
+from rscore.r_scorer.heap_trim import malloc_trim
+from rscore.r_scorer.memory import read_process_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def memory_mb() -> tuple[float, float]:
     """(private, PSS) of this process in MB."""
-    fields: dict[str, int] = {}
-    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
-        name, _, rest = line.partition(":")
-        if name in ("Private_Dirty", "Private_Clean", "Pss"):
-            fields[name] = int(rest.split()[0])
-    return (fields["Private_Dirty"] + fields["Private_Clean"]) / 1024, fields["Pss"] / 1024
+    memory = read_process_memory(os.getpid())
+    assert memory is not None  # this process is there
+    return memory.private / 2**20, memory.pss / 2**20
 
 
 def largest_private_mappings(count: int = 5) -> list[tuple[float, str]]:
@@ -68,12 +67,14 @@ def main() -> None:
     import rpy2.rinterface as ri
 
     ri.baseenv["gc"](full=True)
-    trim = ctypes.CDLL(None).malloc_trim
+    trim = malloc_trim()
+    assert trim is not None, "malloc_trim is glibc's"
     child = os.fork()
     if child:
         os.waitpid(child, 0)
         return
-    report = [f"at the fork: private {memory_mb()[0]:.1f} MB, PSS {memory_mb()[1]:.1f} MB"]
+    private, pss = memory_mb()
+    report = [f"at the fork: private {private:.1f} MB, PSS {pss:.1f} MB"]
     done = 0
     for target in sorted({min(300, args.requests), args.requests}):
         while done < target:
@@ -81,7 +82,7 @@ def main() -> None:
             done += 1
         private, pss = memory_mb()
         report.append(f"after {done} predictions: private {private:.1f} MB, PSS {pss:.1f} MB")
-    trim(0)
+    trim()
     private, pss = memory_mb()
     report.append(f"after malloc_trim(0): private {private:.1f} MB, PSS {pss:.1f} MB")
     report += [f"  {mb:.1f} MB private dirty in {line}" for mb, line in largest_private_mappings()]
