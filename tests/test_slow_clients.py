@@ -511,6 +511,34 @@ def test_on_shutdown_a_body_still_arriving_is_answered_503(run: Any) -> None:
     run(scenario())
 
 
+@pytest.mark.parametrize("cut", ["body deadline", "shutdown"])
+def test_a_client_still_sending_when_cut_reads_its_whole_answer_then_eof(
+    run: Any, cut: str
+) -> None:
+    """A socket closed with unread input sends RST, which throws away an answer still
+    in flight: the cut connection half-closes after its answer and reads on a moment,
+    so a client sending flat out reads the answer and a clean end, not a reset."""
+    limits = ClientLimits(body_timeout_s=1.0 if cut == "body deadline" else 60.0)
+
+    async def scenario() -> None:
+        async with guarded(limits) as site, connection(site.port) as (reader, writer):
+            writer.write(POST_HEAD + b"Content-Length: 10000000\r\n\r\n{")
+            sending = asyncio.create_task(trickle(writer, b" " * 10000000, every_s=0.001))
+            await asyncio.wait_for(site.reading.wait(), BOUND_S)
+            if cut == "shutdown":
+                site.guard.shut_down()
+            received = b""
+            async with asyncio.timeout(BOUND_S):
+                while chunk := await reader.read(65536):  # a reset raises here
+                    received += chunk
+            sending.cancel()
+            status, _, body = answer(received)
+            expected = (408, "request_timeout") if cut == "body deadline" else (503, "unavailable")
+            assert (status, body["error"]["code"]) == expected
+
+    run(scenario())
+
+
 # --- end to end: `rscore serve` and the activator ----------------------------------------
 
 KEY = "slow-client-test-key-0123456789"

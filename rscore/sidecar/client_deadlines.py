@@ -81,6 +81,9 @@ log = logging.getLogger("rscore.clients")
 CUT_AFTER_DRAIN_S = 1.0
 # Loops may run a timer this much before its time (uvloop counts in milliseconds).
 _EARLY_S = 0.002
+# A connection answered before its client finished sending: how long it stays open
+# after the answer's FIN, discarding what still arrives, before it is really closed.
+FIN_LINGER_S = 1.0
 
 
 def runner_options(limits: ClientLimits) -> dict[str, Any]:
@@ -164,6 +167,40 @@ def _tls_protocol(loop: asyncio.AbstractEventLoop) -> Any:
 
 
 # --- carrying it out ----------------------------------------------------------------------
+
+
+class _FinThenClose:
+    """The transport of a connection answered while its client is still sending, as
+    aiohttp sees it: close() sends FIN after the answer and keeps reading (aiohttp drops
+    what arrives once it is closing) for `FIN_LINGER_S` before the socket is closed.
+
+    Closing a socket whose input is unread makes the kernel send RST, which throws away
+    the answer still in flight: the client of a cut request would see a reset instead
+    of its 408 or 503. aiohttp's own lingering close reads the body through the request,
+    which a refused body cannot do. TLS transports cannot half-close; their close sends
+    close_notify and reads on until the peer's, which serves the same end."""
+
+    __slots__ = ("_closing", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._closing = False
+
+    def close(self) -> None:
+        transport = self._transport
+        if self._closing or not transport.can_write_eof() or transport.is_closing():
+            transport.close()
+            return
+        self._closing = True
+        transport.write_eof()  # after what is buffered: the answer, then FIN
+        self._loop.call_later(FIN_LINGER_S, transport.close)
+
+    def is_closing(self) -> bool:
+        return self._closing or self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class _GuardedHandler(RequestHandler):
@@ -287,6 +324,7 @@ class _GuardedHandler(RequestHandler):
                     "the connection is closed"
                 )
             )
+            self._close_after_sending()
             self.force_close()
         elif outcome is Outcome.FAIL_BODY_READ:
             self._fail_body_read(
@@ -307,6 +345,12 @@ class _GuardedHandler(RequestHandler):
         connection closes after that answer, without reading the rest."""
         self._body.set_exception(refusal)
         self._lingering_time = 0.0  # aiohttp would otherwise read on after the answer
+        self._close_after_sending()
+
+    def _close_after_sending(self) -> None:
+        """The client is still sending: close with FIN after the answer, not RST."""
+        if self.transport is not None and not isinstance(self.transport, _FinThenClose):
+            self.transport = _FinThenClose(self.transport, self._loop)  # type: ignore[assignment]
 
     def shut_down(self) -> None:
         """Server shutdown: a request whose body is still arriving is answered 503."""
