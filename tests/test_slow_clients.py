@@ -511,9 +511,10 @@ def test_on_shutdown_a_body_still_arriving_is_answered_503(run: Any) -> None:
     run(scenario())
 
 
+@pytest.mark.parametrize("over", ["tcp", "tls"])
 @pytest.mark.parametrize("cut", ["body deadline", "shutdown"])
 def test_a_client_still_sending_when_cut_reads_its_whole_answer_then_eof(
-    run: Any, cut: str
+    run: Any, cut: str, over: str, tls_pair: tuple[ssl.SSLContext, ssl.SSLContext]
 ) -> None:
     """A socket closed with unread input sends RST, which throws away an answer still
     in flight: the cut connection half-closes after its answer and reads on a moment,
@@ -521,7 +522,11 @@ def test_a_client_still_sending_when_cut_reads_its_whole_answer_then_eof(
     limits = ClientLimits(body_timeout_s=1.0 if cut == "body deadline" else 60.0)
 
     async def scenario() -> None:
-        async with guarded(limits) as site, connection(site.port) as (reader, writer):
+        server_tls, client_tls = tls_pair if over == "tls" else (None, None)
+        async with (
+            guarded(limits, server_tls) as site,
+            connection(site.port, client_tls) as (reader, writer),
+        ):
             writer.write(POST_HEAD + b"Content-Length: 10000000\r\n\r\n{")
             sending = asyncio.create_task(trickle(writer, b" " * 10000000, every_s=0.001))
             await asyncio.wait_for(site.reading.wait(), BOUND_S)
