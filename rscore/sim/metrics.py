@@ -17,14 +17,18 @@ import numpy as np
 from rscore.sim.engine import SAMPLE_S, RunResult
 
 __all__ = [
+    "SLO_QUANTILE",
     "TIMESERIES_COLUMNS",
     "add_cost_vs_oracle",
     "cold_start_note",
     "nearest_rank",
     "rank_or_none",
+    "slo_misses_allowed",
     "summarize",
     "timeseries",
 ]
+
+SLO_QUANTILE = 0.99  # the SLO bounds the p99 over every arrival
 
 
 def nearest_rank(sorted_values: np.ndarray, fraction: float, total: int | None = None) -> float:
@@ -35,6 +39,12 @@ def nearest_rank(sorted_values: np.ndarray, fraction: float, total: int | None =
         return math.nan
     index = max(0, math.ceil(fraction * total) - 1)
     return float(sorted_values[index]) if index < sorted_values.size else math.inf
+
+
+def slo_misses_allowed(total: int) -> int:
+    """How many of `total` requests may fail or answer slower than the objective with
+    the p99 over all of them still within it (the nearest rank, as `summarize` takes it)."""
+    return total - math.ceil(SLO_QUANTILE * total)
 
 
 def rank_or_none(sorted_values: np.ndarray, fraction: float) -> float | None:
@@ -52,7 +62,7 @@ def summarize(result: RunResult, *, price_per_hour: float, slo_p99_s: float) -> 
     completed = int(latencies.size)
     rejected = int(result.reject_times.size)
     timeouts = int(result.timeout_times.size)
-    p99_all = nearest_rank(latencies, 0.99, result.requests)
+    p99_all = nearest_rank(latencies, SLO_QUANTILE, result.requests)
     span = max(result.end_s, 1e-12)
     node_hours = result.node_seconds / 3600.0
     ready = result.samples[:, 1] if result.samples.size else np.zeros(1)

@@ -50,7 +50,7 @@ import numpy as np
 
 from rscore.sim.distributions import Streams
 from rscore.sim.engine import RunResult, engine_for
-from rscore.sim.metrics import summarize
+from rscore.sim.metrics import slo_misses_allowed, summarize
 from rscore.sim.policies import OracleController, StaticController
 from rscore.sim.scenario import Scenario, scaling_spec
 from rscore.sim.workload import WorkloadSpec, counts_per_bin
@@ -358,39 +358,41 @@ def oracle_run(
             scenario, pods=dataclasses.replace(scenario.pods, initial=initial)
         )
 
+    # Exactly the requests the replays will see (the same stream): how many of them may
+    # miss the objective before a replay is known to miss the SLO.
+    allowed = slo_misses_allowed(int(counts.sum()))
+
     def replay(knob: float) -> bool:  # a headroom, or spare nodes without foresight
-        result = engine_for(start(knob), controller(knob), progress=progress).run()
-        runs[knob] = result
-        summary = summarize(
-            result, price_per_hour=nodes.price_per_hour, slo_p99_s=scenario.slo_p99_s
+        engine = engine_for(start(knob), controller(knob), progress=progress)
+        result, outcome = _replayed(
+            engine, allowed, scenario.slo_p99_s, nodes.price_per_hour, progress
         )
-        tries.append(_try_record(knob, summary, foresight=foresight))
-        return bool(summary["slo_met"])
+        if result is not None:
+            runs[knob] = result
+        named = {"headroom": knob} if foresight else {"spare_nodes": int(knob)}
+        tries.append({**named, **outcome})
+        return bool(outcome["slo_met"])
+
+    def finished(knob: float) -> RunResult:
+        """The replay of `knob` run to its end (again, if it was stopped: no plan met
+        the SLO, and this one is reported)."""
+        if knob not in runs:
+            runs[knob] = engine_for(start(knob), controller(knob), progress=progress).run()
+        return runs[knob]
 
     if not foresight:
         return _reactive_search(
             replay,
             plan=plan,
-            runs=runs,
+            finished=finished,
             tries=tries,
             controller=controller,
             grid=grid,
             lead=lead,
             capacity=capacity,
         )
-    headroom, missed = 1.0, None
-    met = replay(headroom)
-    while not met and len(tries) < MAX_REPLAYS - 1 and capacity > 0:
-        lower = headroom * HEADROOM_STEP
-        if np.array_equal(plan(lower), plan(headroom)):
-            break  # at max_nodes or max_replicas everywhere: more headroom adds nothing
-        missed, headroom = headroom, lower
-        met = replay(headroom)
-    if met and missed is not None and len(tries) < MAX_REPLAYS:
-        middle = (headroom + missed) / 2.0
-        if not np.array_equal(plan(middle), plan(headroom)) and replay(middle):
-            headroom = middle
-    result = runs[headroom]
+    headroom = _headroom_search(replay, plan=plan, tries=tries, capacity=capacity)
+    result = finished(headroom)
     extra = {
         "pod_capacity_per_s": capacity,
         "oracle_headroom": headroom,
@@ -406,18 +408,98 @@ def oracle_run(
     return OracleRun(result, extra, lambda: controller(headroom))
 
 
-def _try_record(knob: float, summary: dict[str, Any], *, foresight: bool) -> dict[str, Any]:
-    """One replay as the summary lists it: its knob (headroom, or spare nodes without
-    foresight) and `_TRY_FIELDS`."""
-    named: dict[str, Any] = {"headroom": knob} if foresight else {"spare_nodes": int(knob)}
-    return {**named, **{k: summary[k] for k in _TRY_FIELDS}}
+def _headroom_search(
+    replay: Callable[[float], bool],
+    *,
+    plan: Callable[[float], np.ndarray],
+    tries: list[dict[str, Any]],
+    capacity: float,
+) -> float:
+    """The oracle's search: less headroom after each miss, then the midpoint between
+    the last miss and the first that met, kept if it meets too. The headroom chosen."""
+    headroom, missed = 1.0, None
+    met = replay(headroom)
+    while not met and len(tries) < MAX_REPLAYS - 1 and capacity > 0:
+        lower = headroom * HEADROOM_STEP
+        if np.array_equal(plan(lower), plan(headroom)):
+            break  # at max_nodes or max_replicas everywhere: more headroom adds nothing
+        missed, headroom = headroom, lower
+        met = replay(headroom)
+    if met and missed is not None and len(tries) < MAX_REPLAYS:
+        middle = (headroom + missed) / 2.0
+        if not np.array_equal(plan(middle), plan(headroom)) and replay(middle):
+            headroom = middle
+    return headroom
+
+
+class _Hopeless(Exception):
+    """A replay stopped once it could no longer meet the SLO."""
+
+    def __init__(self, at_s: float) -> None:
+        super().__init__(f"SLO out of reach at t = {at_s:g} s")
+        self.at_s = at_s
+
+
+class _Verdict:
+    """The engine's progress callback during a replay: counts the requests that already
+    failed or answered slower than the objective, and stops the replay (`_Hopeless`) once
+    more of them than the p99 over all arrivals allows. A search only needs to know that
+    a plan misses, and a miss is usually plain early in the day; the replay that meets
+    runs to the end. Reads the engine's outcome arrays, never changes them."""
+
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        allowed: int,
+        slo_p99_s: float,
+        progress: Callable[[float], None] | None,
+    ) -> None:
+        self.engine = engine
+        self.allowed = allowed
+        self.slo_p99_s = slo_p99_s
+        self.progress = progress
+        self.seen = 0  # answers already looked at
+        self.slow = 0  # of which slower than the objective
+
+    def __call__(self, t: float) -> None:
+        answered = self.engine.latencies
+        n = len(answered)
+        if n > self.seen:
+            view = np.frombuffer(answered, dtype=np.float64)
+            self.slow += int(np.count_nonzero(view[self.seen : n] > self.slo_p99_s))
+            del view  # the array grows again once the engine resumes: let its buffer go
+            self.seen = n
+        failed = len(self.engine.timeout_times) + len(self.engine.reject_times)
+        if self.slow + failed > self.allowed:
+            raise _Hopeless(t)
+        if self.progress is not None:
+            self.progress(t)
+
+
+def _replayed(
+    engine: Any,
+    allowed: int,
+    slo_p99_s: float,
+    price_per_hour: float,
+    progress: Callable[[float], None] | None,
+) -> tuple[RunResult | None, dict[str, Any]]:
+    """Run one replay, stopped once it cannot meet the SLO: its result (None when
+    stopped) and what the summary lists of it (`_TRY_FIELDS`; a stopped one says when)."""
+    engine.progress = _Verdict(engine, allowed=allowed, slo_p99_s=slo_p99_s, progress=progress)
+    try:
+        result = engine.run()
+    except _Hopeless as stop:
+        return None, {**dict.fromkeys(_TRY_FIELDS), "slo_met": False, "stopped_at_s": stop.at_s}
+    summary = summarize(result, price_per_hour=price_per_hour, slo_p99_s=slo_p99_s)
+    return result, {k: summary[k] for k in _TRY_FIELDS}
 
 
 def _reactive_search(
     replay: Callable[[float], bool],
     *,
     plan: Callable[[float], np.ndarray],
-    runs: dict[float, RunResult],
+    finished: Callable[[float], RunResult],
     tries: list[dict[str, Any]],
     controller: Callable[[float], OracleController],
     grid: float,
@@ -440,4 +522,4 @@ def _reactive_search(
         "oracle_grid_s": grid,
         "oracle_node_lead_s": lead,
     }
-    return OracleRun(runs[spare], extra, lambda: controller(spare))
+    return OracleRun(finished(spare), extra, lambda: controller(spare))
