@@ -15,7 +15,17 @@ from rscore.autoscaler.latency_target import (
     objective_utilization,
     wait_tail,
 )
-from rscore.autoscaler.policy import Observation, PodSample, PolicyState, ScalingSpec, decide
+from rscore.autoscaler.policy import (
+    OVERLOAD_BUDGET,
+    OVERLOAD_MEMORY_S,
+    Observation,
+    PodSample,
+    PolicyState,
+    ScalingSpec,
+    decide,
+    overload_share,
+    track_overload,
+)
 
 
 @pytest.mark.parametrize(
@@ -134,3 +144,99 @@ def test_an_objective_that_allows_more_needs_fewer_pods() -> None:
 def test_the_objective_must_be_positive() -> None:
     with pytest.raises(ValueError, match="latency_objective_s must be > 0"):
         ScalingSpec(max_replicas=1, latency_objective_s=0.0)
+
+
+# --- the objective's boost is earned: withheld after overload ---------------------------
+
+OVERLOAD_CASES = [
+    # (previous record, now, busy, panic-window busy, ready workers, expected record)
+    ((0.0, 0.0, 0.0), 10.0, 3.0, 3.0, 4, (10.0, 0.0, 0.0)),  # first tick: starts the clock
+    ((10.0, 0.0, 0.0), 12.0, 3.0, 3.0, 4, (12.0, 0.0, 6.0)),  # 3 busy x 2 s, within 4 workers
+    ((10.0, 0.0, 0.0), 12.0, 3.0, 5.0, 4, (12.0, 6.0, 6.0)),  # the panic window is over 4
+    ((10.0, 0.0, 0.0), 12.0, 5.0, 4.0, 4, (12.0, 0.0, 10.0)),  # one tick's noise is not
+    ((10.0, 6.0, 6.0), 12.0, 3.0, 3.0, 0, (10.0, 6.0, 6.0)),  # no ready worker: unchanged
+    ((10.0, 6.0, 6.0), 12.0, None, 3.0, 4, (10.0, 6.0, 6.0)),  # no demand: unchanged
+]
+
+
+@pytest.mark.parametrize(
+    ("previous", "now", "busy", "recent", "workers", "expected"), OVERLOAD_CASES
+)
+def test_the_overload_record_weighs_demand_by_the_time_it_lasted(
+    previous: tuple[float, float, float],
+    now: float,
+    busy: float | None,
+    recent: float,
+    workers: int,
+    expected: tuple[float, float, float],
+) -> None:
+    assert track_overload(previous, now, busy, recent, workers) == pytest.approx(expected)
+
+
+def test_the_overload_record_forgets_over_its_memory() -> None:
+    """An overloaded minute, then calm: its share halves about every 0.69 memories."""
+    record = (0.0, 0.0, 0.0)
+    t = 0.0
+    for _ in range(30):  # a minute in overload
+        t += 2.0
+        record = track_overload(record, t, 3.0, 9.0, 4)
+    assert overload_share(record) == pytest.approx(1.0)
+    for _ in range(1800):  # an hour of calm at the same demand
+        t += 2.0
+        record = track_overload(record, t, 3.0, 3.0, 4)
+    assert 0.005 < overload_share(record) < 0.05
+    assert overload_share((0.0, 0.0, 0.0)) == 0.0
+
+
+def _steady(now: float, busy_per_pod: float, pods: int = 3) -> Observation:
+    """`pods` ready pods of 2 workers, each with `busy_per_pod` busy workers of 20 ms."""
+    ready = tuple(
+        PodSample(
+            name=f"pod-{i}",
+            concurrency=busy_per_pod,
+            arrival_rate=busy_per_pod / 0.02,
+            service_s=0.02,
+            queue_depth=0.0,
+        )
+        for i in range(pods)
+    )
+    return Observation(now=now, ready_pods=ready, workers_per_pod=2, current_replicas=pods)
+
+
+def test_after_an_overload_the_objective_lifts_no_pod_above_the_floor_for_a_while() -> None:
+    """4.5 busy workers want 3 pods at the 1-s objective's 0.8 and 4 at the 0.7 floor.
+    A minute in which the pods were overloaded (7.5 busy on 6 workers: 14 % of the
+    demand so far) withholds the objective's share until that minute has faded below
+    OVERLOAD_BUDGET (1 %) of the recent demand: 450 e^-x <= 0.01 x (3150 e^-x + 16200
+    (1 - e^-x)) busy-worker seconds, x ~ 1.3 memories at this load."""
+    spec = ScalingSpec(max_replicas=100, latency_objective_s=1.0)
+    state, t = PolicyState(), 0.0
+    for _ in range(300):  # ten calm minutes: the objective holds
+        t += 2.0
+        rec, state = decide(_steady(t, 1.5), state, spec)
+    assert rec.desired_replicas == 3
+    for _ in range(30):  # a minute at 2.5 busy per pod on 2 workers each
+        t += 2.0
+        _, state = decide(_steady(t, 2.5), state, spec)
+    assert overload_share(state.overload) > OVERLOAD_BUDGET
+    calm = []
+    for _ in range(int(3 * OVERLOAD_MEMORY_S / 2.0)):  # hours back at 1.5 per pod
+        t += 2.0
+        rec, state = decide(_steady(t, 1.5), state, spec)
+        calm.append(rec)
+    assert calm[60].desired_replicas == 4  # two minutes on: the floor, one pod more
+    assert "withheld" in calm[60].reason
+    back = next(i for i, r in enumerate(calm) if r.desired_replicas == 3) * 2.0
+    assert 1.0 * OVERLOAD_MEMORY_S < back < 1.6 * OVERLOAD_MEMORY_S
+    assert calm[-1].desired_replicas == 3  # faded: the objective is back
+    assert "withheld" not in calm[-1].reason
+
+
+def test_without_an_objective_overload_changes_nothing() -> None:
+    spec = ScalingSpec(max_replicas=100)
+    state, t = PolicyState(), 0.0
+    for busy in [1.5] * 100 + [2.5] * 30 + [1.5] * 100:
+        t += 2.0
+        rec, state = decide(_steady(t, busy), state, spec)
+    assert "withheld" not in rec.reason
+    assert rec.desired_replicas == 4  # 4.5 / 1.4 = 3.2 -> 4, as ever

@@ -12,7 +12,10 @@ what drains the present queue within `queue_drain_s`, capped at the demand itsel
 full queue adds a bounded amount, never pods in proportion to its length. Panic mode (the
 panic desire at twice the ready pods) scales up at once and never down; rate limits and a
 scale-down delay window as in Knative's KPA. CPU and memory targets follow the HPA
-formula, and the final desire is the maximum over signals.
+formula, and the final desire is the maximum over signals. A latency objective lets pods
+run busier than `target_utilization` (`rscore.autoscaler.latency_target`) only while the
+traffic behaves as its queue model assumes: once more than `OVERLOAD_BUDGET` of the
+last hour's demand arrived while the pods were overloaded, the floor stands again.
 
 Nodes cost money, pods do not: nodes are sized for the demand's pods (scale up at once,
 down after the pool's delay, as the Cluster Autoscaler), ordered ahead of the demand
@@ -34,6 +37,8 @@ __all__ = [
     "HPA_TOLERANCE",
     "MODE_PANIC",
     "MODE_STABLE",
+    "OVERLOAD_BUDGET",
+    "OVERLOAD_MEMORY_S",
     "NodePoolSpec",
     "Observation",
     "PodSample",
@@ -42,11 +47,29 @@ __all__ = [
     "ScalingSpec",
     "decide",
     "hold_when_unknown",
+    "overload_share",
+    "track_overload",
 ]
 
 MODE_STABLE = "Stable"
 MODE_PANIC = "Panic"
 HPA_TOLERANCE = 0.1
+# The latency objective's boost rests on a queue model of steady (Poisson) arrivals. A
+# load that overloads the pods it sized (minutes at many times the minute before, which
+# no node can follow) breaks that model, and the requests that arrive then are the ones
+# the SLO counts as slow or failed. So the boost is earned: withheld while more than the
+# p99's whole 1 % tail of the recent demand (busy-worker seconds, decayed over
+# OVERLOAD_MEMORY_S) arrived in overload, i.e. with the panic window's demand above the
+# ready workers. Chosen with `make bench-autoscale` (every scenario of
+# examples/scenarios/): without it, the STS-70 launch day (nasa-launch-day-rate.toml)
+# missed its SLO at the 0.8 cap where the HPA met it, and a 0.7 cap for everyone put
+# the July 3 NASA day at 1.31x the oracle. With it both meet (1.20x, 1.22x), the 3-day
+# GPU run is a little cheaper, the bursty Azure code trace fails 1.6 % instead of 2.7 %
+# and twitter-counts 2.6 % instead of 3.6 % (both still miss, twitter-counts at 1.49x
+# instead of 1.27x); nothing else moves. A budget of 0.2 % also met both NASA days but
+# cost 4 % more on azure-conv; a memory of 30 minutes instead of an hour, the same.
+OVERLOAD_BUDGET = 0.01
+OVERLOAD_MEMORY_S = 3600.0
 
 
 def _require(ok: bool, message: str) -> None:
@@ -253,6 +276,8 @@ class PolicyState:
       ScoringAutoscaler's status).
     - `batch_fit`: the cost of an R call against its rows, fitted over the pods'
       intervals (`rscore.autoscaler.batch_cost`).
+    - `overload`: (time, busy-worker seconds that arrived in overload, all of them),
+      both decayed over `OVERLOAD_MEMORY_S` (`track_overload`).
     """
 
     samples: tuple[tuple[float, float], ...] = ()
@@ -263,6 +288,7 @@ class PolicyState:
     service_s: float | None = None
     profile: DemandProfile = field(default_factory=DemandProfile.empty)
     batch_fit: BatchCostFit = field(default_factory=BatchCostFit)
+    overload: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -393,9 +419,41 @@ def _utilization(obs: Observation, spec: ScalingSpec, service_s: float | None) -
     return spec.target_utilization if allowed is None else max(spec.target_utilization, allowed)
 
 
-def _capacity(obs: Observation, spec: ScalingSpec, service_s: float | None) -> float:
-    """Busy workers one pod should carry."""
-    utilization = _utilization(obs, spec, service_s)
+def track_overload(
+    previous: tuple[float, float, float],
+    now: float,
+    busy: float | None,
+    recent_busy: float | None,
+    ready_workers: int,
+) -> tuple[float, float, float]:
+    """The overload record with this tick added: (now, overloaded, all), each the
+    busy-worker seconds since the last tick (`busy` x the time between) added to the
+    decayed sums; overloaded when `recent_busy` (the panic window's average, steadier
+    than one tick's) exceeds the `ready_workers`. Unchanged without demand or workers
+    (nothing to weigh, or nothing that could be overloaded)."""
+    at, overloaded, total = previous
+    if busy is None or recent_busy is None or ready_workers <= 0:
+        return previous
+    if previous == (0.0, 0.0, 0.0):  # the first tick: from here on
+        return now, 0.0, 0.0
+    elapsed = max(0.0, now - at)
+    decay = math.exp(-elapsed / OVERLOAD_MEMORY_S)
+    weight = busy * elapsed
+    hot = weight if recent_busy > ready_workers else 0.0
+    return now, overloaded * decay + hot, total * decay + weight
+
+
+def overload_share(record: tuple[float, float, float]) -> float:
+    """The share of the recent demand that arrived in overload (0 with no record)."""
+    _, overloaded, total = record
+    return overloaded / total if total > 0 else 0.0
+
+
+def _capacity(
+    obs: Observation, spec: ScalingSpec, service_s: float | None, *, boost: bool = True
+) -> float:
+    """Busy workers one pod should carry (at the floor when the boost is withheld)."""
+    utilization = _utilization(obs, spec, service_s) if boost else spec.target_utilization
     return obs.workers_per_pod * spec.target_concurrency_per_worker * utilization
 
 
@@ -602,6 +660,32 @@ def _size_nodes(
     return replicas, nodes, since
 
 
+def _objective_boost(
+    obs: Observation,
+    state: PolicyState,
+    spec: ScalingSpec,
+    demand: _Demand | None,
+    samples: tuple[tuple[float, float], ...],
+) -> tuple[tuple[float, float, float], bool, list[str]]:
+    """(the overload record with this tick, whether the latency objective may lift
+    the utilization above its floor, the reason when it may not)."""
+    overload = track_overload(
+        state.overload,
+        obs.now,
+        None if demand is None else demand.busy,
+        _average(samples, obs.now, spec.panic_window_s),
+        len(obs.ready_pods) * obs.workers_per_pod,
+    )
+    share = overload_share(overload)
+    if spec.latency_objective_s is None or share <= OVERLOAD_BUDGET:
+        return overload, True, []
+    why = (
+        f"objective's utilization withheld: {share:.2%} of the last hour's demand "
+        f"arrived overloaded (> {OVERLOAD_BUDGET:.1%})"
+    )
+    return overload, False, [why]
+
+
 def hold_when_unknown(
     recommendation: Recommendation, current_replicas: int, current_nodes: int | None, why: str
 ) -> Recommendation:
@@ -636,10 +720,12 @@ def decide(
         samples = (*samples, (now, demand.busy))
     # Busy workers a pod should carry: once a tick (the latency objective's bisection is
     # the policy's costliest arithmetic), for the demand signal and the nodes alike.
-    service_s = state.service_s if demand is None else demand.service_s
-    capacity = _capacity(obs, spec, service_s)
+    overload, boost, withheld = _objective_boost(obs, state, spec, demand, samples)
+    capacity = _capacity(
+        obs, spec, state.service_s if demand is None else demand.service_s, boost=boost
+    )
     conc = _concurrency_signal(obs, state, spec, samples, demand, capacity=capacity)
-    reasons = [conc.reason]
+    reasons = [conc.reason, *withheld]
     if curve is not None:
         reasons.append(
             f"R call {curve.per_call_s * 1e3:.2f} ms + {curve.per_row_s * 1e3:.3f} ms per row"
@@ -726,5 +812,6 @@ def decide(
         service_s=state.service_s if demand is None else demand.service_s,
         profile=profile,
         batch_fit=batch_fit,
+        overload=overload,
     )
     return recommendation, new_state
