@@ -235,6 +235,8 @@ def controller_command(kubeconfig: Path, port: int, args: argparse.Namespace, i:
     ]  # fmt: skip
     scale = ["--shards", str(args.shards), "--shard-index", str(i)]
     scale += [] if args.sample else ["--no-sample"]
+    if args.max_concurrent_scrapes is not None:
+        scale += ["--max-concurrent-scrapes", str(args.max_concurrent_scrapes)]
     if args.profile:  # cProfile of the controller, written to DIR/controller-<i>.prof
         profile = ["-m", "cProfile", "-o", str(Path(args.out) / f"controller-{i}.prof")]
         return [sys.executable, *profile, "-m", "bench.controller", "_controller", *flags, *scale]
@@ -260,6 +262,7 @@ def _run_controller(argv: list[str]) -> None:
         parser.add_argument(flag, type=float)
     for flag in ("--metrics-port", "--lease-duration-s", "--shards", "--shard-index"):
         parser.add_argument(flag, type=int)
+    parser.add_argument("--max-concurrent-scrapes", type=int, default=None)
     parser.add_argument("--no-sample", action="store_true")
     a = parser.parse_args(argv)
     configure_json_logging()
@@ -273,6 +276,11 @@ def _run_controller(argv: list[str]) -> None:
         shards=a.shards,
         shard_index=a.shard_index,
         sample=not a.no_sample,
+        **(
+            {}
+            if a.max_concurrent_scrapes is None
+            else {"max_concurrent_scrapes": a.max_concurrent_scrapes}
+        ),
     )
     uvloop.run(run(options))
 
@@ -641,6 +649,12 @@ def main() -> None:
     parser.add_argument("--ticks", type=int, default=20)
     parser.add_argument("--interval-s", type=float, default=2.0)
     parser.add_argument("--no-sample", dest="sample", action="store_false")
+    parser.add_argument(
+        "--max-concurrent-scrapes",
+        type=int,
+        default=None,
+        help="Passed to each controller (its default when not given: 256).",
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile each controller.")
     parser.add_argument("--timeout-s", type=float, default=600.0, help="Bound on the whole run.")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "controller"))
