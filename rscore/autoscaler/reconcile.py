@@ -42,7 +42,6 @@ from rscore.autoscaler.observe import (
     SCALE_REREAD_S,
     PodFacts,
     PodUsage,
-    active_pods,
     build_observation,
     pod_facts,
     scale_read_due,
@@ -391,8 +390,9 @@ async def _observe(
         memory.scale, memory.scale_of, memory.scale_read_at = scale, target, ctx.now
         pods = None
         ctx.metrics.scale_reads.inc()
-    elif scale is not None and pods is not None:  # the pods agree: they are its status
-        scale = replace(scale, status_replicas=active_pods(pods))
+    else:  # the last read stands: as many active pods as its replicas, its status too
+        assert scale is not None
+        scale = replace(scale, status_replicas=scale.replicas)
     assert scale is not None  # read above when there was none
     memory.failing.discard("FailedGetScale")
     if not scale.selector:
