@@ -465,13 +465,13 @@ def _concurrency_signal(
     demand: _Demand | None,
     *,
     capacity: float,
+    panic_avg: float | None,
 ) -> _Concurrency:
     now = obs.now
     panic_until = state.panic_until
     if panic_until is not None and now >= panic_until:
         panic_until = None
     stable_avg = _average(samples, now, spec.stable_window_s)
-    panic_avg = _average(samples, now, spec.panic_window_s)
     if stable_avg is None or demand is None:
         mode = MODE_PANIC if panic_until is not None else MODE_STABLE
         return _Concurrency(None, None, None, panic_until, mode, "no data yet")
@@ -660,30 +660,34 @@ def _size_nodes(
     return replicas, nodes, since
 
 
-def _objective_boost(
+def _objective_capacity(
     obs: Observation,
     state: PolicyState,
     spec: ScalingSpec,
     demand: _Demand | None,
-    samples: tuple[tuple[float, float], ...],
-) -> tuple[tuple[float, float, float], bool, list[str]]:
-    """(the overload record with this tick, whether the latency objective may lift
-    the utilization above its floor, the reason when it may not)."""
+    panic_avg: float | None,
+) -> tuple[tuple[float, float, float], float, list[str]]:
+    """(the overload record with this tick, the busy workers one pod should carry, the
+    reason when the latency objective's share above the floor is withheld). Without an
+    objective there is nothing to withhold, and no record is kept."""
+    service_s = state.service_s if demand is None else demand.service_s
+    if spec.latency_objective_s is None:
+        return state.overload, _capacity(obs, spec, service_s), []
     overload = track_overload(
         state.overload,
         obs.now,
         None if demand is None else demand.busy,
-        _average(samples, obs.now, spec.panic_window_s),
+        panic_avg,
         len(obs.ready_pods) * obs.workers_per_pod,
     )
     share = overload_share(overload)
-    if spec.latency_objective_s is None or share <= OVERLOAD_BUDGET:
-        return overload, True, []
+    if share <= OVERLOAD_BUDGET:
+        return overload, _capacity(obs, spec, service_s), []
     why = (
         f"objective's utilization withheld: {share:.2%} of the last hour's demand "
         f"arrived overloaded (> {OVERLOAD_BUDGET:.1%})"
     )
-    return overload, False, [why]
+    return overload, _capacity(obs, spec, service_s, boost=False), [why]
 
 
 def hold_when_unknown(
@@ -720,11 +724,11 @@ def decide(
         samples = (*samples, (now, demand.busy))
     # Busy workers a pod should carry: once a tick (the latency objective's bisection is
     # the policy's costliest arithmetic), for the demand signal and the nodes alike.
-    overload, boost, withheld = _objective_boost(obs, state, spec, demand, samples)
-    capacity = _capacity(
-        obs, spec, state.service_s if demand is None else demand.service_s, boost=boost
+    panic_avg = _average(samples, now, spec.panic_window_s)  # for the overload record too
+    overload, capacity, withheld = _objective_capacity(obs, state, spec, demand, panic_avg)
+    conc = _concurrency_signal(
+        obs, state, spec, samples, demand, capacity=capacity, panic_avg=panic_avg
     )
-    conc = _concurrency_signal(obs, state, spec, samples, demand, capacity=capacity)
     reasons = [conc.reason, *withheld]
     if curve is not None:
         reasons.append(
