@@ -50,7 +50,7 @@ import numpy as np
 
 from rscore.sim.distributions import Streams
 from rscore.sim.engine import RunResult, engine_for
-from rscore.sim.metrics import slo_misses_allowed, summarize
+from rscore.sim.metrics import SLO_TAIL, slo_misses_allowed, summarize
 from rscore.sim.policies import OracleController, StaticController
 from rscore.sim.scenario import Scenario, scaling_spec
 from rscore.sim.workload import WorkloadSpec, counts_per_bin
@@ -71,7 +71,7 @@ __all__ = [
     "start_leads",
 ]
 
-ORACLE_TAIL = 0.01  # the SLO's share of requests that may be slower (p99)
+ORACLE_TAIL = SLO_TAIL  # the SLO's share of requests that may be slower (p99)
 LEAD_QUANTILE = 0.99  # nodes are ordered this quantile of their start time ahead
 RATE_WINDOW_S = 60.0  # the rate term's centred window; the longest burst window
 MAX_REPLAYS = 5  # replays of the plan at most (the common case: 1 to 3)
@@ -363,7 +363,7 @@ def oracle_run(
     allowed = slo_misses_allowed(int(counts.sum()))
 
     def replay(knob: float) -> bool:  # a headroom, or spare nodes without foresight
-        engine = engine_for(start(knob), controller(knob), progress=progress)
+        engine = engine_for(start(knob), controller(knob))  # its progress: _replayed's
         result, outcome = _replayed(
             engine, allowed, scenario.slo_p99_s, nodes.price_per_hour, progress
         )
