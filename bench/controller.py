@@ -262,7 +262,9 @@ def _run_controller(argv: list[str]) -> None:
         parser.add_argument(flag, type=float)
     for flag in ("--metrics-port", "--lease-duration-s", "--shards", "--shard-index"):
         parser.add_argument(flag, type=int)
-    parser.add_argument("--max-concurrent-scrapes", type=int, default=None)
+    parser.add_argument(
+        "--max-concurrent-scrapes", type=int, default=Options().max_concurrent_scrapes
+    )
     parser.add_argument("--no-sample", action="store_true")
     a = parser.parse_args(argv)
     configure_json_logging()
@@ -276,11 +278,7 @@ def _run_controller(argv: list[str]) -> None:
         shards=a.shards,
         shard_index=a.shard_index,
         sample=not a.no_sample,
-        **(
-            {}
-            if a.max_concurrent_scrapes is None
-            else {"max_concurrent_scrapes": a.max_concurrent_scrapes}
-        ),
+        max_concurrent_scrapes=a.max_concurrent_scrapes,
     )
     uvloop.run(run(options))
 
