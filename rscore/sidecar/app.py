@@ -26,14 +26,14 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from rscore.r_scorer.errors import BadRequest, ScoringError, TooLarge, quoted
 from rscore.r_scorer.liveness import LivenessBounds, liveness_problem
@@ -66,6 +66,13 @@ from rscore.sidecar.errors import (
 from rscore.sidecar.heap import HeapTrimmer, malloc_trim
 from rscore.sidecar.http_hardening import harden_parser_errors, name_the_server
 from rscore.sidecar.metrics import SidecarMetrics
+from rscore.sidecar.metrics_stream import (
+    NAMES_PARAM,
+    STREAM_PATH,
+    MetricStreams,
+    metrics_page,
+    serve_stream,
+)
 
 log = logging.getLogger("rscore.sidecar")
 
@@ -166,16 +173,28 @@ def create_app(
 
 
 def create_metrics_app(registry: CollectorRegistry) -> web.Application:
-    """The metrics port: Prometheus exposition of `registry` at /metrics."""
+    """The metrics port: Prometheus exposition of `registry` at /metrics (restricted
+    by `name[]` when given), and the same readings streamed at /metrics/stream
+    (`rscore.sidecar.metrics_stream`)."""
+    streams = MetricStreams()
 
-    async def metrics(_: web.Request) -> web.Response:
-        response = web.Response(body=generate_latest(registry))
+    def render(names: Sequence[str]) -> bytes:
+        return metrics_page(registry, names)
+
+    async def metrics(request: web.Request) -> web.Response:
+        names = [name for name in request.query.getall(NAMES_PARAM, []) if name]
+        response = web.Response(body=render(names))
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
 
+    async def stream(request: web.Request) -> web.StreamResponse:
+        return await serve_stream(request, streams, render)
+
     app = web.Application()
     name_the_server(app)
+    app.on_shutdown.append(streams.close_all)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get(STREAM_PATH, stream)
     return app
 
 
