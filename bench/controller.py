@@ -33,16 +33,22 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import ClientSession, ClientTimeout, web
 from prometheus_client.parser import text_string_to_metric_families
+
+from rscore.sidecar.metrics_stream import STREAM_PATH, MetricStreams, serve_stream
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the API emulator is test scaffolding
@@ -115,6 +121,24 @@ def sidecar_page(elapsed_s: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def restricted(page: str, names: Sequence[str]) -> str:
+    """The page's samples named in `names`, with their families' HELP and TYPE lines
+    (what prometheus_client's `name[]` gives)."""
+    wanted = set(names)
+    samples = [line for line in page.splitlines() if line and line[0] != "#"]
+    kept = [line for line in samples if re.split(r"[{ ]", line, maxsplit=1)[0] in wanted]
+    heads = {re.split(r"[{ ]", line, maxsplit=1)[0] for line in kept}
+    out = []
+    for line in page.splitlines():
+        if line.startswith("#"):
+            family = line.split(" ")[2] if len(line.split(" ")) > 2 else ""
+            if any(h == family or h.startswith(family + "_") for h in heads):
+                out.append(line)
+        elif line in kept:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
 class Pods:
     """One server for every pod's /metrics: the pod is the local address connected to."""
 
@@ -123,25 +147,47 @@ class Pods:
     def __init__(self) -> None:
         self.started = time.monotonic()
         self.scrapes = 0
+        self.readings = 0  # streamed
         self.runner: web.AppRunner | None = None
         self.port = 0
-        self._page = b""
+        self._pages: dict[tuple[str, ...], bytes] = {}
         self._page_at = -1.0
+        # Every pod's stream is served here: no per-server bound (a sidecar's is 16).
+        self.streams = MetricStreams(limit=1 << 30)
+
+    def page(self, names: Sequence[str]) -> bytes:
+        """The page restricted to `names` (all when empty), as a sidecar answers it."""
+        now = time.monotonic()
+        if now - self._page_at >= self.PAGE_EVERY_S:  # a real pod renders on its own CPU
+            self._pages.clear()
+            self._page_at = now
+        key = tuple(names)
+        page = self._pages.get(key)
+        if page is None:
+            text = sidecar_page(now - self.started)
+            page = self._pages[key] = (restricted(text, key) if key else text).encode()
+        return page
 
     async def _metrics(self, request: web.Request) -> web.Response:
         self.scrapes += 1
-        now = time.monotonic()
-        if now - self._page_at >= self.PAGE_EVERY_S:  # a real pod renders on its own CPU
-            self._page = sidecar_page(now - self.started).encode()
-            self._page_at = now
-        return web.Response(body=self._page, content_type="text/plain", charset="utf-8")
+        body = self.page(request.query.getall("name[]", []))
+        return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+    def _reading(self, names: Sequence[str]) -> bytes:
+        self.readings += 1
+        return self.page(names)
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        return await serve_stream(request, self.streams, self._reading)
 
     async def _count(self, request: web.Request) -> web.Response:
-        return web.json_response({"scrapes": self.scrapes})
+        return web.json_response({"scrapes": self.scrapes, "readings": self.readings})
 
     async def start(self) -> None:
         app = web.Application()
+        app.on_shutdown.append(self.streams.close_all)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get(STREAM_PATH, self._stream)
         app.router.add_get("/scrapes", self._count)  # the bench's own question
         self.runner = web.AppRunner(app, access_log=None, keepalive_timeout=75)
         await self.runner.setup()
@@ -191,7 +237,8 @@ class PodsProcess:
 
     async def scrapes(self, session: ClientSession) -> int:
         async with session.get(f"http://127.0.0.1:{self.port}/scrapes") as response:
-            return int((await response.json())["scrapes"])
+            served = await response.json()
+            return int(served["scrapes"]) + int(served["readings"])  # GETs and streamed
 
     def cpu_s(self) -> float:
         assert self.proc is not None
@@ -235,6 +282,7 @@ def controller_command(kubeconfig: Path, port: int, args: argparse.Namespace, i:
     ]  # fmt: skip
     scale = ["--shards", str(args.shards), "--shard-index", str(i)]
     scale += [] if args.sample else ["--no-sample"]
+    scale += [] if args.metric_streams else ["--no-metric-streams"]
     if args.max_concurrent_scrapes is not None:
         scale += ["--max-concurrent-scrapes", str(args.max_concurrent_scrapes)]
     if args.profile:  # cProfile of the controller, written to DIR/controller-<i>.prof
@@ -266,6 +314,7 @@ def _run_controller(argv: list[str]) -> None:
         "--max-concurrent-scrapes", type=int, default=Options().max_concurrent_scrapes
     )
     parser.add_argument("--no-sample", action="store_true")
+    parser.add_argument("--no-metric-streams", action="store_true")
     a = parser.parse_args(argv)
     configure_json_logging()
     options = Options(
@@ -278,7 +327,9 @@ def _run_controller(argv: list[str]) -> None:
         shards=a.shards,
         shard_index=a.shard_index,
         sample=not a.no_sample,
+        metric_streams=not a.no_metric_streams,
         max_concurrent_scrapes=a.max_concurrent_scrapes,
+        freeze_heap=True,  # as the `rscore autoscaler` process does
     )
     uvloop.run(run(options))
 
@@ -295,6 +346,8 @@ READ_SERIES = (
     "rscore_autoscaler_ticks_total",
     "rscore_autoscaler_tick_overruns_total",
     "rscore_autoscaler_pod_scrapes_total",
+    "rscore_autoscaler_stream_readings_total",
+    "rscore_autoscaler_live_streams",
     "rscore_autoscaler_owned",
     "rscore_autoscaler_leader",
     "rscore_autoscaler_cached_pods",
@@ -321,14 +374,7 @@ async def scrape_controller(session: ClientSession, port: int) -> dict[str, Any]
         for s in family.samples:
             if s.name == "rscore_autoscaler_tick_duration_seconds_bucket":
                 out["buckets"][float(s.labels["le"])] = s.value
-            elif s.name in (
-                "rscore_autoscaler_ticks_total",
-                "rscore_autoscaler_tick_overruns_total",
-                "rscore_autoscaler_pod_scrapes_total",
-                "rscore_autoscaler_owned",
-                "rscore_autoscaler_leader",
-                "rscore_autoscaler_cached_pods",
-            ):
+            elif s.name in READ_SERIES:
                 out[s.name] = s.value
     return out
 
@@ -381,21 +427,26 @@ async def _states(session: ClientSession, shards: int) -> list[dict[str, Any]]:
     return [await scrape_controller(session, PORT0 + i) for i in range(shards)]
 
 
-async def _warm(session: ClientSession, shards: int, bound_s: float) -> None:
+async def _warm(session: ClientSession, shards: int, bound_s: float, streams: int = 0) -> None:
     """Until each shard leads, has synced its caches, ticked twice and decided for every
-    ScoringAutoscaler it owns once: the steady state is measured, not a term's first
-    round (every status written afresh, each with its demand profile), which is
-    reported on its own (`first_round_s`)."""
+    ScoringAutoscaler it owns once, and `streams` pods' metric streams are live: the
+    steady state is measured, not a term's first round (every status written afresh,
+    each with its demand profile, every pod's stream opened), which is reported on its
+    own (`first_round_s`)."""
     deadline = time.monotonic() + bound_s
     while True:
         states: list[dict[str, Any]] = []
         with contextlib.suppress(Exception):  # not listening yet
             states = await _states(session, shards)
-        if states and all(
-            s.get("rscore_autoscaler_ticks_total", 0) >= 2
-            and s.get("rscore_autoscaler_owned", 0) > 0
-            and s["decided"] >= s["rscore_autoscaler_owned"]
-            for s in states
+        if (
+            states
+            and all(
+                s.get("rscore_autoscaler_ticks_total", 0) >= 2
+                and s.get("rscore_autoscaler_owned", 0) > 0
+                and s["decided"] >= s["rscore_autoscaler_owned"]
+                for s in states
+            )
+            and sum(s.get("rscore_autoscaler_live_streams", 0) for s in states) >= streams
         ):
             return
         if time.monotonic() > deadline:
@@ -420,20 +471,23 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 async with ClientSession(timeout=ClientTimeout(total=10)) as session:
                     started = time.monotonic()
-                    await _warm(session, args.shards, args.timeout_s / 2)
+                    streams = args.pods if args.metric_streams else 0
+                    await _warm(session, args.shards, args.timeout_s / 2, streams)
                     first_round_s = time.monotonic() - started
                     before = await _states(session, args.shards)
                     cpu0 = [cpu_seconds(p.pid) for p in procs]
                     own0, requests0 = time.process_time() + pods.cpu_s(), len(emu.requests)
                     scrapes0, wall0 = await pods.scrapes(session), time.monotonic()
+                    # Not too often: each look renders the controllers' whole /metrics
+                    # (Prometheus would scrape it every 15 s or so): none before the ticks
+                    # asked for are due, then every 4 s.
+                    await asyncio.sleep(args.ticks * args.interval_s)
                     while True:
-                        # Not too often: each look renders the controllers' whole /metrics
-                        # (Prometheus would scrape it every 15 s or so).
-                        await asyncio.sleep(max(args.interval_s, 4.0))
                         after = await _states(session, args.shards)
                         done = min(_ticks(b, a) for b, a in zip(before, after, strict=True))
                         if done >= args.ticks or time.monotonic() > wall0 + args.timeout_s / 2:
                             break
+                        await asyncio.sleep(max(args.interval_s, 4.0))
                     wall = time.monotonic() - wall0
                     cpu = [cpu_seconds(p.pid) - c for p, c in zip(procs, cpu0, strict=True)]
                     own = time.process_time() + pods.cpu_s() - own0
@@ -466,7 +520,10 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_s_per_tick": sum(s["cpu_s_per_tick"] for s in shards),
         "api_requests_per_tick": len(api) / ticks_per_shard,
         "scrapes_per_tick": sum(s["scrapes_per_tick"] for s in shards),
+        "gets_per_tick": sum(s["gets_per_tick"] for s in shards),
+        "stream_readings_per_tick": sum(s["stream_readings_per_tick"] for s in shards),
         "sampling": args.sample,
+        "metric_streams": args.metric_streams,
         "wall_s": wall,
         # From the controllers' start to every ScoringAutoscaler decided for once (and
         # two ticks): the first round, not measured in the figures above.
@@ -485,7 +542,10 @@ def _shard(i: int, before: dict[str, Any], after: dict[str, Any], cpu: float) ->
     ticks = _ticks(before, after)
 
     def increase(name: str) -> float:
-        return float(after[name] - before[name])
+        return float(after.get(name, 0) - before.get(name, 0))
+
+    gets = increase("rscore_autoscaler_pod_scrapes_total")
+    streamed = increase("rscore_autoscaler_stream_readings_total")
 
     return {
         "shard": i,
@@ -496,7 +556,10 @@ def _shard(i: int, before: dict[str, Any], after: dict[str, Any], cpu: float) ->
         "overruns": int(increase("rscore_autoscaler_tick_overruns_total")),
         "skipped_per_tick": increase("skipped") / max(ticks, 1),
         "cpu_s_per_tick": cpu / max(ticks, 1),
-        "scrapes_per_tick": increase("rscore_autoscaler_pod_scrapes_total") / max(ticks, 1),
+        # Pods read a tick: by a GET each, or from their streams.
+        "scrapes_per_tick": (gets + streamed) / max(ticks, 1),
+        "gets_per_tick": gets / max(ticks, 1),
+        "stream_readings_per_tick": streamed / max(ticks, 1),
         "cached_pods": int(after.get("rscore_autoscaler_cached_pods", 0)),
     }
 
@@ -627,6 +690,72 @@ def parse_time() -> None:
     print(f"{lines} lines: " + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in best.items()))
 
 
+def read_cost(argv: list[str]) -> None:
+    """`python -m bench.controller read-cost [--pods N]`: the reader's CPU per keep-alive
+    GET of N pods' pages and per streamed reading of N pods' streams (best of the
+    rounds), against the pods' server (`Pods`) in a child process. Prints one JSON
+    object."""
+    import uvloop
+
+    parser = argparse.ArgumentParser(prog="bench.controller read-cost")
+    parser.add_argument("--pods", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    async def gets(session: ClientSession, port: int) -> float:
+        slots = asyncio.Semaphore(256)
+
+        async def one(k: int) -> None:
+            async with slots, session.get(f"http://{pod_ip(k)}:{port}/metrics") as r:
+                await r.read()
+
+        await asyncio.gather(*(one(k) for k in range(args.pods)))  # connections warm
+        best = math.inf
+        for _ in range(args.rounds):
+            cpu = time.process_time()
+            await asyncio.gather(*(one(k) for k in range(args.pods)))
+            best = min(best, (time.process_time() - cpu) / args.pods)
+        return best
+
+    async def streamed(session: ClientSession, port: int) -> float:
+        readings = [0]
+
+        async def follow(k: int) -> None:
+            url = f"http://{pod_ip(k)}:{port}{STREAM_PATH}?interval_s=2"
+            async with session.get(url, timeout=ClientTimeout(total=None)) as r:
+                while True:
+                    await r.content.readuntil(b"# EOF\n")
+                    readings[0] += 1
+
+        tasks = [asyncio.create_task(follow(k)) for k in range(args.pods)]
+        await asyncio.sleep(6)  # every stream open
+        best = math.inf
+        for _ in range(args.rounds):
+            cpu, count = time.process_time(), readings[0]
+            await asyncio.sleep(4)
+            best = min(best, (time.process_time() - cpu) / max(1, readings[0] - count))
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return best
+
+    async def measure() -> dict[str, float]:
+        pods = PodsProcess()
+        await pods.start()
+        try:
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=4, keepalive_timeout=60)
+            async with ClientSession(connector=connector) as session:
+                return {
+                    "pods": args.pods,
+                    "get_us": 1e6 * await gets(session, pods.port),
+                    "streamed_reading_us": 1e6 * await streamed(session, pods.port),
+                }
+        finally:
+            await pods.stop()
+
+    print(json.dumps(uvloop.run(measure()), indent=2))
+
+
 def main() -> None:
     if sys.argv[1:2] == ["_controller"]:
         _run_controller(sys.argv[2:])
@@ -636,6 +765,9 @@ def main() -> None:
         return
     if sys.argv[1:2] == ["parse"]:
         parse_time()
+        return
+    if sys.argv[1:2] == ["read-cost"]:
+        read_cost(sys.argv[2:])
         return
     if sys.argv[1:2] == ["sim-sampling"]:
         sim_sampling(sys.argv[2:], jobs=2)
@@ -647,6 +779,12 @@ def main() -> None:
     parser.add_argument("--ticks", type=int, default=20)
     parser.add_argument("--interval-s", type=float, default=2.0)
     parser.add_argument("--no-sample", dest="sample", action="store_false")
+    parser.add_argument(
+        "--no-metric-streams",
+        dest="metric_streams",
+        action="store_false",
+        help="The controllers GET each pod's /metrics every tick (no /metrics/stream).",
+    )
     parser.add_argument(
         "--max-concurrent-scrapes",
         type=int,

@@ -53,11 +53,14 @@ class Scene:
     port: int
     pods: dict[str, FakePod] = field(default_factory=dict)
     per_pod_concurrency: float = 0.0
+    streaming: bool = False  # the pods serve /metrics/stream as well as /metrics
 
     @classmethod
-    async def build(cls, emu: KubeEmulator, replicas: int = 2, nodes: int = 1) -> Scene:
+    async def build(
+        cls, emu: KubeEmulator, replicas: int = 2, nodes: int = 1, *, streaming: bool = False
+    ) -> Scene:
         ips = [f"127.0.0.{i + 2}" for i in range(MAX_PODS)]
-        scene = cls(emu, shared_free_port(ips))
+        scene = cls(emu, shared_free_port(ips), streaming=streaming)
         emu.put_object(
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}, "status": {}}
         )
@@ -106,7 +109,13 @@ class Scene:
             name = f"{APP}-{index}"
             if name not in self.pods:
                 ip = f"127.0.0.{index + 2}"
-                pod = FakePod(ip, self.port, workers=2, concurrency=self.per_pod_concurrency)
+                pod = FakePod(
+                    ip,
+                    self.port,
+                    workers=2,
+                    concurrency=self.per_pod_concurrency,
+                    streams=self.streaming,
+                )
                 await pod.start()
                 self.pods[name] = pod
                 self.emu.make_pod(name, NS, labels={"app": APP}, ready=True, pod_ip=ip)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from rscore.sidecar.metrics_stream import STREAM_PATH, MetricStreams, metrics_page, serve_stream
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -45,12 +47,22 @@ def _now() -> float:
 
 
 class FakePod(Collector):
-    def __init__(self, ip: str, port: int, *, workers: int = 2, concurrency: float = 0.0) -> None:
+    def __init__(
+        self,
+        ip: str,
+        port: int,
+        *,
+        workers: int = 2,
+        concurrency: float = 0.0,
+        streams: bool = False,
+    ) -> None:
         self.ip = ip
         self.port = port
         self.workers = workers
         self.failing = False  # answer 500 instead of metrics
-        self.scrapes = 0
+        self.scrapes = 0  # GETs of /metrics
+        self.streams = MetricStreams() if streams else None  # serve /metrics/stream too
+        self.stream_requests = 0
         self._concurrency = concurrency
         self._integral = 0.0
         self._since = _now()
@@ -84,9 +96,25 @@ class FakePod(Collector):
             body=generate_latest(self._registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        assert self.streams is not None
+        self.stream_requests += 1
+        if self.failing:
+            return web.Response(status=500, text="metrics unavailable")
+        return await serve_stream(request, self.streams, self._reading)
+
+    def _reading(self, names: Sequence[str]) -> bytes:
+        if self.failing:  # the stream breaks off, as a pod whose metrics fail
+            raise ConnectionResetError("metrics unavailable")
+        return metrics_page(self._registry, names)
+
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
+        if self.streams is not None:
+            self.streams.closing = False  # a pod started again streams again
+            app.on_shutdown.append(self.streams.close_all)
+            app.router.add_get(STREAM_PATH, self._stream)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.ip, self.port).start()

@@ -10,6 +10,8 @@ wait, so a tick's schedule is checked exactly, however loaded the machine is.
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from autoscaler_scene import APP, NS, Scene, autoscaler_object
 from helpers import eventually
 from kube_emulator import KubeEmulator
 
-from rscore.autoscaler.controller import Controller
+from rscore.autoscaler.controller import Controller, FrozenHeap
 from rscore.autoscaler.kube_io import KubeApi, MayWrite
 from rscore.autoscaler.metrics import ControllerMetrics
 from rscore.autoscaler.ticks import NextTick, next_tick, tick_budget_s
@@ -68,7 +70,11 @@ class _TimedTicks(Controller):
         self.synced.set()
 
     async def tick(
-        self, session: aiohttp.ClientSession, may_write: MayWrite, scrape_slots: Any = None
+        self,
+        session: aiohttp.ClientSession,
+        may_write: MayWrite,
+        scrape_slots: Any = None,
+        streams: Any = None,
     ) -> None:
         self.starts.append(self.clock())
         await asyncio.sleep(self.durations[min(len(self.starts), len(self.durations)) - 1])
@@ -162,3 +168,42 @@ async def test_a_slow_object_is_bounded_and_never_delays_the_others(cluster) -> 
     assert _value(metrics, "overruns", "slow") >= 6
     assert _value(metrics, "reconcile_timeouts", APP) == 0
     assert _value(metrics, "overruns", APP) == 0
+
+
+def test_the_long_lived_heap_is_frozen_and_collected_about_hourly() -> None:
+    """After each tick the survivors leave the collector's walks (`gc.freeze`); about
+    once an hour, after a tick that left half its interval free (at the latest after
+    two hours), the heap is collected whole and frozen afresh."""
+    now = [0.0]
+    heap = FrozenHeap(lambda: now[0], interval_s=2.0)
+    try:
+        gc.unfreeze()
+        heap.after_tick(1.9)
+        assert gc.get_freeze_count() > 0
+        assert heap.collections == 0
+        cycle: list[object] = []
+        cycle.append(cycle)  # cyclic garbage, frozen with the rest at the next tick
+        ref = weakref.ref(cycle_holder := Holder(cycle))
+        del cycle, cycle_holder
+        heap.after_tick(1.9)
+        gc.collect()
+        assert ref() is not None  # frozen: no collection reaches it
+        now[0] = FrozenHeap.COLLECT_S + 1
+        heap.after_tick(1.5)  # an hour on, but a busy tick: not now
+        assert heap.collections == 0
+        heap.after_tick(0.5)  # a tick with room
+        assert heap.collections == 1
+        assert ref() is None  # collected
+        now[0] = 3 * FrozenHeap.COLLECT_S + 2
+        heap.after_tick(1.99)  # two hours without room: collected anyway
+        assert heap.collections == 2
+    finally:
+        gc.unfreeze()
+
+
+class Holder:
+    """A weak-referenceable object kept alive by a reference cycle only."""
+
+    def __init__(self, cycle: list[object]) -> None:
+        self.cycle = cycle
+        cycle.append(self)

@@ -47,7 +47,23 @@ class ControllerMetrics:
             registry=r,
         )
         self.scrapes = Counter(
-            "rscore_autoscaler_pod_scrapes", "Pod /metrics scrapes attempted", registry=r
+            "rscore_autoscaler_pod_scrapes", "Pod /metrics scrapes attempted (GETs)", registry=r
+        )
+        self.stream_failures = Counter(
+            "rscore_autoscaler_stream_failures",
+            "Pod metric streams that broke or did not open, by cause (then read by GET)",
+            ["cause"],
+            registry=r,
+        )
+        self.live_streams = Gauge(
+            "rscore_autoscaler_live_streams",
+            "Pod metric streams open and delivering readings",
+            registry=r,
+        )
+        self.stream_readings = Counter(
+            "rscore_autoscaler_stream_readings",
+            "Pod readings taken from their /metrics/stream instead of a GET",
+            registry=r,
         )
         self.scale_reads = Counter(
             "rscore_autoscaler_scale_reads",
@@ -57,7 +73,7 @@ class ControllerMetrics:
         )
         self.sampled_pods = Gauge(
             "rscore_autoscaler_sampled_pods",
-            "Ready pods scraped at the last tick (a sample of them above the threshold)",
+            "Ready pods read at the last tick (streamed, or a sample of them above the threshold)",
             ["namespace", "name"],
             registry=r,
         )

@@ -38,6 +38,10 @@ class Options:
     sample_confidence: float = 0.95
     sample_error: float = 0.10
     max_concurrent_scrapes: int = 256  # 0: unbounded
+    metric_streams: bool = True  # follow each pod's /metrics/stream; GET where there is none
+    # Freeze the long-lived heap out of the garbage collector (controller.FrozenHeap): the
+    # `rscore autoscaler` process does; a process that embeds `run` keeps its heap as is.
+    freeze_heap: bool = False
     watch_pods: bool = True  # an informer's cache, not a list per ScoringAutoscaler per tick
     pod_selector: str | None = None  # narrows the pod watch (a label all scoring pods carry)
     shards: int = 1

@@ -37,6 +37,7 @@ from rscore.autoscaler.kube_io import (
     scrape_held_requests,
     scrape_pod,
 )
+from rscore.autoscaler.metric_streams import MetricStreams, compact_url
 from rscore.autoscaler.metrics import ControllerMetrics
 from rscore.autoscaler.observe import (
     SCALE_REREAD_S,
@@ -116,6 +117,7 @@ class TickContext:
     # Readings alone (the observed concurrency, figures in the reason) are written at most
     # this often per object (`rscore.autoscaler.status.heartbeat_due`); 0: with every change.
     status_heartbeat_s: float = 0.0
+    streams: MetricStreams | None = None  # the pods' metric streams; None: GET every reading
 
 
 async def _list_pod_facts(ctx: TickContext, namespace: str, selector: str) -> list[PodFacts]:
@@ -277,7 +279,7 @@ async def _scrape_all(
 
     async def one(pod: PodFacts) -> tuple[str, PodScrape | None]:
         assert pod.pod_ip is not None  # ready pods have an IP (observe.pod_facts)
-        url = metrics_url(pod.pod_ip, settings.metrics_port)
+        url = compact_url(metrics_url(pod.pod_ip, settings.metrics_port))
         try:
             async with ctx.scrape_slots or contextlib.nullcontext():
                 page = await scrape_pod(ctx.session, url, ctx.scrape_timeout_s, ctx.clock)
@@ -291,17 +293,52 @@ async def _scrape_all(
     choice = memory.rotation.choose(names, ctx.sampling)
     sampled = set(choice.scrape)
     chosen = [p for p in ready if p.name in sampled]
-    ctx.metrics.scrapes.inc(len(chosen))
+    # The sample is read from the pods' streams where they are live (a cheaper GET), by
+    # GET where not. A live stream whose next reading has not come yet repeats the pod's
+    # latest interval (at most an interval older) rather than wait for a GET.
+    streamed, waiting = _streamed(ctx, settings, chosen)
+    by_get = [p for p in chosen if p.name not in streamed and p.name not in waiting]
+    ctx.metrics.scrapes.inc(len(by_get))
     ctx.metrics.sampled_pods.labels(settings.namespace, settings.name).set(len(chosen))
-    results = await asyncio.gather(*(one(p) for p in chosen))
-    pages = dict(results)
-    demand = memory.demand.update(pages, keep=[n for n in names if n not in pages])
+    results = await asyncio.gather(*(one(p) for p in by_get))
+    pages = {**streamed, **dict(results)}
+    demand = memory.demand.update(
+        pages, keep=[n for n in names if n not in pages and n not in waiting], repeat=waiting
+    )
     memory.rotation.observed({n: demand[n] for n in choice.fresh if n in demand})
     fresh = [page for page in pages.values() if page is not None]
     workers = [page.workers for page in fresh if page.workers > 0]
     if workers:
         memory.workers_per_pod = max(workers)
     return sampled_demand(choice, names, demand)
+
+
+def _streamed(
+    ctx: TickContext, settings: AutoscalerSettings, ready: list[PodFacts]
+) -> tuple[dict[str, PodScrape | None], set[str]]:
+    """The ready pods' new readings from their streams (None: a reading that is no
+    metrics page), and the pods whose stream is live but brought nothing new since the
+    last tick (`MetricStreams.take`); the other pods are in neither."""
+    out: dict[str, PodScrape | None] = {}
+    waiting: set[str] = set()
+    if ctx.streams is None:
+        return out, waiting
+    for pod in ready:
+        assert pod.pod_ip is not None  # ready pods have an IP (observe.pod_facts)
+        url = metrics_url(pod.pod_ip, settings.metrics_port)
+        try:
+            reading = ctx.streams.take(url)
+        except ScrapeError as error:
+            ctx.metrics.scrape_errors.labels(settings.namespace, settings.name).inc()
+            log.warning("metrics stream of %s: %s", pod.name, error)
+            out[pod.name] = None
+            continue
+        if reading is not None:
+            out[pod.name] = reading
+        elif ctx.streams.live(url):
+            waiting.add(pod.name)
+    ctx.metrics.stream_readings.inc(sum(1 for r in out.values() if r is not None))
+    return out, waiting
 
 
 async def _unrouted(

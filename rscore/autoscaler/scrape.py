@@ -374,23 +374,33 @@ class DemandTracker:
     def __init__(self) -> None:
         self.scrapes: dict[str, PodScrape] = {}
         self.service_s: dict[str, float] = {}
+        self.last: dict[str, PodDemand] = {}  # each pod's demand over its latest interval
 
     def update(
-        self, pages: Mapping[str, PodScrape | None], keep: Collection[str] = ()
+        self,
+        pages: Mapping[str, PodScrape | None],
+        keep: Collection[str] = (),
+        repeat: Collection[str] = (),
     ) -> dict[str, PodDemand | None]:
-        """This tick's demand of each pod scraped (None: its scrape failed). A pod that
+        """This tick's demand of each pod scraped (None: its scrape failed), and of each
+        pod of `repeat` (no new reading yet, the one before is at most an interval old:
+        a streamed pod) its demand over its latest interval, if it has one. A pod that
         failed keeps its last good scrape for the next tick, and so does a pod of `keep`
-        (still there, not scraped this tick: left out of a sample); other pods not listed
-        have left and are forgotten."""
+        or `repeat` (still there, not read this tick: left out of a sample); other pods
+        not listed have left and are forgotten."""
         demand: dict[str, PodDemand | None] = {}
         for name, page in pages.items():
             if page is None:
                 demand[name] = None
                 continue
             signal = pod_demand(self.scrapes.get(name), page, self.service_s.get(name))
-            demand[name] = signal
+            demand[name] = self.last[name] = signal
             if signal.service_s is not None:
                 self.service_s[name] = signal.service_s
+        for name in repeat:
+            if name not in pages and name in self.last:
+                demand[name] = self.last[name]
+        keep = [*keep, *repeat]
         previous = self.scrapes
         self.scrapes = {
             name: page if page is not None else previous[name]
@@ -401,6 +411,7 @@ class DemandTracker:
             if name not in pages and name in previous:
                 self.scrapes[name] = previous[name]
         self.service_s = {n: v for n, v in self.service_s.items() if n in self.scrapes}
+        self.last = {n: d for n, d in self.last.items() if n in self.scrapes}
         return demand
 
 

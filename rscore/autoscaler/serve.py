@@ -34,9 +34,10 @@ log = logging.getLogger("rscore.autoscaler")
 
 def metrics_app(metrics: ControllerMetrics, healthy: Callable[[], bool]) -> web.Application:
     async def scrape(_request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+        # On a thread: with a thousand ScoringAutoscalers the page has tens of thousands
+        # of series (0.3 s to render here), which would hold the ticks' loop that long.
+        page = await asyncio.to_thread(generate_latest, metrics.registry)
+        return web.Response(body=page, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def health(_request: web.Request) -> web.Response:
         ok = healthy()
@@ -84,6 +85,8 @@ async def run(options: Options, stop: asyncio.Event | None = None) -> None:
             shards=options.shards,
             shard_index=shard,
             status_heartbeat_s=options.status_heartbeat_s,
+            metric_streams=options.metric_streams,
+            freeze_heap=options.freeze_heap,
         )
         tasks = [asyncio.create_task(controller.watch_forever(), name="watch")]
         if pods is not None:

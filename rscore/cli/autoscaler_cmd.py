@@ -123,6 +123,13 @@ DEFAULTS = Options()  # the flags' defaults are the settings' own
     help="Pod /metrics scrapes in flight at once, over all ScoringAutoscalers (0: no bound).",
 )
 @click.option(
+    "--metric-streams/--no-metric-streams",
+    default=DEFAULTS.metric_streams,
+    show_default=True,
+    help="Follow each pod's /metrics/stream (a reading twice an interval on one "
+    "connection) instead of a GET per tick; pods without one are read by GET.",
+)
+@click.option(
     "--watch-pods/--list-pods",
     default=DEFAULTS.watch_pods,
     show_default=True,
@@ -166,7 +173,7 @@ def autoscaler(**options: object) -> None:
 
     configure_json_logging()
     try:
-        settings = Options(**options)  # type: ignore[arg-type]
+        settings = Options(**options, freeze_heap=True)  # type: ignore[arg-type]
         # client-go's checks of an election's timing, reported as a flag error
         if settings.leader_elect and not (
             settings.lease_duration_s > settings.renew_deadline_s > 1.2 * settings.retry_period_s
