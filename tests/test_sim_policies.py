@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rscore.autoscaler.policy import ScalingSpec
-from rscore.sim.engine import ClusterView, PodView
+from rscore.sim.engine import ClusterView, PodView, engine_for
 from rscore.sim.policies import HpaController, KpaController, RscoreController
 from rscore.sim.scenario import parse_scenario
 
@@ -141,3 +141,54 @@ def test_hpa_syncs_every_15_s_whatever_the_controller_interval() -> None:
 
     times = [t for t, _, _ in run_scenario(parse_scenario(data, Path("."))).result.decisions]
     assert times[:4] == pytest.approx([15.0, 30.0, 45.0, 60.0])
+
+
+def test_rscore_decides_on_the_readings_taken_ahead_of_its_tick() -> None:
+    """As the controller's streams, the simulator reads the pods before the tick: the
+    tick uses those readings, and reads now only a pod that was not there to read."""
+    ahead = RscoreController(ScalingSpec(max_replicas=10), interval_s=2.0)
+    ahead.read(view(4.0, [(0, 8.0, 0.0, 0.0), (1, 8.0, 0.0, 0.0)], inside=3))
+    # At the tick the two pods are idle and a third, ready since, holds 1 request.
+    at_tick = ClusterView(
+        now=5.0,
+        pods=(PodView(0, 8.0, 0.0, 0.0), PodView(1, 8.0, 0.0, 0.0), PodView(2, 0.0, 0.0, 4.5, 1)),
+        replicas=3, pending=0, unrouted=0, nodes=2, workers=2, per_node=2,
+    )  # fmt: skip
+    ahead.tick(at_tick)
+    assert ahead.state.samples[-1] == (5.0, pytest.approx(3 + 3 + 1))
+    at_tick_only = RscoreController(ScalingSpec(max_replicas=10), interval_s=2.0)
+    at_tick_only.tick(at_tick)  # nothing read ahead: every pod read at the tick
+    assert at_tick_only.state.samples[-1] == (5.0, pytest.approx(1))
+
+
+@pytest.mark.parametrize(
+    ("lead_s", "reads"), [(None, [1.7, 3.7, 5.7]), (0.5, [1.5, 3.5, 5.5]), (0.0, [])]
+)
+def test_the_engine_reads_ahead_of_each_tick(lead_s: float | None, reads: list[float]) -> None:
+    """The rscore policy's pods are read `reading_lead_s` before each tick (by default
+    the streams' mean: 0.15 of the interval); 0 reads them at the tick."""
+    controller_table: dict[str, float] = {"interval_s": 2.0}
+    if lead_s is not None:
+        controller_table["reading_lead_s"] = lead_s
+    data = {
+        "duration_s": 7.0,
+        "workload": {"kind": "poisson", "rate": 5.0},
+        "pods": {"workers": 2, "initial": 1},
+        "controller": controller_table,
+        "policy": {"kind": "rscore"},
+    }
+    scenario = parse_scenario(data, Path("."))
+    seen: list[tuple[str, float]] = []
+
+    class Recorder(RscoreController):
+        def read(self, v: ClusterView) -> None:
+            seen.append(("read", v.now))
+            super().read(v)
+
+        def tick(self, v: ClusterView) -> tuple[int, int | None]:
+            seen.append(("tick", v.now))
+            return super().tick(v)
+
+    engine_for(scenario, Recorder(ScalingSpec(max_replicas=4), interval_s=2.0)).run()
+    assert [t for kind, t in seen if kind == "read"][:3] == pytest.approx(reads)
+    assert [t for kind, t in seen if kind == "tick"][:3] == pytest.approx([2.0, 4.0, 6.0])

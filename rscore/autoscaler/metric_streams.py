@@ -36,6 +36,7 @@ import aiohttp
 import yarl
 
 from rscore.autoscaler.scrape import SAMPLES_USED, PodScrape, ScrapeError, parse_pod_metrics
+from rscore.autoscaler.ticks import READING_LEAD, READING_SPREAD
 
 __all__ = [
     "END_OF_READING",
@@ -54,8 +55,6 @@ TIME_MARK = b"# TIME "  # the reading's Unix time, from the pod's clock
 NAMES = tuple(sorted(SAMPLES_USED))  # the series the policy reads, and no other
 MAX_RETRY_S = 30.0
 UNSUPPORTED = (404, 405)  # a sidecar older than streams
-READING_LEAD = 0.25  # of an interval: readings come at least this long before each tick
-READING_SPREAD = 0.5  # of an interval: over which the pods' readings are spread
 
 
 def reading_phase_s(tick_wall_s: float, interval_s: float, metrics_url: str) -> float:

@@ -15,9 +15,27 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["TICK_BUDGET", "NextTick", "next_tick", "tick_budget_s"]
+__all__ = [
+    "READING_LEAD",
+    "READING_SPREAD",
+    "TICK_BUDGET",
+    "NextTick",
+    "mean_reading_lead_s",
+    "next_tick",
+    "tick_budget_s",
+]
 
 TICK_BUDGET = 0.8  # of the interval, for the reconciles; the rest is the loop's margin
+# The pods' streamed readings come between READING_LEAD and READING_LEAD + READING_SPREAD
+# of an interval before each tick (rscore.autoscaler.metric_streams.reading_phase_s).
+READING_LEAD = 0.05
+READING_SPREAD = 0.2
+
+
+def mean_reading_lead_s(interval_s: float) -> float:
+    """How long before a tick a pod's streamed reading is taken, on average (the
+    simulator takes its readings then)."""
+    return (READING_LEAD + READING_SPREAD / 2) * interval_s
 
 
 @dataclass(frozen=True)

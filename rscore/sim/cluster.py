@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from rscore.autoscaler.ticks import mean_reading_lead_s
 from rscore.sim.distributions import Delay
 from rscore.sim.sidecar import SidecarModel
 
@@ -162,6 +163,11 @@ class ControllerSpec:
     # writes /scale ~3 ms after its scrape (API emulator, docs/simulator.md "Controller
     # timing"); 50 ms allows for a real API server's round trip.
     scrape_delay_s: float = 0.05
+    # How long before its tick the rscore policy's pods are read: the controller follows
+    # each pod's /metrics/stream, whose readings come 0.05 to 0.25 of an interval before
+    # the tick (rscore.autoscaler.ticks.mean_reading_lead_s); None: that mean, 0: read at
+    # the tick (a GET, `--no-metric-streams`).
+    reading_lead_s: float | None = None
     # Unix time at t = 0: the forecast learns time of day and week from it. The default,
     # a Monday 00:00 UTC, suits any trace whose first second is a midnight.
     wall_start_s: float = 1_700_438_400.0
@@ -172,6 +178,15 @@ class ControllerSpec:
     def __post_init__(self) -> None:
         if not self.interval_s > 0 or self.scrape_delay_s < 0 or self.history_s < 0:
             raise ValueError("controller: interval_s > 0, scrape_delay_s >= 0, history_s >= 0")
+        if self.reading_lead_s is not None and not 0 <= self.reading_lead_s < self.interval_s:
+            raise ValueError("controller: reading_lead_s must be in [0, interval_s)")
+
+    @property
+    def lead_s(self) -> float:
+        """The reading lead in force (`reading_lead_s`, or the streams' mean)."""
+        if self.reading_lead_s is None:
+            return mean_reading_lead_s(self.interval_s)
+        return self.reading_lead_s
 
 
 class NodeAutoscaler:

@@ -67,9 +67,10 @@ __all__ = ["ClusterView", "Controller", "Engine", "PodView", "RunResult"]
 # order is total and deterministic, and never compares payloads. Kinds after END concern
 # one pod's requests (`pod_event`); those from TICK to SAMPLE, the cluster
 # (`cluster_event`).
-DONE1, DONEB, TICK, APPLY, POD_READY, NODE_READY, SAMPLE, END, KILLED, BACK, ADMIT, REPLY = range(
-    12
-)
+(
+    DONE1, DONEB, TICK, READ, APPLY, POD_READY, NODE_READY, SAMPLE, END, KILLED, BACK, ADMIT,
+    REPLY,
+) = range(13)  # fmt: skip
 # Pod states.
 PENDING, STARTING, READY, DRAINING, GONE = range(5)
 # Node states.
@@ -119,6 +120,13 @@ class Controller(Protocol):
     def tick(self, view: ClusterView) -> tuple[int, int | None]:
         """(desired replicas, desired nodes or None: the cluster-autoscaler emulation)."""
         ...
+
+
+class ReadsAhead(Protocol):
+    """A policy whose pods are read before its tick (the rscore controller's streams):
+    the engine calls `read` `ControllerSpec.lead_s` before each tick."""
+
+    def read(self, view: ClusterView) -> None: ...
 
 
 @dataclass
@@ -171,6 +179,8 @@ class Engine:
         self.nodes = nodes
         self.controller = controller
         self.cspec = controller_spec
+        read = getattr(controller, "read", None)
+        self.reads_ahead: ReadsAhead | None = controller if callable(read) else None  # type: ignore[assignment]
         self.streams = streams
         self.rows = rows
         self.progress = progress
@@ -711,6 +721,10 @@ class Engine:
         )
 
     def tick(self, t: float) -> None:
+        if self.reads_ahead is not None and self.cspec.lead_s > 0:
+            # The next tick's readings, taken ahead of it as the controller's streams are.
+            interval = self.controller.interval_s or 1.0
+            self.push(t + interval - self.cspec.lead_s, READ)
         replicas, nodes = self.controller.tick(self.view(t))
         self.decisions.append((t, replicas, nodes))
         self.push(t + self.cspec.scrape_delay_s, APPLY, replicas, nodes)
@@ -724,11 +738,14 @@ class Engine:
         self.bind_pending(t)
 
     def cluster_event(self, kind: int, a: Any, t: float, b: Any) -> None:
-        """TICK, APPLY, POD_READY or NODE_READY, popped at t with payload (a, b)."""
+        """TICK, READ, APPLY, POD_READY or NODE_READY, popped at t with payload (a, b)."""
         if kind == TICK:
             if not self.ending or self.in_system():
                 self.tick(t)
                 self.push(t + (self.controller.interval_s or 1.0), TICK)
+        elif kind == READ:
+            assert self.reads_ahead is not None
+            self.reads_ahead.read(self.view(t))
         elif kind == APPLY:
             self.apply(t, a, b)
         elif kind == POD_READY:
@@ -790,6 +807,8 @@ class Engine:
             self.ready.append(p)
         if self.controller.interval_s is not None:
             self.push(self.controller.interval_s, TICK)
+            if self.reads_ahead is not None and self.cspec.lead_s > 0:
+                self.push(self.controller.interval_s - self.cspec.lead_s, READ)
         self.push(self.sample_s, SAMPLE)
         self.push(self.duration_s, END)
 
@@ -957,7 +976,7 @@ class Engine:
                         if next_a == inf and self.in_system() == 0:
                             break
                     else:
-                        self.cluster_event(kind, p, t, a)  # TICK, APPLY, POD_READY, NODE_READY
+                        self.cluster_event(kind, p, t, a)  # TICK, READ, APPLY, POD/NODE_READY
                     nready = len(ready)
                     continue
             if start >= 0.0:

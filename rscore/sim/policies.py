@@ -130,15 +130,28 @@ class RscoreController:
         self.state = PolicyState()
         self._demand = DemandTracker()
         self._rates = _Rates()  # CPU used between ticks, as metrics-server reports it
+        self._ahead: dict[str, PodScrape] = {}  # readings taken before the next tick
 
-    def tick(self, view: ClusterView) -> tuple[int, int | None]:
-        request = view.workers * 1000.0  # one core per R worker
-        pages = {
+    def read(self, view: ClusterView) -> None:
+        """The pods' readings for the next tick, taken ahead of it as the controller's
+        streams take them (`ControllerSpec.lead_s`)."""
+        self._ahead = self._pages(view)
+
+    def _pages(self, view: ClusterView) -> dict[str, PodScrape]:
+        return {
             f"pod-{pod.pod}": pod_page(
                 pod, view.now, view.workers, view.rows_per_request, view.max_batch_rows
             )
             for pod in view.pods
         }
+
+    def tick(self, view: ClusterView) -> tuple[int, int | None]:
+        request = view.workers * 1000.0  # one core per R worker
+        # A pod read ahead gives that reading; one ready since (no stream yet) is read
+        # now, as the controller reads it by GET.
+        now = self._pages(view)
+        ahead, self._ahead = self._ahead, {}
+        pages = {name: ahead.get(name, page) for name, page in now.items()}
         demand = self._sampled_demand(pages)
         facts = [PodFacts(name, True, False, False, None, None, request, 0.0) for name in pages]
         facts += [
