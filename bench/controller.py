@@ -125,16 +125,21 @@ def restricted(page: str, names: Sequence[str]) -> str:
     """The page's samples named in `names`, with their families' HELP and TYPE lines
     (what prometheus_client's `name[]` gives)."""
     wanted = set(names)
-    samples = [line for line in page.splitlines() if line and line[0] != "#"]
-    kept = [line for line in samples if re.split(r"[{ ]", line, maxsplit=1)[0] in wanted]
-    heads = {re.split(r"[{ ]", line, maxsplit=1)[0] for line in kept}
+    lines = [line for line in page.splitlines() if line]
+
+    def sample_name(line: str) -> str:
+        return re.split(r"[{ ]", line, maxsplit=1)[0]
+
+    heads = {sample_name(line) for line in lines if line[0] != "#"} & wanted
     out = []
-    for line in page.splitlines():
-        if line.startswith("#"):
-            family = line.split(" ")[2] if len(line.split(" ")) > 2 else ""
-            if any(h == family or h.startswith(family + "_") for h in heads):
-                out.append(line)
-        elif line in kept:
+    for line in lines:
+        if line[0] == "#":
+            parts = line.split(" ")
+            family = parts[2] if len(parts) > 2 else ""
+            keep = any(h == family or h.startswith(family + "_") for h in heads)
+        else:
+            keep = sample_name(line) in wanted
+        if keep:
             out.append(line)
     return "\n".join(out) + "\n"
 

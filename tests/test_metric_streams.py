@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,24 @@ async def pod() -> AsyncIterator[FakePod]:
         yield fake
     finally:
         await fake.stop()
+
+
+@asynccontextmanager
+async def _stream_server(
+    ip: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> AsyncIterator[str]:
+    """A pod's metrics port on `ip` whose /metrics/stream is `handler`; yields the
+    pod's metrics URL."""
+    app = web.Application()
+    app.router.add_get("/metrics/stream", handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    port = free_port(ip)
+    await web.TCPSite(runner, ip, port).start()
+    try:
+        yield metrics_url(ip, port)
+    finally:
+        await runner.cleanup()
 
 
 def _streams(session: aiohttp.ClientSession, **options: object) -> MetricStreams:
@@ -243,29 +262,22 @@ async def test_a_silent_stream_is_dropped_and_opened_again(session: aiohttp.Clie
         await asyncio.sleep(3600)  # then nothing
         return response
 
-    app = web.Application()
-    app.router.add_get("/metrics/stream", mute)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    port = free_port("127.0.0.4")
-    await web.TCPSite(runner, "127.0.0.4", port).start()
     failures: list[str] = []
     streams = _streams(session, failed=failures.append)
     streams.silence_s = 0.5
-    url = metrics_url("127.0.0.4", port)
-    try:
-        streams.take(url)
-        await eventually(lambda: streams.live(url))
-
-        def dropped() -> bool:
+    async with _stream_server("127.0.0.4", mute) as url:
+        try:
             streams.take(url)
-            return "Silent" in failures
+            await eventually(lambda: streams.live(url))
 
-        await eventually(dropped)
-        await eventually(lambda: len(opened) >= 2)  # followed afresh
-    finally:
-        await streams.close()
-        await runner.cleanup()
+            def dropped() -> bool:
+                streams.take(url)
+                return "Silent" in failures
+
+            await eventually(dropped)
+            await eventually(lambda: len(opened) >= 2)  # followed afresh
+        finally:
+            await streams.close()
 
 
 async def test_streams_ask_for_readings_before_the_ticks(session: aiohttp.ClientSession) -> None:
@@ -275,25 +287,19 @@ async def test_streams_ask_for_readings_before_the_ticks(session: aiohttp.Client
         asked.append(dict(request.query))
         return web.Response(status=404)
 
-    app = web.Application()
-    app.router.add_get("/metrics/stream", record)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port("127.0.0.5")
-    await web.TCPSite(runner, "127.0.0.5", port).start()
     tick_wall_s = 1_796_674_000.0
     streams = _streams(session, tick_wall_s=tick_wall_s)
-    url = metrics_url("127.0.0.5", port)
-    try:
-        streams.take(url)
-        await eventually(lambda: bool(asked))
-        query = asked[0]
-        assert float(query["interval_s"]) == INTERVAL_S
-        phase = float(query["phase_s"])
-        assert math.isclose(phase, reading_phase_s(tick_wall_s, INTERVAL_S, url), abs_tol=1e-6)
-    finally:
-        await streams.close()
-        await runner.cleanup()
+    async with _stream_server("127.0.0.5", record) as url:
+        try:
+            streams.take(url)
+            await eventually(lambda: bool(asked))
+            query = asked[0]
+            assert float(query["interval_s"]) == INTERVAL_S
+            phase = float(query["phase_s"])
+            expected = reading_phase_s(tick_wall_s, INTERVAL_S, url)
+            assert math.isclose(phase, expected, abs_tol=1e-6)
+        finally:
+            await streams.close()
 
 
 async def test_pods_no_tick_asks_about_are_let_go(

@@ -28,7 +28,6 @@ import contextlib
 import functools
 import logging
 import math
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -36,7 +35,7 @@ import aiohttp
 import yarl
 
 from rscore.autoscaler.scrape import SAMPLES_USED, PodScrape, ScrapeError, parse_pod_metrics
-from rscore.autoscaler.ticks import READING_LEAD, READING_SPREAD
+from rscore.autoscaler.ticks import READING_LEAD, READING_SPREAD, stable_fraction
 
 __all__ = [
     "END_OF_READING",
@@ -63,7 +62,7 @@ def reading_phase_s(tick_wall_s: float, interval_s: float, metrics_url: str) -> 
     the grid through `tick_wall_s` (Unix seconds), at a point fixed by a hash of its URL,
     so that every pod's reading is in when the tick starts, and a thousand pods' are not
     all sent, nor all read, in the same instant."""
-    spread = READING_SPREAD * zlib.crc32(metrics_url.encode()) / 0xFFFFFFFF
+    spread = READING_SPREAD * stable_fraction(metrics_url)
     return (tick_wall_s - (READING_LEAD + spread) * interval_s) % interval_s
 
 

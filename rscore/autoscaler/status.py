@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import math
 import re
-import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from rscore.autoscaler.forecast import DemandProfile
 from rscore.autoscaler.policy import Recommendation
+from rscore.autoscaler.ticks import stable_fraction
 
 __all__ = [
     "CHANGED",
@@ -177,7 +177,7 @@ def heartbeat_due(namespace: str, name: str, every_s: float, written_at: float, 
     comes less than half a period after a write (one made for another reason, or a
     term's first) is let pass for the next: readings are written at most once per
     `every_s / 2`, and once per `every_s` at a steady load."""
-    phase = every_s * zlib.crc32(f"{namespace}/{name}".encode()) / 0xFFFFFFFF
+    phase = every_s * stable_fraction(f"{namespace}/{name}")
     after = written_at + every_s / 2  # the beats before this are let pass
     return math.floor((now - phase) / every_s) > math.floor((after - phase) / every_s)
 

@@ -13,6 +13,7 @@ Pure: plain numbers in and out; no clock reads, no sleeping, no I/O.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "NextTick",
     "mean_reading_lead_s",
     "next_tick",
+    "stable_fraction",
     "tick_budget_s",
 ]
 
@@ -30,6 +32,13 @@ TICK_BUDGET = 0.8  # of the interval, for the reconciles; the rest is the loop's
 # of an interval before each tick (rscore.autoscaler.metric_streams.reading_phase_s).
 READING_LEAD = 0.05
 READING_SPREAD = 0.2
+
+
+def stable_fraction(key: str) -> float:
+    """A point in [0, 1] fixed by `key` (CRC-32): the same in every replica and restart,
+    and spread evenly over keys, so that objects or pods given a phase by it do not all
+    act in the same instant."""
+    return zlib.crc32(key.encode()) / 0xFFFFFFFF
 
 
 def mean_reading_lead_s(interval_s: float) -> float:

@@ -48,7 +48,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -122,6 +122,7 @@ class Controller(Protocol):
         ...
 
 
+@runtime_checkable
 class ReadsAhead(Protocol):
     """A policy whose pods are read before its tick (the rscore controller's streams):
     the engine calls `read` `ControllerSpec.lead_s` before each tick."""
@@ -179,8 +180,9 @@ class Engine:
         self.nodes = nodes
         self.controller = controller
         self.cspec = controller_spec
-        read = getattr(controller, "read", None)
-        self.reads_ahead: ReadsAhead | None = controller if callable(read) else None  # type: ignore[assignment]
+        # The policy that reads its pods ahead of its tick, and how far ahead (0: none).
+        self.reads_ahead = controller if isinstance(controller, ReadsAhead) else None
+        self.read_lead_s = controller_spec.lead_s if self.reads_ahead is not None else 0.0
         self.streams = streams
         self.rows = rows
         self.progress = progress
@@ -721,10 +723,10 @@ class Engine:
         )
 
     def tick(self, t: float) -> None:
-        if self.reads_ahead is not None and self.cspec.lead_s > 0:
+        if self.read_lead_s > 0:
             # The next tick's readings, taken ahead of it as the controller's streams are.
             interval = self.controller.interval_s or 1.0
-            self.push(t + interval - self.cspec.lead_s, READ)
+            self.push(t + interval - self.read_lead_s, READ)
         replicas, nodes = self.controller.tick(self.view(t))
         self.decisions.append((t, replicas, nodes))
         self.push(t + self.cspec.scrape_delay_s, APPLY, replicas, nodes)
@@ -807,8 +809,8 @@ class Engine:
             self.ready.append(p)
         if self.controller.interval_s is not None:
             self.push(self.controller.interval_s, TICK)
-            if self.reads_ahead is not None and self.cspec.lead_s > 0:
-                self.push(self.controller.interval_s - self.cspec.lead_s, READ)
+            if self.read_lead_s > 0:
+                self.push(self.controller.interval_s - self.read_lead_s, READ)
         self.push(self.sample_s, SAMPLE)
         self.push(self.duration_s, END)
 

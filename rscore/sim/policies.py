@@ -135,23 +135,28 @@ class RscoreController:
     def read(self, view: ClusterView) -> None:
         """The pods' readings for the next tick, taken ahead of it as the controller's
         streams take them (`ControllerSpec.lead_s`)."""
-        self._ahead = self._pages(view)
+        self._ahead = self._pages(view, {})
 
-    def _pages(self, view: ClusterView) -> dict[str, PodScrape]:
-        return {
-            f"pod-{pod.pod}": pod_page(
-                pod, view.now, view.workers, view.rows_per_request, view.max_batch_rows
-            )
-            for pod in view.pods
-        }
+    @staticmethod
+    def _pages(view: ClusterView, ahead: dict[str, PodScrape]) -> dict[str, PodScrape]:
+        """Each pod's reading: the one taken ahead, else one taken now."""
+        pages = {}
+        for pod in view.pods:
+            name = f"pod-{pod.pod}"
+            page = ahead.get(name)
+            if page is None:
+                page = pod_page(
+                    pod, view.now, view.workers, view.rows_per_request, view.max_batch_rows
+                )
+            pages[name] = page
+        return pages
 
     def tick(self, view: ClusterView) -> tuple[int, int | None]:
         request = view.workers * 1000.0  # one core per R worker
         # A pod read ahead gives that reading; one ready since (no stream yet) is read
         # now, as the controller reads it by GET.
-        now = self._pages(view)
         ahead, self._ahead = self._ahead, {}
-        pages = {name: ahead.get(name, page) for name, page in now.items()}
+        pages = self._pages(view, ahead)
         demand = self._sampled_demand(pages)
         facts = [PodFacts(name, True, False, False, None, None, request, 0.0) for name in pages]
         facts += [
